@@ -1,0 +1,3 @@
+//! Test HTTP servers (not yet written).
+
+#![forbid(unsafe_code)]

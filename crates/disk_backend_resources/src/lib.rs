@@ -1,0 +1,3 @@
+//! Disk stack descriptions (not yet written).
+
+#![forbid(unsafe_code)]

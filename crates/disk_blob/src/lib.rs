@@ -1,0 +1,3 @@
+//! Blob disks (not yet written).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! Layered disks (not yet written).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! RAM disk layer (not yet written).
+
+#![forbid(unsafe_code)]

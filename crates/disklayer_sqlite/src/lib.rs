@@ -1,0 +1,3 @@
+//! SQLite disk layer (not yet written).
+
+#![forbid(unsafe_code)]

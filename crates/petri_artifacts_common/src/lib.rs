@@ -1,0 +1,3 @@
+//! Common artifact tags and artifacts (not yet written).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! Artifact declarations, requirements and resolution (not yet written).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! VHD1 definitions (not yet written).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! Known-paths resolver (not yet written).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! Declared test images (not yet written).
+
+#![forbid(unsafe_code)]

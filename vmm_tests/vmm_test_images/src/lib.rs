@@ -1,0 +1,3 @@
+//! The test image catalog (not yet written).
+
+#![forbid(unsafe_code)]

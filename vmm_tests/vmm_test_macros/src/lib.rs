@@ -1,0 +1,3 @@
+//! The vmm_test macro (not yet written).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! VMM tests (not yet written).
+
+#![forbid(unsafe_code)]

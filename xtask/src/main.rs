@@ -1,0 +1,3 @@
+//! Workspace automation (not yet written).
+
+fn main() {}
