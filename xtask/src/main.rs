@@ -1,3 +1,59 @@
-//! Workspace automation (not yet written).
+//! Workspace automation: `cargo xtask <command>`.
+//!
+//! Position in the data flow: xtask sits outside the product. It installs
+//! what the checks and tests need on a fresh machine (Debian packages) and
+//! runs them, so that the README's test command and CI's `.ci/run` are one
+//! and the same thing.
+//!
+//! Commands:
+//! - `cargo xtask test`: set-up, then every check and test (fmt, clippy,
+//!   rustdoc with warnings denied, nextest, doc tests).
 
-fn main() {}
+use anyhow::Context;
+use anyhow::Result;
+use clap::Parser;
+use clap::Subcommand;
+
+mod setup;
+mod test;
+
+/// Workspace automation for the lazy disk artifacts project.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the tests need (when missing), then run every check and
+    /// test: fmt, clippy, rustdoc, nextest and doc tests.
+    Test(test::TestArgs),
+    /// Install what the tests need, without running anything else.
+    Setup,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root().context("finding the workspace root")?;
+    match cli.command {
+        Command::Test(args) => test::run(&root, args),
+        Command::Setup => setup::ensure_test_prerequisites(),
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn workspace_root() -> Result<std::path::PathBuf> {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(|p| p.to_path_buf())
+        .context("xtask's manifest directory has no parent")
+}
+
+/// Whether we run under CI (`CI=true` or `CI=1`), where a missing component
+/// is a failure rather than a reason to skip.
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}

@@ -1,0 +1,109 @@
+//! Installs the external programs that tests use as real components.
+//!
+//! Each entry names a program the tests look for and the Debian package that
+//! provides it. Missing programs are installed with `apt-get` when we run as
+//! root (fresh CI machines and developer VMs); otherwise the command says
+//! what to install, and fails under CI.
+
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::bail;
+use std::path::Path;
+use std::process::Command;
+
+/// A program the tests need and where it comes from.
+struct Requirement {
+    /// Absolute path the tests look at.
+    program: &'static str,
+    /// Debian package that installs it.
+    package: &'static str,
+    /// Why the tests need it.
+    why: &'static str,
+}
+
+const REQUIREMENTS: &[Requirement] = &[
+    Requirement {
+        program: "/usr/sbin/nginx",
+        package: "nginx-light",
+        why: "the static HTTP server (Range, ETag) that remote-disk tests read from",
+    },
+    Requirement {
+        program: "/usr/bin/qemu-img",
+        package: "qemu-utils",
+        why: "the disk-image client used to make and compare test images",
+    },
+];
+
+/// Installs every missing requirement, or explains what is missing.
+pub fn ensure_test_prerequisites() -> Result<()> {
+    let missing: Vec<&Requirement> = REQUIREMENTS
+        .iter()
+        .filter(|r| !Path::new(r.program).exists())
+        .collect();
+    if missing.is_empty() {
+        println!("xtask setup: all test prerequisites are installed");
+        return Ok(());
+    }
+    let packages: Vec<&str> = missing.iter().map(|r| r.package).collect();
+    for r in &missing {
+        println!(
+            "xtask setup: {} is missing (package {}): {}",
+            r.program, r.package, r.why
+        );
+    }
+    if !is_root() {
+        let msg = format!(
+            "missing test prerequisites; install them with: sudo apt-get install -y {}",
+            packages.join(" ")
+        );
+        if crate::is_ci() {
+            bail!("{msg}");
+        }
+        println!("xtask setup: {msg} (tests that need them will be skipped)");
+        return Ok(());
+    }
+    apt_install(&packages)?;
+    for r in &missing {
+        if !Path::new(r.program).exists() {
+            bail!(
+                "installed package {} but {} is still missing",
+                r.package,
+                r.program
+            );
+        }
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // `id -u` avoids unsafe libc calls for a one-off check.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs `apt-get update` then `apt-get install` for `packages`.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    println!("xtask setup: apt-get install {}", packages.join(" "));
+    let noninteractive = [("DEBIAN_FRONTEND", "noninteractive")];
+    let status = Command::new("apt-get")
+        .args(["update", "-q"])
+        .envs(noninteractive)
+        .status()
+        .context("running apt-get update")?;
+    if !status.success() {
+        bail!("apt-get update failed ({status})");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .envs(noninteractive)
+        .status()
+        .context("running apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed ({status})", packages.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! `cargo xtask test`: the one command that runs every check and test.
+//!
+//! The README's quick start and CI's `.ci/run` both call exactly this, so a
+//! green run here is what lands.
+
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::bail;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+/// Options for `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip installing missing test prerequisites.
+    #[arg(long)]
+    skip_setup: bool,
+    /// Only run the tests (skip fmt, clippy and rustdoc).
+    #[arg(long)]
+    tests_only: bool,
+    /// Extra arguments passed to `cargo nextest run` (e.g. a filter).
+    #[arg(last = true)]
+    nextest_args: Vec<String>,
+}
+
+/// One step of the test command.
+struct Step {
+    name: &'static str,
+    program: &'static str,
+    args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+impl Step {
+    fn cargo(name: &'static str, args: &[&str]) -> Step {
+        Step {
+            name,
+            program: "cargo",
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Runs set-up and every check, stopping at the first failure.
+pub fn run(root: &Path, args: TestArgs) -> Result<()> {
+    let started = Instant::now();
+    if !args.skip_setup {
+        crate::setup::ensure_test_prerequisites()?;
+    }
+    let mut steps = Vec::new();
+    if !args.tests_only {
+        steps.push(Step::cargo("format", &["fmt", "--all", "--", "--check"]));
+        steps.push(Step::cargo(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ));
+        let mut doc = Step::cargo("rustdoc", &["doc", "--workspace", "--no-deps"]);
+        doc.env.push(("RUSTDOCFLAGS", "-D warnings"));
+        steps.push(doc);
+    }
+    let profile = if crate::is_ci() { "ci" } else { "default" };
+    let mut nextest = Step::cargo(
+        "nextest",
+        &["nextest", "run", "--workspace", "--profile", profile],
+    );
+    nextest.args.extend(args.nextest_args.iter().cloned());
+    steps.push(nextest);
+    if args.nextest_args.is_empty() {
+        steps.push(Step::cargo("doc tests", &["test", "--workspace", "--doc"]));
+    }
+
+    for step in &steps {
+        let t = Instant::now();
+        println!(
+            "==> xtask test: {} ({} {})",
+            step.name,
+            step.program,
+            step.args.join(" ")
+        );
+        let status = Command::new(step.program)
+            .args(&step.args)
+            .envs(step.env.iter().copied())
+            .current_dir(root)
+            .status()
+            .with_context(|| format!("starting {}", step.name))?;
+        if !status.success() {
+            bail!("xtask test: step '{}' failed ({status})", step.name);
+        }
+        println!(
+            "==> xtask test: {} passed in {:.1}s",
+            step.name,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    println!(
+        "==> xtask test: all steps passed in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
