@@ -1,0 +1,3 @@
+//! NBD export of a disk (not yet written).
+
+#![forbid(unsafe_code)]
