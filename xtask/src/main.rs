@@ -14,6 +14,7 @@ use anyhow::Result;
 use clap::Parser;
 use clap::Subcommand;
 
+mod guest_image;
 mod setup;
 mod test;
 
@@ -32,6 +33,15 @@ enum Command {
     Test(test::TestArgs),
     /// Install what the tests need, without running anything else.
     Setup,
+    /// Guest images for VMM tests.
+    #[command(subcommand)]
+    GuestTest(GuestTestCommand),
+}
+
+#[derive(Subcommand)]
+enum GuestTestCommand {
+    /// Build the small Linux test guest (kernel, initramfs, root disk).
+    BuildImage(guest_image::BuildImageArgs),
 }
 
 fn main() -> Result<()> {
@@ -40,6 +50,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Test(args) => test::run(&root, args),
         Command::Setup => setup::ensure_test_prerequisites(),
+        Command::GuestTest(GuestTestCommand::BuildImage(args)) => guest_image::run(&root, args),
     }
 }
 
