@@ -1,0 +1,220 @@
+//! Seeded random operations against real stacks, compared with a plain
+//! in-memory model of the disk.
+//!
+//! Stacks: a RAM write layer over one or two RAM read caches (with and
+//! without chunked fills) over a real temp file, and a stack whose read
+//! cache is also the write layer. Reads, writes, unmaps, flushes and
+//! batches of concurrent reads are mixed; every read must match the model,
+//! and the file at the bottom must never change.
+
+mod common;
+
+use common::*;
+use disk_backend::Disk;
+use disk_layered::LayerConfiguration;
+use std::sync::Arc;
+
+/// Sectors in the test disk: not a multiple of any fill chunk, so the
+/// clipped last chunk is exercised.
+const N: u64 = 777;
+
+/// splitmix64: small, seeded, deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len + 8);
+        while v.len() < len {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(len);
+        v
+    }
+    /// A random range of at most `max` sectors inside the disk.
+    fn range(&mut self, max: u64) -> (u64, u64) {
+        let s = self.below(N);
+        let n = 1 + self.below(max.min(N - s));
+        (s, n)
+    }
+}
+
+/// The model: each sector's bytes, and whether it was unmapped since it
+/// was last read or written (then it may read as its old bytes or zeroes).
+struct Model {
+    data: Vec<u8>,
+    unmapped: Vec<bool>,
+}
+
+impl Model {
+    fn check_read(&mut self, sector: u64, got: &[u8], what: &str) {
+        for (i, chunk) in got.chunks(SS).enumerate() {
+            let s = sector as usize + i;
+            let want = &mut self.data[s * SS..(s + 1) * SS];
+            if self.unmapped[s] {
+                assert!(
+                    chunk == want || chunk.iter().all(|b| *b == 0),
+                    "{what}: unmapped sector {s} is neither its old contents nor zero"
+                );
+                want.copy_from_slice(chunk);
+                self.unmapped[s] = false;
+            } else {
+                assert!(chunk == want, "{what}: sector {s} differs from the model");
+            }
+        }
+    }
+}
+
+type StackFn = fn(Arc<FileDisk>) -> Vec<LayerConfiguration>;
+
+/// `DiskIo` over a shared [`FileDisk`] so the test can check the file.
+struct SharedFile(Arc<FileDisk>);
+
+impl disk_backend::DiskIo for SharedFile {
+    fn disk_type(&self) -> &str {
+        "testfile"
+    }
+    fn sector_count(&self) -> u64 {
+        self.0.sector_count
+    }
+    fn is_read_only(&self) -> bool {
+        true
+    }
+    async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), disk_backend::DiskError> {
+        disk_backend::DiskIo::read(&*self.0, sector, buf).await
+    }
+    async fn write(
+        &self,
+        _sector: u64,
+        _buf: &[u8],
+        _fua: bool,
+    ) -> Result<(), disk_backend::DiskError> {
+        Err(disk_backend::DiskError::ReadOnly)
+    }
+    async fn sync_cache(&self) -> Result<(), disk_backend::DiskError> {
+        Ok(())
+    }
+    async fn unmap(&self, _sector: u64, _count: u64) -> Result<(), disk_backend::DiskError> {
+        Err(disk_backend::DiskError::ReadOnly)
+    }
+}
+
+fn file_bottom(f: Arc<FileDisk>) -> LayerConfiguration {
+    bottom(SharedFile(f))
+}
+
+fn ram_cache_file(f: Arc<FileDisk>) -> Vec<LayerConfiguration> {
+    vec![
+        plain(SharedRam::new(N)),
+        cache(SharedRam::new(N).with_fill(64)),
+        file_bottom(f),
+    ]
+}
+
+fn ram_two_caches_file(f: Arc<FileDisk>) -> Vec<LayerConfiguration> {
+    vec![
+        plain(SharedRam::new(N)),
+        cache(SharedRam::new(N)),
+        cache(SharedRam::new(N).with_fill(16)),
+        file_bottom(f),
+    ]
+}
+
+fn cache_on_top_file(f: Arc<FileDisk>) -> Vec<LayerConfiguration> {
+    vec![cache(SharedRam::new(N).with_fill(32)), file_bottom(f)]
+}
+
+async fn run(seed: u64, make: StackFn, ops: usize) {
+    let mut rng = Rng(seed);
+    let initial = rng.bytes(N as usize * SS);
+    let file = Arc::new(FileDisk::with_content(&initial, true));
+    let disk: Disk = stack(false, make(file.clone())).await;
+    let mut model = Model {
+        data: initial.clone(),
+        unmapped: vec![false; N as usize],
+    };
+
+    for op in 0..ops {
+        let what = format!("seed {seed} op {op}");
+        match rng.below(100) {
+            0..45 => {
+                let (s, n) = rng.range(150);
+                let mut buf = vec![0xcd; n as usize * SS];
+                disk.read(s, &mut buf).await.unwrap();
+                model.check_read(s, &buf, &what);
+            }
+            45..80 => {
+                let (s, n) = rng.range(100);
+                let data = rng.bytes(n as usize * SS);
+                disk.write(s, &data, rng.below(4) == 0).await.unwrap();
+                model.data[s as usize * SS..(s + n) as usize * SS].copy_from_slice(&data);
+                model.unmapped[s as usize..(s + n) as usize].fill(false);
+            }
+            80..88 => {
+                let (s, n) = rng.range(200);
+                disk.unmap(s, n).await.unwrap();
+                model.unmapped[s as usize..(s + n) as usize].fill(true);
+            }
+            88..90 => disk.sync_cache().await.unwrap(),
+            _ => {
+                // Concurrent readers on overlapping ranges (no writes in
+                // between): exercises single-flight fills.
+                let ranges: Vec<(u64, u64)> = (0..4).map(|_| rng.range(120)).collect();
+                let tasks: Vec<_> = ranges
+                    .iter()
+                    .map(|&(s, n)| {
+                        let d = disk.clone();
+                        tokio::spawn(async move {
+                            let mut buf = vec![0xcd; n as usize * SS];
+                            d.read(s, &mut buf).await.map(|()| buf)
+                        })
+                    })
+                    .collect();
+                for ((s, _), t) in ranges.into_iter().zip(tasks) {
+                    let buf = t.await.unwrap().unwrap();
+                    model.check_read(s, &buf, &what);
+                }
+            }
+        }
+    }
+
+    let mut all = vec![0; N as usize * SS];
+    disk.read(0, &mut all).await.unwrap();
+    model.check_read(0, &all, &format!("seed {seed} final"));
+    let mut on_disk = vec![0; initial.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&file.file, &mut on_disk, 0).unwrap();
+    assert!(
+        on_disk == initial,
+        "seed {seed}: the bottom file was modified"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ram_over_ram_cache_over_file() {
+    for seed in 0..12 {
+        run(seed, ram_cache_file, 400).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ram_over_two_caches_over_file() {
+    for seed in 100..112 {
+        run(seed, ram_two_caches_file, 400).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_cache_over_file() {
+    for seed in 200..212 {
+        run(seed, cache_on_top_file, 400).await;
+    }
+}
