@@ -1,3 +1,234 @@
-//! Declared test images (not yet written).
+//! The guest images VMM tests can boot, declared as petri artifacts.
+//!
+//! Position in the data flow: tests (through the `#[vmm_test]` macro) name
+//! these handles; the `vmm_test_images` catalog enumerates them (one enum
+//! variant per handle, with download names); resolvers turn them into local
+//! paths or URLs. Each image's facts sit next to its declaration as tag
+//! trait impls from `petri_artifacts_common::tags`: OS flavor and
+//! architecture ([`IsTestVhd`] / [`IsTestIso`]), and the store file name and
+//! size ([`IsHostedOnBlobStore`]). The catalog reads them from here, so they
+//! are written exactly once.
+//!
+//! Invariants:
+//!
+//! - VHD (fixed VHD1), ISO (flat) and VMGS (fixed VHD1) images are declared
+//!   with `declare_blob_artifacts!`: they may be read lazily over HTTP.
+//! - The VHDX image is declared with `declare_artifacts!`: it is never
+//!   served remotely (FUTURE: lazy VHDX reads).
+//! - Every `FILENAME` is unique and its extension matches the format the
+//!   blob layer infers from a URL path (`.vhd`/`.vmgs` fixed VHD1, `.iso`
+//!   flat, `.vhdx` rejected); `vmm_test_images` tests this.
+//!
+//! DEVNOTE: only the Ubuntu 24.04 x64, Alpine 3.23 x64 and FreeBSD 13.2 VHD
+//! sizes are taken from the reference store; the others are plausible
+//! values marked "size not verified against the store" where they are
+//! declared.
 
 #![forbid(unsafe_code)]
+
+use petri_artifacts_common::tags::IsHostedOnBlobStore;
+use petri_artifacts_common::tags::IsTestIso;
+use petri_artifacts_common::tags::IsTestVhd;
+use petri_artifacts_common::tags::IsTestVmgs;
+
+/// The declared test images.
+pub mod artifacts {
+    /// Bootable test disks (VHD, and one VHDX).
+    pub mod test_vhd {
+        use super::super::*;
+        use petri_artifacts_common::tags::MachineArch;
+        use petri_artifacts_common::tags::OsFlavor;
+
+        petri_artifacts_core::declare_blob_artifacts! {
+            /// Windows Server 2022 Datacenter Core, generation 1 (BIOS), x64.
+            GEN1_WINDOWS_DATA_CENTER_CORE2022_X64,
+            /// Windows Server 2022 Datacenter Core, generation 2 (UEFI), x64.
+            GEN2_WINDOWS_DATA_CENTER_CORE2022_X64,
+            /// Windows Server 2025 Datacenter Core, generation 2 (UEFI), x64.
+            GEN2_WINDOWS_DATA_CENTER_CORE2025_X64,
+            /// FreeBSD 13.2, x64.
+            FREE_BSD_13_2_X64,
+            /// Ubuntu 24.04 server cloud image, x64.
+            UBUNTU_2404_SERVER_X64,
+            /// Ubuntu 24.04 server cloud image, aarch64.
+            UBUNTU_2404_SERVER_AARCH64,
+            /// Alpine Linux 3.23 (UEFI, cloud-init), x64.
+            ALPINE_3_23_X64,
+            /// Alpine Linux 3.23 (UEFI, cloud-init), aarch64.
+            ALPINE_3_23_AARCH64,
+        }
+
+        petri_artifacts_core::declare_artifacts! {
+            /// Windows 11 Enterprise, aarch64. A VHDX: local only, since
+            /// VHDX cannot be read lazily yet.
+            WINDOWS_11_ENTERPRISE_AARCH64,
+        }
+
+        impl IsTestVhd for GEN1_WINDOWS_DATA_CENTER_CORE2022_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Windows;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for GEN1_WINDOWS_DATA_CENTER_CORE2022_X64 {
+            const FILENAME: &'static str =
+                "WindowsServer-2022-datacenter-core-smalldisk-20348.1906.230803.vhd";
+            // DEVNOTE: size not verified against the store
+            const SIZE: u64 = 32_214_352_384;
+        }
+
+        impl IsTestVhd for GEN2_WINDOWS_DATA_CENTER_CORE2022_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Windows;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for GEN2_WINDOWS_DATA_CENTER_CORE2022_X64 {
+            const FILENAME: &'static str =
+                "WindowsServer-2022-datacenter-core-smalldisk-g2-20348.1906.230803.vhd";
+            // DEVNOTE: size not verified against the store
+            const SIZE: u64 = 32_214_352_384;
+        }
+
+        impl IsTestVhd for GEN2_WINDOWS_DATA_CENTER_CORE2025_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Windows;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for GEN2_WINDOWS_DATA_CENTER_CORE2025_X64 {
+            const FILENAME: &'static str =
+                "WindowsServer-2025-datacenter-core-smalldisk-g2-26100.1742.240906.vhd";
+            // DEVNOTE: size not verified against the store
+            const SIZE: u64 = 32_214_352_384;
+        }
+
+        impl IsTestVhd for FREE_BSD_13_2_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::FreeBsd;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for FREE_BSD_13_2_X64 {
+            const FILENAME: &'static str = "FreeBSD-13.2-RELEASE-amd64.vhd";
+            const SIZE: u64 = 6_477_005_312;
+        }
+
+        impl IsTestVhd for UBUNTU_2404_SERVER_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Linux;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for UBUNTU_2404_SERVER_X64 {
+            const FILENAME: &'static str = "ubuntu-24.04-server-cloudimg-amd64.vhd";
+            const SIZE: u64 = 3_758_211_584;
+        }
+
+        impl IsTestVhd for UBUNTU_2404_SERVER_AARCH64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Linux;
+            const ARCH: MachineArch = MachineArch::Aarch64;
+        }
+        impl IsHostedOnBlobStore for UBUNTU_2404_SERVER_AARCH64 {
+            const FILENAME: &'static str = "ubuntu-24.04-server-cloudimg-arm64.vhd";
+            // DEVNOTE: size not verified against the store
+            const SIZE: u64 = 3_758_211_584;
+        }
+
+        impl IsTestVhd for ALPINE_3_23_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Linux;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for ALPINE_3_23_X64 {
+            const FILENAME: &'static str = "nocloud_alpine-3.23.2-x86_64-uefi-cloudinit-r0.vhd";
+            const SIZE: u64 = 224_494_080;
+        }
+
+        impl IsTestVhd for ALPINE_3_23_AARCH64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Linux;
+            const ARCH: MachineArch = MachineArch::Aarch64;
+        }
+        impl IsHostedOnBlobStore for ALPINE_3_23_AARCH64 {
+            const FILENAME: &'static str = "nocloud_alpine-3.23.2-aarch64-uefi-cloudinit-r0.vhd";
+            // DEVNOTE: size not verified against the store
+            const SIZE: u64 = 224_494_080;
+        }
+
+        impl IsTestVhd for WINDOWS_11_ENTERPRISE_AARCH64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Windows;
+            const ARCH: MachineArch = MachineArch::Aarch64;
+        }
+        impl IsHostedOnBlobStore for WINDOWS_11_ENTERPRISE_AARCH64 {
+            const FILENAME: &'static str = "windows11preview_arm64.vhdx";
+            // DEVNOTE: size not verified against the store
+            const SIZE: u64 = 24_398_266_368;
+        }
+    }
+
+    /// Bootable test ISOs.
+    pub mod test_iso {
+        use super::super::*;
+        use petri_artifacts_common::tags::MachineArch;
+        use petri_artifacts_common::tags::OsFlavor;
+
+        petri_artifacts_core::declare_blob_artifacts! {
+            /// FreeBSD 13.2 installer DVD, x64.
+            FREE_BSD_13_2_X64,
+        }
+
+        impl IsTestIso for FREE_BSD_13_2_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::FreeBsd;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for FREE_BSD_13_2_X64 {
+            const FILENAME: &'static str = "FreeBSD-13.2-RELEASE-amd64-dvd1.iso";
+            // DEVNOTE: size not verified against the store
+            const SIZE: u64 = 4_245_487_616;
+        }
+    }
+
+    /// Test VMGS (VM guest state) files, stored as fixed VHD1.
+    pub mod test_vmgs {
+        use super::super::*;
+
+        petri_artifacts_core::declare_blob_artifacts! {
+            /// A VMGS file holding a UEFI boot entry.
+            VMGS_WITH_BOOT_ENTRY,
+            /// A VMGS file with a 16 KiB TPM state.
+            VMGS_WITH_16K_TPM,
+        }
+
+        impl IsTestVmgs for VMGS_WITH_BOOT_ENTRY {}
+        impl IsHostedOnBlobStore for VMGS_WITH_BOOT_ENTRY {
+            const FILENAME: &'static str = "sample-vmgs.vhd";
+            // DEVNOTE: size not verified against the store
+            const SIZE: u64 = 4_194_816;
+        }
+
+        impl IsTestVmgs for VMGS_WITH_16K_TPM {}
+        impl IsHostedOnBlobStore for VMGS_WITH_16K_TPM {
+            const FILENAME: &'static str = "vmgs_with_16k_tpm.vmgs";
+            // DEVNOTE: size not verified against the store
+            const SIZE: u64 = 4_194_816;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::artifacts::*;
+
+    #[test]
+    fn same_name_in_vhd_and_iso_does_not_collide() {
+        assert_ne!(
+            test_vhd::FREE_BSD_13_2_X64.erase(),
+            test_iso::FREE_BSD_13_2_X64.erase()
+        );
+        assert_eq!(
+            test_vhd::FREE_BSD_13_2_X64.id(),
+            "petri_artifacts_vmm_test::artifacts::test_vhd::FREE_BSD_13_2_X64"
+        );
+        assert_eq!(
+            test_iso::FREE_BSD_13_2_X64.id(),
+            "petri_artifacts_vmm_test::artifacts::test_iso::FREE_BSD_13_2_X64"
+        );
+    }
+
+    #[test]
+    fn vhdx_is_not_blob_capable_and_the_rest_are() {
+        assert!(!test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.is_blob_capable());
+        assert!(test_vhd::UBUNTU_2404_SERVER_X64.is_blob_capable());
+        assert!(test_iso::FREE_BSD_13_2_X64.is_blob_capable());
+        assert!(test_vmgs::VMGS_WITH_BOOT_ENTRY.is_blob_capable());
+    }
+}

@@ -1,3 +1,613 @@
-//! The test image catalog (not yet written).
+//! The one catalog of VMM test images.
+//!
+//! Position in the data flow: [`KnownTestArtifacts`] is the single table
+//! that everything which needs to *name* a test image reads:
+//!
+//! - the `#[vmm_test]` proc-macro maps `vhd(ubuntu_2404_server_x64)` to a
+//!   handle with [`KnownTestArtifacts::from_macro`] and
+//!   [`KnownTestArtifacts::handle_path`], and checks the architecture with
+//!   [`KnownTestArtifacts::arch`];
+//! - the known-paths resolver maps a handle back to its entry
+//!   ([`KnownTestArtifacts::from_handle`]) to find its file name, whether
+//!   it may be read remotely, and the download command it prints on a
+//!   miss;
+//! - `cargo xtask guest-test download-image --artifacts <Name>` parses the
+//!   command-line name (clap [`ValueEnum`](clap::ValueEnum), names
+//!   verbatim) and downloads [`KnownTestArtifacts::file_name`] of
+//!   [`KnownTestArtifacts::size`] bytes.
+//!
+//! Model: one enum variant per declared image in `petri_artifacts_vmm_test`.
+//! A row of the catalog names the variant, the handle, the macro name, the
+//! kind and the format; the file name, size, OS flavor and architecture are
+//! read from the tag trait impls beside the declaration, so no fact is
+//! written twice (review finding 4 of the reference).
+//!
+//! Invariants (tested):
+//!
+//! - every variant maps to a distinct handle and a distinct file name;
+//! - every variant round-trips through its command-line name and serde;
+//! - [`KnownTestArtifacts::remote_capable`] is the handle's blob flag, and
+//!   it is `true` exactly for formats a blob disk can present
+//!   ([`ImageFormat::FixedVhd1`] and [`ImageFormat::Flat`]);
+//! - the format agrees with what the blob layer infers from the file name
+//!   ([`ImageFormat::from_file_name`]);
+//! - `(macro keyword, macro name)` pairs are unique.
+//!
+//! Nothing here does I/O.
 
 #![forbid(unsafe_code)]
+
+use petri_artifacts_common::tags::IsHostedOnBlobStore;
+use petri_artifacts_common::tags::IsTestIso;
+use petri_artifacts_common::tags::IsTestVhd;
+pub use petri_artifacts_common::tags::MachineArch;
+pub use petri_artifacts_common::tags::OsFlavor;
+use petri_artifacts_core::ErasedArtifactHandle;
+use petri_artifacts_vmm_test::artifacts;
+use serde::Deserialize;
+use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+
+/// The Azure storage account of the default image store.
+pub const STORAGE_ACCOUNT: &str = "hvlitetestvhds";
+
+/// The blob container of the default image store.
+pub const CONTAINER: &str = "vhds";
+
+/// The default store's base URL:
+/// `https://{STORAGE_ACCOUNT}.blob.core.windows.net/{CONTAINER}`.
+pub fn default_base_url() -> String {
+    format!("https://{STORAGE_ACCOUNT}.blob.core.windows.net/{CONTAINER}")
+}
+
+/// What kind of test image an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ImageKind {
+    /// A bootable disk in VHD format.
+    Vhd,
+    /// A bootable ISO.
+    Iso,
+    /// A VMGS (guest state) file.
+    Vmgs,
+    /// A bootable disk in VHDX format.
+    Vhdx,
+}
+
+impl ImageKind {
+    /// The `#[vmm_test]` keyword that names images of this kind: `vhd`
+    /// (for VHD and VHDX disks alike), `iso` or `vmgs`.
+    pub const fn macro_keyword(self) -> &'static str {
+        match self {
+            ImageKind::Vhd | ImageKind::Vhdx => "vhd",
+            ImageKind::Iso => "iso",
+            ImageKind::Vmgs => "vmgs",
+        }
+    }
+}
+
+/// How an image file's bytes map to a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ImageFormat {
+    /// A fixed VHD1: the disk followed by a 512-byte footer.
+    FixedVhd1,
+    /// The file is the disk, byte for byte (ISO, raw).
+    Flat,
+    /// VHDX: cannot be presented as a blob disk yet.
+    Vhdx,
+}
+
+impl ImageFormat {
+    /// Whether a blob disk can present this format, i.e. whether an image
+    /// in it may be read lazily from a URL.
+    pub const fn is_blob_readable(self) -> bool {
+        match self {
+            ImageFormat::FixedVhd1 | ImageFormat::Flat => true,
+            ImageFormat::Vhdx => false,
+        }
+    }
+
+    /// The format the blob layer infers from a URL path's file name:
+    /// `.vhd` and `.vmgs` are fixed VHD1, `.vhdx` is VHDX (to be rejected,
+    /// never treated as flat), anything else is flat. Case-insensitive.
+    pub fn from_file_name(file_name: &str) -> ImageFormat {
+        let ext = match file_name.rsplit_once('.') {
+            Some((_, ext)) => ext.to_ascii_lowercase(),
+            None => String::new(),
+        };
+        match ext.as_str() {
+            "vhd" | "vmgs" => ImageFormat::FixedVhd1,
+            "vhdx" => ImageFormat::Vhdx,
+            _ => ImageFormat::Flat,
+        }
+    }
+}
+
+macro_rules! os_arch {
+    (arch, Vhd, $m:ident :: $n:ident) => {
+        Some(<artifacts::$m::$n as IsTestVhd>::ARCH)
+    };
+    (arch, Vhdx, $m:ident :: $n:ident) => {
+        Some(<artifacts::$m::$n as IsTestVhd>::ARCH)
+    };
+    (arch, Iso, $m:ident :: $n:ident) => {
+        Some(<artifacts::$m::$n as IsTestIso>::ARCH)
+    };
+    (arch, Vmgs, $m:ident :: $n:ident) => {
+        None
+    };
+    (os, Vhd, $m:ident :: $n:ident) => {
+        Some(<artifacts::$m::$n as IsTestVhd>::OS_FLAVOR)
+    };
+    (os, Vhdx, $m:ident :: $n:ident) => {
+        Some(<artifacts::$m::$n as IsTestVhd>::OS_FLAVOR)
+    };
+    (os, Iso, $m:ident :: $n:ident) => {
+        Some(<artifacts::$m::$n as IsTestIso>::OS_FLAVOR)
+    };
+    (os, Vmgs, $m:ident :: $n:ident) => {
+        None
+    };
+}
+
+macro_rules! catalog {
+    ($(
+        $(#[$attr:meta])*
+        $variant:ident => $module:ident :: $name:ident, $macro_name:literal, $kind:ident, $format:ident;
+    )*) => {
+        /// Every known test image. The command-line and serde names are
+        /// the variant names, verbatim.
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+            Serialize, Deserialize, clap::ValueEnum,
+        )]
+        #[value(rename_all = "verbatim")]
+        pub enum KnownTestArtifacts {
+            $( $(#[$attr])* $variant, )*
+        }
+
+        impl KnownTestArtifacts {
+            /// Every entry, in catalog order.
+            pub const ALL: &'static [KnownTestArtifacts] = &[$(KnownTestArtifacts::$variant),*];
+
+            /// The artifact handle.
+            pub const fn handle(self) -> ErasedArtifactHandle {
+                match self {
+                    $(KnownTestArtifacts::$variant => artifacts::$module::$name.erase(),)*
+                }
+            }
+
+            /// The Rust path of the handle, for generated code, e.g.
+            /// `"::petri_artifacts_vmm_test::artifacts::test_vhd::UBUNTU_2404_SERVER_X64"`.
+            pub const fn handle_path(self) -> &'static str {
+                match self {
+                    $(KnownTestArtifacts::$variant => concat!(
+                        "::petri_artifacts_vmm_test::artifacts::",
+                        stringify!($module),
+                        "::",
+                        stringify!($name)
+                    ),)*
+                }
+            }
+
+            /// The snake_case name used in `#[vmm_test(... vhd(<name>))]`.
+            /// Unique per [`ImageKind::macro_keyword`].
+            pub const fn macro_name(self) -> &'static str {
+                match self {
+                    $(KnownTestArtifacts::$variant => $macro_name,)*
+                }
+            }
+
+            /// The kind of image.
+            pub const fn kind(self) -> ImageKind {
+                match self {
+                    $(KnownTestArtifacts::$variant => ImageKind::$kind,)*
+                }
+            }
+
+            /// The file format.
+            pub const fn format(self) -> ImageFormat {
+                match self {
+                    $(KnownTestArtifacts::$variant => ImageFormat::$format,)*
+                }
+            }
+
+            /// The file name in the store, which is also the local file name.
+            pub const fn file_name(self) -> &'static str {
+                match self {
+                    $(KnownTestArtifacts::$variant =>
+                        <artifacts::$module::$name as IsHostedOnBlobStore>::FILENAME,)*
+                }
+            }
+
+            /// The file size in bytes.
+            pub const fn size(self) -> u64 {
+                match self {
+                    $(KnownTestArtifacts::$variant =>
+                        <artifacts::$module::$name as IsHostedOnBlobStore>::SIZE,)*
+                }
+            }
+
+            /// The architecture of a bootable image; `None` for VMGS files.
+            pub const fn arch(self) -> Option<MachineArch> {
+                match self {
+                    $(KnownTestArtifacts::$variant => os_arch!(arch, $kind, $module::$name),)*
+                }
+            }
+
+            /// The OS of a bootable image; `None` for VMGS files.
+            pub const fn os_flavor(self) -> Option<OsFlavor> {
+                match self {
+                    $(KnownTestArtifacts::$variant => os_arch!(os, $kind, $module::$name),)*
+                }
+            }
+
+            /// The command-line (and serde) name: the variant name.
+            pub const fn cli_name(self) -> &'static str {
+                match self {
+                    $(KnownTestArtifacts::$variant => stringify!($variant),)*
+                }
+            }
+        }
+    };
+}
+
+catalog! {
+    /// Windows Server 2022 Datacenter Core, generation 1, x64 (VHD).
+    Gen1WindowsDataCenterCore2022X64Vhd => test_vhd::GEN1_WINDOWS_DATA_CENTER_CORE2022_X64,
+        "gen1_windows_data_center_core2022_x64", Vhd, FixedVhd1;
+    /// Windows Server 2022 Datacenter Core, generation 2, x64 (VHD).
+    Gen2WindowsDataCenterCore2022X64Vhd => test_vhd::GEN2_WINDOWS_DATA_CENTER_CORE2022_X64,
+        "gen2_windows_data_center_core2022_x64", Vhd, FixedVhd1;
+    /// Windows Server 2025 Datacenter Core, generation 2, x64 (VHD).
+    Gen2WindowsDataCenterCore2025X64Vhd => test_vhd::GEN2_WINDOWS_DATA_CENTER_CORE2025_X64,
+        "gen2_windows_data_center_core2025_x64", Vhd, FixedVhd1;
+    /// FreeBSD 13.2, x64 (VHD).
+    FreeBsd13_2X64Vhd => test_vhd::FREE_BSD_13_2_X64, "freebsd_13_2_x64", Vhd, FixedVhd1;
+    /// FreeBSD 13.2 installer DVD, x64 (ISO).
+    FreeBsd13_2X64Iso => test_iso::FREE_BSD_13_2_X64, "freebsd_13_2_x64", Iso, Flat;
+    /// Ubuntu 24.04 server, x64 (VHD).
+    Ubuntu2404ServerX64Vhd => test_vhd::UBUNTU_2404_SERVER_X64, "ubuntu_2404_server_x64", Vhd, FixedVhd1;
+    /// Ubuntu 24.04 server, aarch64 (VHD).
+    Ubuntu2404ServerAarch64Vhd => test_vhd::UBUNTU_2404_SERVER_AARCH64,
+        "ubuntu_2404_server_aarch64", Vhd, FixedVhd1;
+    /// Alpine Linux 3.23, x64 (VHD).
+    Alpine323X64Vhd => test_vhd::ALPINE_3_23_X64, "alpine_3_23_x64", Vhd, FixedVhd1;
+    /// Alpine Linux 3.23, aarch64 (VHD).
+    Alpine323Aarch64Vhd => test_vhd::ALPINE_3_23_AARCH64, "alpine_3_23_aarch64", Vhd, FixedVhd1;
+    /// Windows 11 Enterprise, aarch64 (VHDX; local only).
+    Windows11EnterpriseAarch64Vhdx => test_vhd::WINDOWS_11_ENTERPRISE_AARCH64,
+        "windows_11_enterprise_aarch64", Vhdx, Vhdx;
+    /// VMGS with a UEFI boot entry.
+    VmgsWithBootEntry => test_vmgs::VMGS_WITH_BOOT_ENTRY, "vmgs_with_boot_entry", Vmgs, FixedVhd1;
+    /// VMGS with a 16 KiB TPM state.
+    VmgsWith16kTpm => test_vmgs::VMGS_WITH_16K_TPM, "vmgs_with_16k_tpm", Vmgs, FixedVhd1;
+}
+
+impl KnownTestArtifacts {
+    /// Every entry, in catalog order.
+    pub fn all() -> impl Iterator<Item = KnownTestArtifacts> {
+        Self::ALL.iter().copied()
+    }
+
+    /// Whether the image may be read remotely (lazily, as a blob disk): the
+    /// handle was declared with `declare_blob_artifacts!`.
+    pub const fn remote_capable(self) -> bool {
+        self.handle().is_blob_capable()
+    }
+
+    /// The catalog entry of `handle`, if it is a known test image.
+    pub fn from_handle(handle: ErasedArtifactHandle) -> Option<KnownTestArtifacts> {
+        Self::all().find(|a| a.handle() == handle)
+    }
+
+    /// The entry whose [`Self::macro_name`] is `name`, if exactly one
+    /// entry has it. Names are unique only per macro keyword (the FreeBSD
+    /// VHD and ISO are both `freebsd_13_2_x64`); use [`Self::from_macro`]
+    /// when the keyword is known.
+    pub fn from_macro_name(name: &str) -> Option<KnownTestArtifacts> {
+        let mut found = Self::all().filter(|a| a.macro_name() == name);
+        match (found.next(), found.next()) {
+            (Some(a), None) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The entry named `name` under the `#[vmm_test]` keyword `keyword`
+    /// (`vhd`, `iso` or `vmgs`; see [`ImageKind::macro_keyword`]).
+    pub fn from_macro(keyword: &str, name: &str) -> Option<KnownTestArtifacts> {
+        Self::all().find(|a| a.kind().macro_keyword() == keyword && a.macro_name() == name)
+    }
+
+    /// The entry whose command-line name is `name` (exact match).
+    pub fn from_cli_name(name: &str) -> Option<KnownTestArtifacts> {
+        Self::all().find(|a| a.cli_name() == name)
+    }
+
+    /// The command that downloads this image into the local images folder.
+    pub fn download_command(self) -> String {
+        format!(
+            "cargo xtask guest-test download-image --artifacts {}",
+            self.cli_name()
+        )
+    }
+}
+
+impl fmt::Display for KnownTestArtifacts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.cli_name())
+    }
+}
+
+/// An unknown command-line name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownTestArtifact(pub String);
+
+impl fmt::Display for UnknownTestArtifact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown test artifact {:?}; known: ", self.0)?;
+        for (i, a) in KnownTestArtifacts::all().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(a.cli_name())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for UnknownTestArtifact {}
+
+impl FromStr for KnownTestArtifacts {
+    type Err = UnknownTestArtifact;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_cli_name(s).ok_or_else(|| UnknownTestArtifact(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+    use std::collections::HashSet;
+
+    #[test]
+    fn handles_and_file_names_are_distinct() {
+        let handles: HashSet<_> = KnownTestArtifacts::all().map(|a| a.handle()).collect();
+        let ids: HashSet<_> = KnownTestArtifacts::all().map(|a| a.handle().id()).collect();
+        let files: HashSet<_> = KnownTestArtifacts::all().map(|a| a.file_name()).collect();
+        let paths: HashSet<_> = KnownTestArtifacts::all().map(|a| a.handle_path()).collect();
+        let n = KnownTestArtifacts::ALL.len();
+        assert_eq!(handles.len(), n);
+        assert_eq!(ids.len(), n);
+        assert_eq!(files.len(), n);
+        assert_eq!(paths.len(), n);
+        assert_eq!(KnownTestArtifacts::value_variants().len(), n);
+    }
+
+    #[test]
+    fn cli_name_round_trips() {
+        for a in KnownTestArtifacts::all() {
+            let name = a.cli_name();
+            assert_eq!(
+                <KnownTestArtifacts as ValueEnum>::from_str(name, false),
+                Ok(a),
+                "clap {name}"
+            );
+            assert_eq!(name.parse::<KnownTestArtifacts>(), Ok(a));
+            assert_eq!(
+                a.to_possible_value().map(|v| v.get_name().to_owned()),
+                Some(name.to_owned())
+            );
+            assert_eq!(a.to_string(), name);
+            let json = serde_json::to_string(&a).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(
+                serde_json::from_str::<KnownTestArtifacts>(&json).unwrap(),
+                a
+            );
+            assert!(
+                a.download_command()
+                    .ends_with(&format!("--artifacts {name}"))
+            );
+        }
+        assert_eq!(
+            "Ubuntu2404ServerX64Vhd".parse(),
+            Ok(KnownTestArtifacts::Ubuntu2404ServerX64Vhd)
+        );
+        let err = "NoSuchImage".parse::<KnownTestArtifacts>().unwrap_err();
+        assert!(err.to_string().contains("Ubuntu2404ServerX64Vhd"));
+    }
+
+    #[test]
+    fn clap_parses_the_verbatim_name() {
+        #[derive(clap::Parser, Debug)]
+        struct Cli {
+            #[arg(long, value_delimiter = ',')]
+            artifacts: Vec<KnownTestArtifacts>,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "x",
+            "--artifacts",
+            "FreeBsd13_2X64Iso,Alpine323X64Vhd",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.artifacts,
+            [
+                KnownTestArtifacts::FreeBsd13_2X64Iso,
+                KnownTestArtifacts::Alpine323X64Vhd
+            ]
+        );
+        assert!(<Cli as clap::Parser>::try_parse_from(["x", "--artifacts", "alpine"]).is_err());
+    }
+
+    #[test]
+    fn blob_capability_matches_format() {
+        for a in KnownTestArtifacts::all() {
+            assert_eq!(a.remote_capable(), a.handle().is_blob_capable(), "{a}");
+            assert_eq!(a.remote_capable(), a.format().is_blob_readable(), "{a}");
+            assert_eq!(
+                ImageFormat::from_file_name(a.file_name()),
+                a.format(),
+                "{a}: {}",
+                a.file_name()
+            );
+            assert_eq!(
+                a.kind() == ImageKind::Vhdx,
+                a.format() == ImageFormat::Vhdx,
+                "{a}"
+            );
+        }
+        assert!(!KnownTestArtifacts::Windows11EnterpriseAarch64Vhdx.remote_capable());
+        assert!(KnownTestArtifacts::Ubuntu2404ServerX64Vhd.remote_capable());
+        assert!(KnownTestArtifacts::FreeBsd13_2X64Iso.remote_capable());
+    }
+
+    #[test]
+    fn sizes_are_plausible() {
+        for a in KnownTestArtifacts::all() {
+            assert!(a.size() > 0, "{a}");
+            if a.format() == ImageFormat::FixedVhd1 {
+                // A fixed VHD1 is whole sectors plus a 512-byte footer.
+                assert_eq!(a.size() % 512, 0, "{a}");
+                assert!(a.size() > 512, "{a}");
+            }
+        }
+        // The sizes DESIGN.md states.
+        assert_eq!(
+            KnownTestArtifacts::Ubuntu2404ServerX64Vhd.size(),
+            3_758_211_584
+        );
+        assert_eq!(KnownTestArtifacts::Alpine323X64Vhd.size(), 224_494_080);
+        assert_eq!(KnownTestArtifacts::FreeBsd13_2X64Vhd.size(), 6_477_005_312);
+        assert_eq!(
+            KnownTestArtifacts::Alpine323X64Vhd.file_name(),
+            "nocloud_alpine-3.23.2-x86_64-uefi-cloudinit-r0.vhd"
+        );
+    }
+
+    #[test]
+    fn handle_paths_name_the_handles() {
+        for a in KnownTestArtifacts::all() {
+            let path = a.handle_path().trim_start_matches("::");
+            assert_eq!(path, a.handle().id(), "{a}");
+            assert_eq!(KnownTestArtifacts::from_handle(a.handle()), Some(a));
+        }
+        assert_eq!(
+            KnownTestArtifacts::Ubuntu2404ServerX64Vhd.handle_path(),
+            "::petri_artifacts_vmm_test::artifacts::test_vhd::UBUNTU_2404_SERVER_X64"
+        );
+        assert_eq!(
+            KnownTestArtifacts::from_handle(
+                petri_artifacts_common::artifacts::TEST_LOG_DIRECTORY.erase()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn macro_names() {
+        let mut seen = HashSet::new();
+        for a in KnownTestArtifacts::all() {
+            let name = a.macro_name();
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}"
+            );
+            // The macro name is the handle's NAME in snake case
+            // ("FREE_BSD" spelled "freebsd").
+            assert_eq!(
+                name,
+                a.handle()
+                    .name()
+                    .to_ascii_lowercase()
+                    .replace("free_bsd", "freebsd"),
+                "{a}"
+            );
+            assert!(
+                seen.insert((a.kind().macro_keyword(), name)),
+                "duplicate {name}"
+            );
+            assert_eq!(
+                KnownTestArtifacts::from_macro(a.kind().macro_keyword(), name),
+                Some(a)
+            );
+        }
+        assert_eq!(
+            KnownTestArtifacts::from_macro_name("ubuntu_2404_server_x64"),
+            Some(KnownTestArtifacts::Ubuntu2404ServerX64Vhd)
+        );
+        assert_eq!(
+            KnownTestArtifacts::from_macro_name("alpine_3_23_x64"),
+            Some(KnownTestArtifacts::Alpine323X64Vhd)
+        );
+        // Ambiguous across keywords.
+        assert_eq!(
+            KnownTestArtifacts::from_macro_name("freebsd_13_2_x64"),
+            None
+        );
+        assert_eq!(
+            KnownTestArtifacts::from_macro("iso", "freebsd_13_2_x64"),
+            Some(KnownTestArtifacts::FreeBsd13_2X64Iso)
+        );
+        assert_eq!(
+            KnownTestArtifacts::from_macro("vhd", "freebsd_13_2_x64"),
+            Some(KnownTestArtifacts::FreeBsd13_2X64Vhd)
+        );
+        assert_eq!(
+            KnownTestArtifacts::from_macro("vhd", "windows_11_enterprise_aarch64"),
+            Some(KnownTestArtifacts::Windows11EnterpriseAarch64Vhdx)
+        );
+        assert_eq!(
+            KnownTestArtifacts::from_macro("iso", "ubuntu_2404_server_x64"),
+            None
+        );
+    }
+
+    #[test]
+    fn arch_and_os() {
+        use KnownTestArtifacts::*;
+        assert_eq!(
+            Ubuntu2404ServerAarch64Vhd.arch(),
+            Some(MachineArch::Aarch64)
+        );
+        assert_eq!(Ubuntu2404ServerX64Vhd.arch(), Some(MachineArch::X64));
+        assert_eq!(FreeBsd13_2X64Iso.os_flavor(), Some(OsFlavor::FreeBsd));
+        assert_eq!(
+            Windows11EnterpriseAarch64Vhdx.os_flavor(),
+            Some(OsFlavor::Windows)
+        );
+        assert_eq!(VmgsWithBootEntry.arch(), None);
+        for a in KnownTestArtifacts::all() {
+            assert_eq!(a.arch().is_none(), a.kind() == ImageKind::Vmgs, "{a}");
+            assert_eq!(a.os_flavor().is_none(), a.kind() == ImageKind::Vmgs, "{a}");
+            // The name says the arch.
+            if let Some(arch) = a.arch() {
+                assert!(a.macro_name().ends_with(&arch.to_string()), "{a}");
+            }
+        }
+    }
+
+    #[test]
+    fn format_rule_by_extension() {
+        assert_eq!(ImageFormat::from_file_name("a.VHD"), ImageFormat::FixedVhd1);
+        assert_eq!(
+            ImageFormat::from_file_name("a.vmgs"),
+            ImageFormat::FixedVhd1
+        );
+        assert_eq!(ImageFormat::from_file_name("a.vhdx"), ImageFormat::Vhdx);
+        assert_eq!(ImageFormat::from_file_name("a.iso"), ImageFormat::Flat);
+        assert_eq!(ImageFormat::from_file_name("raw"), ImageFormat::Flat);
+    }
+
+    #[test]
+    fn default_store() {
+        assert_eq!(
+            default_base_url(),
+            "https://hvlitetestvhds.blob.core.windows.net/vhds"
+        );
+    }
+}
