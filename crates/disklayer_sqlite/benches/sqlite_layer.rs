@@ -1,0 +1,3 @@
+//! Benchmark of the SQLite layer (being written).
+
+fn main() {}

@@ -1,0 +1,310 @@
+//! A SQLite read cache that lives in a shared cache directory and is
+//! created on first use.
+//!
+//! The cache file of a disk is `<cache dir>/<key>/cache.dbhd`, where the key
+//! is:
+//!
+//! - the explicit key, if one is given: used as is when it is a plain file
+//!   name (`[A-Za-z0-9._-]`, not `.` or `..`, not starting with `sha256-`,
+//!   at most 128 bytes), else replaced by `sha256-<hex of its SHA-256>`. An
+//!   empty key is an error. No key can name a path outside the cache
+//!   directory;
+//! - otherwise the lower layer's 16-byte disk id as 32 lowercase hex digits
+//!   (an all-zero id counts as no id); without an id and without a key,
+//!   opening fails with [`SqliteLayerError::NoCacheKey`].
+//!
+//! Creation is atomic across processes: the file is formatted in a fresh
+//! temporary directory inside the key directory, then hard-linked into
+//! place. A link that finds the file already there means another process
+//! won the race; its file is used and ours is dropped. So every process
+//! sees either no file or a complete, formatted one.
+//!
+//! An existing file must describe the same disk as the lower layer (same
+//! sector count and size, and the same disk id when both have one);
+//! otherwise opening fails with an error naming both geometries and the
+//! file. A read-only auto-cache opens an existing file read-only and never
+//! creates one.
+//!
+//! Directories this module creates (the cache directory and the key
+//! directories) get permissions 0700: a cache may hold private images.
+//!
+//! FUTURE: a process killed between formatting and linking leaves a
+//! `.tmp-*` directory in the key directory; nothing removes it yet.
+
+use crate::{FormatParams, Geometry, SqliteDiskLayer, SqliteLayerError};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+
+/// Name of the cache file inside its key directory.
+pub const CACHE_FILE_NAME: &str = "cache.dbhd";
+
+/// Longest explicit key used verbatim as a directory name.
+const MAX_PLAIN_KEY: usize = 128;
+
+/// What the auto-cache must know about the layer below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowerDisk {
+    /// The lower layer's geometry.
+    pub geometry: Geometry,
+    /// The lower layer's disk id, if any.
+    pub disk_id: Option<[u8; 16]>,
+}
+
+/// An auto-cache configuration: where the cache directory is, which key
+/// to use, whether to open read-only. It becomes a [`SqliteDiskLayer`]
+/// once the lower layer is known ([`AutoCacheSqliteDiskLayer::open_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoCacheSqliteDiskLayer {
+    cache_dir: PathBuf,
+    key: Option<String>,
+    read_only: bool,
+    chunk_size: u32,
+}
+
+/// Lowercase, zero-padded hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The key directory name for an explicit key and/or a disk id. See the
+/// module documentation for the rules.
+pub fn key_dir_name(
+    key: Option<&str>,
+    disk_id: Option<[u8; 16]>,
+) -> Result<String, SqliteLayerError> {
+    match key {
+        Some("") => Err(SqliteLayerError::InvalidKey("the key is empty".to_string())),
+        Some(k) => {
+            let plain = k.len() <= MAX_PLAIN_KEY
+                && k != "."
+                && k != ".."
+                && !k.starts_with("sha256-")
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if plain {
+                Ok(k.to_string())
+            } else {
+                Ok(format!(
+                    "sha256-{}",
+                    hex(&sha2::Sha256::digest(k.as_bytes()))
+                ))
+            }
+        }
+        None => match disk_id {
+            Some(id) if id != [0; 16] => Ok(hex(&id)),
+            _ => Err(SqliteLayerError::NoCacheKey),
+        },
+    }
+}
+
+/// Creates `dir` (and missing parents) with permissions 0700. An existing
+/// directory is left as it is.
+fn create_private_dir(dir: &Path) -> Result<(), SqliteLayerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) if dir.is_dir() => Ok(()),
+        Ok(()) => Err(SqliteLayerError::Io {
+            path: dir.to_path_buf(),
+            context: "creating a cache directory".into(),
+            source: std::io::Error::other("exists and is not a directory"),
+        }),
+        Err(source) => Err(SqliteLayerError::Io {
+            path: dir.to_path_buf(),
+            context: "creating a cache directory".into(),
+            source,
+        }),
+    }
+}
+
+impl AutoCacheSqliteDiskLayer {
+    /// An auto-cache in `cache_dir`, keyed by `key` or else by the lower
+    /// layer's disk id.
+    pub fn new(cache_dir: impl Into<PathBuf>, key: Option<String>, read_only: bool) -> Self {
+        AutoCacheSqliteDiskLayer {
+            cache_dir: cache_dir.into(),
+            key,
+            read_only,
+            chunk_size: crate::DEFAULT_CHUNK_SIZE,
+        }
+    }
+
+    /// Sets the chunk size used when this auto-cache creates a file (an
+    /// existing file keeps its own).
+    pub fn with_chunk_size(mut self, chunk_size: u32) -> Self {
+        self.chunk_size = chunk_size;
+        self
+    }
+
+    /// The cache directory.
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    /// The explicit key, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// Whether the cache is opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The cache file that serves a lower layer with `disk_id`.
+    pub fn cache_file_path(&self, disk_id: Option<[u8; 16]>) -> Result<PathBuf, SqliteLayerError> {
+        let name = key_dir_name(self.key.as_deref(), disk_id)?;
+        Ok(self.cache_dir.join(name).join(CACHE_FILE_NAME))
+    }
+
+    /// Opens the cache file for `lower`, creating it (atomically, see the
+    /// module documentation) unless it exists or the cache is read-only.
+    /// Blocks.
+    pub fn open_for(&self, lower: &LowerDisk) -> Result<SqliteDiskLayer, SqliteLayerError> {
+        let file = self.cache_file_path(lower.disk_id)?;
+        let key_dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.cache_dir.clone());
+        if !self.read_only {
+            create_private_dir(&self.cache_dir)?;
+            create_private_dir(&key_dir)?;
+        }
+        if !file.exists() {
+            if self.read_only {
+                return Err(SqliteLayerError::ReadOnlyMissing { path: file });
+            }
+            format_atomically(
+                &file,
+                &FormatParams {
+                    sector_count: lower.geometry.sector_count,
+                    sector_size: lower.geometry.sector_size,
+                    chunk_size: self.chunk_size,
+                    logically_read_only: true,
+                    disk_id: lower.disk_id,
+                },
+            )?;
+        }
+        let layer = SqliteDiskLayer::open(&file, self.read_only)?;
+        let meta = layer.metadata();
+        if meta.geometry != lower.geometry {
+            return Err(SqliteLayerError::GeometryMismatch {
+                path: file,
+                file: meta.geometry,
+                lower: lower.geometry,
+            });
+        }
+        if let (Some(f), Some(l)) = (meta.disk_id, lower.disk_id)
+            && f != l
+        {
+            return Err(SqliteLayerError::DiskIdMismatch {
+                path: file,
+                file: hex(&f),
+                lower: hex(&l),
+            });
+        }
+        Ok(layer)
+    }
+}
+
+/// Formats a layer file at `file` atomically: the file is formatted in a
+/// fresh temporary directory beside it and hard-linked into place, so no
+/// process ever sees a half-formatted file. Returns `false` if another
+/// process linked its file first (that file is left as it is). Blocks.
+pub fn format_atomically(file: &Path, params: &FormatParams) -> Result<bool, SqliteLayerError> {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempdir_in(dir)
+        .map_err(|source| SqliteLayerError::Io {
+            path: dir.to_path_buf(),
+            context: "creating a temporary directory".into(),
+            source,
+        })?;
+    let tmp_file = tmp.path().join(CACHE_FILE_NAME);
+    SqliteDiskLayer::format(&tmp_file, params)?;
+    let created = match std::fs::hard_link(&tmp_file, file) {
+        Ok(()) => {
+            tracing::debug!(path = %file.display(), "created layer file");
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            tracing::debug!(path = %file.display(), "another process created the layer file first");
+            false
+        }
+        Err(source) => {
+            return Err(SqliteLayerError::Io {
+                path: file.to_path_buf(),
+                context: "linking the new layer file into place".into(),
+                source,
+            });
+        }
+    };
+    // Removes the temporary directory and its link to the file.
+    tmp.close().map_err(|source| SqliteLayerError::Io {
+        path: dir.to_path_buf(),
+        context: "removing a temporary directory".into(),
+        source,
+    })?;
+    Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names() {
+        assert_eq!(
+            key_dir_name(Some("ubuntu-24.04_x64"), None).unwrap(),
+            "ubuntu-24.04_x64"
+        );
+        let mut id = [0u8; 16];
+        id[15] = 1;
+        id[0] = 0xab;
+        assert_eq!(
+            key_dir_name(None, Some(id)).unwrap(),
+            "ab000000000000000000000000000001"
+        );
+        assert!(matches!(
+            key_dir_name(None, None),
+            Err(SqliteLayerError::NoCacheKey)
+        ));
+        assert!(matches!(
+            key_dir_name(None, Some([0; 16])),
+            Err(SqliteLayerError::NoCacheKey)
+        ));
+        assert!(matches!(
+            key_dir_name(Some(""), Some(id)),
+            Err(SqliteLayerError::InvalidKey(_))
+        ));
+        for hostile in ["..", ".", "../x", "/abs", "a/b", "a\0b", "sha256-abc", "ü"] {
+            let name = key_dir_name(Some(hostile), None).unwrap();
+            assert!(
+                name.starts_with("sha256-") && name.len() == 7 + 64,
+                "{hostile:?} -> {name}"
+            );
+        }
+        assert_ne!(
+            key_dir_name(Some("../x"), None).unwrap(),
+            key_dir_name(Some("/abs"), None).unwrap()
+        );
+        let long = "a".repeat(MAX_PLAIN_KEY + 1);
+        assert!(
+            key_dir_name(Some(&long), None)
+                .unwrap()
+                .starts_with("sha256-")
+        );
+    }
+}
