@@ -1,3 +1,59 @@
-//! Test HTTP servers (not yet written).
+//! Real servers and fixtures for the tests of the blob and disk crates.
+//!
+//! This is a dev-only library: other crates list it under
+//! `[dev-dependencies]` and their tests use it to talk to real HTTP(S)
+//! servers on 127.0.0.1 instead of mocks. Position in the data flow: it
+//! stands where the blob store (Azure blob container, any HTTP server)
+//! stands in production, underneath `disk_blob::HttpBlob`.
+//!
+//! What it provides:
+//! - [`FaultServer`]: an in-process hyper 1 server (HTTP/1.1 and HTTP/2,
+//!   optionally TLS with a runtime-made CA, see [`TestCa`]) serving
+//!   in-memory or file-backed blobs with Range, HEAD, ETag, Last-Modified,
+//!   If-Match, If-Range and keep-alive; counters and a request log; and
+//!   injectable [`Fault`]s settable at runtime.
+//! - [`NginxServer`]: a real nginx child process with its own config, as a
+//!   static file server or a caching reverse proxy (slice module).
+//! - [`require_tool`]: the workspace rule for tests that need an external
+//!   program (fail under `CI=true`, skip with a message otherwise).
+//! - [`images`]: deterministic random images (flat and fixed VHD1) and
+//!   SHA-256 helpers.
+//!
+//! Invariants: servers listen on 127.0.0.1 only, on a free port chosen at
+//! start; every server stops when dropped. No function here synchronises
+//! with sleeps: readiness is a bounded poll-connect loop, and sleeps only
+//! *inject* latency or slowness.
+//!
+//! Known limits:
+//! - FUTURE: multi-range requests (`bytes=0-1,5-6`) are answered with the
+//!   whole blob (allowed by RFC 9110) rather than `multipart/byteranges`.
+//! - DEVNOTE: the request log keeps the full query string (tests assert on
+//!   SAS-like tokens); it is test data and is never printed by this crate.
+//! - DEVNOTE: [`NginxServer`] access log lines are written by nginx just
+//!   after a response; use [`NginxServer::request_count`] (stub_status,
+//!   counted on arrival) or [`NginxServer::wait_for_log`] instead of reading
+//!   the log immediately after a response.
 
 #![forbid(unsafe_code)]
+
+mod fault_server;
+pub mod images;
+mod nginx;
+mod tls;
+mod tools;
+
+pub use fault_server::Fault;
+pub use fault_server::FaultRule;
+pub use fault_server::FaultServer;
+pub use fault_server::FaultServerBuilder;
+pub use fault_server::RequestRecord;
+pub use fault_server::Times;
+pub use fault_server::http_date;
+pub use nginx::NginxConfig;
+pub use nginx::NginxLogEntry;
+pub use nginx::NginxServer;
+pub use tls::TestCa;
+pub use tools::find_tool;
+pub use tools::in_ci;
+pub use tools::install_hint;
+pub use tools::require_tool;
