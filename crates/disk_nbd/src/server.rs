@@ -512,9 +512,7 @@ impl NbdListener {
     pub async fn shutdown(mut self) -> Result<(), NbdError> {
         self.server.shutdown();
         let result = match self.task.take() {
-            Some(task) => task
-                .await
-                .map_err(|e| NbdError::TaskFailed(e.to_string())),
+            Some(task) => task.await.map_err(|e| NbdError::TaskFailed(e.to_string())),
             None => Ok(()),
         };
         self.remove_socket();
@@ -1108,7 +1106,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
                     };
                     let error = match res {
                         Ok(()) => 0,
-                        Err(e) => log_disk_error(&e, if zero { "write zeroes" } else { "trim" }, true),
+                        Err(e) => {
+                            log_disk_error(&e, if zero { "write zeroes" } else { "trim" }, true)
+                        }
                     };
                     conn.reply(req.cookie, error, &[]).await;
                     drop(permit);
@@ -1229,7 +1229,8 @@ impl Export {
             // Chunk boundaries sit on multiples of the chunk size, so only
             // the first and last chunk can be unaligned.
             let n = (end - pos).min(chunk - pos % chunk);
-            self.write_bytes(pos, &self.zeroes[..n as usize], fua).await?;
+            self.write_bytes(pos, &self.zeroes[..n as usize], fua)
+                .await?;
             pos += n;
         }
         Ok(())

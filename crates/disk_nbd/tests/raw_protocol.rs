@@ -1,0 +1,591 @@
+//! Protocol-level tests with a byte-level client: handshake options,
+//! transmission commands, malformed input, concurrency and shutdown.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use common::{RawClient, VecDisk, pattern_bytes};
+use disk_nbd::protocol::*;
+use disk_nbd::{NbdListener, NbdServer, NbdServerOptions, serve_unix};
+use tokio::io::AsyncWriteExt;
+
+const DISK_BYTES: usize = 1 << 20;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    listener: NbdListener,
+    data: std::sync::Arc<parking_lot::Mutex<Vec<u8>>>,
+    initial: Vec<u8>,
+}
+
+async fn fixture(options: NbdServerOptions, disk_read_only: bool) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nbd.sock");
+    let initial = pattern_bytes(DISK_BYTES, 42);
+    let (disk, data) = VecDisk::new(initial.clone(), disk_read_only);
+    let listener = serve_unix(&socket, disk, options).await.unwrap();
+    Fixture {
+        _dir: dir,
+        socket,
+        listener,
+        data,
+        initial,
+    }
+}
+
+async fn writable() -> Fixture {
+    fixture(NbdServerOptions::default(), false).await
+}
+
+/// Proves the server still serves a fresh client correctly.
+async fn assert_serves_another_client(f: &Fixture) {
+    let (mut c, size, _) = RawClient::connect_go(&f.socket).await;
+    assert_eq!(size, DISK_BYTES as u64);
+    let (error, data) = c.read(4096, 4096).await;
+    assert_eq!(error, 0);
+    assert_eq!(data, f.data.lock()[4096..8192]);
+}
+
+#[tokio::test]
+async fn go_reports_size_flags_and_block_sizes() {
+    let f = writable().await;
+    let mut c = RawClient::connect(&f.socket).await;
+    let replies = c
+        .info_or_go(OPT_GO, "", &[INFO_BLOCK_SIZE, INFO_NAME])
+        .await;
+    assert_eq!(replies.last().unwrap().reply, REP_ACK);
+    let mut seen = HashMap::new();
+    for r in &replies[..replies.len() - 1] {
+        assert_eq!(r.reply, REP_INFO);
+        seen.insert(
+            u16::from_be_bytes([r.data[0], r.data[1]]),
+            r.data[2..].to_vec(),
+        );
+    }
+    let export = &seen[&INFO_EXPORT];
+    assert_eq!(
+        u64::from_be_bytes(export[..8].try_into().unwrap()),
+        DISK_BYTES as u64
+    );
+    let flags = u16::from_be_bytes(export[8..10].try_into().unwrap());
+    assert_eq!(
+        flags,
+        FLAG_HAS_FLAGS
+            | FLAG_SEND_FLUSH
+            | FLAG_SEND_FUA
+            | FLAG_SEND_TRIM
+            | FLAG_SEND_WRITE_ZEROES
+            | FLAG_CAN_MULTI_CONN
+    );
+    let bs = &seen[&INFO_BLOCK_SIZE];
+    let words: Vec<u32> = bs
+        .chunks(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(words, vec![512, 4096, 32 << 20]);
+    assert_eq!(seen[&INFO_NAME], b"");
+
+    let (error, data) = c.read(0, 512).await;
+    assert_eq!(error, 0);
+    assert_eq!(data, f.initial[..512]);
+    c.send_request(CMD_DISC, 0, 1, 0, 0, &[]).await;
+    assert!(c.closed_by_server().await);
+}
+
+#[tokio::test]
+async fn unknown_options_are_refused_and_haggling_continues() {
+    let f = fixture(
+        NbdServerOptions {
+            export_name: Some("disk0".into()),
+            description: Some("test disk".into()),
+            ..Default::default()
+        },
+        false,
+    )
+    .await;
+    let mut c = RawClient::connect(&f.socket).await;
+
+    for option in [
+        0x1234_5678,
+        OPT_STRUCTURED_REPLY,
+        OPT_STARTTLS,
+        OPT_SET_META_CONTEXT,
+    ] {
+        c.send_option(option, b"some data").await;
+        let r = c.read_option_reply().await;
+        assert_eq!((r.option, r.reply), (option, REP_ERR_UNSUP));
+    }
+
+    c.send_option(OPT_LIST, &[]).await;
+    let r = c.read_option_reply().await;
+    assert_eq!(r.reply, REP_SERVER);
+    assert_eq!(r.data, [&5u32.to_be_bytes()[..], b"disk0"].concat());
+    assert_eq!(c.read_option_reply().await.reply, REP_ACK);
+
+    c.send_option(OPT_LIST, b"x").await;
+    assert_eq!(c.read_option_reply().await.reply, REP_ERR_INVALID);
+
+    // A truncated info request is invalid, an unknown name is unknown.
+    c.send_option(OPT_INFO, &[0, 0, 0, 9, b'a']).await;
+    assert_eq!(c.read_option_reply().await.reply, REP_ERR_INVALID);
+    let r = c.info_or_go(OPT_INFO, "other", &[]).await;
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].reply, REP_ERR_UNKNOWN);
+    let r = c.info_or_go(OPT_GO, "other", &[]).await;
+    assert_eq!(r[0].reply, REP_ERR_UNKNOWN);
+
+    // INFO with name and description, then GO by the configured name.
+    let r = c
+        .info_or_go(OPT_INFO, "disk0", &[INFO_NAME, INFO_DESCRIPTION])
+        .await;
+    assert_eq!(r.last().unwrap().reply, REP_ACK);
+    let texts: Vec<&[u8]> = r
+        .iter()
+        .filter(|r| {
+            r.data.len() >= 2
+                && matches!(
+                    u16::from_be_bytes([r.data[0], r.data[1]]),
+                    INFO_NAME | INFO_DESCRIPTION
+                )
+        })
+        .map(|r| &r.data[2..])
+        .collect();
+    assert_eq!(texts, vec![&b"disk0"[..], &b"test disk"[..]]);
+
+    let r = c.info_or_go(OPT_GO, "disk0", &[]).await;
+    assert_eq!(r.last().unwrap().reply, REP_ACK);
+    let (error, data) = c.read(512, 1024).await;
+    assert_eq!(error, 0);
+    assert_eq!(data, f.initial[512..1536]);
+}
+
+#[tokio::test]
+async fn export_name_option_with_and_without_zeroes() {
+    let f = fixture(
+        NbdServerOptions {
+            export_name: Some("disk0".into()),
+            ..Default::default()
+        },
+        false,
+    )
+    .await;
+
+    // Without NO_ZEROES: size, flags and 124 zero bytes.
+    let (mut c, _) = RawClient::connect_raw(&f.socket).await;
+    c.stream.write_u32(FLAG_C_FIXED_NEWSTYLE).await.unwrap();
+    c.send_option(OPT_EXPORT_NAME, b"disk0").await;
+    let mut reply = [0xffu8; 8 + 2 + 124];
+    tokio::io::AsyncReadExt::read_exact(&mut c.stream, &mut reply)
+        .await
+        .unwrap();
+    assert_eq!(
+        u64::from_be_bytes(reply[..8].try_into().unwrap()),
+        DISK_BYTES as u64
+    );
+    assert!(reply[10..].iter().all(|&b| b == 0));
+    let (error, data) = c.read(0, 512).await;
+    assert_eq!(error, 0);
+    assert_eq!(data, f.initial[..512]);
+
+    // With NO_ZEROES and the default (empty) name: no padding.
+    let mut c = RawClient::connect(&f.socket).await;
+    c.send_option(OPT_EXPORT_NAME, b"").await;
+    let mut reply = [0u8; 10];
+    tokio::io::AsyncReadExt::read_exact(&mut c.stream, &mut reply)
+        .await
+        .unwrap();
+    let (error, data) = c.read(1024, 512).await;
+    assert_eq!(error, 0);
+    assert_eq!(data, f.initial[1024..1536]);
+
+    // An unknown name cannot be answered with an error: the server closes.
+    let mut c = RawClient::connect(&f.socket).await;
+    c.send_option(OPT_EXPORT_NAME, b"nope").await;
+    assert!(c.closed_by_server().await);
+    assert_serves_another_client(&f).await;
+}
+
+#[tokio::test]
+async fn bad_handshake_input_closes_only_that_connection() {
+    let f = writable().await;
+
+    // Bad option magic.
+    let mut c = RawClient::connect(&f.socket).await;
+    c.stream
+        .write_all(b"NOTMAGIC\0\0\0\x07\0\0\0\0")
+        .await
+        .unwrap();
+    assert!(c.closed_by_server().await);
+
+    // Unknown client flags.
+    let (mut c, _) = RawClient::connect_raw(&f.socket).await;
+    c.stream.write_u32(0x8000_0001).await.unwrap();
+    assert!(c.closed_by_server().await);
+
+    // Absurdly long option data.
+    let mut c = RawClient::connect(&f.socket).await;
+    let mut b = IHAVEOPT.to_be_bytes().to_vec();
+    b.extend_from_slice(&OPT_GO.to_be_bytes());
+    b.extend_from_slice(&u32::MAX.to_be_bytes());
+    c.stream.write_all(&b).await.unwrap();
+    assert!(c.closed_by_server().await);
+
+    // Long but bounded option data is skipped and refused.
+    let mut c = RawClient::connect(&f.socket).await;
+    c.send_option(0x99, &vec![0u8; 100 << 10]).await;
+    assert_eq!(c.read_option_reply().await.reply, REP_ERR_UNSUP);
+    c.send_option(OPT_GO, &vec![0u8; 100 << 10]).await;
+    assert_eq!(c.read_option_reply().await.reply, REP_ERR_TOO_BIG);
+    c.go().await;
+
+    // A client that hangs up in the middle of the handshake.
+    let (c, _) = RawClient::connect_raw(&f.socket).await;
+    drop(c);
+
+    // NBD_OPT_ABORT is acknowledged, then the server closes.
+    let mut c = RawClient::connect(&f.socket).await;
+    c.send_option(OPT_ABORT, &[]).await;
+    assert_eq!(c.read_option_reply().await.reply, REP_ACK);
+    assert!(c.closed_by_server().await);
+
+    assert_serves_another_client(&f).await;
+}
+
+#[tokio::test]
+async fn invalid_requests_get_errors_and_the_connection_stays_usable() {
+    let f = writable().await;
+    let (mut c, size, _) = RawClient::connect_go(&f.socket).await;
+
+    // Oversized read: EINVAL, no data.
+    let (error, data) = c.read(0, (32 << 20) + 1).await;
+    assert_eq!((error, data.len()), (EINVAL, 0));
+    // Out of range reads: EINVAL.
+    assert_eq!(c.read(size - 512, 1024).await.0, EINVAL);
+    assert_eq!(c.read(u64::MAX - 10, 512).await.0, EINVAL);
+    // Write past the end: ENOSPC, and its payload is skipped.
+    assert_eq!(
+        c.command(CMD_WRITE, 0, size - 512, 1024, &[0xee; 1024])
+            .await,
+        ENOSPC
+    );
+    // Oversized write: EINVAL, payload skipped too.
+    let big = vec![0xddu8; (32 << 20) + 512];
+    assert_eq!(
+        c.command(CMD_WRITE, 0, 0, big.len() as u32, &big).await,
+        EINVAL
+    );
+    // Trim past the end: EINVAL; write zeroes past the end: ENOSPC.
+    assert_eq!(c.command(CMD_TRIM, 0, size, 512, &[]).await, EINVAL);
+    assert_eq!(
+        c.command(CMD_WRITE_ZEROES, 0, size - 512, 1024, &[]).await,
+        ENOSPC
+    );
+    // Unknown command, commands that were not negotiated, unknown flags.
+    assert_eq!(c.command(0x55, 0, 0, 0, &[]).await, EINVAL);
+    assert_eq!(c.command(CMD_BLOCK_STATUS, 0, 0, 512, &[]).await, EINVAL);
+    assert_eq!(c.command(CMD_CACHE, 0, 0, 512, &[]).await, EINVAL);
+    c.send_request(CMD_READ, CMD_FLAG_DF, 3, 0, 512, &[]).await;
+    assert_eq!(c.read_reply(|_| 512).await.0, EINVAL);
+    assert_eq!(
+        c.command(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 512, &[])
+            .await,
+        EINVAL
+    );
+
+    // Nothing above changed the disk, and the connection still works.
+    assert_eq!(*f.data.lock(), f.initial);
+    let (error, data) = c.read(size - 512, 512).await;
+    assert_eq!(error, 0);
+    assert_eq!(data, f.initial[DISK_BYTES - 512..]);
+    assert!(f.listener.server().stats().error_replies >= 11);
+
+    // A bad request magic cannot be resynced: the server hangs up.
+    c.stream
+        .write_all(&[0u8; REQUEST_HEADER_LEN])
+        .await
+        .unwrap();
+    assert!(c.closed_by_server().await);
+    assert_serves_another_client(&f).await;
+}
+
+#[tokio::test]
+async fn writes_trims_zeroes_and_flush_reach_the_disk() {
+    let f = writable().await;
+    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    let mut expect = f.initial.clone();
+
+    // Aligned write with FUA.
+    let payload = pattern_bytes(8192, 7);
+    assert_eq!(
+        c.command(CMD_WRITE, CMD_FLAG_FUA, 4096, 8192, &payload)
+            .await,
+        0
+    );
+    expect[4096..12288].copy_from_slice(&payload);
+
+    // Unaligned writes: inside one sector, across sectors, long.
+    for (off, len, seed) in [
+        (1000u64, 10usize, 1u64),
+        (511, 2, 2),
+        (70_000, 5000, 3),
+        (130_001, 1, 4),
+    ] {
+        let p = pattern_bytes(len, seed);
+        assert_eq!(c.command(CMD_WRITE, 0, off, len as u32, &p).await, 0);
+        expect[off as usize..off as usize + len].copy_from_slice(&p);
+    }
+    // Zero-length write and read are no-ops.
+    assert_eq!(c.command(CMD_WRITE, 0, 100, 0, &[]).await, 0);
+    assert_eq!(c.read(100, 0).await, (0, Vec::new()));
+
+    // Write zeroes, unaligned and spanning a 1 MiB chunk boundary is not
+    // possible on a 1 MiB disk, so span several sectors instead.
+    assert_eq!(
+        c.command(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 200_003, 70_000, &[])
+            .await,
+        0
+    );
+    expect[200_003..270_003].fill(0);
+
+    // Trim discards whole sectors inside the range only (VecDisk zeroes
+    // them); the partial sectors at the ends keep their bytes.
+    assert_eq!(c.command(CMD_TRIM, 0, 300_100, 2048, &[]).await, 0);
+    expect[300_544..302_080].fill(0);
+
+    assert_eq!(c.command(CMD_FLUSH, 0, 0, 0, &[]).await, 0);
+    assert_eq!(*f.data.lock(), expect);
+
+    // Unaligned reads return exactly the bytes asked for.
+    for (off, len) in [
+        (1u64, 1u32),
+        (511, 3),
+        (69_999, 5003),
+        (DISK_BYTES as u64 - 7, 7),
+    ] {
+        let (error, data) = c.read(off, len).await;
+        assert_eq!(error, 0);
+        assert_eq!(data, expect[off as usize..off as usize + len as usize]);
+    }
+    let stats = f.listener.server().stats();
+    assert!(stats.bytes_written >= 8192 + 5013);
+    assert_eq!(stats.error_replies, 0);
+}
+
+#[tokio::test]
+async fn read_only_export_refuses_writes_with_eperm() {
+    for (options, disk_ro) in [
+        (
+            NbdServerOptions {
+                read_only: true,
+                ..Default::default()
+            },
+            false,
+        ),
+        (NbdServerOptions::default(), true),
+    ] {
+        let f = fixture(options, disk_ro).await;
+        let (mut c, _, flags) = RawClient::connect_go(&f.socket).await;
+        assert_ne!(flags & FLAG_READ_ONLY, 0);
+        assert_eq!(flags & (FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES), 0);
+        assert_eq!(c.command(CMD_WRITE, 0, 0, 512, &[1; 512]).await, EPERM);
+        assert_eq!(c.command(CMD_TRIM, 0, 0, 512, &[]).await, EPERM);
+        assert_eq!(c.command(CMD_WRITE_ZEROES, 0, 0, 512, &[]).await, EPERM);
+        assert_eq!(c.command(CMD_FLUSH, 0, 0, 0, &[]).await, 0);
+        let (error, data) = c.read(0, 512).await;
+        assert_eq!(error, 0);
+        assert_eq!(data, f.initial[..512]);
+        assert_eq!(*f.data.lock(), f.initial);
+    }
+}
+
+#[tokio::test]
+async fn many_requests_in_flight_on_one_connection() {
+    let f = writable().await;
+    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    // Pipeline 64 writes to distinct 4 KiB blocks, then 64 reads of them,
+    // without waiting for any reply in between.
+    let mut sent = Vec::new();
+    for i in 0..64u64 {
+        let p = pattern_bytes(4096, 1000 + i);
+        sent.extend_from_slice(
+            &RequestHeader {
+                flags: 0,
+                command: CMD_WRITE,
+                cookie: i,
+                offset: i * 8192,
+                length: 4096,
+            }
+            .encode(),
+        );
+        sent.extend_from_slice(&p);
+    }
+    for i in 0..64u64 {
+        sent.extend_from_slice(
+            &RequestHeader {
+                flags: 0,
+                command: CMD_READ,
+                cookie: 1000 + i,
+                offset: i * 8192 + 4096,
+                length: 4096,
+            }
+            .encode(),
+        );
+    }
+    c.stream.write_all(&sent).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..128 {
+        let (error, cookie, data) = c
+            .read_reply(|cookie| if cookie >= 1000 { 4096 } else { 0 })
+            .await;
+        assert_eq!(error, 0);
+        assert!(seen.insert(cookie), "duplicate reply for {cookie}");
+        if cookie >= 1000 {
+            let off = (cookie - 1000) as usize * 8192 + 4096;
+            assert_eq!(data, f.initial[off..off + 4096]);
+        }
+    }
+    let disk = f.data.lock();
+    for i in 0..64u64 {
+        let off = i as usize * 8192;
+        assert_eq!(disk[off..off + 4096], pattern_bytes(4096, 1000 + i));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_clients_share_one_disk() {
+    let f = writable().await;
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let socket = f.socket.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut c, _, _) = RawClient::connect_go(&socket).await;
+            // Unaligned writes into the same sectors as neighbouring clients
+            // exercise the read-modify-write lock.
+            for j in 0..32u64 {
+                let off = j * 4096 + i * 100;
+                let p = pattern_bytes(100, i * 1000 + j);
+                assert_eq!(c.command(CMD_WRITE, 0, off, 100, &p).await, 0);
+            }
+            assert_eq!(c.command(CMD_FLUSH, 0, 0, 0, &[]).await, 0);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let disk = f.data.lock();
+    for i in 0..8u64 {
+        for j in 0..32u64 {
+            let off = (j * 4096 + i * 100) as usize;
+            assert_eq!(
+                disk[off..off + 100],
+                pattern_bytes(100, i * 1000 + j),
+                "client {i} write {j}"
+            );
+        }
+    }
+    assert_eq!(f.listener.server().stats().connections, 8);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_connections_and_removes_the_socket() {
+    let f = writable().await;
+    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    let (mut idle, _) = RawClient::connect_raw(&f.socket).await;
+    assert_eq!(c.read(0, 512).await.0, 0);
+    let socket = f.socket.clone();
+    let listener = f.listener;
+    listener.shutdown().await.unwrap();
+    assert!(!socket.exists());
+    assert!(c.closed_by_server().await);
+    assert!(idle.closed_by_server().await);
+    assert!(tokio::net::UnixStream::connect(&socket).await.is_err());
+}
+
+#[tokio::test]
+async fn listening_rules_for_sockets_and_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, data) = VecDisk::new(pattern_bytes(64 << 10, 5), false);
+    let server = NbdServer::new(disk, NbdServerOptions::default()).unwrap();
+
+    // A regular file is never replaced; a live socket is not stolen.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(server.listen_unix(&file).await.is_err());
+    let sock = dir.path().join("s.sock");
+    let live = server.listen_unix(&sock).await.unwrap();
+    assert!(server.listen_unix(&sock).await.is_err());
+    assert_eq!(
+        live.nbd_uri(),
+        format!("nbd+unix:///?socket={}", sock.display())
+    );
+
+    // A stale socket file (no server behind it) is replaced.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let l2 = server.listen_unix(&stale).await.unwrap();
+    let (mut c, size, _) = RawClient::connect_go(&stale).await;
+    assert_eq!(size, 64 << 10);
+    assert_eq!(c.read(0, 512).await.1, data.lock()[..512]);
+
+    // TCP only on loopback.
+    assert!(matches!(
+        server.listen_tcp("0.0.0.0:0".parse().unwrap()).await,
+        Err(disk_nbd::NbdError::InvalidOptions(_))
+    ));
+    let tcp = server
+        .listen_tcp("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = tcp.local_addr().unwrap();
+    assert!(tcp.nbd_uri().starts_with("nbd://127.0.0.1:"));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = [0u8; 18];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut hello)
+        .await
+        .unwrap();
+    assert_eq!(&hello[..8], b"NBDMAGIC");
+
+    drop(l2);
+    drop(tcp);
+    live.shutdown().await.unwrap();
+}
+
+#[test]
+fn inconsistent_options_are_rejected() {
+    let (disk, _) = VecDisk::new(vec![0; 4096], false);
+    for options in [
+        NbdServerOptions {
+            max_request_bytes: 1000,
+            ..Default::default()
+        },
+        NbdServerOptions {
+            max_request_bytes: 4096 + 1,
+            ..Default::default()
+        },
+        NbdServerOptions {
+            max_in_flight_bytes: 1 << 20,
+            ..Default::default()
+        },
+        NbdServerOptions {
+            export_name: Some("a\0b".into()),
+            ..Default::default()
+        },
+    ] {
+        assert!(NbdServer::new(disk.clone(), options).is_err());
+    }
+    let s = NbdServer::new(
+        disk,
+        NbdServerOptions {
+            byte_granularity: true,
+            max_request_bytes: 64 << 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.block_sizes().minimum, 1);
+    assert_eq!(s.block_sizes().preferred, 4096);
+    assert_eq!(s.block_sizes().maximum, 64 << 10);
+}
