@@ -56,6 +56,13 @@
 //! (`cache_miss_bytes`, after widening) and the bytes offered to it as
 //! fills (`cache_fill_bytes`), and adds the layers' own counters.
 //!
+//! # Failures
+//!
+//! A failed read of any layer fails the request. A failed *fill* does not:
+//! the reader already has correct data from below, so the failure is
+//! logged (once at warn level, then at debug level) and the next read of
+//! those sectors simply misses again.
+//!
 //! FUTURE: a miss that spans several separate fill chunks fetches each
 //! merged run from below one after the other; a lower layer that wants
 //! parallelism (the HTTP blob) provides it itself.
@@ -77,8 +84,13 @@ use layer::erased::DynLayerIo;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::watch;
+
+/// The largest fill chunk honoured from
+/// [`LayerIo::preferred_fill_sectors`]: a larger request is clamped, so a
+/// misconfigured cache cannot make one read buffer the whole disk.
+pub const MAX_FILL_BYTES: u64 = 64 << 20;
 
 /// Why a stack of layers could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +172,8 @@ struct CacheState {
     hit_bytes: AtomicU64,
     miss_bytes: AtomicU64,
     fill_bytes: AtomicU64,
+    /// A fill has failed (logged once at warn level).
+    fill_failed: AtomicBool,
 }
 
 struct Layer {
@@ -294,7 +308,8 @@ impl LayeredDisk {
             .into_iter()
             .enumerate()
             .map(|(i, (io, write_through, read_cache))| {
-                let fill_sectors = io.preferred_fill_sectors().unwrap_or(1).max(1);
+                let max_fill = (MAX_FILL_BYTES / u64::from(sector_size)).max(1);
+                let fill_sectors = io.preferred_fill_sectors().unwrap_or(1).clamp(1, max_fill);
                 Layer {
                     io,
                     write_through,
@@ -494,8 +509,30 @@ impl LayeredDisk {
             self.read_from(i + 1, m.start, part).await?;
             let len = part.len() as u64;
             cache.miss_bytes.fetch_add(len, Ordering::Relaxed);
-            layer.io.write_no_overwrite(m.start, part).await?;
-            cache.fill_bytes.fetch_add(len, Ordering::Relaxed);
+            // Fills are best effort: the caller has correct data either
+            // way, and a cache that cannot take it (full, busy, opened
+            // read-only) must not fail the guest's read.
+            match layer.io.write_no_overwrite(m.start, part).await {
+                Ok(()) => {
+                    cache.fill_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    if !cache.fill_failed.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            layer = i,
+                            layer_type = layer.io.layer_type(),
+                            error = &err as &dyn std::error::Error,
+                            "read-cache fill failed; serving from below (further failures are logged at debug level)"
+                        );
+                    } else {
+                        tracing::debug!(
+                            layer = i,
+                            error = &err as &dyn std::error::Error,
+                            "read-cache fill failed"
+                        );
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -470,3 +470,52 @@ async fn ram_layer_on_top_of_a_read_only_stack_takes_its_size() {
     assert_eq!(read(&d, 998, 2).await[SS..], pattern(999, 1, 1));
     assert_eq!(read(&d, 998, 1).await, pattern(998, 1, 5));
 }
+
+#[tokio::test]
+async fn a_failed_fill_does_not_fail_the_read() {
+    let lower = GatedDisk::new(pattern(0, N, 5), 1000);
+    let c = SharedRam {
+        fail_wno: true,
+        ..SharedRam::new(N).with_fill(64)
+    };
+    let d = stack(
+        true,
+        vec![cache(c.clone()), bottom(GatedHandle(lower.clone()))],
+    )
+    .await;
+    assert_eq!(read(&d, 10, 4).await, pattern(10, 4, 5));
+    assert_eq!(read(&d, 10, 4).await, pattern(10, 4, 5));
+    assert_eq!(
+        lower.started.load(Ordering::SeqCst),
+        2,
+        "nothing was cached"
+    );
+    assert_eq!(c.peek(0, 64).await.1.set_count(), 0);
+    let ctr = d.counters();
+    assert_eq!(
+        (ctr.cache_miss_bytes, ctr.cache_fill_bytes),
+        (2 * 64 * 512, 0)
+    );
+}
+
+#[tokio::test]
+async fn huge_preferred_fill_is_clamped() {
+    // 2^20 sectors of 512 bytes = 512 MiB; the cache asks for whole-disk
+    // fills, which are clamped to MAX_FILL_BYTES (64 MiB = 131072 sectors).
+    let sectors = 1 << 20;
+    let c = SharedRam::new(sectors).with_fill(u64::MAX);
+    let d = stack(
+        true,
+        vec![
+            cache(c.clone()),
+            LayerConfiguration::plain(DiskLayer::from_layer(SharedRam::new(sectors))),
+        ],
+    )
+    .await;
+    let mut buf = vec![0; SS];
+    d.read(200_000, &mut buf).await.unwrap();
+    let max = disk_layered::MAX_FILL_BYTES / 512;
+    assert_eq!(d.counters().cache_miss_bytes, max * 512);
+    assert!(c.peek(max, 1).await.1.all_set());
+    assert_eq!(c.peek(max - 1, 1).await.1.set_count(), 0);
+}

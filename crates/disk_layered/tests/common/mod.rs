@@ -170,7 +170,26 @@ pub struct SharedRam {
     pub inner: Arc<RamDiskLayer>,
     pub fill: Option<u64>,
     pub no_wno: bool,
+    pub fail_wno: bool,
     pub read_only: bool,
+}
+
+/// Write-no-overwrite of a [`SharedRam`], optionally failing every call.
+pub struct SharedWno<'a> {
+    inner: &'a RamDiskLayer,
+    fail: bool,
+}
+
+impl WriteNoOverwrite for SharedWno<'_> {
+    async fn write_no_overwrite(&self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
+        if self.fail {
+            return Err(DiskError::io(
+                "fill",
+                std::io::Error::other("injected fill failure"),
+            ));
+        }
+        WriteNoOverwrite::write_no_overwrite(self.inner, sector, buf).await
+    }
 }
 
 impl SharedRam {
@@ -179,6 +198,7 @@ impl SharedRam {
             inner: Arc::new(RamDiskLayer::new(sectors, SS as u32).unwrap()),
             fill: None,
             no_wno: false,
+            fail_wno: false,
             read_only: false,
         }
     }
@@ -240,7 +260,10 @@ impl LayerIo for SharedRam {
         self.inner.unmap(sector, count, next_is_zero).await
     }
     fn write_no_overwrite(&self) -> Option<impl WriteNoOverwrite> {
-        (!self.no_wno).then_some(&*self.inner)
+        (!self.no_wno).then_some(SharedWno {
+            inner: &self.inner,
+            fail: self.fail_wno,
+        })
     }
 }
 
