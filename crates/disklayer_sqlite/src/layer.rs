@@ -63,8 +63,12 @@ impl LayerIo for SqliteDiskLayer {
         }
         Ok(())
     }
+    /// Always offered, so a cache opened read-only can still sit in a
+    /// stack as a read cache: its fills then fail with
+    /// [`DiskError::ReadOnly`], which the layered disk treats as "not
+    /// cached" (fills are best effort) while serving the data from below.
     fn write_no_overwrite(&self) -> Option<impl WriteNoOverwrite> {
-        (!self.is_opened_read_only()).then_some(self)
+        Some(self)
     }
 }
 

@@ -154,10 +154,12 @@ async fn logically_read_only_layer_takes_fills_only() {
     layer.write_sectors(0, &data, false, false).await.unwrap();
     drop(layer);
 
-    // Opened read-only, even fills are refused and the layer offers no
-    // write-no-overwrite.
+    // Opened read-only, even fills are refused.
     let ro = SqliteDiskLayer::open(&path, true).unwrap();
-    assert!(LayerIo::write_no_overwrite(&ro).is_none());
+    assert!(matches!(
+        WriteNoOverwrite::write_no_overwrite(&ro, 8, &data).await,
+        Err(DiskError::ReadOnly)
+    ));
     assert!(matches!(
         ro.write_sectors(8, &data, false, false).await,
         Err(SqliteLayerError::Disk(DiskError::ReadOnly))
