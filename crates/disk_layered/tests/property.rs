@@ -2,8 +2,9 @@
 //! in-memory model of the disk.
 //!
 //! Stacks: a RAM write layer over one or two RAM read caches (with and
-//! without chunked fills) over a real temp file, and a stack whose read
-//! cache is also the write layer. Reads, writes, unmaps, flushes and
+//! without chunked fills) over a real temp file; the same with a real
+//! SQLite read cache in the middle; and stacks whose read cache (RAM or
+//! SQLite) is also the write layer. Reads, writes, unmaps, flushes and
 //! batches of concurrent reads are mixed; every read must match the model,
 //! and the file at the bottom must never change.
 
@@ -11,7 +12,9 @@ mod common;
 
 use common::*;
 use disk_backend::Disk;
-use disk_layered::LayerConfiguration;
+use disk_layered::{DiskLayer, LayerConfiguration};
+use disklayer_sqlite::{FormatParams, SqliteDiskLayer};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Sectors in the test disk: not a multiple of any fill chunk, so the
@@ -74,7 +77,9 @@ impl Model {
     }
 }
 
-type StackFn = fn(Arc<FileDisk>) -> Vec<LayerConfiguration>;
+/// Builds a stack over the shared file; `dir` is a scratch directory that
+/// outlives the stack (for SQLite files).
+type StackFn = fn(Arc<FileDisk>, &Path) -> Vec<LayerConfiguration>;
 
 /// `DiskIo` over a shared [`FileDisk`] so the test can check the file.
 struct SharedFile(Arc<FileDisk>);
@@ -112,7 +117,7 @@ fn file_bottom(f: Arc<FileDisk>) -> LayerConfiguration {
     bottom(SharedFile(f))
 }
 
-fn ram_cache_file(f: Arc<FileDisk>) -> Vec<LayerConfiguration> {
+fn ram_cache_file(f: Arc<FileDisk>, _dir: &Path) -> Vec<LayerConfiguration> {
     vec![
         plain(SharedRam::new(N)),
         cache(SharedRam::new(N).with_fill(64)),
@@ -120,7 +125,7 @@ fn ram_cache_file(f: Arc<FileDisk>) -> Vec<LayerConfiguration> {
     ]
 }
 
-fn ram_two_caches_file(f: Arc<FileDisk>) -> Vec<LayerConfiguration> {
+fn ram_two_caches_file(f: Arc<FileDisk>, _dir: &Path) -> Vec<LayerConfiguration> {
     vec![
         plain(SharedRam::new(N)),
         cache(SharedRam::new(N)),
@@ -129,15 +134,50 @@ fn ram_two_caches_file(f: Arc<FileDisk>) -> Vec<LayerConfiguration> {
     ]
 }
 
-fn cache_on_top_file(f: Arc<FileDisk>) -> Vec<LayerConfiguration> {
+fn cache_on_top_file(f: Arc<FileDisk>, _dir: &Path) -> Vec<LayerConfiguration> {
     vec![cache(SharedRam::new(N).with_fill(32)), file_bottom(f)]
 }
 
+/// A SQLite layer in `dir`: 8 KiB chunks (16 sectors, so the 777-sector
+/// disk ends in a partial chunk), a logically read-only read cache or a
+/// writable layer.
+fn sqlite(dir: &Path, name: &str, logically_read_only: bool) -> SqliteDiskLayer {
+    let mut params = FormatParams::new(N, SS as u32);
+    params.chunk_size = 8192;
+    params.logically_read_only = logically_read_only;
+    SqliteDiskLayer::create(&dir.join(name), &params).unwrap()
+}
+
+fn ram_sqlite_cache_file(f: Arc<FileDisk>, dir: &Path) -> Vec<LayerConfiguration> {
+    vec![
+        plain(SharedRam::new(N)),
+        LayerConfiguration::read_cache(DiskLayer::from_layer(sqlite(dir, "c.dbhd", true))),
+        file_bottom(f),
+    ]
+}
+
+fn ram_ram_cache_sqlite_cache_file(f: Arc<FileDisk>, dir: &Path) -> Vec<LayerConfiguration> {
+    vec![
+        plain(SharedRam::new(N)),
+        cache(SharedRam::new(N).with_fill(64)),
+        LayerConfiguration::read_cache(DiskLayer::from_layer(sqlite(dir, "c.dbhd", true))),
+        file_bottom(f),
+    ]
+}
+
+fn writable_sqlite_cache_file(f: Arc<FileDisk>, dir: &Path) -> Vec<LayerConfiguration> {
+    vec![
+        LayerConfiguration::read_cache(DiskLayer::from_layer(sqlite(dir, "w.dbhd", false))),
+        file_bottom(f),
+    ]
+}
+
 async fn run(seed: u64, make: StackFn, ops: usize) {
+    let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng(seed);
     let initial = rng.bytes(N as usize * SS);
     let file = Arc::new(FileDisk::with_content(&initial, true));
-    let disk: Disk = stack(false, make(file.clone())).await;
+    let disk: Disk = stack(false, make(file.clone(), dir.path())).await;
     let mut model = Model {
         data: initial.clone(),
         unmapped: vec![false; N as usize],
@@ -216,5 +256,26 @@ async fn ram_over_two_caches_over_file() {
 async fn writable_cache_over_file() {
     for seed in 200..212 {
         run(seed, cache_on_top_file, 400).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ram_over_sqlite_cache_over_file() {
+    for seed in 300..308 {
+        run(seed, ram_sqlite_cache_file, 300).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ram_over_ram_cache_over_sqlite_cache_over_file() {
+    for seed in 400..406 {
+        run(seed, ram_ram_cache_sqlite_cache_file, 300).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_sqlite_cache_over_file() {
+    for seed in 500..506 {
+        run(seed, writable_sqlite_cache_file, 300).await;
     }
 }
