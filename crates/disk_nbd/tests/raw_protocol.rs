@@ -25,7 +25,7 @@ async fn fixture(options: NbdServerOptions, disk_read_only: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nbd.sock");
     let initial = pattern_bytes(DISK_BYTES, 42);
-    let (disk, data) = VecDisk::new(initial.clone(), disk_read_only);
+    let (disk, data) = VecDisk::create(initial.clone(), disk_read_only);
     let listener = serve_unix(&socket, disk, options).await.unwrap();
     Fixture {
         _dir: dir,
@@ -507,7 +507,7 @@ async fn shutdown_finishes_connections_and_removes_the_socket() {
 #[tokio::test]
 async fn listening_rules_for_sockets_and_tcp() {
     let dir = tempfile::tempdir().unwrap();
-    let (disk, data) = VecDisk::new(pattern_bytes(64 << 10, 5), false);
+    let (disk, data) = VecDisk::create(pattern_bytes(64 << 10, 5), false);
     let server = NbdServer::new(disk, NbdServerOptions::default()).unwrap();
 
     // A regular file is never replaced; a live socket is not stolen.
@@ -555,7 +555,7 @@ async fn listening_rules_for_sockets_and_tcp() {
 
 #[test]
 fn inconsistent_options_are_rejected() {
-    let (disk, _) = VecDisk::new(vec![0; 4096], false);
+    let (disk, _) = VecDisk::create(vec![0; 4096], false);
     for options in [
         NbdServerOptions {
             max_request_bytes: 1000,

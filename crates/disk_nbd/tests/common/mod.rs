@@ -21,7 +21,7 @@ pub struct VecDisk {
 
 impl VecDisk {
     /// A disk holding `bytes` (a multiple of 512), plus a handle to them.
-    pub fn new(bytes: Vec<u8>, read_only: bool) -> (Disk, Arc<parking_lot::Mutex<Vec<u8>>>) {
+    pub fn create(bytes: Vec<u8>, read_only: bool) -> (Disk, Arc<parking_lot::Mutex<Vec<u8>>>) {
         assert!(bytes.len().is_multiple_of(512));
         let data = Arc::new(parking_lot::Mutex::new(bytes));
         let disk = Disk::new(VecDisk {
