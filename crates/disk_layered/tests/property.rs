@@ -205,6 +205,43 @@ async fn run(seed: u64, make: StackFn, ops: usize) {
                 model.unmapped[s as usize..(s + n) as usize].fill(true);
             }
             88..90 => disk.sync_cache().await.unwrap(),
+            90..95 => {
+                // A write racing with reads of its neighbours: the reads'
+                // fills cover the written sectors (same fill chunk) and
+                // must not clobber them. Reads avoid the written range, so
+                // their results are deterministic.
+                let (s, n) = rng.range(8);
+                let data = rng.bytes(n as usize * SS);
+                let left = s.saturating_sub(1 + rng.below(40))..s;
+                let right = s + n..(s + n + 1 + rng.below(40)).min(N);
+                let w = {
+                    let d = disk.clone();
+                    let data = data.clone();
+                    tokio::spawn(async move { d.write(s, &data, false).await })
+                };
+                let reads: Vec<_> = [left, right]
+                    .into_iter()
+                    .filter(|r| !r.is_empty())
+                    .map(|r| {
+                        let d = disk.clone();
+                        let start = r.start;
+                        (
+                            start,
+                            tokio::spawn(async move {
+                                let mut buf = vec![0xcd; (r.end - r.start) as usize * SS];
+                                d.read(r.start, &mut buf).await.map(|()| buf)
+                            }),
+                        )
+                    })
+                    .collect();
+                w.await.unwrap().unwrap();
+                for (start, t) in reads {
+                    let buf = t.await.unwrap().unwrap();
+                    model.check_read(start, &buf, &what);
+                }
+                model.data[s as usize * SS..(s + n) as usize * SS].copy_from_slice(&data);
+                model.unmapped[s as usize..(s + n) as usize].fill(false);
+            }
             _ => {
                 // Concurrent readers on overlapping ranges (no writes in
                 // between): exercises single-flight fills.
