@@ -281,7 +281,9 @@ impl fmt::Display for ArtifactResolutionError {
             if n == 1 { "" } else { "s" }
         )?;
         for failure in &self.failures {
-            write!(f, "\n  - {}: {:#}", failure.handle, failure.error)?;
+            // Indent multi-line causes under their artifact.
+            let cause = format!("{:#}", failure.error).replace('\n', "\n    ");
+            write!(f, "\n  - {}: {cause}", failure.handle)?;
         }
         Ok(())
     }
