@@ -315,6 +315,8 @@ struct State {
     log: Vec<RequestRecord>,
     required_token: Option<String>,
     generation: u64,
+    no_etag: bool,
+    no_last_modified: bool,
 }
 
 struct Shared {
@@ -324,7 +326,27 @@ struct Shared {
     connections: AtomicU64,
     faults_fired: AtomicU64,
     latency_us: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
     etag_seed: u64,
+}
+
+/// Counts a request as in flight from its arrival until its response body
+/// is finished (or dropped).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -487,6 +509,8 @@ impl FaultServer {
             connections: AtomicU64::new(0),
             faults_fired: AtomicU64::new(0),
             latency_us: AtomicU64::new(duration_us(opts.latency)),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
             etag_seed: seed,
         });
         runtime.spawn(accept_loop(listener, shared.clone(), acceptor));
@@ -638,6 +662,28 @@ impl FaultServer {
         self.shared.connections.load(Ordering::Relaxed)
     }
 
+    /// Requests currently being handled or streaming their body.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The largest number of requests that were in flight at once (since
+    /// start or [`FaultServer::reset_stats`]); shows whether a client
+    /// issued requests in parallel.
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Chooses which validators responses carry (both by default). Turning
+    /// the ETag off models servers that only send Last-Modified; turning
+    /// both off models servers with no validators at all. Conditional
+    /// request headers are still evaluated against the blob's validators.
+    pub fn set_validators(&self, etag: bool, last_modified: bool) {
+        let mut state = self.shared.lock();
+        state.no_etag = !etag;
+        state.no_last_modified = !last_modified;
+    }
+
     /// Faults injected so far.
     pub fn faults_fired(&self) -> u64 {
         self.shared.faults_fired.load(Ordering::Relaxed)
@@ -657,6 +703,10 @@ impl FaultServer {
         self.shared.bytes_served.store(0, Ordering::Relaxed);
         self.shared.connections.store(0, Ordering::Relaxed);
         self.shared.faults_fired.store(0, Ordering::Relaxed);
+        self.shared.max_in_flight.store(
+            self.shared.in_flight.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
     }
 }
 
@@ -805,6 +855,7 @@ fn etag_list_matches(list: &str, etag: &str, weak_ok: bool) -> bool {
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
     let seq = shared.requests.fetch_add(1, Ordering::Relaxed);
+    let mut in_flight = Some(InFlight::new(&shared));
     let mut record = RequestRecord {
         seq,
         method: req.method().to_string(),
@@ -878,7 +929,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
     }
 
-    let (required_token, redirect, blob) = {
+    let (required_token, redirect, blob, send_etag, send_last_modified) = {
         let state = shared.lock();
         (
             state.required_token.clone(),
@@ -887,6 +938,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 .get(&path)
                 .map(|r| (r.status, r.location.clone())),
             state.blobs.get(&path).cloned(),
+            !state.no_etag,
+            !state.no_last_modified,
         )
     };
     if let Some(token) = required_token {
@@ -913,10 +966,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 
     let validators = |r: &mut Response<Body>| {
         let h = r.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&blob.etag) {
+        if let Some(v) = send_etag
+            .then(|| HeaderValue::from_str(&blob.etag).ok())
+            .flatten()
+        {
             h.insert(header::ETAG, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&blob.last_modified) {
+        if let Some(v) = send_last_modified
+            .then(|| HeaderValue::from_str(&blob.last_modified).ok())
+            .flatten()
+        {
             h.insert(header::LAST_MODIFIED, v);
         }
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -1021,6 +1080,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         ChanBody {
             rx,
             counter: shared.bytes_served.clone(),
+            _in_flight: in_flight.take(),
         }
         .boxed()
     };
@@ -1109,6 +1169,7 @@ async fn produce_body(blob: Arc<Blob>, plan: BodyPlan, tx: mpsc::Sender<io::Resu
 struct ChanBody {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     counter: Arc<AtomicU64>,
+    _in_flight: Option<InFlight>,
 }
 
 impl hyper::body::Body for ChanBody {

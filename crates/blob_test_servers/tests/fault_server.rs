@@ -496,3 +496,42 @@ fn works_from_sync_code_and_drop_stops_it() {
         std::thread::yield_now();
     }
 }
+
+#[tokio::test]
+async fn validators_can_be_turned_off() {
+    let (s, _) = server_with_blob();
+    let c = Client::new(None);
+    let url = s.url("/disk.img");
+    s.set_validators(false, true);
+    let r = c.head(&url).await;
+    assert_eq!(r.header("etag"), None);
+    assert!(r.header("last-modified").is_some());
+    s.set_validators(false, false);
+    let r = c.get(&url, &[("range", "bytes=0-0")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("etag"), None);
+    assert_eq!(r.header("last-modified"), None);
+    s.set_validators(true, true);
+    assert!(c.head(&url).await.header("etag").is_some());
+}
+
+#[tokio::test]
+async fn in_flight_tracks_unfinished_bodies() {
+    let s = FaultServer::start().unwrap();
+    // Far larger than the loopback socket buffers, so the body cannot finish
+    // while the client does not read it.
+    s.put_blob("/big", vec![0u8; 64 << 20]);
+    s.put_blob("/small", vec![1u8; 10]);
+    let url = s.url("/big");
+    let a = Client::new(None);
+    let req = http::Request::get(&url)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let held = a.raw().request(req).await.unwrap();
+    assert_eq!(held.status(), 200);
+    assert_eq!(s.in_flight(), 1);
+    let b = Client::new(None);
+    assert_eq!(b.get(&s.url("/small"), &[]).await.body(), &[1u8; 10]);
+    assert_eq!(s.max_in_flight(), 2);
+    drop(held);
+}

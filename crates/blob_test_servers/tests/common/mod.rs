@@ -92,6 +92,10 @@ impl Client {
         })
     }
 
+    pub fn raw(&self) -> &HyperClient<Connector, Empty<Bytes>> {
+        &self.inner
+    }
+
     pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
         self.request("GET", url, headers).await.unwrap()
     }
