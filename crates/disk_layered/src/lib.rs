@@ -66,6 +66,15 @@
 //! FUTURE: a miss that spans several separate fill chunks fetches each
 //! merged run from below one after the other; a lower layer that wants
 //! parallelism (the HTTP blob) provides it itself.
+//!
+//! FUTURE: a layer is asked once per run of sectors the layers above it
+//! lacked, so a request whose sectors are scattered over an upper layer
+//! (every other sector written, say) costs one call per gap further down.
+//! Passing the whole request with a "skip" mask would avoid that.
+//!
+//! DEVNOTE: the hot path (a read that hits) does no per-sector work: the
+//! presence bitmap is handled 64 sectors per word, and each layer is
+//! called once per run.
 
 #![forbid(unsafe_code)]
 

@@ -519,3 +519,68 @@ async fn huge_preferred_fill_is_clamped() {
     assert!(c.peek(max, 1).await.1.all_set());
     assert_eq!(c.peek(max - 1, 1).await.1.set_count(), 0);
 }
+
+#[tokio::test]
+async fn four_kib_sectors() {
+    const S4: usize = 4096;
+    let lower = SharedRam {
+        inner: std::sync::Arc::new(RamDiskLayer::new(100, 4096).unwrap()),
+        ..SharedRam::new(1)
+    };
+    let data: Vec<u8> = (0..10 * S4).map(|i| (i / 7) as u8).collect();
+    lower.put(45, &data).await;
+    let c = SharedRam {
+        inner: std::sync::Arc::new(RamDiskLayer::new(100, 4096).unwrap()),
+        fill: Some(16),
+        ..SharedRam::new(1)
+    };
+    let d = stack(
+        false,
+        vec![
+            LayerConfiguration::plain(DiskLayer::new(RamDiskLayer::lazy(None))),
+            cache(c.clone()),
+            plain(lower),
+        ],
+    )
+    .await;
+    assert_eq!((d.sector_size(), d.sector_count()), (4096, 100));
+    let mut buf = vec![1u8; 20 * S4];
+    d.read(40, &mut buf).await.unwrap();
+    assert!(buf[..5 * S4].iter().all(|b| *b == 0));
+    assert_eq!(&buf[5 * S4..15 * S4], &data[..]);
+    assert!(buf[15 * S4..].iter().all(|b| *b == 0));
+    // Widened to 32..64 (16-sector chunks), and the cache has it.
+    assert!(c.peek(32, 32).await.1.all_set());
+    assert_eq!(c.peek(64, 1).await.1.set_count(), 0);
+    d.write(99, &[9; S4], false).await.unwrap();
+    let mut last = vec![0; S4];
+    d.read(99, &mut last).await.unwrap();
+    assert_eq!(last, vec![9; S4]);
+}
+
+#[tokio::test]
+async fn a_layered_disk_can_be_the_bottom_of_another() {
+    let inner = stack(
+        true,
+        vec![
+            cache(SharedRam::new(N)),
+            bottom(FileDisk::with_content(&pattern(0, N, 5), true)),
+        ],
+    )
+    .await;
+    let outer = stack(
+        false,
+        vec![
+            LayerConfiguration::plain(DiskLayer::new(RamDiskLayer::lazy(None))),
+            LayerConfiguration::plain(inner.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(outer.disk_id(), Some([0x42; 16]));
+    outer.write(1, &pattern(1, 1, 8), false).await.unwrap();
+    let mut want = pattern(0, 4, 5);
+    want[SS..2 * SS].copy_from_slice(&pattern(1, 1, 8));
+    assert_eq!(read(&outer, 0, 4).await, want);
+    assert_eq!(read(&inner, 0, 4).await, pattern(0, 4, 5));
+    assert_eq!(outer.counters().cache_fill_bytes, 4 * 512);
+}

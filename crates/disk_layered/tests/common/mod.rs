@@ -217,7 +217,7 @@ impl SharedRam {
 
     /// Which of `sector..sector + n` this layer has, and their bytes.
     pub async fn peek(&self, sector: u64, n: u64) -> (Vec<u8>, SectorBitmap) {
-        let mut buf = vec![0; n as usize * SS];
+        let mut buf = vec![0; n as usize * self.inner.sector_size() as usize];
         let mut bm = SectorBitmap::new(sector, n);
         LayerIo::read(&*self.inner, sector, &mut buf, bm.marker())
             .await
