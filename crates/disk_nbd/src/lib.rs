@@ -48,7 +48,9 @@
 //!
 //! - Every request that was read gets exactly one reply (none for
 //!   `NBD_CMD_DISC`), also when the connection ends or the server shuts
-//!   down: in-flight requests are finished first.
+//!   down: in-flight requests are finished first. The one exception is a
+//!   client that stops reading replies during a shutdown: after
+//!   [`NbdServerOptions::shutdown_grace`] its connection is dropped.
 //! - A read reply carries data only on success, and the data is exactly
 //!   the requested bytes (never stale buffer contents).
 //! - Errors: an out-of-range or oversized read, an unknown command or an
@@ -78,6 +80,7 @@ mod server;
 pub use server::BlockSizes;
 pub use server::DEFAULT_MAX_IN_FLIGHT_BYTES;
 pub use server::DEFAULT_MAX_REQUEST_BYTES;
+pub use server::DEFAULT_SHUTDOWN_GRACE;
 pub use server::NbdError;
 pub use server::NbdListener;
 pub use server::NbdServer;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use disk_backend::{Disk, DiskError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -18,6 +19,9 @@ use crate::protocol::*;
 pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 32 << 20;
 /// Default budget of request payload bytes in flight per connection.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 128 << 20;
+
+/// Default [`NbdServerOptions::shutdown_grace`].
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Granularity of the per-connection in-flight budget.
 const PERMIT_UNIT: usize = 4096;
@@ -87,6 +91,11 @@ pub struct NbdServerOptions {
     /// (widened reads, read-modify-write); this only tells clients not to
     /// align on their side.
     pub byte_granularity: bool,
+    /// After [`NbdServer::shutdown`], how long a connection may take to
+    /// deliver the replies of requests already in flight before they are
+    /// dropped (a client that stopped reading could otherwise hold the
+    /// shutdown up forever).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for NbdServerOptions {
@@ -98,6 +107,7 @@ impl Default for NbdServerOptions {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             byte_granularity: false,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -151,6 +161,7 @@ struct Export {
     block_sizes: BlockSizes,
     transmission_flags: u16,
     budget_units: u32,
+    shutdown_grace: Duration,
     /// Writes that cover only part of a sector take this exclusively for
     /// their read-modify-write; all other writes take it shared. This keeps
     /// a partial-sector write from writing back stale bytes of a sector
@@ -257,6 +268,7 @@ impl NbdServer {
                 },
                 transmission_flags,
                 budget_units,
+                shutdown_grace: options.shutdown_grace,
                 rmw: RwLock::new(()),
                 zeroes,
                 stats: Stats::default(),
@@ -594,7 +606,7 @@ async fn accept_loop<A: Acceptor>(server: NbdServer, listener: A) {
                     error = &e as &dyn std::error::Error,
                     "accepting an NBD client failed"
                 );
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -892,27 +904,55 @@ where
                 break 'conn Err(NbdError::TaskFailed(e.to_string()));
             }
         }
-        let read = tokio::select! {
+        // The whole step (header, budget, payload) gives way to shutdown,
+        // so a client that stalls mid-request cannot hold the server up.
+        let step = tokio::select! {
             biased;
             _ = shutdown_signalled(&mut shutdown) => break Ok(()),
-            r = reader.read_exact(&mut header) => r,
+            r = conn.next_request(&mut reader, &mut header, &mut tasks) => r,
         };
-        match read {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
-            Err(e) => break Err(e.into()),
-        }
-        let Some(req) = RequestHeader::decode(&header) else {
-            break Err(NbdError::Protocol("bad request magic".into()));
-        };
-        match conn.dispatch(req, &mut reader, &mut tasks).await {
+        match step {
             Ok(Flow::Continue) => {}
             Ok(Flow::Disconnect) => break Ok(()),
             Err(e) => break Err(e),
         }
     };
-    // Finish what is in flight, so every request read gets its reply.
+    drop(reader);
+
+    // Finish what is in flight, so every request read gets its reply. A
+    // client that stops reading replies can block that forever; once the
+    // server shuts down it gets `shutdown_grace`, then the work is dropped.
     let mut result = result;
+    let grace = conn.export.shutdown_grace;
+    let finished = tokio::select! {
+        r = finish(&conn, &mut tasks) => {
+            if result.is_ok() {
+                result = r;
+            }
+            true
+        }
+        _ = async {
+            shutdown_signalled(&mut shutdown).await;
+            tokio::time::sleep(grace).await;
+        } => false,
+    };
+    if !finished {
+        tracing::info!("NBD client did not take its replies within the shutdown grace period");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    match result {
+        Err(NbdError::Io(e)) if is_disconnect(&e) => Ok(()),
+        r => r,
+    }
+}
+
+/// Waits for all request tasks, then flushes and closes the reply stream.
+async fn finish<W: AsyncWrite + Unpin>(
+    conn: &Conn<W>,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), NbdError> {
+    let mut result = Ok(());
     while let Some(done) = tasks.join_next().await {
         if let Err(e) = done
             && result.is_ok()
@@ -923,10 +963,7 @@ where
     let mut w = conn.writer.lock().await;
     let _ = w.flush().await;
     let _ = w.shutdown().await;
-    match result {
-        Err(NbdError::Io(e)) if is_disconnect(&e) => Ok(()),
-        r => r,
-    }
+    result
 }
 
 fn is_disconnect(e: &io::Error) -> bool {
@@ -983,6 +1020,24 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
             .acquire_many_owned(units)
             .await
             .map_err(|_| NbdError::TaskFailed("request budget closed".into()))
+    }
+
+    /// Reads the next request header and dispatches it.
+    async fn next_request<R: AsyncRead + Unpin>(
+        self: &Arc<Self>,
+        reader: &mut R,
+        header: &mut [u8; REQUEST_HEADER_LEN],
+        tasks: &mut JoinSet<()>,
+    ) -> Result<Flow, NbdError> {
+        match reader.read_exact(header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Flow::Disconnect),
+            Err(e) => return Err(e.into()),
+        }
+        let Some(req) = RequestHeader::decode(header) else {
+            return Err(NbdError::Protocol("bad request magic".into()));
+        };
+        self.dispatch(req, reader, tasks).await
     }
 
     /// Handles one request header: validates it, consumes its payload and

@@ -505,6 +505,47 @@ async fn shutdown_finishes_connections_and_removes_the_socket() {
 }
 
 #[tokio::test]
+async fn shutdown_gives_up_on_a_client_that_stopped_reading() {
+    let f = fixture(
+        NbdServerOptions {
+            shutdown_grace: std::time::Duration::from_millis(100),
+            ..Default::default()
+        },
+        false,
+    )
+    .await;
+    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    // 64 MiB of read replies, far more than the socket buffers hold.
+    let mut reqs = Vec::new();
+    for i in 0..64 {
+        reqs.extend_from_slice(
+            &RequestHeader {
+                flags: 0,
+                command: CMD_READ,
+                cookie: i,
+                offset: 0,
+                length: DISK_BYTES as u32,
+            }
+            .encode(),
+        );
+    }
+    c.stream.write_all(&reqs).await.unwrap();
+    // The first reply header proves the server is busy replying; then the
+    // client stops reading.
+    let mut first = [0u8; SIMPLE_REPLY_LEN];
+    tokio::io::AsyncReadExt::read_exact(&mut c.stream, &mut first)
+        .await
+        .unwrap();
+    assert_eq!(first[..8], encode_simple_reply(0, 0)[..8]);
+    let done =
+        tokio::time::timeout(std::time::Duration::from_secs(60), f.listener.shutdown()).await;
+    assert!(
+        matches!(done, Ok(Ok(()))),
+        "shutdown hung on a stalled client"
+    );
+}
+
+#[tokio::test]
 async fn listening_rules_for_sockets_and_tcp() {
     let dir = tempfile::tempdir().unwrap();
     let (disk, data) = VecDisk::create(pattern_bytes(64 << 10, 5), false);
