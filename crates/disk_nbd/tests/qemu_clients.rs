@@ -303,3 +303,69 @@ async fn concurrent_qemu_io_clients() {
     assert!(s.dir.path().join("nbd.sock").exists());
     s.listener.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ram_diff_over_a_file_keeps_qemu_writes_out_of_the_file() {
+    let (Some(qemu_img), Some(qemu_io_bin)) = (require_tool("qemu-img"), require_tool("qemu-io"))
+    else {
+        return;
+    };
+    use disk_layered::{DiskLayer, LayerConfiguration, LayeredDisk};
+    use disklayer_ram::RamDiskLayer;
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    let bytes = pattern_bytes(4 << 20, 21);
+    std::fs::write(&base, &bytes).unwrap();
+    // The stack petri opens for a local image: RAM diff over the file.
+    let stack = LayeredDisk::new(
+        false,
+        vec![
+            LayerConfiguration::plain(DiskLayer::new(RamDiskLayer::lazy(None))),
+            LayerConfiguration::plain(FileDisk::open(&base, true)),
+        ],
+    )
+    .await
+    .unwrap();
+    let disk = disk_backend::Disk::new(stack).unwrap();
+    let s = serve(disk, NbdServerOptions::default()).await;
+
+    let mut expect = bytes.clone();
+    let mut commands = Vec::new();
+    for (i, (off, len)) in [
+        (0usize, 4096usize),
+        (1_000_448, 65536),
+        (4_190_208, 4096),
+        (2_000_000, 1000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pat = 0x30 + i as u8;
+        commands.push(format!("write -P {pat} {off} {len}"));
+        expect[off..off + len].fill(pat);
+    }
+    let out = qemu_io(&qemu_io_bin, &s.uri, false, &commands).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The export shows the writes over the file's data...
+    let expected = dir.path().join("expected.raw");
+    std::fs::write(&expected, &expect).unwrap();
+    let out = run(
+        &qemu_img,
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            &s.uri,
+            expected.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    // ...and the file itself is untouched.
+    assert!(std::fs::read(&base).unwrap() == bytes);
+    s.listener.shutdown().await.unwrap();
+}
