@@ -527,14 +527,12 @@ impl FaultServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT` or `https://localhost:PORT` (TLS: the
-    /// certificate is for `localhost` and `127.0.0.1`; `localhost` is used so
-    /// that clients exercise DNS-name verification).
+    /// `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT`. (The TLS
+    /// certificate names both `127.0.0.1` and `localhost`, so
+    /// `https://localhost:PORT` verifies too.)
     pub fn base_url(&self) -> String {
-        match self.ca {
-            Some(_) => format!("https://localhost:{}", self.addr.port()),
-            None => format!("http://127.0.0.1:{}", self.addr.port()),
-        }
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.addr.port())
     }
 
     /// `base_url() + path`; `path` should start with `/` and may carry a query.
