@@ -56,10 +56,17 @@ struct Requirement {
 /// registration goes through [`effective_remote_access`], so a non-blob
 /// artifact or the process-wide [`RemoteOverride`] records `LocalOnly`
 /// even when `Allow` was asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TestArtifactRequirements {
     artifacts: BTreeMap<ErasedArtifactHandle, Requirement>,
     remote_override: RemoteOverride,
+}
+
+impl Default for TestArtifactRequirements {
+    /// Same as [`TestArtifactRequirements::new`] (reads the override).
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TestArtifactRequirements {

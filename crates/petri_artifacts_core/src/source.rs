@@ -226,6 +226,47 @@ mod tests {
         );
     }
 
+    /// Child half of `from_process_env_reads_the_variable`: prints what
+    /// this process sees.
+    #[test]
+    #[ignore = "run by from_process_env_reads_the_variable in a child process"]
+    fn child_prints_override() {
+        println!("OVERRIDE={:?}", RemoteOverride::from_process_env());
+    }
+
+    /// The env-reading path, tested in child processes so this process's
+    /// environment is never mutated.
+    #[test]
+    fn from_process_env_reads_the_variable() {
+        let exe = std::env::current_exe().unwrap();
+        for (value, expected) in [
+            (Some("0"), "ForceLocal"),
+            (Some("False"), "ForceLocal"),
+            (Some("1"), "NoOverride"),
+            (None, "NoOverride"),
+        ] {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args([
+                "--exact",
+                "source::tests::child_prints_override",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ]);
+            match value {
+                Some(v) => cmd.env(RemoteOverride::ENV_VAR, v),
+                None => cmd.env_remove(RemoteOverride::ENV_VAR),
+            };
+            let out = cmd.output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{stdout}");
+            assert!(
+                stdout.contains(&format!("OVERRIDE={expected}")),
+                "{value:?}: {stdout}"
+            );
+        }
+    }
+
     #[test]
     fn strictest_is_local_only_if_any() {
         use RemoteAccess::*;

@@ -557,3 +557,68 @@ fn workspace_root_detection() {
     let real = petri_artifact_resolver_openvmm_known_paths::workspace_root();
     assert!(real.join("rust-toolchain.toml").is_file(), "{real:?}");
 }
+
+/// Child half of `process_env_is_read_by_new`: resolves with the process
+/// environment and prints the outcome.
+#[test]
+#[ignore = "run by process_env_is_read_by_new in a child process"]
+fn child_resolves_from_process_env() {
+    let r = OpenvmmKnownPathsTestArtifactResolver::new("child::test");
+    let env = r.env();
+    println!("IMAGES={:?}", env.images_dir);
+    println!("OUTPUT={:?}", env.test_output_root());
+    println!("TARGET={:?}", env.target_dir());
+    match r.resolve_source(test_vhd::UBUNTU_2404_SERVER_X64.erase()) {
+        Ok(src) => println!("SOURCE={}", src.remote_url().unwrap_or("local")),
+        Err(err) => println!("ERROR={err:#}"),
+    }
+}
+
+/// `new()` reads VMM_TEST_IMAGES, PETRI_ARTIFACT_BASE_URL,
+/// TEST_OUTPUT_PATH and CARGO_TARGET_DIR; tested in a child process so this
+/// process's environment is never mutated.
+#[test]
+fn process_env_is_read_by_new() {
+    let fx = Fixture::new();
+    let run = |base: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_resolves_from_process_env",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("VMM_TEST_IMAGES", &fx.custom)
+            .env("PETRI_ARTIFACT_BASE_URL", base)
+            .env("TEST_OUTPUT_PATH", fx.custom.join("out"))
+            .env("CARGO_TARGET_DIR", fx.custom.join("tgt"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let stdout = run("http://127.0.0.1:8080/m?sig=S");
+    assert!(
+        stdout.contains(&format!("IMAGES=Some({:?})", fx.custom)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("OUTPUT={:?}", fx.custom.join("out"))),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("TARGET={:?}", fx.custom.join("tgt"))),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "SOURCE=http://127.0.0.1:8080/m/{UBUNTU_FILE}?sig=S"
+        )),
+        "{stdout}"
+    );
+    let stdout = run("gopher://h/x?sig=SECRET");
+    assert!(stdout.contains("ERROR="), "{stdout}");
+    assert!(stdout.contains("PETRI_ARTIFACT_BASE_URL"), "{stdout}");
+    assert!(!stdout.contains("SECRET"), "{stdout}");
+}
