@@ -1,0 +1,402 @@
+//! The root disk: a staging directory (busybox, `/init`, reproducible data
+//! files) turned into an ext4 image by `mke2fs -d`, then normalised with
+//! `debugfs` so that the image's bytes depend only on its contents.
+//!
+//! Determinism: mke2fs gets a fixed UUID (`-U`), a fixed directory hash
+//! seed (`-E hash_seed=`), a fixed clock (`E2FSPROGS_FAKE_TIME`) and our
+//! own `mke2fs.conf` (`MKE2FS_CONFIG`), so neither the host's config nor
+//! the time changes the superblock. `mke2fs -d` copies each staged file's
+//! owner and times (including ctime, which cannot be set from user space),
+//! so a `debugfs` pass then sets uid/gid 0 and every timestamp to the same
+//! fixed time on every inode we staged, plus `/` and `/lost+found`.
+//!
+//! Data files: `/data/data-NNN.bin`, [`DATA_FILE_MIB`] MiB each (the last
+//! one may be shorter), filled from a seeded xoshiro256** generator keyed
+//! by the file index, so a file's bytes depend only on its index and size.
+//! `/data/SHA256SUMS` lists their hashes in `sha256sum` format.
+
+use super::scripts;
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::bail;
+use sha2::Digest;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+/// Size of each data file in MiB.
+pub const DATA_FILE_MIB: u64 = 16;
+/// The fixed time (2024-01-01T00:00:00Z) every timestamp on the disk gets.
+pub const FIXED_TIME: u64 = 1_704_067_200;
+/// Filesystem UUID of the root disk.
+pub const FS_UUID: &str = "7e57a11e-9e57-4b00-8000-00000000d15c";
+/// Directory hash seed of the root disk.
+const HASH_SEED: &str = "5eed5eed-0000-4000-8000-000000000001";
+/// Seed of the data file generator.
+const DATA_SEED: u64 = 0x7065_7472_6964_6174; // "petridat"
+
+/// The mke2fs configuration we use instead of the host's
+/// `/etc/mke2fs.conf`, so the features do not vary between hosts.
+pub const MKE2FS_CONF: &str = "\
+[defaults]
+\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+\tdefault_mntopts = acl,user_xattr
+\tenable_periodic_fsck = 0
+\tblocksize = 4096
+\tinode_size = 256
+\tinode_ratio = 16384
+
+[fs_types]
+\text4 = {
+\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+";
+
+/// A small, fast, seedable generator (xoshiro256**, seeded via splitmix64).
+/// Its output is part of the image format: changing it changes the disk.
+pub struct Prng {
+    s: [u64; 4],
+}
+
+impl Prng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut split = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Self {
+            s: [split(), split(), split(), split()],
+        }
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Fills `buf` (little-endian words; a short tail takes the low bytes).
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut chunks = buf.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            let v = self.next_u64().to_le_bytes();
+            tail.copy_from_slice(&v[..tail.len()]);
+        }
+    }
+}
+
+/// The data file names and sizes for `data_mib` MiB of data.
+pub fn data_files(data_mib: u64) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut left = data_mib;
+    let mut i = 0;
+    while left > 0 {
+        let mib = left.min(DATA_FILE_MIB);
+        out.push((format!("data-{i:03}.bin"), mib << 20));
+        left -= mib;
+        i += 1;
+    }
+    out
+}
+
+/// Writes data file number `index` of `size` bytes to `path`, returning
+/// its sha256.
+fn write_data_file(path: &Path, index: usize, size: u64) -> Result<String> {
+    let mut rng = Prng::new(DATA_SEED ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("creating data file {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        w.write_all(&buf[..n])
+            .with_context(|| format!("writing data file {}", path.display()))?;
+        left -= n as u64;
+    }
+    w.flush()
+        .with_context(|| format!("writing data file {}", path.display()))?;
+    Ok(super::hex(&hasher.finalize()))
+}
+
+/// The size of the root disk for `data_mib` MiB of data: the data plus
+/// room for busybox, the journal and ext4 metadata, in whole 4 MiB.
+pub fn disk_size(data_mib: u64) -> u64 {
+    let mib = data_mib + 48 + data_mib / 16;
+    mib.div_ceil(4) * 4 * 1024 * 1024
+}
+
+/// A path staged into the root disk, for the debugfs normalisation pass.
+struct Staged {
+    /// Paths inside the disk, each starting with `/`.
+    paths: Vec<String>,
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+/// Fills `staging` with the root disk's files.
+fn stage(staging: &Path, busybox: &Path, data_mib: u64) -> Result<Staged> {
+    let mut paths = Vec::new();
+    let mut dir = |rel: &str, mode: u32| -> Result<()> {
+        let p = staging.join(rel);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        set_mode(&p, mode)?;
+        paths.push(format!("/{rel}"));
+        Ok(())
+    };
+    for (d, mode) in [
+        ("bin", 0o755),
+        ("data", 0o755),
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("proc", 0o555),
+        ("scratch", 0o755),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+    ] {
+        dir(d, mode)?;
+    }
+
+    let bb = staging.join("bin/busybox");
+    std::fs::copy(busybox, &bb)
+        .with_context(|| format!("copying {} to {}", busybox.display(), bb.display()))?;
+    set_mode(&bb, 0o755)?;
+    paths.push("/bin/busybox".into());
+    // One symlink per applet, from the binary's own list, so the disk needs
+    // no `busybox --install` (which would write to it) at boot.
+    for applet in super::host::busybox_applets(busybox)? {
+        let link = staging.join("bin").join(&applet);
+        std::os::unix::fs::symlink("busybox", &link)
+            .with_context(|| format!("creating the symlink {}", link.display()))?;
+        paths.push(format!("/bin/{applet}"));
+    }
+
+    let init = staging.join("init");
+    std::fs::write(&init, scripts::root_init())
+        .with_context(|| format!("writing {}", init.display()))?;
+    set_mode(&init, 0o755)?;
+    paths.push("/init".into());
+
+    let release = staging.join("etc/petri-release");
+    std::fs::write(&release, format!("petri test guest\ndata_mib={data_mib}\n"))
+        .with_context(|| format!("writing {}", release.display()))?;
+    set_mode(&release, 0o644)?;
+    paths.push("/etc/petri-release".into());
+
+    let mut sums = String::new();
+    for (i, (name, size)) in data_files(data_mib).into_iter().enumerate() {
+        let p = staging.join("data").join(&name);
+        let hash = write_data_file(&p, i, size)?;
+        set_mode(&p, 0o644)?;
+        sums.push_str(&format!("{hash}  {name}\n"));
+        paths.push(format!("/data/{name}"));
+    }
+    let sums_path = staging.join("data/SHA256SUMS");
+    std::fs::write(&sums_path, sums).with_context(|| format!("writing {}", sums_path.display()))?;
+    set_mode(&sums_path, 0o644)?;
+    paths.push("/data/SHA256SUMS".into());
+
+    paths.push("/".into());
+    paths.push("/lost+found".into());
+    paths.sort();
+    Ok(Staged { paths })
+}
+
+/// Runs a command with the fixed-clock and config environment; fails with
+/// its stderr.
+fn run_e2fs(cmd: &mut Command, what: &str, conf: &Path) -> Result<String> {
+    let out = cmd
+        .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string())
+        .env("MKE2FS_CONFIG", conf)
+        .output()
+        .with_context(|| format!("running {what} (install e2fsprogs)"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Builds the root disk image at `raw` (which must not exist), using
+/// `work` as scratch space. Returns the image size.
+pub fn build(raw: &Path, work: &Path, busybox: &Path, data_mib: u64) -> Result<u64> {
+    let staging = work.join("rootfs");
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let staged = stage(&staging, busybox, data_mib)?;
+
+    let conf = work.join("mke2fs.conf");
+    std::fs::write(&conf, MKE2FS_CONF).with_context(|| format!("writing {}", conf.display()))?;
+
+    let size = disk_size(data_mib);
+    let file = std::fs::File::create(raw).with_context(|| format!("creating {}", raw.display()))?;
+    file.set_len(size)
+        .with_context(|| format!("sizing {} to {size} bytes", raw.display()))?;
+    drop(file);
+
+    run_e2fs(
+        Command::new("mke2fs")
+            .args([
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-L",
+                "petri-root",
+                "-m",
+                "0",
+                "-U",
+                FS_UUID,
+            ])
+            .arg("-E")
+            .arg(format!(
+                "hash_seed={HASH_SEED},lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0"
+            ))
+            .arg("-d")
+            .arg(&staging)
+            .arg(raw),
+        &format!("mke2fs -d {} {}", staging.display(), raw.display()),
+        &conf,
+    )?;
+
+    // Normalise owners and times of everything we staged.
+    let mut cmds = String::new();
+    for p in &staged.paths {
+        for (field, value) in [
+            ("uid", 0),
+            ("gid", 0),
+            ("atime", FIXED_TIME),
+            ("mtime", FIXED_TIME),
+            ("ctime", FIXED_TIME),
+            ("crtime", FIXED_TIME),
+            ("atime_extra", 0),
+            ("mtime_extra", 0),
+            ("ctime_extra", 0),
+            ("crtime_extra", 0),
+        ] {
+            cmds.push_str(&format!("sif \"{p}\" {field} {value}\n"));
+        }
+    }
+    let cmd_file = work.join("debugfs.cmds");
+    std::fs::write(&cmd_file, cmds).with_context(|| format!("writing {}", cmd_file.display()))?;
+    let stderr = run_e2fs(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&cmd_file)
+            .arg(raw),
+        &format!("debugfs -w -f {} {}", cmd_file.display(), raw.display()),
+        &conf,
+    )?;
+    // debugfs reports per-command errors on stderr but exits 0.
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .collect();
+    if !errors.is_empty() {
+        bail!(
+            "debugfs could not normalise {}: {}",
+            raw.display(),
+            errors.join("; ")
+        );
+    }
+
+    // The filesystem must be clean.
+    run_e2fs(
+        Command::new("e2fsck").args(["-f", "-n"]).arg(raw),
+        &format!("e2fsck -f -n {}", raw.display()),
+        &conf,
+    )
+    .with_context(|| format!("checking the new root disk {}", raw.display()))?;
+    Ok(size)
+}
+
+/// The sha256 of the data file contents for `index`/`size`, without
+/// writing them (for tests).
+#[cfg(test)]
+pub fn data_file_sha(index: usize, size: u64) -> String {
+    use super::sha256_hex;
+    let mut rng = Prng::new(DATA_SEED ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut buf = vec![0u8; size as usize];
+    rng.fill(&mut buf);
+    sha256_hex(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest_image::sha256_hex;
+
+    #[test]
+    fn prng_is_stable() {
+        // Pinned output: the data files are part of the image format.
+        let mut r = Prng::new(0);
+        let first: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
+        let mut again = Prng::new(0);
+        assert_eq!(first, (0..3).map(|_| again.next_u64()).collect::<Vec<_>>());
+        assert_ne!(first[0], first[1]);
+        let mut buf = [0u8; 11];
+        Prng::new(7).fill(&mut buf);
+        let mut r = Prng::new(7);
+        let a = r.next_u64().to_le_bytes();
+        let b = r.next_u64().to_le_bytes();
+        assert_eq!(&buf[..8], &a);
+        assert_eq!(&buf[8..], &b[..3]);
+    }
+
+    #[test]
+    fn data_files_split_into_16_mib_pieces() {
+        assert!(data_files(0).is_empty());
+        assert_eq!(data_files(1), [("data-000.bin".to_string(), 1 << 20)]);
+        let f = data_files(40);
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[2], ("data-002.bin".to_string(), 8 << 20));
+        assert_eq!(f.iter().map(|x| x.1).sum::<u64>(), 40 << 20);
+    }
+
+    #[test]
+    fn disk_size_leaves_room_and_is_aligned() {
+        assert_eq!(disk_size(256), 320 << 20);
+        for mib in [1, 7, 100, 1000] {
+            let s = disk_size(mib);
+            assert!(s > (mib + 40) << 20);
+            assert_eq!(s % (4 << 20), 0);
+        }
+    }
+
+    #[test]
+    fn data_file_writer_matches_generator_and_differs_per_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d");
+        let h0 = write_data_file(&p, 0, 100_001).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 100_001);
+        assert_eq!(h0, sha256_hex(&std::fs::read(&p).unwrap()));
+        assert_eq!(h0, data_file_sha(0, 100_001));
+        assert_ne!(h0, data_file_sha(1, 100_001));
+    }
+}
