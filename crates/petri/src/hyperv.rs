@@ -161,3 +161,71 @@ impl PetriVmmBackend for HyperVPetriBackend {
         Err(HyperVError::Unavailable(reason))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petri_artifacts_vmm_test::artifacts::test_vhd;
+
+    #[test]
+    fn remote_disk_is_rejected_with_download_command() {
+        let url = "https://hvlitetestvhds.blob.core.windows.net/vhds/ubuntu.vhd?sv=1&sig=SECRET";
+        let err = translate_disk(
+            &Disk::Differencing(DiskPath::Remote { url: url.into() }),
+            Some(test_vhd::UBUNTU_2404_SERVER_X64.erase()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "Hyper-V backend requires local disk files; remote disk artifacts are not supported"
+            ),
+            "{err}"
+        );
+        let known = vmm_test_images::KnownTestArtifacts::from_handle(
+            test_vhd::UBUNTU_2404_SERVER_X64.erase(),
+        )
+        .unwrap();
+        assert!(err.contains(&known.download_command()), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+        assert!(err.contains("ubuntu.vhd?<redacted>"), "{err}");
+    }
+
+    #[test]
+    fn local_disks_translate() {
+        assert_eq!(
+            translate_disk(
+                &Disk::Differencing(DiskPath::Local("/images/u.vhd".into())),
+                None
+            )
+            .unwrap(),
+            HyperVDisk::Differencing {
+                parent: "/images/u.vhd".into()
+            }
+        );
+        assert_eq!(
+            translate_disk(&Disk::Memory(4096), None).unwrap(),
+            HyperVDisk::NewDynamic { size: 4096 }
+        );
+        assert_eq!(
+            translate_disk(&Disk::Temporary("/logs/t.vhdx".into()), None).unwrap(),
+            HyperVDisk::Attach {
+                path: "/logs/t.vhdx".into()
+            }
+        );
+    }
+
+    #[test]
+    fn policy_and_host_support() {
+        assert_eq!(HyperVPetriBackend::REMOTE_ACCESS, RemoteAccess::LocalOnly);
+        assert_eq!(
+            HyperVPetriBackend::host_support_for(false).reason(),
+            Some(HYPERV_NEEDS_WINDOWS)
+        );
+        assert!(
+            HyperVPetriBackend::host_support_for(true)
+                .reason()
+                .is_some()
+        );
+    }
+}

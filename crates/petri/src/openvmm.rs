@@ -227,3 +227,216 @@ impl PetriVmmBackend for OpenVmmPetriBackend {
         Err(OpenVmmError::Unavailable)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petri_artifacts_vmm_test::artifacts::test_iso;
+    use petri_artifacts_vmm_test::artifacts::test_vhd;
+    use petri_artifacts_vmm_test::artifacts::test_vmgs;
+
+    const CACHE: &str = "/var/cache/petri-test";
+
+    fn cache() -> Result<PathBuf, CacheDirError> {
+        Ok(PathBuf::from(CACHE))
+    }
+
+    fn no_cache() -> Result<PathBuf, CacheDirError> {
+        crate::cache_dir::cache_dir_with(|_| None, crate::cache_dir::HostOs::Linux)
+    }
+
+    fn remote(url: &str) -> Disk {
+        Disk::Differencing(DiskPath::Remote { url: url.into() })
+    }
+
+    fn remote_stack(url: &str, format: BlobFormat) -> LayeredDiskHandle {
+        LayeredDiskHandle {
+            layers: vec![
+                LayerDescription::plain(LayerKind::Ram { len: None }),
+                LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
+                    cache_dir: CACHE.into(),
+                    key: None,
+                }),
+                LayerDescription::plain(LayerKind::Blob {
+                    url: url.into(),
+                    format,
+                }),
+            ],
+            read_only: false,
+        }
+    }
+
+    #[test]
+    fn remote_vhd_is_ram_over_auto_cache_over_vhd1_blob() {
+        let url = "https://hvlitetestvhds.blob.core.windows.net/vhds/ubuntu-24.04-server-cloudimg-amd64.vhd?sv=1&sig=SECRET";
+        let handle = disk_description(
+            &remote(url),
+            Some(test_vhd::UBUNTU_2404_SERVER_X64.erase()),
+            cache,
+        )
+        .unwrap();
+        assert_eq!(handle, remote_stack(url, BlobFormat::FixedVhd1));
+        // The SAS token survives in the data (the opener needs it) but not
+        // in its Debug output.
+        assert!(!format!("{handle:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn remote_formats_follow_the_url_path_not_the_query() {
+        for (url, format) in [
+            ("http://127.0.0.1:8080/imgs/a.vmgs", BlobFormat::FixedVhd1),
+            ("http://127.0.0.1:8080/imgs/A.VHD", BlobFormat::FixedVhd1),
+            (
+                "http://127.0.0.1:8080/imgs/FreeBSD-13.2-RELEASE-amd64-dvd1.iso",
+                BlobFormat::Flat,
+            ),
+            (
+                "http://127.0.0.1:8080/imgs/disk.raw?x=a.vhd",
+                BlobFormat::Flat,
+            ),
+            (
+                "http://127.0.0.1:8080/imgs/disk.vhd?sig=a.iso#frag.raw",
+                BlobFormat::FixedVhd1,
+            ),
+            ("http://127.0.0.1:8080/imgs/noext", BlobFormat::Flat),
+        ] {
+            let handle = disk_description(&remote(url), None, cache).unwrap();
+            assert_eq!(handle, remote_stack(url, format), "{url}");
+        }
+    }
+
+    #[test]
+    fn remote_vhdx_is_rejected_with_the_download_command() {
+        let url = "https://acct.blob.core.windows.net/vhds/windows11.vhdx?sig=SECRET";
+        let err = disk_description(
+            &remote(url),
+            Some(test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase()),
+            cache,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("VHDX"), "{err}");
+        assert!(err.contains("WINDOWS_11_ENTERPRISE_AARCH64"), "{err}");
+        let known = vmm_test_images::KnownTestArtifacts::from_handle(
+            test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase(),
+        )
+        .unwrap();
+        assert!(err.contains(&known.download_command()), "{err}");
+        assert!(err.contains("windows11.vhdx?<redacted>"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn local_disks_are_ram_over_file() {
+        for (path, format) in [
+            ("/images/ubuntu.vhd", BlobFormat::FixedVhd1),
+            ("/images/state.vmgs", BlobFormat::FixedVhd1),
+            ("/images/freebsd.iso", BlobFormat::Flat),
+            ("/images/disk.img", BlobFormat::Flat),
+        ] {
+            // A local disk needs no cache directory.
+            let handle = disk_description(
+                &Disk::Differencing(DiskPath::Local(path.into())),
+                None,
+                no_cache,
+            )
+            .unwrap();
+            assert_eq!(
+                handle,
+                LayeredDiskHandle {
+                    layers: vec![
+                        LayerDescription::plain(LayerKind::Ram { len: None }),
+                        LayerDescription::plain(LayerKind::File {
+                            path: path.into(),
+                            format,
+                        }),
+                    ],
+                    read_only: false,
+                },
+                "{path}"
+            );
+        }
+        let err = disk_description(
+            &Disk::Differencing(DiskPath::Local("/images/w.vhdx".into())),
+            Some(test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase()),
+            no_cache,
+        )
+        .unwrap_err();
+        assert!(matches!(err, OpenVmmError::UnsupportedVhdx { .. }), "{err}");
+    }
+
+    #[test]
+    fn remote_disk_without_cache_dir_is_an_error() {
+        let err = disk_description(&remote("http://127.0.0.1/a.vhd"), None, no_cache).unwrap_err();
+        assert!(matches!(err, OpenVmmError::CacheDir(_)), "{err}");
+    }
+
+    #[test]
+    fn memory_and_persistent_disks() {
+        assert_eq!(
+            disk_description(&Disk::Memory(1 << 20), None, no_cache).unwrap(),
+            LayeredDiskHandle {
+                layers: vec![LayerDescription::plain(LayerKind::Ram {
+                    len: Some(1 << 20)
+                })],
+                read_only: false,
+            }
+        );
+        assert_eq!(
+            disk_description(&Disk::Persistent("/logs/vmgs.dbhd".into()), None, no_cache).unwrap(),
+            LayeredDiskHandle {
+                layers: vec![LayerDescription::plain(LayerKind::Sqlite {
+                    path: "/logs/vmgs.dbhd".into(),
+                    create: true,
+                    read_only: false,
+                })],
+                read_only: false,
+            }
+        );
+    }
+
+    #[test]
+    fn dvd_drive_is_read_only() {
+        let backend = OpenVmmPetriBackend::with_cache_dir(CACHE.into());
+        let url = "http://127.0.0.1:9/FreeBSD-13.2-RELEASE-amd64-dvd1.iso";
+        let drive = Drive {
+            disk: Some(remote(url)),
+            is_dvd: true,
+            artifact: Some(test_iso::FREE_BSD_13_2_X64.erase()),
+        };
+        let translated = backend.translate_drive(&drive).unwrap();
+        let mut expected = remote_stack(url, BlobFormat::Flat);
+        expected.read_only = true;
+        assert_eq!(translated.disk, Some(expected));
+        assert!(translated.is_dvd);
+        let empty = backend
+            .translate_drive(&Drive {
+                disk: None,
+                is_dvd: true,
+                artifact: None,
+            })
+            .unwrap();
+        assert_eq!(empty.disk, None);
+    }
+
+    #[test]
+    fn vmgs_artifact_is_vhd1() {
+        let url = "http://127.0.0.1:9/vmgs.vmgs";
+        let handle = disk_description(
+            &remote(url),
+            Some(test_vmgs::VMGS_WITH_BOOT_ENTRY.erase()),
+            cache,
+        )
+        .unwrap();
+        assert_eq!(handle, remote_stack(url, BlobFormat::FixedVhd1));
+    }
+
+    #[test]
+    fn policy_and_host_support() {
+        assert_eq!(OpenVmmPetriBackend::REMOTE_ACCESS, RemoteAccess::Allow);
+        assert_eq!(
+            OpenVmmPetriBackend::host_support().reason(),
+            Some("OpenVMM is not available on this host")
+        );
+    }
+}

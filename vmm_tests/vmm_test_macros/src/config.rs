@@ -447,7 +447,7 @@ fn lookup_image(kind: &Ident, ident: &Ident, arch: Arch) -> syn::Result<&'static
         return Err(syn::Error::new(
             ident.span(),
             format!(
-                "`{name}` is a {image_arch} image but the config is {}; {}",
+                "`{name}` is built for {image_arch} but the config is {}; {}",
                 arch.name(),
                 valid_images(kind, arch)
             ),

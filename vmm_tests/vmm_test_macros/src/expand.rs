@@ -135,7 +135,7 @@ fn expand_config(config: &Config, item: &ItemFn) -> syn::Result<TokenStream> {
                     #config_name,
                     #fn_name,
                     #arch,
-                    |resolver: &::petri::ArtifactResolver<'_>| {
+                    |#[allow(unused_variables)] resolver: &::petri::ArtifactResolver<'_>| {
                         let firmware = #firmware;
                         let extras = ( #( resolver.require(#extras), )* );
                         (firmware, extras)
@@ -151,4 +151,205 @@ fn expand_config(config: &Config, item: &ItemFn) -> syn::Result<TokenStream> {
             }
         };
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Args;
+
+    fn expand_str(attr: &str, item: &str) -> syn::Result<String> {
+        let attr: TokenStream = syn::parse_str(attr)?;
+        let item: TokenStream = syn::parse_str(item)?;
+        expand(attr, item).map(|t| t.to_string())
+    }
+
+    const GENERIC_FN: &str = "async fn boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> { Ok(()) }";
+
+    fn names(attr: &str) -> Vec<String> {
+        let args: Args = syn::parse_str(attr).unwrap();
+        args.configs.iter().map(|c| c.name()).collect()
+    }
+
+    fn parse_err(attr: &str) -> String {
+        match syn::parse_str::<Args>(attr) {
+            Ok(_) => panic!("`{attr}` parsed"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn config_names_are_stable() {
+        assert_eq!(
+            names(
+                "openvmm_linux_direct_x64, openvmm_uefi_x64(vhd(ubuntu_2404_server_x64)), \
+                 hyperv_pcat_x64(vhd(freebsd_13_2_x64)), openvmm_pcat_x64(iso(freebsd_13_2_x64)), \
+                 openvmm_uefi_aarch64(none)"
+            ),
+            [
+                "openvmm_linux_direct_x64",
+                "openvmm_uefi_x64_ubuntu_2404_server_x64",
+                "hyperv_pcat_x64_freebsd_13_2_x64",
+                "openvmm_pcat_x64_freebsd_13_2_x64_iso",
+                "openvmm_uefi_aarch64",
+            ]
+        );
+    }
+
+    #[test]
+    fn marks_apply_to_every_nested_config() {
+        let args: Args = syn::parse_str(
+            r#"unstable(reason = "flaky", openvmm_uefi_x64(none), ignore(reason = "slow", hyperv_uefi_x64(none))), openvmm_linux_direct_x64"#,
+        )
+        .unwrap();
+        let marks: Vec<_> = args
+            .configs
+            .iter()
+            .map(|c| (c.name(), c.unstable.clone(), c.ignore.clone()))
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                ("openvmm_uefi_x64".into(), Some("flaky".into()), None),
+                (
+                    "hyperv_uefi_x64".into(),
+                    Some("flaky".into()),
+                    Some("slow".into())
+                ),
+                ("openvmm_linux_direct_x64".into(), None, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn boot_media_use_require_source_with_the_backend_policy() {
+        let out = expand_str(
+            "openvmm_uefi_x64(vhd(ubuntu_2404_server_x64)), hyperv_uefi_x64(vhd(ubuntu_2404_server_x64))",
+            GENERIC_FN,
+        )
+        .unwrap();
+        let openvmm = "resolver . require_source (:: petri_artifacts_vmm_test :: artifacts :: test_vhd :: UBUNTU_2404_SERVER_X64 , < :: petri :: openvmm :: OpenVmmPetriBackend as :: petri :: PetriVmmBackend > :: REMOTE_ACCESS)";
+        let hyperv = "resolver . require_source (:: petri_artifacts_vmm_test :: artifacts :: test_vhd :: UBUNTU_2404_SERVER_X64 , < :: petri :: hyperv :: HyperVPetriBackend as :: petri :: PetriVmmBackend > :: REMOTE_ACCESS)";
+        assert!(out.contains(openvmm), "{out}");
+        assert!(out.contains(hyperv), "{out}");
+        // The resolver-wide policy is set per case too.
+        assert!(
+            out.contains(". remote_access (< :: petri :: hyperv :: HyperVPetriBackend as :: petri :: PetriVmmBackend > :: REMOTE_ACCESS)"),
+            "{out}"
+        );
+        assert_eq!(out.matches("inventory :: submit !").count(), 2, "{out}");
+        assert!(
+            out.contains("\"openvmm_uefi_x64_ubuntu_2404_server_x64\" , \"boot\""),
+            "{out}"
+        );
+        // The function itself is kept.
+        assert!(out.starts_with("async fn boot"), "{out}");
+    }
+
+    #[test]
+    fn iso_guest_uses_from_iso_and_the_iso_handle() {
+        let out = expand_str("openvmm_pcat_x64(iso(freebsd_13_2_x64))", GENERIC_FN).unwrap();
+        assert!(out.contains("PcatGuest :: Iso"), "{out}");
+        assert!(out.contains("BootImageConfig :: from_iso"), "{out}");
+        assert!(out.contains("test_iso :: FREE_BSD_13_2_X64"), "{out}");
+        assert!(!out.contains("test_vhd"), "{out}");
+    }
+
+    #[test]
+    fn extra_artifacts_use_require_and_are_passed_on() {
+        let out = expand_str(
+            "openvmm_uefi_x64(vhd(ubuntu_2404_server_x64))[VMGS_WITH_BOOT_ENTRY, test_vmgs::VMGS_WITH_16K_TPM]",
+            "async fn f(config: PetriVmBuilder<OpenVmmPetriBackend>, extras: (ResolvedArtifact, ResolvedArtifact)) -> anyhow::Result<()> { Ok(()) }",
+        )
+        .unwrap();
+        assert!(
+            out.contains("(resolver . require (VMGS_WITH_BOOT_ENTRY) , resolver . require (test_vmgs :: VMGS_WITH_16K_TPM) ,)"),
+            "{out}"
+        );
+        assert!(out.contains("f (builder , extras)"), "{out}");
+    }
+
+    #[test]
+    fn marks_become_builder_calls() {
+        let out = expand_str(
+            r#"unstable(reason = "flaky boot", openvmm_uefi_x64(none)), ignore(reason = "needs a TPM", hyperv_uefi_x64(none))"#,
+            GENERIC_FN,
+        )
+        .unwrap();
+        assert!(out.contains(". unstable (\"flaky boot\")"), "{out}");
+        assert!(out.contains(". ignore (\"needs a TPM\")"), "{out}");
+    }
+
+    #[test]
+    fn extras_need_a_second_parameter() {
+        let err =
+            expand_str("openvmm_uefi_x64(none)[VMGS_WITH_BOOT_ENTRY]", GENERIC_FN).unwrap_err();
+        assert!(err.to_string().contains("second parameter"), "{err}");
+    }
+
+    #[test]
+    fn non_async_fn_is_rejected() {
+        let err = expand_str(
+            "openvmm_uefi_x64(none)",
+            "fn boot(config: PetriVmBuilder<OpenVmmPetriBackend>) -> anyhow::Result<()> { Ok(()) }",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("async fn"), "{err}");
+    }
+
+    #[test]
+    fn errors_list_valid_choices() {
+        let e = parse_err("openvmm_uefi_x64(vhd(ubuntu_9999))");
+        assert!(e.contains("unknown image `ubuntu_9999`"), "{e}");
+        assert!(e.contains("ubuntu_2404_server_x64"), "{e}");
+        assert!(e.contains("alpine_3_23_x64"), "{e}");
+        // Only images the config could take are offered.
+        assert!(!e.contains("ubuntu_2404_server_aarch64"), "{e}");
+
+        let e = parse_err("qemu_uefi_x64(none)");
+        assert!(
+            e.contains("unknown VMM `qemu`") && e.contains("openvmm, hyperv"),
+            "{e}"
+        );
+        let e = parse_err("openvmm_bios_x64(none)");
+        assert!(
+            e.contains("unknown firmware `bios`") && e.contains("linux_direct, pcat, uefi"),
+            "{e}"
+        );
+        let e = parse_err("openvmm_uefi_riscv64(none)");
+        assert!(
+            e.contains("unknown architecture `riscv64`") && e.contains("x64, aarch64"),
+            "{e}"
+        );
+        let e = parse_err("unstable(openvmm_uefi_x64(none))");
+        assert!(e.contains("needs a reason"), "{e}");
+        let e = parse_err(r#"ignore(reason = "  ", openvmm_uefi_x64(none))"#);
+        assert!(e.contains("must not be empty"), "{e}");
+        let e = parse_err("openvmm_uefi_x64(iso(freebsd_13_2_x64))");
+        assert!(e.contains("cannot take an ISO"), "{e}");
+        let e = parse_err("openvmm_pcat_x64(none)");
+        assert!(e.contains("needs a boot image"), "{e}");
+        let e = parse_err("openvmm_uefi_x64");
+        assert!(e.contains("needs a guest"), "{e}");
+        let e = parse_err("openvmm_linux_direct_x64(vhd(ubuntu_2404_server_x64))");
+        assert!(e.contains("takes no guest image"), "{e}");
+        let e = parse_err("openvmm_pcat_aarch64(vhd(ubuntu_2404_server_aarch64))");
+        assert!(e.contains("only on x64"), "{e}");
+        let e = parse_err("hyperv_linux_direct_x64");
+        assert!(
+            e.contains("does not support `linux_direct`") && e.contains("pcat, uefi"),
+            "{e}"
+        );
+        let e = parse_err("openvmm_uefi_x64(vhd(ubuntu_2404_server_aarch64))");
+        assert!(
+            e.contains("is built for aarch64 but the config is x64"),
+            "{e}"
+        );
+        let e = parse_err("openvmm_uefi_x64(vhd(vmgs_with_boot_entry))");
+        assert!(e.contains("not bootable"), "{e}");
+        let e = parse_err("openvmm_uefi_x64(none), openvmm_uefi_x64(none)");
+        assert!(e.contains("duplicate config"), "{e}");
+        let e = parse_err("");
+        assert!(e.contains("at least one config"), "{e}");
+    }
 }

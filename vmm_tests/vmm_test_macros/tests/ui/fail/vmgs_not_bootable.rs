@@ -1,0 +1,11 @@
+use petri::PetriVmBuilder;
+use petri::PetriVmmBackend;
+use vmm_test_macros::vmm_test;
+
+#[vmm_test(openvmm_uefi_x64(vhd(vmgs_with_boot_entry)))]
+async fn boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> {
+    let _vm = config.run().await?;
+    Ok(())
+}
+
+fn main() {}
