@@ -42,7 +42,8 @@
 //! order. Replies are serialised through one buffered writer behind a
 //! mutex. A per-connection byte budget
 //! ([`NbdServerOptions::max_in_flight_bytes`]) bounds the memory a client
-//! can pin; request buffers come from a small per-connection pool.
+//! can pin; request buffers come from a bounded pool shared by all
+//! connections, so steady-state requests do not allocate.
 //!
 //! # Invariants
 //!

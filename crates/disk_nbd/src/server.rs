@@ -32,10 +32,10 @@ const MAX_OPTION_DATA: u32 = 64 << 10;
 const MAX_OPTION_DRAIN: u32 = 16 << 20;
 /// Chunk size used to write zeroes.
 const ZERO_CHUNK: usize = 1 << 20;
-/// Largest buffer kept in a connection's buffer pool.
-const POOL_MAX_BUF: usize = 4 << 20;
-/// Most bytes a connection's buffer pool keeps.
-const POOL_MAX_BYTES: usize = 16 << 20;
+/// Most bytes the server's buffer pool keeps while idle.
+const POOL_MAX_BYTES: usize = 64 << 20;
+/// Smallest pooled buffer.
+const POOL_MIN_BUF: usize = 64 << 10;
 /// Buffer size of the socket reader and writer.
 const IO_BUF: usize = 256 << 10;
 
@@ -168,6 +168,7 @@ struct Export {
     /// that a concurrent write (on any connection) is changing.
     rmw: RwLock<()>,
     zeroes: Box<[u8]>,
+    pool: BufPool,
     stats: Stats,
     shutdown: watch::Sender<bool>,
 }
@@ -271,6 +272,7 @@ impl NbdServer {
                 shutdown_grace: options.shutdown_grace,
                 rmw: RwLock::new(()),
                 zeroes,
+                pool: BufPool::default(),
                 stats: Stats::default(),
                 shutdown,
             }),
@@ -823,45 +825,58 @@ where
     }
 }
 
-/// A pool of request buffers, so steady-state requests do not allocate.
+/// A pool of request buffers shared by all connections, so steady-state
+/// requests neither allocate nor fault in fresh pages.
+///
+/// Buffers are sized in powers of two (at least [`POOL_MIN_BUF`]) and are
+/// never shrunk or re-zeroed: a [`PooledBuf`] hands out the first `len`
+/// bytes of one. Their contents are stale data of earlier requests, so
+/// every user overwrites the bytes it uses before sending any of them (a
+/// disk read fills its whole slice or fails; a payload read is exact).
 #[derive(Default)]
 struct BufPool {
     bufs: parking_lot::Mutex<Vec<Vec<u8>>>,
 }
 
+/// A buffer borrowed from a [`BufPool`]; derefs to its first `len` bytes.
+struct PooledBuf {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl std::ops::Deref for PooledBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+}
+
 impl BufPool {
-    /// Returns a buffer of exactly `len` bytes. Its contents are
-    /// unspecified (stale data of an earlier request); callers overwrite
-    /// all of it before sending any of it.
-    fn get(&self, len: usize) -> Vec<u8> {
-        if len <= POOL_MAX_BUF {
+    fn get(&self, len: usize) -> PooledBuf {
+        let class = len.max(POOL_MIN_BUF).next_power_of_two();
+        let reused = {
             let mut bufs = self.bufs.lock();
-            // Prefer a buffer that is already long enough (no memset).
-            let pick = bufs
-                .iter()
-                .position(|b| b.len() >= len)
-                .or_else(|| bufs.iter().position(|b| b.capacity() >= len));
-            if let Some(i) = pick {
-                let mut b = bufs.swap_remove(i);
-                drop(bufs);
-                if b.len() >= len {
-                    b.truncate(len);
-                } else {
-                    b.resize(len, 0);
-                }
-                return b;
-            }
+            bufs.iter()
+                .position(|b| b.len() == class)
+                .map(|i| bufs.swap_remove(i))
+        };
+        PooledBuf {
+            buf: reused.unwrap_or_else(|| vec![0; class]),
+            len,
         }
-        vec![0; len]
     }
 
-    fn put(&self, buf: Vec<u8>) {
-        if buf.capacity() == 0 || buf.capacity() > POOL_MAX_BUF {
-            return;
-        }
+    fn put(&self, buf: PooledBuf) {
+        let buf = buf.buf;
         let mut bufs = self.bufs.lock();
-        let held: usize = bufs.iter().map(Vec::capacity).sum();
-        if held + buf.capacity() <= POOL_MAX_BYTES {
+        let held: usize = bufs.iter().map(Vec::len).sum();
+        if held + buf.len() <= POOL_MAX_BYTES {
             bufs.push(buf);
         }
     }
@@ -871,7 +886,6 @@ impl BufPool {
 struct Conn<W> {
     export: Arc<Export>,
     writer: AsyncMutex<BufWriter<W>>,
-    pool: BufPool,
     budget: Arc<Semaphore>,
 }
 
@@ -894,7 +908,6 @@ where
         budget: Arc::new(Semaphore::new(export.budget_units as usize)),
         export,
         writer: AsyncMutex::new(writer),
-        pool: BufPool::default(),
     });
     let mut tasks = JoinSet::new();
     let mut header = [0u8; REQUEST_HEADER_LEN];
@@ -1098,12 +1111,12 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(len).await?;
-                let mut buf = self.pool.get(req.length as usize);
+                let mut buf = self.export.pool.get(req.length as usize);
                 reader.read_exact(&mut buf).await?;
                 let conn = self.clone();
                 tasks.spawn(async move {
                     let res = conn.export.write_bytes(req.offset, &buf, fua).await;
-                    conn.pool.put(buf);
+                    conn.export.pool.put(buf);
                     let error = match res {
                         Ok(()) => {
                             conn.export
@@ -1191,7 +1204,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
         let start = offset - head;
         let end = offset + len as u64;
         let aligned_end = end.div_ceil(ss) * ss;
-        let mut buf = self.pool.get((aligned_end - start) as usize);
+        let mut buf = self.export.pool.get((aligned_end - start) as usize);
         match export.disk.read(start / ss, &mut buf).await {
             Ok(()) => {
                 let head = head as usize;
@@ -1206,7 +1219,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
                 self.reply(cookie, error, &[]).await;
             }
         }
-        self.pool.put(buf);
+        self.export.pool.put(buf);
     }
 }
 

@@ -1,0 +1,188 @@
+//! Throughput of the NBD server alone: an in-memory disk exported on a Unix
+//! socket and driven by `qemu-img bench` (Debian package `qemu-utils`), so
+//! the numbers show the server's own overhead, not a disk stack's.
+//!
+//! Run: `cargo bench -p disk_nbd` (release). `BENCH_DISK_MIB` sets the disk
+//! size (default 256). Prints a markdown table. Without `qemu-img` it
+//! prints why and exits successfully, except under `CI=true`, where it
+//! fails.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use disk_backend::{Disk, DiskError, DiskIo, check_io_range};
+use disk_nbd::{NbdServerOptions, serve_unix};
+
+/// A flat in-memory disk (reads copy out of one buffer under a read lock).
+struct MemDisk {
+    data: parking_lot::RwLock<Vec<u8>>,
+}
+
+impl DiskIo for MemDisk {
+    fn disk_type(&self) -> &str {
+        "bench-mem"
+    }
+    fn sector_count(&self) -> u64 {
+        self.data.read().len() as u64 / 512
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let data = self.data.read();
+        check_io_range(sector, buf.len(), 512, data.len() as u64 / 512)?;
+        let off = sector as usize * 512;
+        buf.copy_from_slice(&data[off..off + buf.len()]);
+        Ok(())
+    }
+    async fn write(&self, sector: u64, buf: &[u8], _fua: bool) -> Result<(), DiskError> {
+        let mut data = self.data.write();
+        check_io_range(sector, buf.len(), 512, data.len() as u64 / 512)?;
+        let off = sector as usize * 512;
+        data[off..off + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    async fn sync_cache(&self) -> Result<(), DiskError> {
+        Ok(())
+    }
+    async fn unmap(&self, _sector: u64, _count: u64) -> Result<(), DiskError> {
+        Ok(())
+    }
+}
+
+struct Case {
+    name: &'static str,
+    write: bool,
+    block: u64,
+    depth: u32,
+}
+
+fn main() -> anyhow::Result<()> {
+    let qemu_img = match which("qemu-img") {
+        Some(p) => p,
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            bail!("qemu-img is required under CI=true (Debian package qemu-utils)")
+        }
+        None => {
+            eprintln!("skipping the NBD benchmark: qemu-img not found (install qemu-utils)");
+            return Ok(());
+        }
+    };
+    let mib: u64 = std::env::var("BENCH_DISK_MIB")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()
+        .context("BENCH_DISK_MIB")?
+        .unwrap_or(256);
+    let size = mib << 20;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("bench.sock");
+    let disk = Disk::new(MemDisk {
+        data: parking_lot::RwLock::new(vec![0x5a; size as usize]),
+    })?;
+    let listener = rt.block_on(serve_unix(&socket, disk, NbdServerOptions::default()))?;
+    let uri = listener.nbd_uri();
+
+    let cases = [
+        Case {
+            name: "read 4 KiB, depth 1",
+            write: false,
+            block: 4 << 10,
+            depth: 1,
+        },
+        Case {
+            name: "read 4 KiB, depth 32",
+            write: false,
+            block: 4 << 10,
+            depth: 32,
+        },
+        Case {
+            name: "read 64 KiB, depth 16",
+            write: false,
+            block: 64 << 10,
+            depth: 16,
+        },
+        Case {
+            name: "read 1 MiB, depth 8",
+            write: false,
+            block: 1 << 20,
+            depth: 8,
+        },
+        Case {
+            name: "read 32 MiB, depth 2",
+            write: false,
+            block: 32 << 20,
+            depth: 2,
+        },
+        Case {
+            name: "write 64 KiB, depth 16",
+            write: true,
+            block: 64 << 10,
+            depth: 16,
+        },
+        Case {
+            name: "write 1 MiB, depth 8",
+            write: true,
+            block: 1 << 20,
+            depth: 8,
+        },
+    ];
+    println!(
+        "NBD server throughput, {mib} MiB in-memory disk, qemu-img bench over a Unix socket\n"
+    );
+    println!("| case | requests | seconds | MiB/s | requests/s |");
+    println!("|---|---:|---:|---:|---:|");
+    for case in &cases {
+        // Enough requests to sweep the disk about four times, wrapping
+        // around at the end.
+        let count = ((4 * size) / case.block).clamp(64, 200_000);
+        let mut cmd = Command::new(&qemu_img);
+        cmd.args(["bench", "-f", "raw", "-t", "none", "-i", "threads"])
+            .args(["-c", &count.to_string()])
+            .args(["-d", &case.depth.to_string()])
+            .args(["-s", &case.block.to_string()]);
+        if case.write {
+            cmd.arg("-w");
+        }
+        cmd.arg(&uri);
+        let start = Instant::now();
+        let out = cmd.output().context("running qemu-img bench")?;
+        let secs = start.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!(
+                "qemu-img bench failed for {}: {}",
+                case.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mib_moved = (count * case.block) as f64 / f64::from(1 << 20);
+        println!(
+            "| {} | {count} | {secs:.2} | {:.0} | {:.0} |",
+            case.name,
+            mib_moved / secs,
+            count as f64 / secs
+        );
+    }
+    let stats = listener.server().stats();
+    println!(
+        "\nserver: {} requests, {} MiB read, {} MiB written, {} error replies",
+        stats.requests,
+        stats.bytes_read >> 20,
+        stats.bytes_written >> 20,
+        stats.error_replies
+    );
+    rt.block_on(listener.shutdown())?;
+    Ok(())
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|p| p.join(name))
+        .find(|p| p.is_file())
+}
