@@ -546,3 +546,56 @@ fn render_config(
     writeln!(w, "    }}\n  }}\n}}")?;
     Ok(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_config() {
+        let c = render_config(
+            &NginxConfig::static_dir("/srv/x").location_extra("etag on;"),
+            Path::new("/tmp/n"),
+            4321,
+            "--with-http_stub_status_module --without-http_fastcgi_module",
+            true,
+            false,
+        )
+        .unwrap();
+        assert!(c.contains("daemon off;"));
+        assert!(c.contains("master_process off;"));
+        assert!(c.contains("listen 127.0.0.1:4321;"));
+        assert!(c.contains("root \"/srv/x\";"));
+        assert!(c.contains("etag on;"));
+        assert!(c.contains("access_log \"/tmp/n/access.log\" blobtest;"));
+        assert!(c.contains("pid \"/tmp/n/nginx.pid\";"));
+        assert!(c.contains(&format!("location = {STATUS_PATH}")));
+        assert!(!c.contains("fastcgi_temp_path"));
+        assert!(c.contains("uwsgi_temp_path"));
+        assert!(!c.contains("proxy_cache"));
+    }
+
+    #[test]
+    fn proxy_config_with_and_without_slice() {
+        let cfg = NginxConfig::caching_proxy("http://127.0.0.1:9000/");
+        let c = render_config(&cfg, Path::new("/tmp/n"), 1, "", false, true).unwrap();
+        assert!(c.contains("upstream blob_origin { server 127.0.0.1:9000; keepalive 32; }"));
+        assert!(c.contains("proxy_pass http://blob_origin;"));
+        assert!(c.contains("slice 1048576;"));
+        assert!(c.contains("proxy_set_header Range $slice_range;"));
+        assert!(c.contains("$slice_range;"));
+        assert!(!c.contains("stub_status"));
+
+        // No slice module: whole-response caching.
+        let c = render_config(&cfg, Path::new("/tmp/n"), 1, "", false, false).unwrap();
+        assert!(!c.contains("slice "));
+        assert!(c.contains("proxy_cache blobcache;"));
+
+        // An origin with a path or https is passed through as is.
+        let cfg = NginxConfig::caching_proxy("https://example.invalid/base").slice_size(None);
+        let c = render_config(&cfg, Path::new("/tmp/n"), 1, "", false, true).unwrap();
+        assert!(c.contains("proxy_pass https://example.invalid/base;"));
+        assert!(!c.contains("upstream blob_origin"));
+        assert!(!c.contains("slice "));
+    }
+}

@@ -535,3 +535,26 @@ async fn in_flight_tracks_unfinished_bodies() {
     assert_eq!(s.max_in_flight(), 2);
     drop(held);
 }
+
+#[tokio::test]
+async fn http2_over_tls_ranges_and_reset() {
+    let s = FaultServer::start_tls().unwrap();
+    let data = random_bytes(6, LEN);
+    s.put_blob("/d", data.clone());
+    let c = Client::with_http2(s.ca_cert_der(), true);
+    let url = s.url("/d");
+    let r = c.get(&url, &[("range", "bytes=5-200004")]).await;
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 5-200004/300000"));
+    assert_eq!(r.body(), &data[5..200_005]);
+
+    s.set_fault(Fault::ResetMidBody { after: None }, Times::Next(1));
+    let r = c.get(&url, &[("range", "bytes=0-199999")]).await;
+    assert_eq!(r.status, 206);
+    assert!(r.body.is_err());
+    // The connection survives a reset stream; the next request succeeds.
+    let r = c.get(&url, &[("range", "bytes=0-9")]).await;
+    assert_eq!(r.body(), &data[..10]);
+    assert_eq!(s.connection_count(), 1);
+}

@@ -17,6 +17,7 @@ pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
+    pub version: http::Version,
     pub headers: http::HeaderMap,
     pub body: Result<Bytes, String>,
 }
@@ -38,6 +39,11 @@ pub struct Client {
 impl Client {
     /// A client trusting only the webpki roots plus `extra_root_der`.
     pub fn new(extra_root_der: Option<&[u8]>) -> Self {
+        Self::with_http2(extra_root_der, false)
+    }
+
+    /// With `http2`, TLS connections negotiate h2 through ALPN.
+    pub fn with_http2(extra_root_der: Option<&[u8]>, http2: bool) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots_certs());
         if let Some(der) = extra_root_der {
@@ -51,11 +57,14 @@ impl Client {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config)
-            .https_or_http()
-            .enable_http1()
-            .build();
+            .https_or_http();
+        let connector = if http2 {
+            builder.enable_http1().enable_http2().build()
+        } else {
+            builder.enable_http1().build()
+        };
         Self {
             inner: HyperClient::builder(TokioExecutor::new()).build(connector),
         }
@@ -78,6 +87,7 @@ impl Client {
             .await
             .map_err(|e| format!("{e:?}"))?;
         let status = resp.status().as_u16();
+        let version = resp.version();
         let headers = resp.headers().clone();
         let body = resp
             .into_body()
@@ -87,6 +97,7 @@ impl Client {
             .map_err(|e| format!("{e:?}"));
         Ok(Resp {
             status,
+            version,
             headers,
             body,
         })
