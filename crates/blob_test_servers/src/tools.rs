@@ -39,7 +39,9 @@ pub fn install_hint(name: &str) -> &'static str {
     let base = name.rsplit('/').next().unwrap_or(name);
     match base {
         "nginx" => "apt-get install nginx-light (or nginx)",
-        "qemu-img" => "apt-get install qemu-utils",
+        "qemu-img" | "qemu-nbd" | "qemu-io" => "apt-get install qemu-utils",
+        "nbdkit" => "apt-get install nbdkit",
+        "azurite" => "npm install -g azurite",
         "qemu-system-x86_64" => "apt-get install qemu-system-x86",
         "sqlite3" => "apt-get install sqlite3",
         _ => "install it with the system package manager",
