@@ -77,7 +77,7 @@ pub const VHD_FILE: &str = "petri-test-guest-x64.vhd";
 pub const MANIFEST_FILE: &str = "petri-test-guest-x64.manifest.json";
 /// Version of the manifest format and of the build recipe; bump it when the
 /// recipe changes in a way the inputs hash does not see.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// Default `--data-mib`.
 pub const DEFAULT_DATA_MIB: u64 = 256;
 
@@ -263,7 +263,8 @@ fn inputs_hash(
     data_mib: u64,
 ) -> Result<String> {
     let mut desc = format!(
-        "format={FORMAT}\ndata_mib={data_mib}\nmke2fs={}\nkernel={}\nbusybox={}\n",
+        "format={FORMAT}\ndata_mib={data_mib}\ndisk_size={}\nmke2fs={}\nkernel={}\nbusybox={}\n",
+        rootfs::disk_size(data_mib),
         parts.mke2fs_version,
         sha256_file(&parts.kernel_image)?.1,
         sha256_file(&parts.busybox)?.1,

@@ -95,6 +95,22 @@ fn rebuild_is_byte_identical_and_skips_when_up_to_date() {
     assert_eq!(footer.unique_id_hex(), ma.vhd_unique_id);
     assert_eq!(ma.vhd_unique_id, ma.file("disk-raw").unwrap().sha256[..32]);
 
+    // QEMU's own VHD driver sees the same disk (the size is CHS-exact).
+    if Path::new("/usr/bin/qemu-img").exists() {
+        let out = std::process::Command::new("/usr/bin/qemu-img")
+            .args(["compare", "-f", "vpc", "-F", "raw"])
+            .arg(out.join(VHD_FILE))
+            .arg(out.join(RAW_FILE))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "qemu-img compare: {text}");
+        assert!(!text.contains("mismatch"), "qemu-img compare: {text}");
+    } else {
+        assert!(!crate::is_ci(), "qemu-img is missing (package qemu-utils)");
+        eprintln!("skipping the qemu-img compare: /usr/bin/qemu-img is missing (qemu-utils)");
+    }
+
     // The disk holds the init script and the data files' hashes.
     let init = debugfs_cat(&out.join(RAW_FILE), "/init");
     assert_eq!(init, scripts::root_init().into_bytes());
