@@ -45,6 +45,27 @@
 //! can pin; request buffers come from a bounded pool shared by all
 //! connections, so steady-state requests do not allocate.
 //!
+//! # Example
+//!
+//! ```no_run
+//! # async fn example(disk: disk_backend::Disk) -> Result<(), disk_nbd::NbdError> {
+//! let listener = disk_nbd::serve_unix("/tmp/disk.sock", disk, Default::default()).await?;
+//! // e.g. `qemu-img info nbd+unix:///?socket=/tmp/disk.sock`
+//! println!("serving {}", listener.nbd_uri());
+//! // Another task (a signal handler, say) can stop it through a clone of
+//! // the server: `server.shutdown()`.
+//! let server = listener.server().clone();
+//! tokio::spawn(async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     server.shutdown();
+//! });
+//! // Waits for the shutdown signal, then for the connections to finish.
+//! listener.closed().await;
+//! println!("counters: {:?}", listener.server().disk().counters());
+//! listener.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Invariants
 //!
 //! - Every request that was read gets exactly one reply (none for

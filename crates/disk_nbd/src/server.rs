@@ -512,12 +512,27 @@ impl NbdListener {
 
     /// The export as an NBD URI that QEMU and libnbd understand:
     /// `nbd+unix:///NAME?socket=PATH` or `nbd://ADDR/NAME`.
+    ///
+    /// The name and path are percent-encoded where URI syntax needs it.
     pub fn nbd_uri(&self) -> String {
-        let name = self.server.export.name.as_deref().unwrap_or("");
+        let name = uri_escape(self.server.export.name.as_deref().unwrap_or("").as_bytes());
         match &self.endpoint {
-            Endpoint::Unix(p) => format!("nbd+unix:///{name}?socket={}", p.display()),
+            Endpoint::Unix(p) => {
+                use std::os::unix::ffi::OsStrExt;
+                let path = uri_escape(p.as_os_str().as_bytes());
+                format!("nbd+unix:///{name}?socket={path}")
+            }
             Endpoint::Tcp(a) => format!("nbd://{a}/{name}"),
         }
+    }
+
+    /// Resolves once the server has been asked to shut down (by
+    /// [`NbdServer::shutdown`] on any clone). Use it to serve "until
+    /// stopped", then call [`NbdListener::shutdown`] to wait for the
+    /// connections.
+    pub async fn closed(&self) {
+        let mut rx = self.server.export.shutdown.subscribe();
+        shutdown_signalled(&mut rx).await;
     }
 
     /// Shuts the server down (see [`NbdServer::shutdown`]), waits until
@@ -538,6 +553,19 @@ impl NbdListener {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// Percent-encodes everything but unreserved URI characters and `/`.
+fn uri_escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl Drop for NbdListener {

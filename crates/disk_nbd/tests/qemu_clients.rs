@@ -70,6 +70,23 @@ async fn qemu_img_info_shows_the_export_size() {
     assert_eq!(info["virtual-size"].as_u64(), Some(size as u64), "{info}");
     assert_eq!(info["format"].as_str(), Some("raw"));
     s.listener.shutdown().await.unwrap();
+
+    // A named export on a socket path that needs escaping in a URI.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("my disk #1.sock");
+    let (disk, _) = VecDisk::create(vec![0; 1 << 20], false);
+    let options = NbdServerOptions {
+        export_name: Some("boot disk".into()),
+        ..Default::default()
+    };
+    let listener = serve_unix(&socket, disk, options).await.unwrap();
+    let uri = listener.nbd_uri();
+    assert!(uri.starts_with("nbd+unix:///boot%20disk?socket="), "{uri}");
+    let out = run(&qemu_img, &["info", "--output=json", &uri]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["virtual-size"].as_u64(), Some(1 << 20), "{info}");
+    listener.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -497,6 +497,12 @@ async fn shutdown_finishes_connections_and_removes_the_socket() {
     assert_eq!(c.read(0, 512).await.0, 0);
     let socket = f.socket.clone();
     let listener = f.listener;
+    // A clone of the server (as a signal handler would hold) stops it.
+    let server = listener.server().clone();
+    assert!(!server.is_shut_down());
+    tokio::spawn(async move { server.shutdown() });
+    listener.closed().await;
+    assert!(listener.server().is_shut_down());
     listener.shutdown().await.unwrap();
     assert!(!socket.exists());
     assert!(c.closed_by_server().await);
