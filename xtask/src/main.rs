@@ -14,6 +14,7 @@ use anyhow::Result;
 use clap::Parser;
 use clap::Subcommand;
 
+mod download;
 mod guest_image;
 mod setup;
 mod test;
@@ -42,6 +43,9 @@ enum Command {
 enum GuestTestCommand {
     /// Build the small Linux test guest (kernel, initramfs, root disk).
     BuildImage(guest_image::BuildImageArgs),
+    /// Download test images from the image store (all, named ones, or
+    /// those the selected tests need locally).
+    DownloadImage(download::DownloadImageArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,6 +55,7 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run(&root, args),
         Command::Setup => setup::ensure_test_prerequisites(),
         Command::GuestTest(GuestTestCommand::BuildImage(args)) => guest_image::run(&root, args),
+        Command::GuestTest(GuestTestCommand::DownloadImage(args)) => download::run(&root, args),
     }
 }
 

@@ -1,0 +1,399 @@
+//! Opens a plain-data disk stack description into a live disk.
+//!
+//! Position in the data flow: petri's backends decide what disk a VM gets
+//! and write it down as a [`disk_backend_resources::LayeredDiskHandle`].
+//! [`open`] is the one place that turns such a description into a
+//! [`disk_backend::Disk`]: it opens the bottom blob (local file or HTTP),
+//! attaches the SQLite and RAM layers above it and assembles a
+//! [`disk_layered::LayeredDisk`]. This crate depends on every layer crate;
+//! no layer crate depends on it, so dependencies stay one-directional.
+//!
+//! # Cache keys
+//!
+//! An auto-cache layer without an explicit key is keyed by what it caches:
+//! - over a fixed VHD1, by the footer's unique id (the auto-cache does this
+//!   itself from the lower layer's disk id);
+//! - over a flat HTTP blob, which has no id, by [`flat_blob_cache_key`]: the
+//!   URL without its query (never the SAS token) plus the server's validator
+//!   (the ETag, else Last-Modified and the length). A replaced image gets a
+//!   new key, so it never serves stale data;
+//! - over a flat blob whose server sends no validator at all, nothing can
+//!   tell a replaced image from the cached one, so the cache layer is left
+//!   out (with a warning) rather than risking stale data.
+//!
+//! # Footer cache
+//!
+//! Presenting a fixed VHD1 needs its footer (the last 512 bytes), which
+//! costs a range GET at every open. When the stack has an auto-cache and
+//! the server sends a validator, the footer is kept in
+//! `<cache dir>/vhd1-footers/<hash of URL without query + validator>` and
+//! served from there, so a warm open sends only the validating HEAD and
+//! fetches no bytes. The footer is validated again on every use.
+//!
+//! DEVNOTE: a fixed VHD1 keyed by its unique id relies on an image that
+//! changes getting a new id (as the reference does); within one open, reads
+//! are still pinned to the validator seen at open by `disk_blob`.
+
+#![forbid(unsafe_code)]
+
+use disk_backend::Disk;
+use disk_backend::DiskError;
+use disk_backend_resources::BlobFormat;
+use disk_backend_resources::LayerKind;
+use disk_backend_resources::LayeredDiskHandle;
+use disk_blob::Blob;
+use disk_blob::BlobDisk;
+use disk_blob::BlobDiskError;
+use disk_blob::BlobError;
+use disk_blob::BlobValidators;
+use disk_blob::FileBlob;
+use disk_blob::HttpBlob;
+use disk_blob::HttpBlobOptions;
+use disk_layered::DiskLayer;
+use disk_layered::InvalidLayeredDisk;
+use disk_layered::LayerConfiguration;
+use disk_layered::LayeredDisk;
+use disklayer_ram::RamDiskLayer;
+use disklayer_sqlite::SqliteDiskLayerConfig;
+use disklayer_sqlite::auto_cache::AutoCacheSqliteDiskLayer;
+use sha2::Digest;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use url_redact::RedactedUrl;
+use url_redact::strip_query;
+
+/// How to open the parts of a stack that need settings beyond the
+/// description (HTTP client options, cache chunk size).
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Options for HTTP blobs (timeouts, retries, TLS roots, parallelism).
+    pub http: HttpBlobOptions,
+    /// Chunk size of auto-caches this open creates, in bytes; `None` uses
+    /// the SQLite layer's default.
+    pub cache_chunk_size: Option<u32>,
+}
+
+/// Why a stack could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The description has no layers.
+    #[error("the disk stack description has no layers")]
+    Empty,
+    /// The bottom layer is not a full disk (a file or a blob).
+    #[error("the bottom layer of a disk stack must be a file or a blob, found {0}")]
+    BottomNotFullDisk(&'static str),
+    /// A file or blob layer is not at the bottom.
+    #[error("a {0} layer can only be the bottom layer of a disk stack")]
+    FullDiskNotAtBottom(&'static str),
+    /// A local file could not be opened.
+    #[error("opening disk file {path}")]
+    OpenFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: BlobError,
+    },
+    /// A remote blob could not be opened.
+    #[error("opening remote disk {url}")]
+    OpenBlob {
+        /// The redacted URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: BlobError,
+    },
+    /// The blob is not a disk of the described format.
+    #[error("presenting {what} as a disk")]
+    BlobDisk {
+        /// A path or redacted URL.
+        what: String,
+        /// The cause.
+        #[source]
+        source: BlobDiskError,
+    },
+    /// The layers could not be assembled.
+    #[error("assembling the disk stack")]
+    Layers(#[source] InvalidLayeredDisk),
+    /// The assembled disk was refused by the disk handle.
+    #[error("wrapping the disk stack")]
+    Disk(#[source] DiskError),
+}
+
+/// The cache key of a flat HTTP blob: a readable prefix taken from the
+/// file name, then a SHA-256 over the URL without its query string and the
+/// server's validator. Returns `None` when the server sent no validator (no
+/// ETag, no Last-Modified): such a blob must not be cached persistently.
+pub fn flat_blob_cache_key(url: &str, validators: &BlobValidators, len: u64) -> Option<String> {
+    let validator = validator_string(validators, len)?;
+    let hash = version_hash(url, &validator);
+    let name = strip_query(url).rsplit('/').next().unwrap_or_default();
+    let prefix: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(48)
+        .collect();
+    let hash = &hash[..32];
+    Some(if prefix.is_empty() || prefix.starts_with('.') {
+        format!("flat-{hash}")
+    } else {
+        format!("flat-{prefix}-{hash}")
+    })
+}
+
+/// The validator string a cache key is derived from: the ETag, else
+/// Last-Modified plus the length; `None` without either.
+fn validator_string(validators: &BlobValidators, len: u64) -> Option<String> {
+    match (&validators.etag, &validators.last_modified) {
+        (Some(etag), _) => Some(format!("etag:{etag}")),
+        (None, Some(lm)) => Some(format!("last-modified:{lm};length:{len}")),
+        (None, None) => None,
+    }
+}
+
+/// Hex SHA-256 of the URL without its query, a newline and the validator.
+fn version_hash(url: &str, validator: &str) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(strip_query(url).as_bytes());
+    h.update(b"\n");
+    h.update(validator.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A blob whose last 512 bytes (a VHD1 footer) are served from memory.
+struct FooterCachedBlob {
+    inner: Arc<dyn Blob>,
+    footer_offset: u64,
+    footer: [u8; 512],
+}
+
+impl Blob for FooterCachedBlob {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read<'a>(&'a self, buf: &'a mut [u8], offset: u64) -> disk_blob::BlobReadFuture<'a> {
+        if offset == self.footer_offset && buf.len() == self.footer.len() {
+            buf.copy_from_slice(&self.footer);
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        self.inner.read(buf, offset)
+    }
+    fn counters(&self) -> disk_blob::BlobCounters {
+        self.inner.counters()
+    }
+    fn validators(&self) -> BlobValidators {
+        self.inner.validators()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// Where the footer of a remote VHD1 is kept, if it can be cached.
+fn footer_cache_path(cache_dir: &Path, url: &str, blob: &dyn Blob) -> Option<PathBuf> {
+    let validator = validator_string(&blob.validators(), blob.len())?;
+    Some(
+        cache_dir
+            .join("vhd1-footers")
+            .join(version_hash(url, &validator)),
+    )
+}
+
+/// Reads the footer of `blob` (at most one 512-byte GET) and stores it at
+/// `path`, or serves it from `path` when present. Failures to store are
+/// only logged: the footer cache is an optimisation.
+async fn with_cached_footer(blob: Arc<dyn Blob>, path: &Path) -> Result<Arc<dyn Blob>, BlobError> {
+    let len = blob.len();
+    let Some(footer_offset) = len.checked_sub(512) else {
+        return Ok(blob);
+    };
+    if let Ok(bytes) = std::fs::read(path)
+        && let Ok(footer) = <[u8; 512]>::try_from(bytes.as_slice())
+    {
+        return Ok(Arc::new(FooterCachedBlob {
+            inner: blob,
+            footer_offset,
+            footer,
+        }));
+    }
+    let mut footer = [0u8; 512];
+    blob.read(&mut footer, footer_offset).await?;
+    if let Err(e) = store_atomically(path, &footer) {
+        tracing::debug!(path = %path.display(), error = %e, "could not cache a VHD1 footer");
+    }
+    Ok(Arc::new(FooterCachedBlob {
+        inner: blob,
+        footer_offset,
+        footer,
+    }))
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so a
+/// reader never sees a partial file.
+fn store_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The bottom of a stack once opened, with what the layers above need to
+/// know about it.
+struct Bottom {
+    disk: Disk,
+    /// Whether the bottom is a flat HTTP blob (no disk id to key a cache).
+    flat_http: bool,
+    /// For a flat HTTP blob: the key its auto-cache must use, or `None`
+    /// when the server sent no validator.
+    flat_http_key: Option<String>,
+}
+
+async fn open_bottom(
+    kind: &LayerKind,
+    options: &OpenOptions,
+    cache_dir: Option<&Path>,
+) -> Result<Bottom, OpenError> {
+    let (blob, format, flat_http): (Arc<dyn Blob>, BlobFormat, bool) = match kind {
+        LayerKind::File { path, format } => {
+            let blob = FileBlob::open(path)
+                .await
+                .map_err(|source| OpenError::OpenFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            (Arc::new(blob), *format, false)
+        }
+        LayerKind::Blob { url, format } => {
+            let blob = HttpBlob::open(url, options.http.clone())
+                .await
+                .map_err(|source| OpenError::OpenBlob {
+                    url: RedactedUrl(url).to_string(),
+                    source,
+                })?;
+            let mut blob: Arc<dyn Blob> = Arc::new(blob);
+            if let (BlobFormat::FixedVhd1, Some(dir)) = (format, cache_dir)
+                && let Some(path) = footer_cache_path(dir, url, &*blob)
+            {
+                blob = with_cached_footer(blob, &path).await.map_err(|source| {
+                    OpenError::OpenBlob {
+                        url: RedactedUrl(url).to_string(),
+                        source,
+                    }
+                })?;
+            }
+            (blob, *format, *format == BlobFormat::Flat)
+        }
+        other => return Err(OpenError::BottomNotFullDisk(layer_name(other))),
+    };
+    let what = blob.describe();
+    let flat_http_key = if flat_http {
+        let key = match kind {
+            LayerKind::Blob { url, .. } => flat_blob_cache_key(url, &blob.validators(), blob.len()),
+            _ => None,
+        };
+        if key.is_none() {
+            tracing::warn!(
+                blob = %what,
+                "the server sent no ETag or Last-Modified for this flat image; \
+                 its persistent read cache is disabled so a replaced image can never be served stale"
+            );
+        }
+        key
+    } else {
+        None
+    };
+    let blob_disk = match format {
+        BlobFormat::Flat => BlobDisk::new_flat(blob),
+        BlobFormat::FixedVhd1 => BlobDisk::new_fixed_vhd1(blob).await,
+    }
+    .map_err(|source| OpenError::BlobDisk {
+        what: what.clone(),
+        source,
+    })?;
+    Ok(Bottom {
+        disk: Disk::new(blob_disk).map_err(OpenError::Disk)?,
+        flat_http_key,
+        flat_http,
+    })
+}
+
+fn layer_name(kind: &LayerKind) -> &'static str {
+    match kind {
+        LayerKind::Ram { .. } => "RAM",
+        LayerKind::Sqlite { .. } => "SQLite",
+        LayerKind::AutoCacheSqlite { .. } => "SQLite auto-cache",
+        LayerKind::File { .. } => "file",
+        LayerKind::Blob { .. } => "blob",
+    }
+}
+
+/// Opens `handle` into a live disk. See the [crate docs](crate) for how
+/// cache keys are chosen.
+pub async fn open(handle: &LayeredDiskHandle, options: &OpenOptions) -> Result<Disk, OpenError> {
+    let (bottom_desc, upper) = handle.layers.split_last().ok_or(OpenError::Empty)?;
+    if let Some(l) = upper
+        .iter()
+        .find(|l| matches!(l.layer, LayerKind::File { .. } | LayerKind::Blob { .. }))
+    {
+        return Err(OpenError::FullDiskNotAtBottom(layer_name(&l.layer)));
+    }
+    let cache_dir = upper.iter().find_map(|l| match &l.layer {
+        LayerKind::AutoCacheSqlite { cache_dir, .. } => Some(cache_dir.as_path()),
+        _ => None,
+    });
+    let bottom = open_bottom(&bottom_desc.layer, options, cache_dir).await?;
+
+    let mut layers = Vec::with_capacity(handle.layers.len());
+    for desc in upper {
+        let layer = match &desc.layer {
+            LayerKind::Ram { len } => DiskLayer::new(RamDiskLayer::lazy(*len)),
+            LayerKind::Sqlite {
+                path,
+                create,
+                read_only,
+            } => DiskLayer::new(SqliteDiskLayerConfig::new(path, *create, *read_only)),
+            LayerKind::AutoCacheSqlite { cache_dir, key } => {
+                let key = match key {
+                    Some(k) => Some(k.clone()),
+                    None if bottom.flat_http => match &bottom.flat_http_key {
+                        Some(k) => Some(k.clone()),
+                        // No validator: leave the cache out (warned above).
+                        None => continue,
+                    },
+                    None => None,
+                };
+                let mut cache = AutoCacheSqliteDiskLayer::new(cache_dir, key, false);
+                if let Some(chunk) = options.cache_chunk_size {
+                    cache = cache.with_chunk_size(chunk);
+                }
+                DiskLayer::new(cache)
+            }
+            other @ (LayerKind::File { .. } | LayerKind::Blob { .. }) => {
+                // Rejected before opening anything; kept for exhaustiveness.
+                return Err(OpenError::FullDiskNotAtBottom(layer_name(other)));
+            }
+        };
+        layers.push(LayerConfiguration {
+            layer,
+            read_cache: desc.read_cache,
+            write_through: desc.write_through,
+        });
+    }
+    layers.push(LayerConfiguration {
+        layer: DiskLayer::from_disk(bottom.disk),
+        read_cache: bottom_desc.read_cache,
+        write_through: bottom_desc.write_through,
+    });
+    let layered = LayeredDisk::new(handle.read_only, layers)
+        .await
+        .map_err(OpenError::Layers)?;
+    Disk::new(layered).map_err(OpenError::Disk)
+}

@@ -1,0 +1,131 @@
+//! The full remote stack against a real nginx serving a 256 MiB random
+//! image, as flat and as fixed VHD1.
+
+use blob_test_servers::NginxServer;
+use blob_test_servers::images::TestRng;
+use blob_test_servers::images::write_fixed_vhd1;
+use blob_test_servers::images::write_random_file;
+use blob_test_servers::require_tool;
+use disk_backend::Disk;
+use disk_backend_resources::BlobFormat;
+use disk_backend_resources::LayerDescription;
+use disk_backend_resources::LayerKind;
+use disk_backend_resources::LayeredDiskHandle;
+use disk_open::OpenOptions;
+use disk_open::open;
+use sha2::Digest;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+const IMAGE_SIZE: u64 = 256 << 20;
+
+fn remote(cache_dir: &Path, url: &str, format: BlobFormat) -> LayeredDiskHandle {
+    LayeredDiskHandle {
+        layers: vec![
+            LayerDescription::plain(LayerKind::Ram { len: None }),
+            LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
+                cache_dir: cache_dir.to_path_buf(),
+                key: None,
+            }),
+            LayerDescription::plain(LayerKind::Blob {
+                url: url.to_string(),
+                format,
+            }),
+        ],
+        read_only: false,
+    }
+}
+
+/// Random reads of 4 KiB to 1 MiB compared byte for byte with the file.
+async fn random_reads_match(disk: &Disk, file: &std::fs::File, seed: u64, count: usize) {
+    let mut rng = TestRng::new(seed);
+    let sectors = disk.sector_count();
+    for _ in 0..count {
+        let len_sectors = 8 << rng.below(9); // 4 KiB ..= 1 MiB
+        let start = rng.below(sectors - len_sectors);
+        let mut got = vec![0u8; (len_sectors * 512) as usize];
+        disk.read(start, &mut got).await.unwrap();
+        let mut want = vec![0u8; got.len()];
+        file.read_exact_at(&mut want, start * 512).unwrap();
+        assert!(got == want, "mismatch at sector {start} (+{len_sectors})");
+    }
+}
+
+/// SHA-256 of the whole disk read sequentially in 1 MiB requests.
+async fn disk_hash(disk: &Disk) -> String {
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut sector = 0;
+    while sector < disk.sector_count() {
+        let n = (disk.sector_count() - sector).min(2048);
+        let piece = &mut buf[..(n * 512) as usize];
+        disk.read(sector, piece).await.unwrap();
+        h.update(&*piece);
+        sector += n;
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn full_stack_against_nginx(format: BlobFormat) {
+    if require_tool("nginx").is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let name = match format {
+        BlobFormat::Flat => "image.raw",
+        BlobFormat::FixedVhd1 => "image.vhd",
+    };
+    let path = root.path().join(name);
+    let hash = match format {
+        BlobFormat::Flat => write_random_file(&path, 42, IMAGE_SIZE).unwrap(),
+        BlobFormat::FixedVhd1 => {
+            write_fixed_vhd1(&path, 42, IMAGE_SIZE, [0x42; 16])
+                .unwrap()
+                .1
+        }
+    };
+    let file = std::fs::File::open(&path).unwrap();
+    let nginx = NginxServer::serve_dir(root.path()).unwrap();
+    let url = nginx.url(&format!("/{name}"));
+    let cache = tempfile::tempdir().unwrap();
+    let handle = remote(cache.path(), &url, format);
+
+    // Cold: random reads first, then the whole disk.
+    let disk = open(&handle, &OpenOptions::default()).await.unwrap();
+    assert_eq!(disk.size_bytes(), IMAGE_SIZE);
+    random_reads_match(&disk, &file, 1, 200).await;
+    assert_eq!(disk_hash(&disk).await, hash);
+    let cold = disk.counters();
+    let ratio = cold.remote_bytes_fetched as f64 / IMAGE_SIZE as f64;
+    assert!(
+        (1.0..=1.1).contains(&ratio),
+        "a full cold read fetched {ratio:.3}x the disk size ({cold:?})"
+    );
+    drop(disk);
+
+    // Warm: a second stack on the same cache fetches nothing.
+    let before = nginx.request_count().unwrap();
+    let disk = open(&handle, &OpenOptions::default()).await.unwrap();
+    assert_eq!(disk_hash(&disk).await, hash);
+    random_reads_match(&disk, &file, 2, 200).await;
+    let warm = disk.counters();
+    assert_eq!(warm.remote_bytes_fetched, 0, "{warm:?}");
+    // Only the validating HEAD of the open reached nginx.
+    let after = nginx.request_count().unwrap();
+    assert_eq!(
+        after - before,
+        1,
+        "warm open sent {} requests",
+        after - before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flat_image_through_full_stack() {
+    full_stack_against_nginx(BlobFormat::Flat).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhd1_image_through_full_stack() {
+    full_stack_against_nginx(BlobFormat::FixedVhd1).await;
+}
