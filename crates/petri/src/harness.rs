@@ -534,6 +534,8 @@ where
     for test in tests.iter().filter(|_| !quiet) {
         if let HostSupport::Unsupported(reason) = test.case.host_support(env.host_arch) {
             eprintln!("note: {} is ignored on this host: {reason}", test.name);
+        } else if let Some(reason) = &test.case.ignore {
+            eprintln!("note: {} is ignored: {reason}", test.name);
         }
     }
 
