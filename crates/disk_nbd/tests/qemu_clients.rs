@@ -386,3 +386,120 @@ async fn ram_diff_over_a_file_keeps_qemu_writes_out_of_the_file() {
     assert!(std::fs::read(&base).unwrap() == bytes);
     s.listener.shutdown().await.unwrap();
 }
+
+/// A BIOS boot sector, hand-assembled (16-bit real mode, loaded at 0x7c00):
+/// reads sector 2 (CHS 0/0/2) to 0x7e00 with `int 13h` and prints that
+/// NUL-terminated text on COM1, then writes its own 512 bytes to sector 3
+/// and prints `WRITE-OK` (or `DISK-FAIL` if either call fails) and halts.
+const BOOT_CODE: &[u8] = &[
+    0xfa, // cli
+    0x31, 0xc0, // xor ax, ax
+    0x8e, 0xd8, // mov ds, ax
+    0x8e, 0xc0, // mov es, ax
+    0x8e, 0xd0, // mov ss, ax
+    0xbc, 0x00, 0x7c, // mov sp, 0x7c00
+    0xfb, // sti
+    0x88, 0x16, 0x00, 0x05, // mov [0x500], dl   (boot drive)
+    0xb8, 0x01, 0x02, // mov ax, 0x0201      (read 1 sector)
+    0xb9, 0x02, 0x00, // mov cx, 2           (cylinder 0, sector 2)
+    0xb6, 0x00, // mov dh, 0                  (head 0)
+    0xbb, 0x00, 0x7e, // mov bx, 0x7e00
+    0xcd, 0x13, // int 0x13
+    0x72, 0x23, // jc fail
+    0xbe, 0x00, 0x7e, // mov si, 0x7e00
+    0xe8, 0x25, 0x00, // call print
+    0x8a, 0x16, 0x00, 0x05, // mov dl, [0x500]
+    0xb8, 0x01, 0x03, // mov ax, 0x0301      (write 1 sector)
+    0xb9, 0x03, 0x00, // mov cx, 3           (cylinder 0, sector 3)
+    0xb6, 0x00, // mov dh, 0
+    0xbb, 0x00, 0x7c, // mov bx, 0x7c00      (this boot sector)
+    0xcd, 0x13, // int 0x13
+    0x72, 0x0a, // jc fail
+    0xbe, 0x57, 0x7c, // mov si, ok_msg
+    0xe8, 0x0c, 0x00, // call print
+    0xfa, // halt: cli
+    0xf4, // hlt
+    0xeb, 0xfc, // jmp halt
+    0xbe, 0x61, 0x7c, // fail: mov si, fail_msg
+    0xe8, 0x02, 0x00, // call print
+    0xeb, 0xf4, // jmp halt
+    0xac, // print: lodsb
+    0x84, 0xc0, // test al, al
+    0x74, 0x06, // jz .ret
+    0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xee, // out dx, al
+    0xeb, 0xf5, // jmp print
+    0xc3, // .ret: ret
+    b'W', b'R', b'I', b'T', b'E', b'-', b'O', b'K', b'\n', 0, // ok_msg (0x57)
+    b'D', b'I', b'S', b'K', b'-', b'F', b'A', b'I', b'L', b'\n', 0, // fail_msg (0x61)
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_boots_from_the_export_and_writes_through_it() {
+    let Some(qemu) = require_tool("qemu-system-x86_64") else {
+        return;
+    };
+    use tokio::io::AsyncBufReadExt;
+
+    let mut image = pattern_bytes(1 << 20, 77);
+    image[..512].fill(0);
+    image[..BOOT_CODE.len()].copy_from_slice(BOOT_CODE);
+    image[510] = 0x55;
+    image[511] = 0xaa;
+    let message = b"NBD-BOOT-OK: sector 2 came over NBD\n\0";
+    image[512..512 + message.len()].copy_from_slice(message);
+    let (disk, data) = VecDisk::create(image.clone(), false);
+    let s = serve(disk, NbdServerOptions::default()).await;
+
+    // TCG: KVM is not dependable on these machines.
+    let drive = format!("file={},format=raw,if=virtio,cache=none", s.uri);
+    let mut child = tokio::process::Command::new(&qemu)
+        .args(["-machine", "pc,accel=tcg", "-m", "32", "-nodefaults"])
+        .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args(["-drive", &drive])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut console = Vec::new();
+    // A bound on a hang, not a synchronisation: the guest's own output
+    // tells when it is done.
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            console.push(line.clone());
+            if line.contains("WRITE-OK") || line.contains("DISK-FAIL") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    child.kill().await.unwrap();
+    let stderr = child.wait_with_output().await.unwrap().stderr;
+    let console = console.join("\n");
+    let report = format!(
+        "console:\n{console}\nqemu stderr:\n{}",
+        String::from_utf8_lossy(&stderr)
+    );
+    assert_eq!(
+        outcome.ok().flatten().as_deref(),
+        Some("WRITE-OK"),
+        "{report}"
+    );
+    assert!(
+        console.contains("NBD-BOOT-OK: sector 2 came over NBD"),
+        "{report}"
+    );
+
+    // The guest's write reached the disk: sector 3 holds the boot sector,
+    // everything else is as it was.
+    let mut expect = image.clone();
+    let boot = image[..512].to_vec();
+    expect[1024..1536].copy_from_slice(&boot);
+    assert!(*data.lock() == expect);
+    assert!(s.listener.server().stats().bytes_read >= 1024);
+    s.listener.shutdown().await.unwrap();
+}
