@@ -308,6 +308,33 @@ struct Counters {
 pub struct SqliteDiskLayer {
     store: Arc<Store>,
     counters: Arc<Counters>,
+    buffers: Arc<BufferPool>,
+}
+
+/// Recycled read buffers (see [`SqliteDiskLayer::read_sectors`]).
+#[derive(Default)]
+struct BufferPool(parking_lot::Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    /// Buffers kept for reuse.
+    const KEEP: usize = 8;
+    /// Larger buffers are not kept.
+    const MAX_LEN: usize = 16 << 20;
+
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut v = self.0.lock().pop().unwrap_or_default();
+        v.resize(len, 0);
+        v
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        if v.capacity() <= Self::MAX_LEN {
+            let mut pool = self.0.lock();
+            if pool.len() < Self::KEEP {
+                pool.push(v);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for SqliteDiskLayer {
@@ -346,6 +373,7 @@ impl SqliteDiskLayer {
         Ok(SqliteDiskLayer {
             store: Arc::new(Store::open(path, read_only)?),
             counters: Arc::default(),
+            buffers: Arc::default(),
         })
     }
 
@@ -400,20 +428,45 @@ impl SqliteDiskLayer {
         let store = self.store.clone();
         let len = buf.len();
         // The blocking pool needs owned memory; one copy back is cheaper
-        // than blocking a runtime thread.
+        // than blocking a runtime thread. Buffers are recycled, so a read
+        // costs no allocation or zeroing (the engine writes every byte).
+        let mut data = self.buffers.take(len);
         let (data, bits) = blocking(move || {
-            let mut data = vec![0u8; len];
             let bits = store.read(sector, &mut data)?;
             Ok((data, bits))
         })
         .await?;
         buf.copy_from_slice(&data);
+        self.buffers.give(data);
         let p = SectorPresence { count, bits };
         let hit = p.present_count() * u64::from(ss);
         self.counters.hit.fetch_add(hit, Ordering::Relaxed);
         self.counters
             .miss
             .fetch_add(len as u64 - hit, Ordering::Relaxed);
+        Ok(p)
+    }
+
+    /// Like [`read_sectors`](Self::read_sectors), but blocks the calling
+    /// thread and reads straight into `buf` (no hand-off, no copy). For
+    /// callers on their own threads (an NBD server thread, a tool); never
+    /// call it from an async task.
+    pub fn read_sectors_blocking(
+        &self,
+        sector: u64,
+        buf: &mut [u8],
+    ) -> Result<SectorPresence, SqliteLayerError> {
+        let ss = self.geometry().sector_size;
+        let count =
+            disk_backend::check_io_range(sector, buf.len(), ss, self.geometry().sector_count)
+                .map_err(SqliteLayerError::Disk)?;
+        let bits = self.store.read(sector, buf)?;
+        let p = SectorPresence { count, bits };
+        let hit = p.present_count() * u64::from(ss);
+        self.counters.hit.fetch_add(hit, Ordering::Relaxed);
+        self.counters
+            .miss
+            .fetch_add(buf.len() as u64 - hit, Ordering::Relaxed);
         Ok(p)
     }
 

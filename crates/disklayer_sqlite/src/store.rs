@@ -437,7 +437,8 @@ impl Store {
     }
 
     /// Reads sectors `sector..sector + buf.len() / ss` into `buf`, one query
-    /// for the whole range. Absent sectors are zero-filled. Returns the
+    /// for the whole range. Absent sectors are zero-filled: every byte of
+    /// `buf` is written, so `buf` may hold stale data. Returns the
     /// presence of each sector of the request (bit `i` of the result is
     /// sector `sector + i`).
     pub(crate) fn read(&self, sector: u64, buf: &mut [u8]) -> Result<Vec<u64>, SqliteLayerError> {
