@@ -2,7 +2,7 @@ use petri::PetriVmBuilder;
 use petri::PetriVmmBackend;
 use vmm_test_macros::vmm_test;
 
-#[vmm_test(qemu_uefi_x64(vhd(ubuntu_2404_server_x64)))]
+#[vmm_test(bhyve_uefi_x64(vhd(ubuntu_2404_server_x64)))]
 async fn boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> {
     let _vm = config.run().await?;
     Ok(())
