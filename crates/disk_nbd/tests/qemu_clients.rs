@@ -387,6 +387,31 @@ async fn ram_diff_over_a_file_keeps_qemu_writes_out_of_the_file() {
     s.listener.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_io_over_loopback_tcp() {
+    let Some(qemu_io_bin) = require_tool("qemu-io") else {
+        return;
+    };
+    let initial = pattern_bytes(2 << 20, 31);
+    let (disk, data) = VecDisk::create(initial.clone(), false);
+    let server = disk_nbd::NbdServer::new(disk, NbdServerOptions::default()).unwrap();
+    let listener = server
+        .listen_tcp("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let uri = listener.nbd_uri();
+    let first = initial[4096];
+    let commands = [
+        format!("read -P {first} 4096 1"),
+        "write -P 0x77 8192 65536".to_string(),
+        "read -P 0x77 8192 65536".to_string(),
+    ];
+    let out = qemu_io(&qemu_io_bin, &uri, false, &commands).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(data.lock()[8192..73_728].iter().all(|&b| b == 0x77));
+    listener.shutdown().await.unwrap();
+}
+
 /// A BIOS boot sector, hand-assembled (16-bit real mode, loaded at 0x7c00):
 /// reads sector 2 (CHS 0/0/2) to 0x7e00 with `int 13h` and prints that
 /// NUL-terminated text on COM1, then writes its own 512 bytes to sector 3

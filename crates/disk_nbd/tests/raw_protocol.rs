@@ -636,3 +636,80 @@ fn inconsistent_options_are_rejected() {
     assert_eq!(s.block_sizes().preferred, 4096);
     assert_eq!(s.block_sizes().maximum, 64 << 10);
 }
+
+#[tokio::test]
+async fn four_kib_sector_disk_serves_byte_granular_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nbd.sock");
+    let initial = pattern_bytes(256 << 10, 8);
+    let (disk, data) = VecDisk::with_sector_size(initial.clone(), false, 4096);
+    let listener = serve_unix(&socket, disk, NbdServerOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(listener.server().block_sizes().minimum, 4096);
+    let (mut c, size, _) = RawClient::connect_go(&socket).await;
+    assert_eq!(size, 256 << 10);
+    let mut expect = initial;
+    for (off, len, seed) in [
+        (1u64, 1usize, 1u64),
+        (4095, 2, 2),
+        (5000, 9000, 3),
+        (16384, 4096, 4),
+        ((256 << 10) - 10, 10, 5),
+    ] {
+        let p = pattern_bytes(len, seed);
+        assert_eq!(c.command(CMD_WRITE, 0, off, len as u32, &p).await, 0);
+        expect[off as usize..off as usize + len].copy_from_slice(&p);
+        let (error, back) = c.read(off.saturating_sub(3), len as u32 + 3).await;
+        assert_eq!(error, 0);
+        let from = off.saturating_sub(3) as usize;
+        assert_eq!(back, expect[from..from + len + 3]);
+    }
+    assert_eq!(c.command(CMD_WRITE_ZEROES, 0, 40_000, 50_000, &[]).await, 0);
+    expect[40_000..90_000].fill(0);
+    assert!(*data.lock() == expect);
+    listener.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn random_garbage_never_stops_the_server() {
+    use rand::{Rng, SeedableRng};
+    let f = writable().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xbad);
+    for round in 0..60 {
+        let mut junk = vec![0u8; rng.random_range(0..2000)];
+        rng.fill(&mut junk[..]);
+        if round % 3 == 0 {
+            // Garbage from the first byte on.
+            let (mut c, _) = RawClient::connect_raw(&f.socket).await;
+            let _ = c.stream.write_all(&junk).await;
+        } else if round % 3 == 1 {
+            // Garbage options after valid client flags.
+            let mut c = RawClient::connect(&f.socket).await;
+            c.send_option(rng.random(), &junk).await;
+            let _ = c.stream.write_all(&junk).await;
+        } else {
+            // Requests with valid magic but random fields, then garbage.
+            let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+            for _ in 0..8 {
+                let h = RequestHeader {
+                    flags: rng.random(),
+                    command: rng.random_range(0..10),
+                    cookie: rng.random(),
+                    offset: if rng.random() {
+                        rng.random()
+                    } else {
+                        rng.random_range(0..DISK_BYTES as u64)
+                    },
+                    length: rng.random_range(0..70_000),
+                };
+                let _ = c.stream.write_all(&h.encode()).await;
+            }
+            let _ = c.stream.write_all(&junk).await;
+        }
+        // The client hangs up; the server must simply drop the connection.
+    }
+    assert_serves_another_client(&f).await;
+    let stats = f.listener.server().stats();
+    assert!(stats.connections > 60);
+}

@@ -16,17 +16,28 @@ use tokio::net::UnixStream;
 pub struct VecDisk {
     pub data: Arc<parking_lot::Mutex<Vec<u8>>>,
     pub read_only: bool,
+    pub sector_size: u32,
     pub flushes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl VecDisk {
     /// A disk holding `bytes` (a multiple of 512), plus a handle to them.
     pub fn create(bytes: Vec<u8>, read_only: bool) -> (Disk, Arc<parking_lot::Mutex<Vec<u8>>>) {
-        assert!(bytes.len().is_multiple_of(512));
+        Self::with_sector_size(bytes, read_only, 512)
+    }
+
+    /// Like [`VecDisk::create`] with another sector size.
+    pub fn with_sector_size(
+        bytes: Vec<u8>,
+        read_only: bool,
+        sector_size: u32,
+    ) -> (Disk, Arc<parking_lot::Mutex<Vec<u8>>>) {
+        assert!(bytes.len().is_multiple_of(sector_size as usize));
         let data = Arc::new(parking_lot::Mutex::new(bytes));
         let disk = Disk::new(VecDisk {
             data: data.clone(),
             read_only,
+            sector_size,
             flushes: Default::default(),
         })
         .unwrap();
@@ -39,20 +50,23 @@ impl DiskIo for VecDisk {
         "vec"
     }
     fn sector_count(&self) -> u64 {
-        self.data.lock().len() as u64 / 512
+        self.data.lock().len() as u64 / u64::from(self.sector_size)
+    }
+    fn sector_size(&self) -> u32 {
+        self.sector_size
     }
     fn is_read_only(&self) -> bool {
         self.read_only
     }
     async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        check_io_range(sector, buf.len(), 512, self.sector_count())?;
-        let off = sector as usize * 512;
+        check_io_range(sector, buf.len(), self.sector_size, self.sector_count())?;
+        let off = sector as usize * self.sector_size as usize;
         buf.copy_from_slice(&self.data.lock()[off..off + buf.len()]);
         Ok(())
     }
     async fn write(&self, sector: u64, buf: &[u8], _fua: bool) -> Result<(), DiskError> {
-        check_io_range(sector, buf.len(), 512, self.sector_count())?;
-        let off = sector as usize * 512;
+        check_io_range(sector, buf.len(), self.sector_size, self.sector_count())?;
+        let off = sector as usize * self.sector_size as usize;
         self.data.lock()[off..off + buf.len()].copy_from_slice(buf);
         Ok(())
     }
@@ -63,8 +77,9 @@ impl DiskIo for VecDisk {
     }
     async fn unmap(&self, sector: u64, count: u64) -> Result<(), DiskError> {
         check_sector_range(sector, count, self.sector_count())?;
-        let off = sector as usize * 512;
-        self.data.lock()[off..off + count as usize * 512].fill(0);
+        let ss = self.sector_size as usize;
+        let off = sector as usize * ss;
+        self.data.lock()[off..off + count as usize * ss].fill(0);
         Ok(())
     }
 }
