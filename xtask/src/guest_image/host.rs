@@ -90,6 +90,19 @@ pub fn ensure_packages(packages: &[&str], why: &str) -> Result<()> {
 /// Runs `apt-get update` once, then `apt-get install` of `packages`. Waits
 /// for the dpkg lock (other builds may be installing at the same time).
 fn apt_install(packages: &[&str]) -> Result<()> {
+    // One apt-get at a time within this process (tests build in parallel);
+    // the dpkg lock timeout covers other processes.
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _apt = APT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let still_missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if still_missing.is_empty() {
+        return Ok(());
+    }
+    let packages = &still_missing[..];
     println!("guest-image: apt-get install {}", packages.join(" "));
     let run = |args: &[&str]| -> Result<()> {
         let status = Command::new("apt-get")
@@ -110,6 +123,12 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     let mut args = vec!["install", "-y", "--no-install-recommends"];
     args.extend_from_slice(packages);
     run(&args)
+}
+
+/// Whether dpkg has `package` installed.
+fn package_installed(package: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${db:Status-Status}", package])
+        .is_ok_and(|s| s.trim() == "installed")
 }
 
 /// Runs `program args` and returns its standard output, failing with the
@@ -167,7 +186,8 @@ pub fn find_parts() -> Result<HostParts> {
         }
     }
     let busybox = PathBuf::from("/bin/busybox");
-    let file = output("dpkg-query", &["-S", "/bin/busybox"]).unwrap_or_default();
+    let file = output("dpkg-query", &["-S", "/bin/busybox"])
+        .context("asking dpkg which package owns /bin/busybox (install busybox-static)")?;
     if !file.starts_with("busybox-static:") {
         bail!(
             "/bin/busybox does not come from busybox-static (dpkg says {:?}); the guest needs \

@@ -84,7 +84,7 @@ pub const DEFAULT_DATA_MIB: u64 = 256;
 /// Options for `cargo xtask guest-test build-image`.
 #[derive(clap::Args)]
 pub struct BuildImageArgs {
-    /// Output directory [default: $VMM_TEST_IMAGES, else <workspace>/images].
+    /// Output directory [default: $VMM_TEST_IMAGES, else images/ in the workspace].
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
     /// MiB of reproducible data files on the root disk (the guest's
