@@ -60,6 +60,9 @@ pub enum NbdError {
     /// The client broke the protocol in a way that ends the connection.
     #[error("NBD protocol violation by the client: {0}")]
     Protocol(String),
+    /// The server was shut down; it does not listen again.
+    #[error("the NBD server was shut down")]
+    ShutDown,
     /// A request task ended without replying (it panicked).
     #[error("an NBD request task failed: {0}")]
     TaskFailed(String),
@@ -326,7 +329,8 @@ impl NbdServer {
         self.export.shutdown.send_replace(true);
     }
 
-    /// Whether [`NbdServer::shutdown`] was called.
+    /// Whether [`NbdServer::shutdown`] was called. A server that was shut
+    /// down stays down: listening again fails with [`NbdError::ShutDown`].
     pub fn is_shut_down(&self) -> bool {
         *self.export.shutdown.borrow()
     }
@@ -378,6 +382,9 @@ impl NbdServer {
     /// A stale socket file left by a dead server is replaced; a socket with
     /// a live server behind it, or any other file, is an error.
     pub async fn listen_unix(&self, path: impl AsRef<Path>) -> Result<NbdListener, NbdError> {
+        if self.is_shut_down() {
+            return Err(NbdError::ShutDown);
+        }
         let path = path.as_ref().to_path_buf();
         let err = |source| NbdError::Listen {
             endpoint: path.display().to_string(),
@@ -401,6 +408,9 @@ impl NbdServer {
             return Err(NbdError::InvalidOptions(format!(
                 "refusing to serve NBD on {addr}: only loopback addresses are allowed"
             )));
+        }
+        if self.is_shut_down() {
+            return Err(NbdError::ShutDown);
         }
         let listener = tokio::net::TcpListener::bind(addr)
             .await

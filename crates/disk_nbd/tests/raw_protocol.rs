@@ -499,6 +499,7 @@ async fn shutdown_finishes_connections_and_removes_the_socket() {
     let listener = f.listener;
     // A clone of the server (as a signal handler would hold) stops it.
     let server = listener.server().clone();
+    let server_again = server.clone();
     assert!(!server.is_shut_down());
     tokio::spawn(async move { server.shutdown() });
     listener.closed().await;
@@ -508,6 +509,11 @@ async fn shutdown_finishes_connections_and_removes_the_socket() {
     assert!(c.closed_by_server().await);
     assert!(idle.closed_by_server().await);
     assert!(tokio::net::UnixStream::connect(&socket).await.is_err());
+    // A shut-down server stays down.
+    assert!(matches!(
+        server_again.listen_unix(&socket).await,
+        Err(disk_nbd::NbdError::ShutDown)
+    ));
 }
 
 #[tokio::test]
