@@ -14,8 +14,9 @@
 //!   images with [`RemoteAccess::LocalOnly`].
 //! - [`openvmm::OpenVmmPetriBackend`]: a remote disk becomes a lazily read
 //!   layer stack (RAM diff, SQLite auto-cache in the [`cache_dir`], HTTP
-//!   blob) described as plain data ([`disk_backend_resources`]). Tests
-//!   allow remote images ([`RemoteAccess::Allow`]).
+//!   blob) described as plain data ([`disk_backend_resources`]) by the
+//!   backend-neutral [`disk_stack`] module. Tests allow remote images
+//!   ([`RemoteAccess::Allow`]).
 //!
 //! Invariants:
 //!
@@ -34,6 +35,7 @@
 
 mod backend;
 pub mod cache_dir;
+pub mod disk_stack;
 mod harness;
 pub mod hyperv;
 pub mod openvmm;

@@ -1,0 +1,327 @@
+//! Backend-neutral translation of a VM model disk into a disk stack
+//! description ([`LayeredDiskHandle`], plain data).
+//!
+//! - remote differencing disk (`DiskPath::Remote`):
+//!   `[Ram { len: None }, AutoCacheSqlite { cache_dir, key } (read cache),
+//!   Blob { url, format }]`: guest writes stay in RAM, blocks read from the
+//!   blob are kept in the shared persistent cache;
+//! - local differencing disk: `[Ram { len: None }, File { path, format }]`;
+//! - memory disk: `[Ram { len: Some(len) }]`;
+//! - persistent / temporary disk file: `[Sqlite { path, create: true }]`.
+//!
+//! Format rule ([`blob_format`]): by the URL path with query and fragment
+//! stripped (or the file name): `.vhd` and `.vmgs` are fixed VHD1, `.vhdx`
+//! is an error naming the artifact and its download command (a VHDX cannot
+//! be read as a blob), anything else is flat.
+//!
+//! Cache key rule: the description leaves `key: None` and the opener
+//! derives the key when it opens the blob, because the key needs data only
+//! the open has: for a fixed VHD1 it is the disk's unique id from the
+//! footer (lowercase zero-padded hex); for a flat blob it is derived from
+//! the URL path (never the query, which may hold a SAS token) plus the
+//! server's validator (ETag, else Last-Modified and length) from the HEAD
+//! response, so a replaced image never serves stale cached blocks.
+//!
+//! Invariant: no I/O. The cache directory is looked up (through the
+//! closure the caller passes) only for a remote disk.
+
+use crate::backend::describe_artifact;
+use crate::cache_dir::CacheDirError;
+use crate::vm::Disk;
+use crate::vm::DiskPath;
+use disk_backend_resources::BlobFormat;
+use disk_backend_resources::LayerDescription;
+use disk_backend_resources::LayerKind;
+use disk_backend_resources::LayeredDiskHandle;
+use petri_artifacts_core::ErasedArtifactHandle;
+use petri_artifacts_core::redact_url;
+use petri_artifacts_core::strip_query;
+use std::path::Path;
+use std::path::PathBuf;
+
+/// Errors describing a disk stack.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskStackError {
+    /// A VHDX image cannot be opened as a blob or file disk.
+    #[error(
+        "{location} is a VHDX image, which cannot be opened as a disk here \
+         (only fixed VHD1 and flat images are supported): {artifact}"
+    )]
+    UnsupportedVhdx {
+        /// Where the image is (URL redacted).
+        location: String,
+        /// The artifact and how to get it.
+        artifact: String,
+    },
+    /// No cache directory for the remote disk's read cache.
+    #[error("no cache directory for the remote disk read cache")]
+    CacheDir(#[from] CacheDirError),
+}
+
+/// An unsupported image format found by [`blob_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsupportedFormat {
+    /// A VHDX image.
+    Vhdx,
+}
+
+/// The blob format of an image, by the extension of the URL path (query
+/// and fragment stripped) or file name. Case-insensitive.
+pub fn blob_format(url_or_path: &str) -> Result<BlobFormat, UnsupportedFormat> {
+    let path = strip_query(url_or_path);
+    let file_name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+    let ext = match file_name.rsplit_once('.') {
+        Some((_, ext)) => ext.to_ascii_lowercase(),
+        None => String::new(),
+    };
+    match ext.as_str() {
+        "vhd" | "vmgs" => Ok(BlobFormat::FixedVhd1),
+        "vhdx" => Err(UnsupportedFormat::Vhdx),
+        _ => Ok(BlobFormat::Flat),
+    }
+}
+
+fn local_format(
+    path: &Path,
+    artifact: Option<ErasedArtifactHandle>,
+) -> Result<BlobFormat, DiskStackError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    blob_format(&name).map_err(|UnsupportedFormat::Vhdx| DiskStackError::UnsupportedVhdx {
+        location: path.display().to_string(),
+        artifact: describe_artifact(artifact),
+    })
+}
+
+/// The disk stack description of one disk.
+pub fn disk_description(
+    disk: &Disk,
+    artifact: Option<ErasedArtifactHandle>,
+    cache_dir: impl FnOnce() -> Result<PathBuf, CacheDirError>,
+) -> Result<LayeredDiskHandle, DiskStackError> {
+    let layers = match disk {
+        Disk::Memory(len) => vec![LayerDescription::plain(LayerKind::Ram { len: Some(*len) })],
+        Disk::Differencing(DiskPath::Local(path)) => vec![
+            LayerDescription::plain(LayerKind::Ram { len: None }),
+            LayerDescription::plain(LayerKind::File {
+                path: path.clone(),
+                format: local_format(path, artifact)?,
+            }),
+        ],
+        Disk::Differencing(DiskPath::Remote { url }) => {
+            let format = blob_format(url).map_err(|UnsupportedFormat::Vhdx| {
+                DiskStackError::UnsupportedVhdx {
+                    location: redact_url(url),
+                    artifact: describe_artifact(artifact),
+                }
+            })?;
+            vec![
+                LayerDescription::plain(LayerKind::Ram { len: None }),
+                LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
+                    cache_dir: cache_dir()?,
+                    // Derived by the opener; see the module docs.
+                    key: None,
+                }),
+                LayerDescription::plain(LayerKind::Blob {
+                    url: url.clone(),
+                    format,
+                }),
+            ]
+        }
+        Disk::Persistent(path) | Disk::Temporary(path) => {
+            vec![LayerDescription::plain(LayerKind::Sqlite {
+                path: path.clone(),
+                create: true,
+                read_only: false,
+            })]
+        }
+    };
+    Ok(LayeredDiskHandle {
+        layers,
+        read_only: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petri_artifacts_vmm_test::artifacts::test_vhd;
+    use petri_artifacts_vmm_test::artifacts::test_vmgs;
+
+    const CACHE: &str = "/var/cache/petri-test";
+
+    fn cache() -> Result<PathBuf, CacheDirError> {
+        Ok(PathBuf::from(CACHE))
+    }
+
+    fn no_cache() -> Result<PathBuf, CacheDirError> {
+        crate::cache_dir::cache_dir_with(|_| None, crate::cache_dir::HostOs::Linux)
+    }
+
+    fn remote(url: &str) -> Disk {
+        Disk::Differencing(DiskPath::Remote { url: url.into() })
+    }
+
+    fn remote_stack(url: &str, format: BlobFormat) -> LayeredDiskHandle {
+        LayeredDiskHandle {
+            layers: vec![
+                LayerDescription::plain(LayerKind::Ram { len: None }),
+                LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
+                    cache_dir: CACHE.into(),
+                    key: None,
+                }),
+                LayerDescription::plain(LayerKind::Blob {
+                    url: url.into(),
+                    format,
+                }),
+            ],
+            read_only: false,
+        }
+    }
+
+    #[test]
+    fn remote_vhd_is_ram_over_auto_cache_over_vhd1_blob() {
+        let url = "https://hvlitetestvhds.blob.core.windows.net/vhds/ubuntu-24.04-server-cloudimg-amd64.vhd?sv=1&sig=SECRET";
+        let handle = disk_description(
+            &remote(url),
+            Some(test_vhd::UBUNTU_2404_SERVER_X64.erase()),
+            cache,
+        )
+        .unwrap();
+        assert_eq!(handle, remote_stack(url, BlobFormat::FixedVhd1));
+        // The SAS token survives in the data (the opener needs it) but not
+        // in its Debug output.
+        assert!(!format!("{handle:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn remote_formats_follow_the_url_path_not_the_query() {
+        for (url, format) in [
+            ("http://127.0.0.1:8080/imgs/a.vmgs", BlobFormat::FixedVhd1),
+            ("http://127.0.0.1:8080/imgs/A.VHD", BlobFormat::FixedVhd1),
+            (
+                "http://127.0.0.1:8080/imgs/FreeBSD-13.2-RELEASE-amd64-dvd1.iso",
+                BlobFormat::Flat,
+            ),
+            (
+                "http://127.0.0.1:8080/imgs/disk.raw?x=a.vhd",
+                BlobFormat::Flat,
+            ),
+            (
+                "http://127.0.0.1:8080/imgs/disk.vhd?sig=a.iso#frag.raw",
+                BlobFormat::FixedVhd1,
+            ),
+            ("http://127.0.0.1:8080/imgs/noext", BlobFormat::Flat),
+        ] {
+            let handle = disk_description(&remote(url), None, cache).unwrap();
+            assert_eq!(handle, remote_stack(url, format), "{url}");
+        }
+    }
+
+    #[test]
+    fn remote_vhdx_is_rejected_with_the_download_command() {
+        let url = "https://acct.blob.core.windows.net/vhds/windows11.vhdx?sig=SECRET";
+        let err = disk_description(
+            &remote(url),
+            Some(test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase()),
+            cache,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("VHDX"), "{err}");
+        assert!(err.contains("WINDOWS_11_ENTERPRISE_AARCH64"), "{err}");
+        let known = vmm_test_images::KnownTestArtifacts::from_handle(
+            test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase(),
+        )
+        .unwrap();
+        assert!(err.contains(&known.download_command()), "{err}");
+        assert!(err.contains("windows11.vhdx?<redacted>"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn local_disks_are_ram_over_file() {
+        for (path, format) in [
+            ("/images/ubuntu.vhd", BlobFormat::FixedVhd1),
+            ("/images/state.vmgs", BlobFormat::FixedVhd1),
+            ("/images/freebsd.iso", BlobFormat::Flat),
+            ("/images/disk.img", BlobFormat::Flat),
+        ] {
+            // A local disk needs no cache directory.
+            let handle = disk_description(
+                &Disk::Differencing(DiskPath::Local(path.into())),
+                None,
+                no_cache,
+            )
+            .unwrap();
+            assert_eq!(
+                handle,
+                LayeredDiskHandle {
+                    layers: vec![
+                        LayerDescription::plain(LayerKind::Ram { len: None }),
+                        LayerDescription::plain(LayerKind::File {
+                            path: path.into(),
+                            format,
+                        }),
+                    ],
+                    read_only: false,
+                },
+                "{path}"
+            );
+        }
+        let err = disk_description(
+            &Disk::Differencing(DiskPath::Local("/images/w.vhdx".into())),
+            Some(test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase()),
+            no_cache,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, DiskStackError::UnsupportedVhdx { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn remote_disk_without_cache_dir_is_an_error() {
+        let err = disk_description(&remote("http://127.0.0.1/a.vhd"), None, no_cache).unwrap_err();
+        assert!(matches!(err, DiskStackError::CacheDir(_)), "{err}");
+    }
+
+    #[test]
+    fn memory_and_persistent_disks() {
+        assert_eq!(
+            disk_description(&Disk::Memory(1 << 20), None, no_cache).unwrap(),
+            LayeredDiskHandle {
+                layers: vec![LayerDescription::plain(LayerKind::Ram {
+                    len: Some(1 << 20)
+                })],
+                read_only: false,
+            }
+        );
+        assert_eq!(
+            disk_description(&Disk::Persistent("/logs/vmgs.dbhd".into()), None, no_cache).unwrap(),
+            LayeredDiskHandle {
+                layers: vec![LayerDescription::plain(LayerKind::Sqlite {
+                    path: "/logs/vmgs.dbhd".into(),
+                    create: true,
+                    read_only: false,
+                })],
+                read_only: false,
+            }
+        );
+    }
+
+    #[test]
+    fn vmgs_artifact_is_vhd1() {
+        let url = "http://127.0.0.1:9/vmgs.vmgs";
+        let handle = disk_description(
+            &remote(url),
+            Some(test_vmgs::VMGS_WITH_BOOT_ENTRY.erase()),
+            cache,
+        )
+        .unwrap();
+        assert_eq!(handle, remote_stack(url, BlobFormat::FixedVhd1));
+    }
+}
