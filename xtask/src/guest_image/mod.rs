@@ -217,10 +217,13 @@ pub fn run(root: &Path, args: BuildImageArgs) -> Result<()> {
             },
             "the smoke boot",
         )?;
-        let work = root.join("target").join("guest-image-smoke");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let work = target.join("guest-image-smoke");
         smoke::run(&out_dir, &work, Duration::from_secs(args.smoke_timeout))?;
         println!(
-            "guest-image: smoke boot passed; console logs in {}",
+            "guest-image: smoke boot passed; console logs and summary.json in {}",
             work.display()
         );
     }

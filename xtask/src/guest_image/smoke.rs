@@ -370,6 +370,7 @@ pub fn run(out_dir: &Path, work_dir: &Path, timeout: Duration) -> Result<Vec<Boo
         .with_context(|| format!("reading the size of {}", disk.display()))?
         .len();
     let mut reports = Vec::new();
+    let mut summary = Vec::new();
     for (name, steps) in [("boot", ""), ("steps", "hash-data,write-scratch")] {
         let dir: PathBuf = work_dir.join(name);
         println!("guest-image: smoke boot {name:?} (steps {steps:?}) under QEMU TCG ...");
@@ -403,7 +404,22 @@ pub fn run(out_dir: &Path, work_dir: &Path, timeout: Duration) -> Result<Vec<Boo
             r.rd_operations,
             r.wr_bytes
         );
+        summary.push(serde_json::json!({
+            "name": name,
+            "steps": steps,
+            "seconds_to_ready": r.to_ready.as_secs_f64(),
+            "seconds_to_done": r.to_done.as_secs_f64(),
+            "guest_uptime_at_ready": r.guest_uptime_at_ready,
+            "rd_bytes": r.rd_bytes,
+            "rd_operations": r.rd_operations,
+            "wr_bytes": r.wr_bytes,
+            "disk_size": disk_size,
+        }));
         reports.push(r);
     }
+    let path = work_dir.join("summary.json");
+    let text = serde_json::to_string_pretty(&summary).context("encoding the smoke summary")?;
+    std::fs::write(&path, format!("{text}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(reports)
 }
