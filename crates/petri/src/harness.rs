@@ -446,6 +446,22 @@ where
     )
 }
 
+/// An error and its cause chain, one cause per line, without the
+/// backtrace anyhow adds under `RUST_BACKTRACE=1` (it would only show the
+/// harness's own frames).
+fn error_report(err: &anyhow::Error) -> String {
+    use std::fmt::Write as _;
+    let mut report = err.to_string();
+    let causes: Vec<_> = err.chain().skip(1).collect();
+    if !causes.is_empty() {
+        report.push_str("\n\nCaused by:");
+        for (i, cause) in causes.iter().enumerate() {
+            let _ = write!(report, "\n    {i}: {cause}");
+        }
+    }
+    report
+}
+
 /// Runs one test through every phase, as the harness does.
 pub fn run_test<R>(
     test: &NamedTestCase,
@@ -463,7 +479,7 @@ where
     }));
     let failure = match outcome {
         Ok(Ok(())) => return Ok(Completion::Completed),
-        Ok(Err(err)) => format!("{err:?}"),
+        Ok(Err(err)) => error_report(&err),
         Err(payload) => format!("test panicked: {}", panic_message(payload.as_ref())),
     };
     match &test.case.unstable {
@@ -758,6 +774,17 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn error_report_keeps_every_cause() {
+        let err = anyhow::anyhow!("root cause")
+            .context("middle")
+            .context("top");
+        assert_eq!(
+            error_report(&err),
+            "top\n\nCaused by:\n    0: middle\n    1: root cause"
+        );
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //!
 //! Position in the data flow: this is the top. A test author writes
 //!
-//! ```ignore
+//! ```
+//! use petri::PetriVmBuilder;
+//! use petri::PetriVmmBackend;
+//! use vmm_test_macros::vmm_test;
+//!
 //! #[vmm_test(
 //!     openvmm_uefi_x64(vhd(ubuntu_2404_server_x64)),
 //!     hyperv_uefi_x64(vhd(ubuntu_2404_server_x64)),
@@ -13,6 +17,10 @@
 //!     let _vm = config.run().await?;
 //!     Ok(())
 //! }
+//! # fn main() {
+//! #     let names: Vec<String> = petri::registered_tests().into_iter().map(|t| t.name).collect();
+//! #     assert!(names.iter().any(|n| n.ends_with("openvmm_pcat_x64_freebsd_13_2_x64_iso::boot")), "{names:?}");
+//! # }
 //! ```
 //!
 //! and the macro registers, through `petri`'s inventory, one test case per

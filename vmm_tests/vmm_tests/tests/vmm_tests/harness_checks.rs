@@ -8,19 +8,26 @@ use petri::ArtifactListOutput;
 use petri::ArtifactResolver;
 use petri::TestCase;
 use petri::TestCaseRegistration;
+use petri_artifacts_vmm_test::artifacts::test_vhd;
 use std::process::Command;
 use vmm_test_images::KnownTestArtifacts;
 
 const OPENVMM_UBUNTU: &str = "boot::openvmm_uefi_x64_ubuntu_2404_server_x64::boot";
 const HYPERV_UBUNTU: &str = "boot::hyperv_uefi_x64_ubuntu_2404_server_x64::boot";
+/// Makes [`resolution_failure_helper_case`] require an image.
+const SELF_CHECK_ENV: &str = "VMM_TESTS_HARNESS_SELF_CHECK";
+const HELPER: &str = "harness_checks::resolution_failure_helper";
 const UBUNTU_ID: &str = "petri_artifacts_vmm_test::artifacts::test_vhd::UBUNTU_2404_SERVER_X64";
 
-/// Runs this test binary with `args`; `PETRI_REMOTE_ARTIFACTS` is removed
-/// unless given in `env`.
-fn harness(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
+/// Runs this test binary with `args`; `PETRI_REMOTE_ARTIFACTS` and the
+/// self-check switch are removed unless given in `env`. Returns whether it
+/// succeeded, its stdout and its stderr.
+fn run_harness(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(bool, String, String)> {
     let exe = std::env::current_exe().context("cannot find the test binary")?;
     let mut cmd = Command::new(&exe);
-    cmd.args(args).env_remove("PETRI_REMOTE_ARTIFACTS");
+    cmd.args(args)
+        .env_remove("PETRI_REMOTE_ARTIFACTS")
+        .env_remove(SELF_CHECK_ENV);
     for (key, value) in env {
         cmd.env(key, value);
     }
@@ -28,13 +35,14 @@ fn harness(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("failed to run {}", exe.display()))?;
     let stdout = String::from_utf8(out.stdout).context("stdout is not UTF-8")?;
-    ensure!(
-        out.status.success(),
-        "{} {args:?} failed with {}:\n{stdout}\n{}",
-        exe.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    Ok((out.status.success(), stdout, stderr))
+}
+
+/// Like [`run_harness`], failing unless the binary succeeded.
+fn harness(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
+    let (ok, stdout, stderr) = run_harness(args, env)?;
+    ensure!(ok, "test binary {args:?} failed:\n{stdout}\n{stderr}");
     Ok(stdout)
 }
 
@@ -158,7 +166,7 @@ fn listing_marks_unrunnable_backends_ignored() -> anyhow::Result<()> {
         if expect_ignored {
             ensure!(ignored.contains(name), "{name} should be listed as ignored");
         }
-        if !is_vm_test(name) {
+        if !is_vm_test(name) && name != HELPER {
             ensure!(!ignored.contains(name), "{name} should not be ignored");
         }
     }
@@ -185,6 +193,54 @@ fn forced_run_reports_the_reason() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A test whose artifact cannot be resolved reports the resolver's error
+/// intact: the artifact, every path searched and the download command.
+fn resolution_errors_reach_the_output() -> anyhow::Result<()> {
+    let missing_dir =
+        std::env::temp_dir().join(format!("vmm-tests-no-images-{}", std::process::id()));
+    let missing = missing_dir.to_string_lossy().into_owned();
+    let (ok, stdout, stderr) = run_harness(
+        &["--ignored", "--exact", HELPER],
+        &[(SELF_CHECK_ENV, "1"), ("VMM_TEST_IMAGES", &missing)],
+    )?;
+    if ok {
+        // The workspace's own images folder holds the image.
+        eprintln!("skipped: the Windows 11 aarch64 VHDX is available locally");
+        return Ok(());
+    }
+    let known = KnownTestArtifacts::from_handle(test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase())
+        .context("the VHDX is not in the catalog")?;
+    ensure!(
+        stdout.contains(&format!("---- {HELPER} ----")),
+        "{stdout}\n{stderr}"
+    );
+    ensure!(stdout.contains(&known.download_command()), "{stdout}");
+    ensure!(
+        stdout.contains(&missing),
+        "searched paths missing: {stdout}"
+    );
+    ensure!(stdout.contains("1 failed"), "{stdout}");
+    Ok(())
+}
+
+/// Requires a local-only image when [`SELF_CHECK_ENV`] is set, so
+/// [`resolution_errors_reach_the_output`] can watch it fail. Ignored, and
+/// trivially passing when run without the switch.
+fn resolution_failure_helper_case() -> TestCase {
+    TestCase::new(
+        "resolution_failure_helper",
+        |resolver: &ArtifactResolver<'_>| {
+            std::env::var_os(SELF_CHECK_ENV)
+                .map(|_| resolver.require(test_vhd::WINDOWS_11_ENTERPRISE_AARCH64))
+        },
+        |_params, _image| Ok(()),
+    )
+    .ignore(
+        "helper of harness_checks::resolution_errors_reach_the_output \
+         (fails on purpose only when VMM_TESTS_HARNESS_SELF_CHECK is set)",
+    )
 }
 
 fn check(leaf: &'static str, run: fn() -> anyhow::Result<()>) -> TestCase {
@@ -216,6 +272,21 @@ fn forced_run_case() -> TestCase {
     )
 }
 
+fn resolution_errors_case() -> TestCase {
+    check(
+        "resolution_errors_reach_the_output",
+        resolution_errors_reach_the_output,
+    )
+}
+
 petri::inventory::submit!(TestCaseRegistration::new(module_path!(), policy_case));
+petri::inventory::submit!(TestCaseRegistration::new(
+    module_path!(),
+    resolution_errors_case
+));
+petri::inventory::submit!(TestCaseRegistration::new(
+    module_path!(),
+    resolution_failure_helper_case
+));
 petri::inventory::submit!(TestCaseRegistration::new(module_path!(), listing_case));
 petri::inventory::submit!(TestCaseRegistration::new(module_path!(), forced_run_case));
