@@ -5,7 +5,9 @@
 //!
 //! Run: `cargo bench -p disklayer_sqlite` (release). `BENCH_DISK_MIB`
 //! changes the disk size (default 512); `BENCH_DIR` the scratch directory
-//! (default: a temporary directory). Prints a markdown table.
+//! (default: a temporary directory); `BENCH_CASES` (comma-separated:
+//! direct, stack, layer, blocking, base, base_q) limits the warm-read
+//! cases, for profiling. Prints a markdown table.
 
 use anyhow::Context;
 use disk_backend::{Disk, DiskError};
@@ -163,21 +165,6 @@ fn mib_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
-/// Best of `passes` runs of `f`, as MiB/s over `bytes`.
-fn best<F: FnMut() -> anyhow::Result<()>>(
-    passes: usize,
-    bytes: u64,
-    mut f: F,
-) -> anyhow::Result<f64> {
-    let mut best = 0f64;
-    for _ in 0..passes {
-        let t = Instant::now();
-        f()?;
-        best = best.max(mib_s(bytes, t.elapsed()));
-    }
-    Ok(best)
-}
-
 fn direct_read(file: &std::fs::File, size: u64, io: usize) -> anyhow::Result<()> {
     let mut buf = vec![0u8; io];
     let mut off = 0;
@@ -292,18 +279,14 @@ async fn run() -> anyhow::Result<()> {
     // Warm the page cache.
     direct_read(&file, size, 1 << 20)?;
 
-    let passes = 3;
-    let direct_64k = best(passes, size, || direct_read(&file, size, 64 << 10))?;
-    let direct_1m = best(passes, size, || direct_read(&file, size, 1 << 20))?;
-
-    // Cold fill through the stack [auto-cache, file], 1 MiB reads, each
-    // pass into a fresh cache directory; the last one stays for the warm
-    // reads.
+    // Cold fills, ours and the baseline's, interleaved; each pass into a
+    // fresh cache. The last caches stay for the warm reads.
+    let fill_passes = 2;
     let mut fill = 0f64;
-    let mut cache_dir = scratch.path().join("cache");
-    let mut disk = None;
-    for pass in 0..2 {
-        cache_dir = scratch.path().join(format!("cache{pass}"));
+    let mut base_fill = 0f64;
+    let mut kept = None;
+    for pass in 0..fill_passes {
+        let cache_dir = scratch.path().join(format!("cache{pass}"));
         let t = Instant::now();
         let d = stack(&cache_dir, &image, sectors).await?;
         disk_read(&d, size, 1 << 20).await?;
@@ -313,43 +296,10 @@ async fn run() -> anyhow::Result<()> {
             counters.cache_fill_bytes == size,
             "fill incomplete: {counters:?}"
         );
-        disk = Some(d);
-    }
-    let disk = disk.context("no fill pass ran")?;
 
-    // Warm reads through the stack (every read a cache hit), and from the
-    // layer alone.
-    let warm_stack_64k = best(passes, size, || {
-        futures_block(disk_read(&disk, size, 64 << 10))
-    })?;
-    let warm_stack_1m = best(passes, size, || {
-        futures_block(disk_read(&disk, size, 1 << 20))
-    })?;
-    anyhow::ensure!(
-        disk.counters().cache_miss_bytes == size,
-        "warm reads missed"
-    );
-    drop(disk);
-    let cache_file = AutoCacheSqliteDiskLayer::new(&cache_dir, None, true)
-        .cache_file_path(Some(*b"bench-disk-id-01"))?;
-    let cache_size = std::fs::metadata(&cache_file)?.len();
-    let layer = SqliteDiskLayer::open(&cache_file, true)?;
-    let warm_layer_64k = best(passes, size, || {
-        futures_block(layer_read(&layer, size, 64 << 10))
-    })?;
-    let warm_layer_1m = best(passes, size, || {
-        futures_block(layer_read(&layer, size, 1 << 20))
-    })?;
-    let blocking_64k = best(passes, size, || layer_read_blocking(&layer, size, 64 << 10))?;
-    let blocking_1m = best(passes, size, || layer_read_blocking(&layer, size, 1 << 20))?;
-    drop(layer);
-
-    // The per-sector baseline: fill in 1 MiB transactions from the file,
-    // then warm range reads.
-    let base_path = scratch.path().join("per-sector.db");
-    let db = PerSectorDb::create(&base_path)?;
-    let t = Instant::now();
-    {
+        let base_path = scratch.path().join(format!("per-sector{pass}.db"));
+        let db = PerSectorDb::create(&base_path)?;
+        let t = Instant::now();
         let mut off = 0;
         while off < size {
             let mut buf = vec![0u8; 1 << 20];
@@ -357,23 +307,77 @@ async fn run() -> anyhow::Result<()> {
             db.write(off / SS, buf).await?;
             off += 1 << 20;
         }
+        base_fill = base_fill.max(mib_s(size, t.elapsed()));
+        kept = Some((d, cache_dir, db, base_path));
     }
-    let base_fill = mib_s(size, t.elapsed());
-    let base_64k = best(passes, size, || {
-        futures_block(baseline_read(&db, size, 64 << 10))
-    })?;
-    let base_1m = best(passes, size, || {
-        futures_block(baseline_read(&db, size, 1 << 20))
-    })?;
-    let base_q_64k = best(passes, size, || {
-        baseline_read_per_query(&db, size, 64 << 10)
-    })?;
-    let base_q_1m = best(passes, size, || baseline_read_per_query(&db, size, 1 << 20))?;
-    drop(db);
+    let (disk, cache_dir, db, base_path) = kept.context("no fill pass ran")?;
+    let cache_file = AutoCacheSqliteDiskLayer::new(&cache_dir, None, true)
+        .cache_file_path(Some(*b"bench-disk-id-01"))?;
+    let layer = SqliteDiskLayer::open(&cache_file, true)?;
+
+    // Warm reads, every measurement once per round, rounds interleaved so
+    // that load from other processes hits all of them alike.
+    type Case<'a> = (&'a str, usize, Box<dyn FnMut() -> anyhow::Result<()> + 'a>);
+    let mut cases: Vec<Case<'_>> = Vec::new();
+    for io in [64usize << 10, 1 << 20] {
+        let (file, disk, layer, db) = (&file, &disk, &layer, &db);
+        cases.push(("direct", io, Box::new(move || direct_read(file, size, io))));
+        cases.push((
+            "stack",
+            io,
+            Box::new(move || futures_block(disk_read(disk, size, io))),
+        ));
+        cases.push((
+            "layer",
+            io,
+            Box::new(move || futures_block(layer_read(layer, size, io))),
+        ));
+        cases.push((
+            "blocking",
+            io,
+            Box::new(move || layer_read_blocking(layer, size, io)),
+        ));
+        cases.push((
+            "base",
+            io,
+            Box::new(move || futures_block(baseline_read(db, size, io))),
+        ));
+        cases.push((
+            "base_q",
+            io,
+            Box::new(move || baseline_read_per_query(db, size, io)),
+        ));
+    }
+    // BENCH_CASES=stack,layer,... runs only those cases (for profiling).
+    if let Ok(only) = std::env::var("BENCH_CASES") {
+        let only: Vec<&str> = only.split(',').collect();
+        cases.retain(|(n, _, _)| only.contains(n));
+    }
+    let rounds = 4;
+    let mut results = vec![0f64; cases.len()];
+    for _ in 0..rounds {
+        for (i, (_, _, f)) in cases.iter_mut().enumerate() {
+            let t = Instant::now();
+            f()?;
+            results[i] = results[i].max(mib_s(size, t.elapsed()));
+        }
+    }
+    let get = |name: &str, io: usize| -> f64 {
+        cases
+            .iter()
+            .zip(&results)
+            .find(|((n, i, _), _)| *n == name && *i == io)
+            .map_or(0.0, |(_, r)| *r)
+    };
+    anyhow::ensure!(
+        disk.counters().cache_miss_bytes == size,
+        "warm reads went below the cache"
+    );
+    let cache_size = std::fs::metadata(&cache_file)?.len();
     let base_size = std::fs::metadata(&base_path)?.len();
 
     println!(
-        "## disklayer_sqlite benchmark ({mib} MiB disk; reads best of {passes} passes, fills best of 2)\n"
+        "## disklayer_sqlite benchmark ({mib} MiB disk; reads: best of {rounds} interleaved rounds; fills: best of {fill_passes})\n"
     );
     println!(
         "| measurement | MiB/s | vs direct file read | vs per-sector SQLite (range query, reference data path) | vs per-sector SQLite (one query per sector) |"
@@ -387,49 +391,46 @@ async fn run() -> anyhow::Result<()> {
             v / base_q
         );
     };
-    let r64 = |name: &str, v: f64| row(name, v, direct_64k, base_64k, base_q_64k);
-    let r1m = |name: &str, v: f64| row(name, v, direct_1m, base_1m, base_q_1m);
-    r64(
-        "warm read 64 KiB, stack [cache, file] (async)",
-        warm_stack_64k,
-    );
-    r1m(
-        "warm read 1 MiB, stack [cache, file] (async)",
-        warm_stack_1m,
-    );
-    r64(
-        "warm read 64 KiB, SQLite layer alone (async)",
-        warm_layer_64k,
-    );
-    r1m("warm read 1 MiB, SQLite layer alone (async)", warm_layer_1m);
-    r64(
-        "warm read 64 KiB, SQLite layer, blocking call",
-        blocking_64k,
-    );
-    r1m("warm read 1 MiB, SQLite layer, blocking call", blocking_1m);
+    for (io, label) in [(64usize << 10, "64 KiB"), (1 << 20, "1 MiB")] {
+        let (d, b, q) = (get("direct", io), get("base", io), get("base_q", io));
+        let r = |name: &str, key: &str| row(name, get(key, io), d, b, q);
+        r(
+            &format!("warm read {label}, stack [cache, file], async"),
+            "stack",
+        );
+        r(
+            &format!("warm read {label}, SQLite layer alone, async"),
+            "layer",
+        );
+        r(
+            &format!("warm read {label}, SQLite layer, blocking call"),
+            "blocking",
+        );
+        r(
+            &format!("direct file read {label} (pread, page cache)"),
+            "direct",
+        );
+        r(
+            &format!("per-sector SQLite read {label}, range query"),
+            "base",
+        );
+        r(
+            &format!("per-sector SQLite read {label}, query per sector"),
+            "base_q",
+        );
+    }
+    let d = get("direct", 1 << 20);
     row(
         "cold fill, 1 MiB reads through the stack",
         fill,
-        direct_1m,
+        d,
         base_fill,
         base_fill,
-    );
-    r64("direct file read 64 KiB (pread, page cache)", direct_64k);
-    r1m("direct file read 1 MiB (pread, page cache)", direct_1m);
-    r64("per-sector SQLite warm read 64 KiB, range query", base_64k);
-    r1m("per-sector SQLite warm read 1 MiB, range query", base_1m);
-    r64(
-        "per-sector SQLite warm read 64 KiB, query per sector",
-        base_q_64k,
-    );
-    r1m(
-        "per-sector SQLite warm read 1 MiB, query per sector",
-        base_q_1m,
     );
     row(
         "per-sector SQLite fill, 1 MiB transactions",
         base_fill,
-        direct_1m,
+        d,
         base_fill,
         base_fill,
     );
@@ -437,12 +438,12 @@ async fn run() -> anyhow::Result<()> {
         "\nMachine: {} CPUs, shared with other engineers' builds while this ran.",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!();
     println!(
         "Cache file: {cache_size} bytes for {size} data bytes ({:.4}x); per-sector file: {base_size} bytes ({:.4}x).",
         cache_size as f64 / size as f64,
         base_size as f64 / size as f64
     );
+    drop(cases);
     Ok(())
 }
 

@@ -23,9 +23,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 const PAGE_SIZE: u32 = 65536;
 /// How many idle read connections are kept for reuse.
 const MAX_IDLE_READERS: usize = 8;
-/// Memory-map window per connection; reads of mapped pages need no
-/// syscall. SQLite falls back to plain reads past it.
-const MMAP_SIZE: u64 = 1 << 30;
+/// Memory-map window per connection (SQLite caps it at its compile-time
+/// maximum, about 2 GiB); reads of mapped pages need no syscall. SQLite
+/// falls back to plain reads past it.
+const MMAP_SIZE: u64 = 0x7fff_0000;
 
 const SCHEMA: &str = "
 CREATE TABLE meta (

@@ -11,7 +11,7 @@ mod common;
 use common::{cached_stack, child, list_files, make_image};
 use disk_layered::LayerAttach;
 use disk_layered::LowerLayerMetadata;
-use disklayer_sqlite::auto_cache::{CACHE_FILE_NAME, LowerDisk, key_dir_name};
+use disklayer_sqlite::auto_cache::{CACHE_FILE_NAME, LowerDisk, format_atomically, key_dir_name};
 use disklayer_sqlite::{AutoCacheSqliteDiskLayer, Geometry, SqliteDiskLayer, SqliteLayerError};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -434,4 +434,66 @@ async fn hostile_keys_stay_inside_the_cache_dir() {
         let p = p.unwrap().path();
         assert!(p.join(CACHE_FILE_NAME).is_file(), "{}", p.display());
     }
+}
+
+/// The losing side of the creation race keeps the winner's file.
+#[tokio::test]
+async fn atomic_format_keeps_the_winners_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("layer.dbhd");
+    let mut params = disklayer_sqlite::FormatParams::new(64, 512);
+    params.chunk_size = 8192;
+    assert!(format_atomically(&file, &params).unwrap());
+    let winner = SqliteDiskLayer::open(&file, false).unwrap();
+    winner
+        .write_sectors(0, &[0x11; 512], true, false)
+        .await
+        .unwrap();
+    // A second creator with other parameters loses and changes nothing.
+    let mut other = params.clone();
+    other.sector_count = 128;
+    assert!(!format_atomically(&file, &other).unwrap());
+    let layer = SqliteDiskLayer::open(&file, true).unwrap();
+    assert_eq!(layer.geometry().sector_count, 64);
+    let mut buf = [0u8; 512];
+    assert!(layer.read_sectors(0, &mut buf).await.unwrap().all_present());
+    assert_eq!(buf, [0x11; 512]);
+    // No temporary directories are left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with(".tmp-")),
+        "{names:?}"
+    );
+}
+
+/// Threads of one process racing to create the same auto-cache.
+#[test]
+fn threads_race_to_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let cache_dir = cache_dir.clone();
+            std::thread::spawn(move || {
+                AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
+                    .open_for(&lower(4096, Some(ID)))
+                    .map(|l| l.geometry())
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().unwrap().sector_count, 4096);
+    }
+    let entries = list_files(&cache_dir);
+    assert!(
+        entries
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".tmp-")),
+        "{entries:?}"
+    );
 }
