@@ -3,7 +3,8 @@
 //! the numbers show the server's own overhead, not a disk stack's.
 //!
 //! Run: `cargo bench -p disk_nbd` (release). `BENCH_DISK_MIB` sets the disk
-//! size (default 256). Prints a markdown table. Without `qemu-img` it
+//! size (default 256), `BENCH_FILTER` keeps only the cases whose name
+//! contains it. Prints a markdown table. Without `qemu-img` it
 //! prints why and exits successfully, except under `CI=true`, where it
 //! fails.
 
@@ -137,7 +138,8 @@ fn main() -> anyhow::Result<()> {
     );
     println!("| case | requests | seconds | MiB/s | requests/s |");
     println!("|---|---:|---:|---:|---:|");
-    for case in &cases {
+    let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
+    for case in cases.iter().filter(|c| c.name.contains(&filter)) {
         // Enough requests to sweep the disk about four times, wrapping
         // around at the end.
         let count = ((4 * size) / case.block).clamp(64, 200_000);

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use disk_backend::{Disk, DiskError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{Mutex as AsyncMutex, OwnedSemaphorePermit, RwLock, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::protocol::*;
@@ -920,11 +921,23 @@ impl BufPool {
     }
 }
 
-/// State of one connection in transmission.
-struct Conn<W> {
+/// State of one connection in transmission, shared by its request tasks.
+struct Conn {
     export: Arc<Export>,
-    writer: AsyncMutex<BufWriter<W>>,
+    /// Replies go to the connection's writer task in completion order.
+    replies: mpsc::UnboundedSender<Reply>,
     budget: Arc<Semaphore>,
+}
+
+/// A simple reply on its way to the writer task.
+struct Reply {
+    cookie: u64,
+    error: u32,
+    /// Read data: a pool buffer and the range of it to send.
+    data: Option<(PooledBuf, Range<usize>)>,
+    /// The request's share of the in-flight budget, released once the
+    /// reply is written, so replies queued for a slow client count too.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 enum Flow {
@@ -942,14 +955,17 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let (replies, rx) = mpsc::unbounded_channel();
+    let mut writer_task = Some(tokio::spawn(write_replies(export.clone(), writer, rx)));
+    let writer_abort = writer_task.as_ref().map(JoinHandle::abort_handle);
     let conn = Arc::new(Conn {
         budget: Arc::new(Semaphore::new(export.budget_units as usize)),
         export,
-        writer: AsyncMutex::new(writer),
+        replies,
     });
     let mut tasks = JoinSet::new();
     let mut header = [0u8; REQUEST_HEADER_LEN];
-    let result = 'conn: loop {
+    let mut result = 'conn: loop {
         while let Some(done) = tasks.try_join_next() {
             if let Err(e) = done {
                 break 'conn Err(NbdError::TaskFailed(e.to_string()));
@@ -957,9 +973,17 @@ where
         }
         // The whole step (header, budget, payload) gives way to shutdown,
         // so a client that stalls mid-request cannot hold the server up.
+        // A writer that failed (the client is gone) ends the reading too.
         let step = tokio::select! {
             biased;
             _ = shutdown_signalled(&mut shutdown) => break Ok(()),
+            w = async { writer_task.as_mut()?.await.ok() }, if writer_task.is_some() => {
+                writer_task = None;
+                match w {
+                    Some(Err(e)) => break Err(e.into()),
+                    _ => break Ok(()),
+                }
+            }
             r = conn.next_request(&mut reader, &mut header, &mut tasks) => r,
         };
         match step {
@@ -973,10 +997,31 @@ where
     // Finish what is in flight, so every request read gets its reply. A
     // client that stops reading replies can block that forever; once the
     // server shuts down it gets `shutdown_grace`, then the work is dropped.
-    let mut result = result;
     let grace = conn.export.shutdown_grace;
+    let finish = async {
+        let mut r = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done
+                && r.is_ok()
+            {
+                r = Err(NbdError::TaskFailed(e.to_string()));
+            }
+        }
+        // The last sender goes: the writer drains the queue and closes.
+        drop(conn);
+        if let Some(w) = writer_task {
+            match w.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if r.is_ok() => r = Err(e.into()),
+                Ok(Err(_)) => {}
+                Err(e) if r.is_ok() => r = Err(NbdError::TaskFailed(e.to_string())),
+                Err(_) => {}
+            }
+        }
+        r
+    };
     let finished = tokio::select! {
-        r = finish(&conn, &mut tasks) => {
+        r = finish => {
             if result.is_ok() {
                 result = r;
             }
@@ -991,6 +1036,9 @@ where
         tracing::info!("NBD client did not take its replies within the shutdown grace period");
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        if let Some(a) = writer_abort {
+            a.abort();
+        }
     }
     match result {
         Err(NbdError::Io(e)) if is_disconnect(&e) => Ok(()),
@@ -998,23 +1046,30 @@ where
     }
 }
 
-/// Waits for all request tasks, then flushes and closes the reply stream.
-async fn finish<W: AsyncWrite + Unpin>(
-    conn: &Conn<W>,
-    tasks: &mut JoinSet<()>,
-) -> Result<(), NbdError> {
-    let mut result = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done
-            && result.is_ok()
-        {
-            result = Err(NbdError::TaskFailed(e.to_string()));
+/// The connection's writer task: writes replies as they come and flushes
+/// whenever the queue runs dry, so replies completed together share one
+/// system call. Ends, after a final flush and shutdown, when every sender
+/// is gone; ends early if the socket fails.
+async fn write_replies<W: AsyncWrite + Unpin>(
+    export: Arc<Export>,
+    mut w: BufWriter<W>,
+    mut rx: mpsc::UnboundedReceiver<Reply>,
+) -> io::Result<()> {
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(reply) = next {
+            w.write_all(&encode_simple_reply(reply.error, reply.cookie))
+                .await?;
+            if let Some((buf, range)) = reply.data {
+                w.write_all(&buf[range]).await?;
+                export.pool.put(buf);
+            }
+            drop(reply.permit);
+            next = rx.try_recv().ok();
         }
+        w.flush().await?;
     }
-    let mut w = conn.writer.lock().await;
-    let _ = w.flush().await;
-    let _ = w.shutdown().await;
-    result
+    w.shutdown().await
 }
 
 fn is_disconnect(e: &io::Error) -> bool {
@@ -1038,30 +1093,26 @@ fn errno(e: &DiskError, writing: bool) -> u32 {
     }
 }
 
-impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
-    /// Sends a simple reply. A failed write means the client is gone; the
-    /// reader notices on its side, so the error is only logged.
-    async fn reply(&self, cookie: u64, error: u32, data: &[u8]) {
-        let stats = &self.export.stats;
-        if error != 0 {
-            stats.error_replies.fetch_add(1, Ordering::Relaxed);
+impl Conn {
+    /// Queues a reply without data. If the writer is gone (the client
+    /// hung up) the reply is dropped; the reader notices the hang-up.
+    fn reply(&self, cookie: u64, error: u32, permit: Option<OwnedSemaphorePermit>) {
+        self.send(Reply {
+            cookie,
+            error,
+            data: None,
+            permit,
+        });
+    }
+
+    fn send(&self, reply: Reply) {
+        if reply.error != 0 {
+            self.export
+                .stats
+                .error_replies
+                .fetch_add(1, Ordering::Relaxed);
         }
-        let header = encode_simple_reply(error, cookie);
-        let mut w = self.writer.lock().await;
-        let res = async {
-            w.write_all(&header).await?;
-            if error == 0 && !data.is_empty() {
-                w.write_all(data).await?;
-            }
-            w.flush().await
-        }
-        .await;
-        if let Err(e) = res {
-            tracing::debug!(
-                error = &e as &dyn std::error::Error,
-                "sending an NBD reply failed"
-            );
-        }
+        let _ = self.replies.send(reply);
     }
 
     async fn acquire(&self, len: u64) -> Result<OwnedSemaphorePermit, NbdError> {
@@ -1119,15 +1170,14 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
                     0
                 };
                 if error != 0 {
-                    self.reply(req.cookie, error, &[]).await;
+                    self.reply(req.cookie, error, None);
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(len).await?;
                 let conn = self.clone();
                 tasks.spawn(async move {
-                    conn.do_read(req.cookie, req.offset, req.length as usize)
+                    conn.do_read(req.cookie, req.offset, req.length as usize, permit)
                         .await;
-                    drop(permit);
                 });
                 Ok(Flow::Continue)
             }
@@ -1145,7 +1195,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
                     // The payload follows the header whatever we think of
                     // the request; skip it to stay in step.
                     drain(reader, len).await?;
-                    self.reply(req.cookie, error, &[]).await;
+                    self.reply(req.cookie, error, None);
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(len).await?;
@@ -1165,14 +1215,13 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
                         }
                         Err(e) => log_disk_error(&e, "write", true),
                     };
-                    conn.reply(req.cookie, error, &[]).await;
-                    drop(permit);
+                    conn.reply(req.cookie, error, Some(permit));
                 });
                 Ok(Flow::Continue)
             }
             CMD_FLUSH => {
                 if bad_flags {
-                    self.reply(req.cookie, EINVAL, &[]).await;
+                    self.reply(req.cookie, EINVAL, None);
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(0).await?;
@@ -1182,8 +1231,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
                         Ok(()) => 0,
                         Err(e) => log_disk_error(&e, "flush", true),
                     };
-                    conn.reply(req.cookie, error, &[]).await;
-                    drop(permit);
+                    conn.reply(req.cookie, error, Some(permit));
                 });
                 Ok(Flow::Continue)
             }
@@ -1199,7 +1247,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
                     0
                 };
                 if error != 0 {
-                    self.reply(req.cookie, error, &[]).await;
+                    self.reply(req.cookie, error, None);
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(0).await?;
@@ -1216,8 +1264,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
                             log_disk_error(&e, if zero { "write zeroes" } else { "trim" }, true)
                         }
                     };
-                    conn.reply(req.cookie, error, &[]).await;
-                    drop(permit);
+                    conn.reply(req.cookie, error, Some(permit));
                 });
                 Ok(Flow::Continue)
             }
@@ -1225,16 +1272,16 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
                 // Unknown commands (and NBD_CMD_CACHE/BLOCK_STATUS, which
                 // are not negotiated) carry no payload without extended
                 // headers, so the stream stays in step.
-                self.reply(req.cookie, EINVAL, &[]).await;
+                self.reply(req.cookie, EINVAL, None);
                 Ok(Flow::Continue)
             }
         }
     }
 
-    async fn do_read(&self, cookie: u64, offset: u64, len: usize) {
+    async fn do_read(&self, cookie: u64, offset: u64, len: usize, permit: OwnedSemaphorePermit) {
         let export = &self.export;
         if len == 0 {
-            self.reply(cookie, 0, &[]).await;
+            self.reply(cookie, 0, Some(permit));
             return;
         }
         let ss = export.sector_size;
@@ -1242,22 +1289,27 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Conn<W> {
         let start = offset - head;
         let end = offset + len as u64;
         let aligned_end = end.div_ceil(ss) * ss;
-        let mut buf = self.export.pool.get((aligned_end - start) as usize);
+        let mut buf = export.pool.get((aligned_end - start) as usize);
         match export.disk.read(start / ss, &mut buf).await {
             Ok(()) => {
-                let head = head as usize;
-                self.reply(cookie, 0, &buf[head..head + len]).await;
                 export
                     .stats
                     .bytes_read
                     .fetch_add(len as u64, Ordering::Relaxed);
+                let head = head as usize;
+                self.send(Reply {
+                    cookie,
+                    error: 0,
+                    data: Some((buf, head..head + len)),
+                    permit: Some(permit),
+                });
             }
             Err(e) => {
+                export.pool.put(buf);
                 let error = log_disk_error(&e, "read", false);
-                self.reply(cookie, error, &[]).await;
+                self.reply(cookie, error, Some(permit));
             }
         }
-        self.export.pool.put(buf);
     }
 }
 
