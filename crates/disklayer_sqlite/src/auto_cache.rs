@@ -28,8 +28,10 @@
 //! Directories this module creates (the cache directory and the key
 //! directories) get permissions 0700: a cache may hold private images.
 //!
-//! FUTURE: a process killed between formatting and linking leaves a
-//! `.tmp-*` directory in the key directory; nothing removes it yet.
+//! A process killed between formatting and linking leaves a `.tmp-*`
+//! directory in the key directory; the next process that creates a cache
+//! file there removes such directories once they are an hour old (a live
+//! creator needs milliseconds).
 
 use crate::{FormatParams, Geometry, SqliteDiskLayer, SqliteLayerError};
 use sha2::Digest;
@@ -182,6 +184,7 @@ impl AutoCacheSqliteDiskLayer {
             if self.read_only {
                 return Err(SqliteLayerError::ReadOnlyMissing { path: file });
             }
+            remove_stale_temp_dirs(&key_dir);
             format_atomically(
                 &file,
                 &FormatParams {
@@ -212,6 +215,40 @@ impl AutoCacheSqliteDiskLayer {
             });
         }
         Ok(layer)
+    }
+}
+
+/// Age after which a `.tmp-*` directory is taken to be left over by a
+/// crashed creator.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Best effort: removes `.tmp-*` directories older than
+/// [`STALE_TEMP_AGE`] from `dir`.
+fn remove_stale_temp_dirs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TEMP_AGE);
+        if old && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let path = e.path();
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "removed a stale temporary directory")
+                }
+                Err(err) => {
+                    tracing::debug!(path = %path.display(), error = %err, "could not remove a stale temporary directory")
+                }
+            }
+        }
     }
 }
 

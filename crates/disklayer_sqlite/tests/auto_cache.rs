@@ -497,3 +497,26 @@ fn threads_race_to_create() {
         "{entries:?}"
     );
 }
+
+/// Temporary directories left by a crashed creator are removed once old;
+/// fresh ones (a creator at work) are left alone.
+#[test]
+fn stale_temp_dirs_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let key_dir = cache_dir.join(ID_HEX);
+    std::fs::create_dir_all(key_dir.join(".tmp-crashed")).unwrap();
+    std::fs::write(key_dir.join(".tmp-crashed").join(CACHE_FILE_NAME), b"half").unwrap();
+    std::fs::create_dir_all(key_dir.join(".tmp-busy")).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::open(key_dir.join(".tmp-crashed"))
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
+        .open_for(&lower(100, Some(ID)))
+        .unwrap();
+    assert!(!key_dir.join(".tmp-crashed").exists());
+    assert!(key_dir.join(".tmp-busy").exists());
+    assert!(key_dir.join(CACHE_FILE_NAME).is_file());
+}
