@@ -39,8 +39,9 @@
 //! Concurrency: the connection's reader task reads request headers (and
 //! write payloads) in order and spawns one task per request, so many
 //! requests are in flight per connection and replies may come back in any
-//! order. Replies are serialised through one buffered writer behind a
-//! mutex. A per-connection byte budget
+//! order. Replies are serialised through the connection's writer task,
+//! which flushes when its queue runs dry, so replies that complete together
+//! share a system call. A per-connection byte budget
 //! ([`NbdServerOptions::max_in_flight_bytes`]) bounds the memory a client
 //! can pin; request buffers come from a bounded pool shared by all
 //! connections, so steady-state requests do not allocate.

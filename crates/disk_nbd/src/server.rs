@@ -1105,6 +1105,16 @@ impl Conn {
         });
     }
 
+    /// Queues an error reply from the reader. It takes a unit of the
+    /// in-flight budget like any request, so a client that sends bad
+    /// requests without reading the replies cannot queue them without
+    /// bound.
+    async fn reply_now(&self, cookie: u64, error: u32) -> Result<(), NbdError> {
+        let permit = self.acquire(0).await?;
+        self.reply(cookie, error, Some(permit));
+        Ok(())
+    }
+
     fn send(&self, reply: Reply) {
         if reply.error != 0 {
             self.export
@@ -1170,7 +1180,7 @@ impl Conn {
                     0
                 };
                 if error != 0 {
-                    self.reply(req.cookie, error, None);
+                    self.reply_now(req.cookie, error).await?;
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(len).await?;
@@ -1195,7 +1205,7 @@ impl Conn {
                     // The payload follows the header whatever we think of
                     // the request; skip it to stay in step.
                     drain(reader, len).await?;
-                    self.reply(req.cookie, error, None);
+                    self.reply_now(req.cookie, error).await?;
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(len).await?;
@@ -1221,7 +1231,7 @@ impl Conn {
             }
             CMD_FLUSH => {
                 if bad_flags {
-                    self.reply(req.cookie, EINVAL, None);
+                    self.reply_now(req.cookie, EINVAL).await?;
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(0).await?;
@@ -1247,7 +1257,7 @@ impl Conn {
                     0
                 };
                 if error != 0 {
-                    self.reply(req.cookie, error, None);
+                    self.reply_now(req.cookie, error).await?;
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(0).await?;
@@ -1272,7 +1282,7 @@ impl Conn {
                 // Unknown commands (and NBD_CMD_CACHE/BLOCK_STATUS, which
                 // are not negotiated) carry no payload without extended
                 // headers, so the stream stays in step.
-                self.reply(req.cookie, EINVAL, None);
+                self.reply_now(req.cookie, EINVAL).await?;
                 Ok(Flow::Continue)
             }
         }
