@@ -47,6 +47,10 @@ pub trait PetriVmmBackend: Sized + Send + 'static {
     /// it to `require_source`.
     const REMOTE_ACCESS: RemoteAccess;
 
+    /// Whether the VM architecture must match the host's. A backend that
+    /// emulates foreign architectures (QEMU with TCG) sets `false`.
+    const NATIVE_ARCH_ONLY: bool = true;
+
     /// The backend's own description of one drive.
     type DriveConfig: fmt::Debug + Send;
 

@@ -205,7 +205,7 @@ impl TestCase {
         );
         case.host = HostRequirements {
             backend: Some(B::host_support),
-            arch: Some(arch),
+            arch: B::NATIVE_ARCH_ONLY.then_some(arch),
         };
         case
     }

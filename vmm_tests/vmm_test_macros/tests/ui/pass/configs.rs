@@ -36,6 +36,19 @@ async fn with_vmgs(
 }
 
 fn main() {
+    // Each case carries its backend's remote policy and its marks.
+    for test in petri::registered_tests() {
+        let want = if test.name.starts_with("hyperv_") {
+            petri::RemoteAccess::LocalOnly
+        } else {
+            petri::RemoteAccess::Allow
+        };
+        assert_eq!(test.case.remote_access_policy(), want, "{}", test.name);
+        let unstable = test.name == "openvmm_uefi_x64::boot";
+        assert_eq!(test.case.unstable_reason().is_some(), unstable, "{}", test.name);
+        let ignored = test.name == "hyperv_pcat_x64_gen1_windows_data_center_core2022_x64::boot";
+        assert_eq!(test.case.ignore_reason() == Some("slow"), ignored, "{}", test.name);
+    }
     let names: Vec<String> = petri::registered_tests().into_iter().map(|t| t.name).collect();
     assert_eq!(names.len(), 10, "{names:?}");
     assert!(
