@@ -1,48 +1,4 @@
 //! [`HttpBlob`]: a blob behind an HTTP(S) URL, read with `Range` GETs.
-//!
-//! Wire rules:
-//! - Open: `HEAD` gives the length (`Content-Length`) and the validators
-//!   (`ETag`, `Last-Modified`). If `HEAD` is refused (400, 403, 405, 501)
-//!   or gives no length, a `GET` with `Range: bytes=0-0` is sent instead
-//!   and the length is taken from the total in its `Content-Range`.
-//! - Redirects (301, 302, 303, 307, 308, absolute or relative `Location`)
-//!   are followed, at most [`HttpBlobOptions::max_redirects`] hops per
-//!   request; https -> http is refused. Reads go to the URL the open's
-//!   redirects ended at, so a redirecting front end costs one hop per open,
-//!   not per read.
-//! - Every read is a `GET` with `Range: bytes=a-b`, pinned to the version
-//!   seen at open:
-//!   - a strong ETag is sent as `If-Match`, so a changed image is
-//!     `412 Precondition Failed`;
-//!   - a weak ETag (`W/"..."`) cannot be used with `If-Match` (it requires
-//!     the strong comparison, so it would never match) nor with `If-Range`;
-//!     then `Last-Modified`, if present, is sent as `If-Range`, and a
-//!     changed image comes back as `200` with the new validators;
-//!   - in every case each `206` is verified: its `ETag` and
-//!     `Last-Modified` (when present) must equal those seen at open (weak
-//!     comparison for weak tags) and the total in `Content-Range` must be
-//!     the length seen at open. With no validator at all only the length
-//!     can be checked (DEVNOTE: such a server cannot be pinned better).
-//! - A response is accepted only if it is `206` with a `Content-Range` of
-//!   exactly the requested range and a body of exactly the requested
-//!   length, which is streamed straight into the caller's buffer.
-//!
-//! Concurrency and retries: at most [`HttpBlobOptions::max_connections`]
-//! requests are in flight per blob (a semaphore); connections are kept
-//! alive and pooled by the hyper-util client. A read longer than
-//! [`HttpBlobOptions::max_request_size`] is split into pieces aligned to
-//! that size, fetched in parallel. Connect errors, connections that break
-//! mid-response, timeouts, 408, 429 and 5xx are retried up to
-//! [`HttpBlobOptions::max_retries`] times with exponential backoff and
-//! jitter, or after the `Retry-After` delay (seconds form, capped) when the
-//! server sends one. Protocol violations (wrong status, wrong range, wrong
-//! length, changed image) are not retried: they would not heal.
-//!
-//! Runtime: all I/O runs on the tokio runtime of the caller (the client
-//! spawns its connection tasks there); nothing blocks it.
-//!
-//! FUTURE: proxies (nothing is taken from `HTTP_PROXY` and friends),
-//! HTTP/2, `Retry-After` in HTTP-date form, credentials from URL userinfo.
 
 use crate::Blob;
 use crate::BlobCounters;
@@ -51,6 +7,9 @@ use crate::BlobReadFuture;
 use crate::BlobValidators;
 use crate::check_blob_range;
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::future::Shared;
 use http::HeaderMap;
 use http::HeaderValue;
 use http::Method;
@@ -67,6 +26,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioTimer;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::collections::btree_map;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -84,6 +46,12 @@ pub struct HttpBlobOptions {
     /// aligned to this size and fetched in parallel. Default 1 MiB; zero
     /// means the default.
     pub max_request_size: usize,
+    /// Most bytes fetched ahead of a sequential reader (one whose read
+    /// starts where its previous read ended), in aligned pieces of
+    /// `max_request_size`, in parallel. The window starts at two pieces and
+    /// doubles with each further sequential read. Zero turns readahead off.
+    /// Default 4 MiB.
+    pub readahead: usize,
     /// How many times a transient failure is retried. Default 5.
     pub max_retries: u32,
     /// First backoff delay; doubled on each retry. Default 100 ms.
@@ -120,6 +88,7 @@ impl Default for HttpBlobOptions {
         HttpBlobOptions {
             max_connections: 8,
             max_request_size: 1 << 20,
+            readahead: 4 << 20,
             max_retries: 5,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -217,25 +186,77 @@ struct Transport {
     url: String,
 }
 
-/// A blob behind an HTTP(S) URL. See the module docs for the wire rules.
+/// A blob behind an HTTP(S) URL, read with `Range` GETs.
+///
+/// Wire rules:
+/// - Open: `HEAD` gives the length (`Content-Length`) and the validators
+///   (`ETag`, `Last-Modified`). If `HEAD` is refused (400, 403, 405, 501)
+///   or gives no length, a `GET` with `Range: bytes=0-0` is sent instead
+///   and the length is taken from the total in its `Content-Range`.
+/// - Redirects (301, 302, 303, 307, 308, absolute or relative `Location`)
+///   are followed, at most [`HttpBlobOptions::max_redirects`] hops per
+///   request; https -> http is refused. Reads go to the URL the open's
+///   redirects ended at, so a redirecting front end costs one hop per open,
+///   not per read.
+/// - Every read is a `GET` with `Range: bytes=a-b`, pinned to the version
+///   seen at open:
+///   - a strong ETag is sent as `If-Match`, so a changed image is
+///     `412 Precondition Failed`;
+///   - a weak ETag (`W/"..."`) cannot be used with `If-Match` (it requires
+///     the strong comparison, so it would never match) nor with `If-Range`;
+///     then `Last-Modified`, if present, is sent as `If-Range`, and a
+///     changed image comes back as `200` with the new validators;
+///   - in every case each `206` is verified: its `ETag` and
+///     `Last-Modified` (when present) must equal those seen at open (weak
+///     comparison for weak tags) and the total in `Content-Range` must be
+///     the length seen at open. With no validator at all only the length
+///     can be checked (DEVNOTE: such a server cannot be pinned better).
+/// - A response is accepted only if it is `206` with a `Content-Range` of
+///   exactly the requested range and a body of exactly the requested
+///   length, which is streamed straight into the caller's buffer.
+///
+/// Concurrency and retries: at most [`HttpBlobOptions::max_connections`]
+/// requests are in flight per blob (a semaphore); connections are kept
+/// alive and pooled by the hyper-util client. A read longer than
+/// [`HttpBlobOptions::max_request_size`] is split into pieces aligned to
+/// that size, fetched in parallel. Connect errors, connections that break
+/// mid-response, timeouts, 408, 429 and 5xx are retried up to
+/// [`HttpBlobOptions::max_retries`] times with exponential backoff and
+/// jitter, or after the `Retry-After` delay (seconds form, capped) when the
+/// server sends one. Protocol violations (wrong status, wrong range, wrong
+/// length, changed image) are not retried: they would not heal.
+///
+/// Runtime: all I/O runs on the tokio runtime of the caller (the client
+/// spawns its connection tasks there); nothing blocks it.
+///
+/// FUTURE: proxies (nothing is taken from `HTTP_PROXY` and friends),
+/// HTTP/2, `Retry-After` in HTTP-date form, credentials from URL userinfo.
 ///
 /// Cheap to share as `Arc<dyn Blob>`; reads may run from many tasks at
 /// once. Counters are logged (with the redacted URL) when it is dropped.
 pub struct HttpBlob {
+    inner: Arc<Inner>,
+    readahead: Option<Readahead>,
+}
+
+/// What reads need, shared with readahead tasks.
+struct Inner {
     t: Transport,
     /// Where reads go (after the open's redirects).
     read_uri: Uri,
     len: u64,
     validators: BlobValidators,
     precondition: Precondition,
+    /// Size and alignment of one range request.
+    piece: u64,
 }
 
 impl std::fmt::Debug for HttpBlob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpBlob")
-            .field("url", &self.t.url)
-            .field("len", &self.len)
-            .field("validators", &self.validators)
+            .field("url", &self.inner.t.url)
+            .field("len", &self.inner.len)
+            .field("validators", &self.inner.validators)
             .finish()
     }
 }
@@ -244,6 +265,33 @@ struct Probe {
     len: u64,
     validators: BlobValidators,
     uri: Uri,
+}
+
+/// Sequential readahead state (see [`HttpBlobOptions::readahead`]).
+struct Readahead {
+    /// Most bytes fetched ahead of a sequential reader.
+    max_window: u64,
+    state: Mutex<ReadaheadState>,
+}
+
+#[derive(Default)]
+struct ReadaheadState {
+    /// Where the next read starts if the reader is sequential.
+    next: Option<u64>,
+    /// Consecutive sequential reads so far.
+    run: u32,
+    /// Prefetched (or in-flight) aligned pieces, by start offset.
+    pieces: BTreeMap<u64, Prefetch>,
+}
+
+type PrefetchFuture = Shared<BoxFuture<'static, Option<Arc<Vec<u8>>>>>;
+
+/// One aligned piece fetched ahead by a spawned task. The result is `None`
+/// if the fetch failed or was aborted; the reader then fetches the piece
+/// itself, so errors are always reported by a demand read.
+struct Prefetch {
+    data: PrefetchFuture,
+    abort: tokio::task::AbortHandle,
 }
 
 impl HttpBlob {
@@ -255,6 +303,14 @@ impl HttpBlob {
         let uri = parse_url(url)?;
         let client = build_client(&opts).await?;
         let permits = tokio::sync::Semaphore::new(opts.max_connections.max(1));
+        let piece = match opts.max_request_size {
+            0 => HttpBlobOptions::default().max_request_size,
+            n => n,
+        } as u64;
+        let readahead = (opts.readahead > 0).then(|| Readahead {
+            max_window: opts.readahead as u64,
+            state: Mutex::new(ReadaheadState::default()),
+        });
         let t = Transport {
             client,
             opts,
@@ -263,15 +319,7 @@ impl HttpBlob {
             url: redacted,
         };
         let probe = t.probe(&uri).await?;
-        let precondition = match (&probe.validators.etag, &probe.validators.last_modified) {
-            (Some(etag), _) if probe.validators.has_strong_etag() => {
-                HeaderValue::from_str(etag).map_or(Precondition::None, Precondition::IfMatch)
-            }
-            (_, Some(lm)) => {
-                HeaderValue::from_str(lm).map_or(Precondition::None, Precondition::IfRange)
-            }
-            _ => Precondition::None,
-        };
+        let precondition = precondition_for(&probe.validators);
         tracing::debug!(
             url = %t.url,
             len = probe.len,
@@ -280,37 +328,141 @@ impl HttpBlob {
             "opened http blob"
         );
         Ok(HttpBlob {
-            t,
-            read_uri: probe.uri,
-            len: probe.len,
-            validators: probe.validators,
-            precondition,
+            inner: Arc::new(Inner {
+                t,
+                read_uri: probe.uri,
+                len: probe.len,
+                validators: probe.validators,
+                precondition,
+                piece,
+            }),
+            readahead,
         })
     }
 
     /// The URL given to [`HttpBlob::open`], redacted.
     pub fn redacted_url(&self) -> &str {
-        &self.t.url
+        &self.inner.t.url
     }
 
     /// The URL reads go to (after redirects at open), redacted.
     pub fn redacted_read_url(&self) -> String {
-        redact_url(&self.read_uri.to_string())
+        redact_url(&self.inner.read_uri.to_string())
     }
 
     async fn read_inner(&self, buf: &mut [u8], offset: u64) -> Result<(), BlobError> {
-        check_blob_range(offset, buf.len(), self.len)?;
+        let inner = &self.inner;
+        check_blob_range(offset, buf.len(), inner.len)?;
         if buf.is_empty() {
             return Ok(());
         }
-        let piece = match self.t.opts.max_request_size {
-            0 => HttpBlobOptions::default().max_request_size,
-            n => n,
-        } as u64;
+        let Some(ra) = &self.readahead else {
+            return inner.read_pieces(buf, offset).await;
+        };
+        let end = offset + buf.len() as u64;
+        let piece = inner.piece;
+        // Under the lock: pick up prefetched pieces this read covers, note
+        // whether the reader is sequential and start fetching ahead.
+        let mut found: Vec<(u64, PrefetchFuture)> = Vec::new();
+        {
+            let mut st = ra.state.lock();
+            let sequential = st.next == Some(offset);
+            st.run = if sequential {
+                st.run.saturating_add(1)
+            } else {
+                0
+            };
+            st.next = Some(end);
+            let first = offset - offset % piece;
+            for (&start, p) in st.pieces.range(first..end) {
+                found.push((start, p.data.clone()));
+            }
+            // Pieces this read uses up entirely, and pieces behind a
+            // sequential reader, are no longer needed.
+            st.pieces.retain(|&start, _| {
+                let piece_end = (start + piece).min(inner.len);
+                let consumed = start >= offset && piece_end <= end;
+                let behind = sequential && piece_end <= offset;
+                !(consumed || behind)
+            });
+            if sequential && let Ok(rt) = tokio::runtime::Handle::try_current() {
+                // The window doubles with each sequential read, from two
+                // pieces up to the configured maximum.
+                let window = (piece << st.run.min(16)).min(ra.max_window.max(piece));
+                let mut start = end.div_ceil(piece) * piece;
+                while start < inner.len && start < end + window {
+                    if let btree_map::Entry::Vacant(slot) = st.pieces.entry(start) {
+                        let n = (inner.len - start).min(piece) as usize;
+                        let task_inner = inner.clone();
+                        let task = rt.spawn(async move {
+                            let mut v = vec![0u8; n];
+                            task_inner.read_range(&mut v, start).await.ok()?;
+                            Some(Arc::new(v))
+                        });
+                        let abort = task.abort_handle();
+                        let data = async move { task.await.ok().flatten() }.boxed().shared();
+                        slot.insert(Prefetch { data, abort });
+                    }
+                    start += piece;
+                }
+            }
+            // Bound the memory held by pieces of abandoned sequential runs:
+            // drop (and stop fetching) those farthest from this read.
+            let cap = (2 * ra.max_window.div_ceil(piece) + 2) as usize;
+            if st.pieces.len() > cap {
+                let mut keys: Vec<u64> = st.pieces.keys().copied().collect();
+                keys.sort_by_key(|&k| std::cmp::Reverse(k.abs_diff(offset)));
+                for k in keys.into_iter().take(st.pieces.len() - cap) {
+                    if let Some(p) = st.pieces.remove(&k) {
+                        p.abort.abort();
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            return inner.read_pieces(buf, offset).await;
+        }
+        // Split at piece boundaries; serve each piece from its prefetch if
+        // there is one (and it succeeded), else with a range request.
+        let mut parts = Vec::new();
+        let mut rest = buf;
+        let mut off = offset;
+        while !rest.is_empty() {
+            let start = off - off % piece;
+            let n = (rest.len() as u64).min(start + piece - off) as usize;
+            let (head, tail) = rest.split_at_mut(n);
+            let pre = found
+                .iter()
+                .find(|(s, _)| *s == start)
+                .map(|(_, f)| f.clone());
+            parts.push(async move {
+                if let Some(pre) = pre
+                    && let Some(data) = pre.await
+                {
+                    let at = (off - start) as usize;
+                    if let Some(src) = data.get(at..at + head.len()) {
+                        head.copy_from_slice(src);
+                        return Ok(());
+                    }
+                }
+                inner.read_range(head, off).await
+            });
+            rest = tail;
+            off += n as u64;
+        }
+        futures::future::try_join_all(parts).await?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Reads `buf` at `offset` with range requests of at most one aligned
+    /// piece each, in parallel.
+    async fn read_pieces(&self, buf: &mut [u8], offset: u64) -> Result<(), BlobError> {
+        let piece = self.piece;
         if buf.len() as u64 <= piece && offset / piece == (offset + buf.len() as u64 - 1) / piece {
             return self.read_range(buf, offset).await;
         }
-        // Split at multiples of `piece` in blob offsets.
         let mut pieces = Vec::new();
         let mut rest = buf;
         let mut off = offset;
@@ -486,26 +638,44 @@ impl HttpBlob {
         Ok(())
     }
 
-    /// Returns why the response's validators show a different version than
-    /// the one seen at open, if they do.
     fn changed_validators(&self, headers: &HeaderMap) -> Option<String> {
-        if let (Some(pinned), Some(now)) =
-            (&self.validators.etag, header_str(headers, header::ETAG))
-            && !etag_weak_eq(pinned, now)
-        {
-            return Some(format!("its ETag is now {now}, it was {pinned} at open"));
-        }
-        if let (Some(pinned), Some(now)) = (
-            &self.validators.last_modified,
-            header_str(headers, header::LAST_MODIFIED),
-        ) && pinned != now
-        {
-            return Some(format!(
-                "its Last-Modified is now {now}, it was {pinned} at open"
-            ));
-        }
-        None
+        changed_validators(&self.validators, headers)
     }
+}
+
+/// How reads are pinned, given the validators seen at open (see
+/// [`HttpBlob`] for why a weak ETag is not sent).
+fn precondition_for(v: &BlobValidators) -> Precondition {
+    if v.has_strong_etag()
+        && let Some(Ok(etag)) = v.etag.as_deref().map(HeaderValue::from_str)
+    {
+        return Precondition::IfMatch(etag);
+    }
+    if let Some(Ok(lm)) = v.last_modified.as_deref().map(HeaderValue::from_str) {
+        return Precondition::IfRange(lm);
+    }
+    Precondition::None
+}
+
+/// Returns why a response's validators show a different version than the
+/// one seen at open, if they do. Validators missing on either side are not
+/// evidence of a change.
+fn changed_validators(pinned: &BlobValidators, headers: &HeaderMap) -> Option<String> {
+    if let (Some(pinned), Some(now)) = (&pinned.etag, header_str(headers, header::ETAG))
+        && !etag_weak_eq(pinned, now)
+    {
+        return Some(format!("its ETag is now {now}, it was {pinned} at open"));
+    }
+    if let (Some(pinned), Some(now)) = (
+        &pinned.last_modified,
+        header_str(headers, header::LAST_MODIFIED),
+    ) && pinned != now
+    {
+        return Some(format!(
+            "its Last-Modified is now {now}, it was {pinned} at open"
+        ));
+    }
+    None
 }
 
 impl Transport {
@@ -734,10 +904,15 @@ impl Transport {
 
 impl Drop for HttpBlob {
     fn drop(&mut self) {
-        let c = self.t.counters.snapshot();
+        if let Some(ra) = &self.readahead {
+            for p in ra.state.lock().pieces.values() {
+                p.abort.abort();
+            }
+        }
+        let c = self.inner.t.counters.snapshot();
         tracing::info!(
-            url = %self.t.url,
-            len = self.len,
+            url = %self.inner.t.url,
+            len = self.inner.len,
             requests = c.requests,
             bytes_fetched = c.bytes_fetched,
             retries = c.retries,
@@ -749,7 +924,7 @@ impl Drop for HttpBlob {
 
 impl Blob for HttpBlob {
     fn len(&self) -> u64 {
-        self.len
+        self.inner.len
     }
 
     fn read<'a>(&'a self, buf: &'a mut [u8], offset: u64) -> BlobReadFuture<'a> {
@@ -757,15 +932,15 @@ impl Blob for HttpBlob {
     }
 
     fn counters(&self) -> BlobCounters {
-        self.t.counters.snapshot()
+        self.inner.t.counters.snapshot()
     }
 
     fn validators(&self) -> BlobValidators {
-        self.validators.clone()
+        self.inner.validators.clone()
     }
 
     fn describe(&self) -> String {
-        self.t.url.clone()
+        self.inner.t.url.clone()
     }
 }
 
@@ -1023,8 +1198,20 @@ async fn build_client(opts: &HttpBlobOptions) -> Result<HttpClient, BlobError> {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(opts.max_connections.max(1))
+    let mut b = Client::builder(TokioExecutor::new());
+    if let Some(n) = std::env::var("DISK_BLOB_EXP_EXACT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        b.http1_read_buf_exact_size(n);
+    }
+    if let Some(n) = std::env::var("DISK_BLOB_EXP_MAX")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        b.http1_max_buf_size(n);
+    }
+    Ok(b.pool_max_idle_per_host(opts.max_connections.max(1))
         .pool_idle_timeout(opts.pool_idle_timeout)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
@@ -1146,6 +1333,60 @@ mod tests {
             assert!(matches!(e, BlobError::InvalidUrl { .. }), "{bad}");
             assert!(!e.to_string().contains("SECRET"), "{e}");
         }
+    }
+
+    #[test]
+    fn precondition_choice() {
+        let v = |etag: Option<&str>, lm: Option<&str>| BlobValidators {
+            etag: etag.map(Into::into),
+            last_modified: lm.map(Into::into),
+        };
+        let lm = "Wed, 21 Oct 2015 07:28:00 GMT";
+        assert!(matches!(
+            precondition_for(&v(Some("\"a\""), Some(lm))),
+            Precondition::IfMatch(h) if h == "\"a\""
+        ));
+        // A weak ETag never satisfies If-Match: fall back to If-Range.
+        assert!(matches!(
+            precondition_for(&v(Some("W/\"a\""), Some(lm))),
+            Precondition::IfRange(h) if h == lm
+        ));
+        assert!(matches!(
+            precondition_for(&v(Some("W/\"a\""), None)),
+            Precondition::None
+        ));
+        assert!(matches!(
+            precondition_for(&v(None, None)),
+            Precondition::None
+        ));
+    }
+
+    #[test]
+    fn changed_validator_detection() {
+        let pinned = BlobValidators {
+            etag: Some("W/\"a\"".into()),
+            last_modified: Some("Mon, 01 Jan 2024 00:00:00 GMT".into()),
+        };
+        let mut h = HeaderMap::new();
+        assert_eq!(changed_validators(&pinned, &h), None);
+        h.insert(header::ETAG, HeaderValue::from_static("\"a\""));
+        h.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"),
+        );
+        assert_eq!(changed_validators(&pinned, &h), None);
+        h.insert(header::ETAG, HeaderValue::from_static("W/\"b\""));
+        assert!(changed_validators(&pinned, &h).unwrap().contains("ETag"));
+        h.insert(header::ETAG, HeaderValue::from_static("\"a\""));
+        h.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_static("Tue, 02 Jan 2024 00:00:00 GMT"),
+        );
+        assert!(
+            changed_validators(&pinned, &h)
+                .unwrap()
+                .contains("Last-Modified")
+        );
     }
 
     #[test]

@@ -19,8 +19,8 @@
 //! - [`HttpBlob`] learns the length and the validators (ETag,
 //!   Last-Modified) at open, then serves every read with `Range` GETs pinned
 //!   to those validators, so bytes of two versions of an image are never
-//!   mixed: a change is [`BlobError::ImageChanged`]. See the `http` module
-//!   docs on [`HttpBlob`] for the wire rules.
+//!   mixed: a change is [`BlobError::ImageChanged`]. See [`HttpBlob`] for
+//!   the wire rules, retries and concurrency.
 //! - [`BlobDisk`] presents a blob as a read-only disk of 512-byte sectors,
 //!   either flat (the whole blob) or as a fixed VHD1 (the blob minus its
 //!   512-byte footer, which is validated with `vhd1_defs`).
@@ -135,6 +135,24 @@ pub trait Blob: Send + Sync {
 
     /// A description for logs and errors: a path, or a redacted URL.
     fn describe(&self) -> String;
+}
+
+impl<T: Blob + ?Sized> Blob for std::sync::Arc<T> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read<'a>(&'a self, buf: &'a mut [u8], offset: u64) -> BlobReadFuture<'a> {
+        (**self).read(buf, offset)
+    }
+    fn counters(&self) -> BlobCounters {
+        (**self).counters()
+    }
+    fn validators(&self) -> BlobValidators {
+        (**self).validators()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
 }
 
 /// Checks that `len` bytes at `offset` lie inside a blob of `blob_len`

@@ -573,3 +573,95 @@ async fn connection_refused_is_connect_error() {
     assert!(matches!(err, BlobError::Connect { .. }), "{err:?}");
     assert!(!full_chain(&err).contains("SECRET"));
 }
+
+/// Polls (bounded) until the server has seen `n` requests.
+async fn wait_for_requests(server: &FaultServer, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.request_count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server saw {} requests, expected {n}",
+            server.request_count()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+const MIB: usize = 1024 * 1024;
+
+fn readahead_opts() -> HttpBlobOptions {
+    HttpBlobOptions {
+        max_request_size: MIB,
+        readahead: 4 * MIB,
+        max_retries: 0,
+        ..fast_opts()
+    }
+}
+
+#[tokio::test]
+async fn sequential_reads_are_fetched_ahead_exactly_once() {
+    let (server, data) = server_with(8 * MIB + 1000, 30);
+    let blob = HttpBlob::open(&server.url(PATH), readahead_opts())
+        .await
+        .unwrap();
+    // Two sequential reads: the second starts a two-piece readahead.
+    assert!(read_vec(&blob, 0, MIB).await.unwrap() == data[..MIB]);
+    assert!(read_vec(&blob, MIB as u64, MIB).await.unwrap() == data[MIB..2 * MIB]);
+    // HEAD + two reads + two pieces ahead arrive without further reads.
+    wait_for_requests(&server, 5).await;
+    // Read on to the end in 64 KiB steps (inside prefetched pieces).
+    let mut off = 2 * MIB;
+    while off < data.len() {
+        let n = (data.len() - off).min(64 * 1024);
+        assert!(read_vec(&blob, off as u64, n).await.unwrap() == data[off..off + n]);
+        off += n;
+    }
+    let c = blob.counters();
+    assert_eq!(
+        c.bytes_fetched,
+        data.len() as u64,
+        "every byte fetched once"
+    );
+    // Whole pieces only: HEAD + 9 pieces (the last one partial).
+    assert_eq!(c.requests, 10);
+    assert_eq!(server.request_count(), 10);
+    assert_eq!(c.errors, 0);
+}
+
+#[tokio::test]
+async fn random_reads_do_not_fetch_ahead() {
+    let (server, data) = server_with(8 * MIB, 31);
+    let blob = HttpBlob::open(&server.url(PATH), readahead_opts())
+        .await
+        .unwrap();
+    for off in [5 * MIB, MIB, 7 * MIB, 0, 3 * MIB] {
+        assert!(read_vec(&blob, off as u64, 4096).await.unwrap() == data[off..off + 4096]);
+    }
+    assert_eq!(blob.counters().bytes_fetched, 5 * 4096);
+    assert_eq!(server.request_count(), 6);
+}
+
+#[tokio::test]
+async fn failed_readahead_falls_back_to_a_demand_read() {
+    let (server, data) = server_with(6 * MIB, 32);
+    let blob = HttpBlob::open(&server.url(PATH), readahead_opts())
+        .await
+        .unwrap();
+    assert!(read_vec(&blob, 0, MIB).await.unwrap() == data[..MIB]);
+    // The second read and the two pieces it fetches ahead all fail,
+    // in whatever order they reach the server.
+    server.set_fault(Fault::internal_error(), Times::Next(3));
+    let err = read_vec(&blob, MIB as u64, MIB).await.unwrap_err();
+    assert!(
+        matches!(err, BlobError::HttpStatus { status: 500, .. }),
+        "{err:?}"
+    );
+    // The failed prefetches are not errors for the reader: it fetches the
+    // pieces itself.
+    for k in 2..6 {
+        assert!(
+            read_vec(&blob, (k * MIB) as u64, MIB).await.unwrap() == data[k * MIB..(k + 1) * MIB]
+        );
+    }
+    assert_eq!(server.faults_fired(), 3);
+}

@@ -1,0 +1,205 @@
+//! `HttpBlob` and `BlobDisk` against a real nginx serving files from a
+//! directory (the ordinary static HTTP server with Range support).
+//!
+//! Needs nginx (`/usr/sbin/nginx`): under `CI=true` a missing nginx fails
+//! the tests, otherwise they print why and return.
+
+use blob_test_servers::NginxServer;
+use blob_test_servers::images::random_bytes;
+use blob_test_servers::images::sha256_hex;
+use blob_test_servers::images::write_fixed_vhd1;
+use blob_test_servers::images::write_random_file;
+use blob_test_servers::require_tool;
+use disk_backend::Disk;
+use disk_blob::Blob;
+use disk_blob::BlobDisk;
+use disk_blob::HttpBlob;
+use disk_blob::HttpBlobOptions;
+use sha2::Digest;
+use std::sync::Arc;
+
+const MIB: u64 = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_flat_blob_random_and_full_reads() {
+    if require_tool("nginx").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let len = 24 * MIB + 512;
+    let path = dir.path().join("flat.img");
+    let hash = write_random_file(&path, 7, len).unwrap();
+    let data = std::fs::read(&path).unwrap();
+    let nginx = NginxServer::serve_dir(dir.path()).unwrap();
+
+    let blob = HttpBlob::open(
+        &nginx.url("/flat.img?sig=SECRET"),
+        HttpBlobOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(blob.len(), len);
+    let v = blob.validators();
+    assert!(v.has_strong_etag(), "{v:?}");
+    assert!(v.last_modified.is_some());
+
+    // Random reads.
+    let mut rng = blob_test_servers::images::TestRng::new(1);
+    let mut expect_bytes = 0;
+    for _ in 0..200 {
+        let off = rng.below(len);
+        let n = 1 + rng.below((len - off).min(3 * MIB)) as usize;
+        let mut buf = vec![0u8; n];
+        blob.read(&mut buf, off).await.unwrap();
+        assert!(
+            buf == data[off as usize..off as usize + n],
+            "offset {off} len {n}"
+        );
+        expect_bytes += n as u64;
+    }
+    // A full read in one call (split into parallel pieces).
+    let mut all = vec![0u8; len as usize];
+    blob.read(&mut all, 0).await.unwrap();
+    assert_eq!(sha256_hex(&all), hash);
+    expect_bytes += len;
+    // Sequential 1 MiB reads, as the read cache above issues them.
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(MIB) as usize;
+        blob.read(&mut buf[..n], off).await.unwrap();
+        hasher.update(&buf[..n]);
+        off += n as u64;
+    }
+    expect_bytes += len;
+    let seq_hash: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(seq_hash, hash);
+
+    let c = blob.counters();
+    assert_eq!(
+        c.bytes_fetched, expect_bytes,
+        "each byte fetched exactly once per read"
+    );
+    assert_eq!((c.retries, c.errors), (0, 0));
+    assert_eq!(c.requests, nginx.request_count().unwrap());
+}
+
+#[tokio::test]
+async fn nginx_fixed_vhd1_disk() {
+    if require_tool("nginx").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 4 * MIB;
+    let uid = *b"0123456789abcdef";
+    let (_footer, hash) = write_fixed_vhd1(&dir.path().join("d.vhd"), 9, size, uid).unwrap();
+    let nginx = NginxServer::serve_dir(dir.path()).unwrap();
+    let blob: Arc<dyn Blob> = Arc::new(
+        HttpBlob::open(&nginx.url("/d.vhd"), HttpBlobOptions::default())
+            .await
+            .unwrap(),
+    );
+    let disk = Disk::new(BlobDisk::new_fixed_vhd1(blob).await.unwrap()).unwrap();
+    assert_eq!(disk.size_bytes(), size);
+    assert_eq!(disk.disk_id(), Some(uid));
+    let mut all = vec![0u8; size as usize];
+    disk.read(0, &mut all).await.unwrap();
+    assert_eq!(sha256_hex(&all), hash);
+    assert!(disk.counters().remote_bytes_fetched >= size);
+}
+
+#[tokio::test]
+async fn nginx_replaced_file_is_image_changed() {
+    if require_tool("nginx").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.img");
+    std::fs::write(&path, random_bytes(1, 64 * 1024)).unwrap();
+    let nginx = NginxServer::serve_dir(dir.path()).unwrap();
+    let blob = HttpBlob::open(&nginx.url("/x.img"), HttpBlobOptions::default())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    blob.read(&mut buf, 0).await.unwrap();
+
+    // Same length, new bytes, a later mtime: nginx's ETag changes.
+    let tmp = dir.path().join("x.img.new");
+    std::fs::write(&tmp, random_bytes(2, 64 * 1024)).unwrap();
+    let f = std::fs::File::options().write(true).open(&tmp).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(10))
+        .unwrap();
+    drop(f);
+    std::fs::rename(&tmp, &path).unwrap();
+
+    let err = blob.read(&mut buf, 0).await.unwrap_err();
+    assert!(err.is_image_changed(), "{err:?}");
+}
+
+/// Throughput against curl on the same nginx file; prints numbers, asserts
+/// only correctness. Run with
+/// `cargo test -p disk_blob --release --test nginx -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a test"]
+async fn measure_throughput_vs_curl() {
+    let (Some(_), Some(curl)) = (require_tool("nginx"), require_tool("curl")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let len = 256 * MIB;
+    let hash = write_random_file(&dir.path().join("big.img"), 3, len).unwrap();
+    let nginx = NginxServer::serve_dir(dir.path()).unwrap();
+    let url = nginx.url("/big.img");
+
+    let t = std::time::Instant::now();
+    let st = std::process::Command::new(curl)
+        .args(["-sS", "-o", "/dev/null", &url])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let curl_s = t.elapsed().as_secs_f64();
+
+    for (name, chunk, piece) in [
+        ("sequential 1 MiB reads, 1 MiB pieces", MIB, MIB),
+        ("sequential 1 MiB reads, 512 KiB pieces", MIB, MIB / 2),
+        ("sequential 1 MiB reads, 256 KiB pieces", MIB, MIB / 4),
+        ("sequential 64 KiB reads", 64 * 1024, MIB),
+        ("sequential 16 MiB reads, 1 MiB pieces", 16 * MIB, MIB),
+        ("sequential 16 MiB reads, 4 MiB pieces", 16 * MIB, 4 * MIB),
+    ] {
+        let opts = HttpBlobOptions {
+            max_request_size: piece as usize,
+            ..Default::default()
+        };
+        let blob = HttpBlob::open(&url, opts).await.unwrap();
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; chunk as usize];
+        // Only the reads are timed (hashing is slow in debug builds).
+        let mut s = 0.0;
+        let mut off = 0;
+        while off < len {
+            let t = std::time::Instant::now();
+            blob.read(&mut buf, off).await.unwrap();
+            s += t.elapsed().as_secs_f64();
+            hasher.update(&buf);
+            off += chunk;
+        }
+        let h: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(h, hash);
+        println!(
+            "{name}: {:.0} MiB/s ({:.2}x curl at {:.0} MiB/s)",
+            len as f64 / MIB as f64 / s,
+            curl_s / s,
+            len as f64 / MIB as f64 / curl_s
+        );
+    }
+}
