@@ -1,0 +1,263 @@
+//! `cargo xtask guest-test download-image` against real servers: nginx
+//! (static files) and the in-test fault server. The xtask binary runs as a
+//! child process, exactly as a user runs it.
+
+mod common;
+
+use blob_test_servers::Fault;
+use blob_test_servers::FaultRule;
+use blob_test_servers::FaultServer;
+use blob_test_servers::NginxServer;
+use blob_test_servers::Times;
+use common::*;
+use http::Method;
+use std::time::Duration;
+
+/// A length that is not a multiple of the piece size.
+const LEN: usize = 40 * PIECE as usize + 1234;
+
+fn fault_server(data: &[u8]) -> (FaultServer, String) {
+    let server = FaultServer::start().expect("fault server");
+    server.put_blob(&format!("/vhds/{FILE}"), data.to_vec());
+    let base = server.url("/vhds");
+    (server, base)
+}
+
+#[test]
+fn full_download_from_nginx_equals_the_source_and_is_skipped_next_time() {
+    let Some(_) = blob_test_servers::require_tool("nginx") else {
+        return;
+    };
+    let src = tempfile::tempdir().unwrap();
+    let data = image(1, LEN);
+    std::fs::write(src.path().join(FILE), &data).unwrap();
+    let nginx = NginxServer::serve_dir(src.path()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+
+    let r = download(&nginx.base_url(), out.path(), &[]);
+    assert!(r.ok, "{}", r.text);
+    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    // Only the final file is left: no .part, no sidecar.
+    assert_eq!(files_in(out.path()), [FILE]);
+    // 1 HEAD + one GET per piece.
+    let requests = nginx.request_count().unwrap();
+    assert_eq!(requests, 1 + (LEN as u64).div_ceil(PIECE), "{}", r.text);
+
+    // A complete file is skipped without any request.
+    let r = download(&nginx.base_url(), out.path(), &[]);
+    assert!(r.ok, "{}", r.text);
+    assert!(r.text.contains("already there"), "{}", r.text);
+    assert_eq!(nginx.request_count().unwrap(), requests);
+
+    // --force downloads it again.
+    let r = download(&nginx.base_url(), out.path(), &["--force"]);
+    assert!(r.ok, "{}", r.text);
+    assert!(nginx.request_count().unwrap() > requests);
+    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+}
+
+#[test]
+fn a_size_that_differs_from_the_catalog_is_an_error_naming_both() {
+    let data = image(2, 4096);
+    let (_server, base) = fault_server(&data);
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = download_cmd();
+    cmd.args(["--base-url", &base, "--output-folder"])
+        .arg(out.path())
+        .args(["--artifacts", NAME]);
+    let r = run(&mut cmd);
+    assert!(!r.ok, "{}", r.text);
+    assert!(r.text.contains(NAME), "{}", r.text);
+    assert!(r.text.contains("4096"), "{}", r.text);
+    assert!(r.text.contains("224494080"), "{}", r.text);
+    assert!(!out.path().join(FILE).exists());
+
+    // An existing file of the wrong size is not silently accepted either.
+    std::fs::write(out.path().join(FILE), b"short").unwrap();
+    let mut cmd = download_cmd();
+    cmd.args(["--base-url", &base, "--output-folder"])
+        .arg(out.path())
+        .args(["--artifacts", NAME]);
+    let r = run(&mut cmd);
+    assert!(!r.ok, "{}", r.text);
+    assert!(r.text.contains("--force"), "{}", r.text);
+}
+
+#[test]
+fn an_interrupted_download_resumes_and_fetches_only_the_rest() {
+    let data = image(3, LEN);
+    let (server, base) = fault_server(&data);
+    let out = tempfile::tempdir().unwrap();
+
+    let r = download(
+        &base,
+        out.path(),
+        &["--stop-after-bytes", &(10 * PIECE).to_string()],
+    );
+    assert!(!r.ok, "{}", r.text);
+    assert!(r.text.contains("resumes"), "{}", r.text);
+    assert!(!out.path().join(FILE).exists());
+    let done = recorded_bytes(out.path());
+    assert!(done >= 10 * PIECE && done < LEN as u64, "{done}");
+
+    server.reset_stats();
+    let r = download(&base, out.path(), &[]);
+    assert!(r.ok, "{}", r.text);
+    assert!(r.text.contains("resumed"), "{}", r.text);
+    assert_eq!(server.bytes_served(), LEN as u64 - done);
+    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    assert_eq!(files_in(out.path()), [FILE]);
+}
+
+#[test]
+fn a_killed_download_resumes_and_fetches_only_the_rest() {
+    let data = image(4, LEN);
+    let (server, base) = fault_server(&data);
+    // The first 6 GETs go through; every later one stalls, so the process
+    // is killed with exactly 6 pieces on disk.
+    server.add_fault(
+        FaultRule::new(
+            Fault::StallBody {
+                after: Some(0),
+                duration: Duration::from_secs(600),
+            },
+            Times::Always,
+        )
+        .method(Method::GET)
+        .skip(6),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = download_cmd();
+    let mut args = small_args(&base, out.path());
+    let jobs = args.iter().position(|a| a == "--jobs").unwrap();
+    args[jobs + 1] = "2".into();
+    cmd.args(args)
+        .args(["--artifacts", NAME])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    wait_for_recorded(out.path(), 6 * PIECE, &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = recorded_bytes(out.path());
+    assert_eq!(done, 6 * PIECE);
+
+    server.clear_faults();
+    server.reset_stats();
+    let r = download(&base, out.path(), &[]);
+    assert!(r.ok, "{}", r.text);
+    assert_eq!(server.bytes_served(), LEN as u64 - done);
+    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+}
+
+#[test]
+fn an_image_replaced_between_runs_restarts_from_zero() {
+    let data = image(5, LEN);
+    let (server, base) = fault_server(&data);
+    let out = tempfile::tempdir().unwrap();
+    let r = download(
+        &base,
+        out.path(),
+        &["--stop-after-bytes", &(8 * PIECE).to_string()],
+    );
+    assert!(!r.ok, "{}", r.text);
+    assert!(recorded_bytes(out.path()) > 0);
+
+    let new = image(6, LEN - 4096);
+    server.put_blob(&format!("/vhds/{FILE}"), new.clone());
+    server.reset_stats();
+    let r = download(&base, out.path(), &[]);
+    assert!(r.ok, "{}", r.text);
+    assert!(r.text.contains("starting from zero"), "{}", r.text);
+    assert_eq!(server.bytes_served(), new.len() as u64);
+    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&new));
+}
+
+#[test]
+fn an_image_that_changes_during_the_resume_restarts_from_zero() {
+    let data = image(7, LEN);
+    let (server, base) = fault_server(&data);
+    let out = tempfile::tempdir().unwrap();
+    let r = download(
+        &base,
+        out.path(),
+        &["--stop-after-bytes", &(8 * PIECE).to_string()],
+    );
+    assert!(!r.ok, "{}", r.text);
+
+    // The resume's HEAD still sees the old version; its first GET replaces
+    // the image, so that GET (pinned with If-Match) fails as changed.
+    let new = image(8, LEN);
+    server.add_fault(
+        FaultRule::new(Fault::ReplaceContent(new.clone().into()), Times::Next(1))
+            .method(Method::GET),
+    );
+    server.reset_stats();
+    let r = download(&base, out.path(), &[]);
+    assert!(r.ok, "{}", r.text);
+    assert!(r.text.contains("changed on the server"), "{}", r.text);
+    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&new));
+    // The whole new image was fetched after the restart.
+    assert!(server.bytes_served() >= new.len() as u64);
+}
+
+#[test]
+fn not_found_names_the_artifact_url_and_base_url_advice() {
+    let server = FaultServer::start().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let base = server.url("/missing");
+    let r = download(&base, out.path(), &[]);
+    assert!(!r.ok, "{}", r.text);
+    assert!(r.text.contains(NAME), "{}", r.text);
+    assert!(r.text.contains(&format!("{base}/{FILE}")), "{}", r.text);
+    assert!(r.text.contains("404"), "{}", r.text);
+    assert!(r.text.contains("check the base URL"), "{}", r.text);
+}
+
+#[test]
+fn forbidden_says_check_the_sas_token_and_never_prints_it() {
+    let data = image(9, 3 * PIECE as usize);
+    let (server, base) = fault_server(&data);
+    server.set_required_query_token(Some("sig=GOODTOKEN"));
+    let out = tempfile::tempdir().unwrap();
+
+    let bad = format!("{base}?sv=2024&sig=BADSECRET");
+    let r = download(&bad, out.path(), &[]);
+    assert!(!r.ok, "{}", r.text);
+    assert!(r.text.contains("403"), "{}", r.text);
+    assert!(r.text.contains("SAS token"), "{}", r.text);
+    assert!(r.text.contains(&format!("{FILE}?<redacted>")), "{}", r.text);
+    assert!(!r.text.contains("BADSECRET"), "{}", r.text);
+
+    let good = format!("{base}?sv=2024&sig=GOODTOKEN");
+    let r = download(&good, out.path(), &["--stop-after-bytes", "1"]);
+    assert!(!r.ok, "{}", r.text);
+    assert!(!r.text.contains("GOODTOKEN"), "{}", r.text);
+    // The sidecar keeps the URL without its query.
+    let state = std::fs::read_to_string(sidecar(out.path())).unwrap();
+    assert!(!state.contains("GOODTOKEN"), "{state}");
+    assert!(state.contains(&format!("/vhds/{FILE}\"")), "{state}");
+
+    let r = download(&good, out.path(), &[]);
+    assert!(r.ok, "{}", r.text);
+    assert!(!r.text.contains("GOODTOKEN"), "{}", r.text);
+    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    // Every request carried the token.
+    assert!(
+        server
+            .requests()
+            .iter()
+            .filter(|q| q.path().ends_with(FILE))
+            .all(|q| q.path_and_query.contains("sig=GOODTOKEN")
+                || (q.path_and_query.contains("sig=BADSECRET") && q.status == Some(403))),
+    );
+}
+
+#[test]
+fn an_invalid_base_url_is_rejected_redacted() {
+    let out = tempfile::tempdir().unwrap();
+    let r = download("ftp://h/x?sig=SECRET", out.path(), &[]);
+    assert!(!r.ok, "{}", r.text);
+    assert!(r.text.contains("--base-url"), "{}", r.text);
+    assert!(!r.text.contains("SECRET"), "{}", r.text);
+}
