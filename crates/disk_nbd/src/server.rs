@@ -1397,9 +1397,13 @@ impl Export {
             // Chunk boundaries sit on multiples of the chunk size, so only
             // the first and last chunk can be unaligned.
             let n = (end - pos).min(chunk - pos % chunk);
-            self.write_bytes(pos, &self.zeroes[..n as usize], fua)
+            self.write_bytes(pos, &self.zeroes[..n as usize], false)
                 .await?;
             pos += n;
+        }
+        // One flush for the whole range instead of FUA on every chunk.
+        if fua {
+            self.disk.sync_cache().await?;
         }
         Ok(())
     }

@@ -719,3 +719,35 @@ async fn random_garbage_never_stops_the_server() {
     let stats = f.listener.server().stats();
     assert!(stats.connections > 60);
 }
+
+#[tokio::test]
+async fn flush_and_fua_reach_the_disk_as_flushes() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nbd.sock");
+    let (disk, data, flushes) = VecDisk::create_counting(vec![0xff; 1 << 20]);
+    let listener = serve_unix(&socket, disk, NbdServerOptions::default())
+        .await
+        .unwrap();
+    let (mut c, _, _) = RawClient::connect_go(&socket).await;
+    assert_eq!(c.command(CMD_FLUSH, 0, 0, 0, &[]).await, 0);
+    assert_eq!(flushes.load(Relaxed), 1);
+    // Write zeroes over several chunks with FUA: one flush at the end.
+    assert_eq!(
+        c.command(CMD_WRITE_ZEROES, CMD_FLAG_FUA, 1000, 600_000, &[])
+            .await,
+        0
+    );
+    assert_eq!(flushes.load(Relaxed), 2);
+    // Without FUA: none.
+    assert_eq!(c.command(CMD_WRITE_ZEROES, 0, 0, 512, &[]).await, 0);
+    assert_eq!(flushes.load(Relaxed), 2);
+    {
+        let d = data.lock();
+        assert!(d[..512].iter().all(|&b| b == 0));
+        assert!(d[512..1000].iter().all(|&b| b == 0xff));
+        assert!(d[1000..601_000].iter().all(|&b| b == 0));
+        assert!(d[601_000..].iter().all(|&b| b == 0xff));
+    }
+    listener.shutdown().await.unwrap();
+}

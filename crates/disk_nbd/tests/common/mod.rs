@@ -26,6 +26,26 @@ impl VecDisk {
         Self::with_sector_size(bytes, read_only, 512)
     }
 
+    /// Like [`VecDisk::create`], also returning the count of flushes.
+    pub fn create_counting(
+        bytes: Vec<u8>,
+    ) -> (
+        Disk,
+        Arc<parking_lot::Mutex<Vec<u8>>>,
+        Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        let data = Arc::new(parking_lot::Mutex::new(bytes));
+        let flushes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let disk = Disk::new(VecDisk {
+            data: data.clone(),
+            read_only: false,
+            sector_size: 512,
+            flushes: flushes.clone(),
+        })
+        .unwrap();
+        (disk, data, flushes)
+    }
+
     /// Like [`VecDisk::create`] with another sector size.
     pub fn with_sector_size(
         bytes: Vec<u8>,
