@@ -456,26 +456,31 @@ impl Store {
         let last = (end - 1) / spc;
         let path = &self.path;
         self.with_reader(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Deferred)
-                .map_err(|e| sql_err(path, "starting a read transaction", e))?;
-            let rows = {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT idx, present FROM chunks WHERE idx BETWEEN ?1 AND ?2 ORDER BY idx",
-                    )
-                    .map_err(|e| sql_err(path, "preparing a read", e))?;
-                let rows = stmt
-                    .query_map(params![first as i64, last as i64], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
-                    })
-                    .map_err(|e| sql_err(path, "reading chunk rows", e))?;
-                rows.collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| sql_err(path, "reading chunk rows", e))?
-            };
+            // No explicit transaction: the row query stays active while the
+            // BLOBs are read, and SQLite keeps one read transaction (one WAL
+            // snapshot) open for as long as a statement is active, so
+            // bitmaps and data are consistent. This saves a BEGIN and a
+            // COMMIT per read.
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT idx, present FROM chunks WHERE idx BETWEEN ?1 AND ?2 ORDER BY idx",
+                )
+                .map_err(|e| sql_err(path, "preparing a read", e))?;
+            let mut rows = stmt
+                .query(params![first as i64, last as i64])
+                .map_err(|e| sql_err(path, "reading chunk rows", e))?;
             let mut filled = vec![false; (last - first + 1) as usize];
             let mut blob: Option<rusqlite::blob::Blob<'_>> = None;
-            for (idx, present) in rows {
+            while let Some(row) = rows
+                .next()
+                .map_err(|e| sql_err(path, "reading chunk rows", e))?
+            {
+                let idx: i64 = row
+                    .get(0)
+                    .map_err(|e| sql_err(path, "reading chunk rows", e))?;
+                let present: Option<Vec<u8>> = row
+                    .get(1)
+                    .map_err(|e| sql_err(path, "reading chunk rows", e))?;
                 let (bm, full, data_len) = self.row_shape(idx, present)?;
                 let b = match blob.take() {
                     Some(mut b) => {
@@ -483,7 +488,7 @@ impl Store {
                             .map_err(|e| sql_err(path, "opening chunk data", e))?;
                         b
                     }
-                    None => tx
+                    None => conn
                         .blob_open(rusqlite::MAIN_DB, "chunks", "data", idx, true)
                         .map_err(|e| sql_err(path, "opening chunk data", e))?,
                 };
@@ -530,8 +535,7 @@ impl Store {
                 blob = Some(b);
             }
             drop(blob);
-            tx.commit()
-                .map_err(|e| sql_err(path, "ending a read transaction", e))?;
+            drop(rows);
             // Chunks without a row are absent as a whole.
             for (i, f) in filled.iter().enumerate() {
                 if !f {
