@@ -25,6 +25,13 @@
 //! - everything else, including `NBD_OPT_STRUCTURED_REPLY` and
 //!   `NBD_OPT_STARTTLS`: `NBD_REP_ERR_UNSUP`, and haggling goes on.
 //!
+//! Block sizes (`NBD_INFO_BLOCK_SIZE`): minimum = the disk's sector size
+//! (1 with [`NbdServerOptions::byte_granularity`]), preferred = the
+//! physical sector size but at least 4096, maximum =
+//! [`NbdServerOptions::max_request_bytes`] (32 MiB by default). QEMU honours
+//! them and aligns its requests; other clients may still send any
+//! alignment and are served correctly.
+//!
 //! Export names: with [`NbdServerOptions::export_name`] unset, any name
 //! reaches the export; with it set, only that name and the empty (default)
 //! name do.
@@ -92,8 +99,19 @@
 //! and `base:allocation` block status) would let `qemu-img convert` skip
 //! unallocated ranges of a lazily fetched image.
 //!
+//! FUTURE: TLS (`NBD_OPT_STARTTLS`) and extended headers are refused; the
+//! server listens only on Unix sockets and loopback TCP, which is what a
+//! local VMM needs.
+//!
 //! DEVNOTE: a refused option with more than 16 MiB of data, or a request
 //! with a bad magic, ends the connection: the stream cannot be resynced.
+//!
+//! DEVNOTE: `NBD_CMD_WRITE_ZEROES` writes zeroes (from one shared 1 MiB
+//! buffer); it never unmaps, because [`disk_backend::DiskIo::unmap`] does
+//! not promise that unmapped sectors read as zero. Reads do not take the
+//! read-modify-write lock, so a read that overlaps a concurrent unaligned
+//! write may see either version of the bytes being written, which the
+//! protocol allows for overlapping requests in flight.
 
 #![forbid(unsafe_code)]
 
