@@ -1424,3 +1424,68 @@ impl Export {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &[u8], n: u16, infos: &[u16], extra: &[u8]) -> Vec<u8> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name);
+        d.extend_from_slice(&n.to_be_bytes());
+        for i in infos {
+            d.extend_from_slice(&i.to_be_bytes());
+        }
+        d.extend_from_slice(extra);
+        d
+    }
+
+    #[test]
+    fn info_requests_are_parsed_strictly() {
+        let d = info(b"disk", 2, &[INFO_NAME, INFO_BLOCK_SIZE], &[]);
+        let (name, infos) = parse_info_request(&d).unwrap();
+        assert_eq!(name, b"disk");
+        assert_eq!(infos, [INFO_NAME, INFO_BLOCK_SIZE]);
+        // Fewer info entries than announced, trailing bytes, a name longer
+        // than the data or than the protocol allows: all invalid.
+        assert!(parse_info_request(&info(b"disk", 3, &[1, 2], &[])).is_none());
+        assert!(parse_info_request(&info(b"disk", 0, &[], &[0])).is_none());
+        assert!(parse_info_request(&[0, 0, 0, 9, b'a', 0, 0]).is_none());
+        let long = vec![b'x'; MAX_STRING_LEN + 1];
+        assert!(parse_info_request(&info(&long, 0, &[], &[])).is_none());
+        assert!(parse_info_request(&[]).is_none());
+    }
+
+    #[test]
+    fn uri_escape_keeps_paths_readable() {
+        assert_eq!(uri_escape(b"/tmp/a-b_c.sock"), "/tmp/a-b_c.sock");
+        assert_eq!(
+            uri_escape(b"/tmp/my disk#1?.sock"),
+            "/tmp/my%20disk%231%3F.sock"
+        );
+        assert_eq!(uri_escape("é".as_bytes()), "%C3%A9");
+    }
+
+    #[test]
+    fn buffer_pool_reuses_size_classes() {
+        let pool = BufPool::default();
+        let mut a = pool.get(100);
+        assert_eq!(a.len(), 100);
+        a.fill(7);
+        let cap = a.buf.len();
+        assert_eq!(cap, POOL_MIN_BUF);
+        pool.put(a);
+        // Same class: the same buffer comes back, stale bytes and all,
+        // but only the requested length is visible.
+        let b = pool.get(5000);
+        assert_eq!(b.len(), 5000);
+        assert_eq!(b.buf.len(), cap);
+        assert!(b.iter().all(|&x| x == 7 || x == 0));
+        // A bigger class is a new buffer.
+        let c = pool.get(POOL_MIN_BUF + 1);
+        assert_eq!(c.buf.len(), 2 * POOL_MIN_BUF);
+        pool.put(b);
+        pool.put(c);
+        assert_eq!(pool.bufs.lock().len(), 2);
+    }
+}
