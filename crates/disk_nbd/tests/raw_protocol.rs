@@ -751,3 +751,49 @@ async fn flush_and_fua_reach_the_disk_as_flushes() {
     }
     listener.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn random_byte_granular_operations_match_a_model() {
+    use rand::{Rng, SeedableRng};
+    let f = writable().await;
+    let (mut c, size, _) = RawClient::connect_go(&f.socket).await;
+    let mut model = f.initial.clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0dd);
+    for step in 0..600 {
+        let len = rng.random_range(0..20_000usize);
+        let off = rng.random_range(0..=(size as usize - len));
+        match rng.random_range(0..10) {
+            0..=3 => {
+                let p = pattern_bytes(len, step);
+                assert_eq!(c.command(CMD_WRITE, 0, off as u64, len as u32, &p).await, 0);
+                model[off..off + len].copy_from_slice(&p);
+            }
+            4 => {
+                let error = c
+                    .command(CMD_WRITE_ZEROES, 0, off as u64, len as u32, &[])
+                    .await;
+                assert_eq!(error, 0);
+                model[off..off + len].fill(0);
+            }
+            5 => {
+                // VecDisk zeroes unmapped sectors; only whole sectors
+                // inside the range are trimmed.
+                assert_eq!(c.command(CMD_TRIM, 0, off as u64, len as u32, &[]).await, 0);
+                let first = off.div_ceil(512) * 512;
+                let end = (off + len) / 512 * 512;
+                if first < end {
+                    model[first..end].fill(0);
+                }
+            }
+            _ => {
+                let (error, data) = c.read(off as u64, len as u32).await;
+                assert_eq!(error, 0);
+                assert!(
+                    data == model[off..off + len],
+                    "step {step}: read {off}+{len}"
+                );
+            }
+        }
+    }
+    assert!(*f.data.lock() == model);
+}
