@@ -226,8 +226,27 @@ struct Transport {
 /// server sends one. Protocol violations (wrong status, wrong range, wrong
 /// length, changed image) are not retried: they would not heal.
 ///
+/// Readahead: a reader whose read starts where its previous read ended is
+/// sequential; after such a read, the next aligned pieces are fetched by
+/// spawned tasks (two pieces at first, doubling per sequential read up to
+/// [`HttpBlobOptions::readahead`] bytes) and later reads are served from
+/// them. Random readers fetch nothing ahead. A failed or aborted prefetch is
+/// never reported: the reader fetches the piece itself, so errors always
+/// come from a demand read. Prefetched pieces are dropped once read
+/// entirely, once a sequential reader is past them, or (farthest first)
+/// when more than about twice the window is held.
+///
+/// Counters: `requests` counts every request sent (HEAD, GET, redirect
+/// hops, retries, prefetches); `bytes_fetched` every body byte received
+/// (also from attempts that failed later, and from prefetches);
+/// `retries` every retried attempt; `errors` every range or open that
+/// failed for good (also prefetches that failed).
+///
 /// Runtime: all I/O runs on the tokio runtime of the caller (the client
-/// spawns its connection tasks there); nothing blocks it.
+/// spawns its connection tasks, and readahead its fetch tasks, there);
+/// nothing blocks it. Dropping the blob aborts its readahead tasks.
+///
+/// FUTURE: coalescing adjacent small reads into one request.
 ///
 /// FUTURE: proxies (nothing is taken from `HTTP_PROXY` and friends),
 /// HTTP/2, `Retry-After` in HTTP-date form, credentials from URL userinfo.
