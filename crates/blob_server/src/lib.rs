@@ -1,0 +1,3 @@
+//! A small static blob server (not yet written).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! The petri-tool command (not yet written).
+
+fn main() {}
