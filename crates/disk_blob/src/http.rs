@@ -246,7 +246,9 @@ struct Transport {
 /// spawns its connection tasks, and readahead its fetch tasks, there);
 /// nothing blocks it. Dropping the blob aborts its readahead tasks.
 ///
-/// FUTURE: coalescing adjacent small reads into one request.
+/// FUTURE: coalescing adjacent small reads into one request; detecting
+/// several interleaved sequential streams (one "next offset" is kept per
+/// blob, so two interleaved streams look random and get no readahead).
 ///
 /// FUTURE: proxies (nothing is taken from `HTTP_PROXY` and friends),
 /// HTTP/2, `Retry-After` in HTTP-date form, credentials from URL userinfo.
@@ -399,7 +401,7 @@ impl HttpBlob {
             // Pieces this read uses up entirely, and pieces behind a
             // sequential reader, are no longer needed.
             st.pieces.retain(|&start, _| {
-                let piece_end = (start + piece).min(inner.len);
+                let piece_end = start.saturating_add(piece).min(inner.len);
                 let consumed = start >= offset && piece_end <= end;
                 let behind = sequential && piece_end <= offset;
                 !(consumed || behind)
@@ -407,9 +409,11 @@ impl HttpBlob {
             if sequential && let Ok(rt) = tokio::runtime::Handle::try_current() {
                 // The window doubles with each sequential read, from two
                 // pieces up to the configured maximum.
-                let window = (piece << st.run.min(16)).min(ra.max_window.max(piece));
-                let mut start = end.div_ceil(piece) * piece;
-                while start < inner.len && start < end + window {
+                let window = piece
+                    .saturating_mul(1 << st.run.min(16))
+                    .min(ra.max_window.max(piece));
+                let mut start = end.div_ceil(piece).saturating_mul(piece);
+                while start < inner.len && start < end.saturating_add(window) {
                     if let btree_map::Entry::Vacant(slot) = st.pieces.entry(start) {
                         let n = (inner.len - start).min(piece) as usize;
                         let task_inner = inner.clone();
@@ -422,7 +426,7 @@ impl HttpBlob {
                         let data = async move { task.await.ok().flatten() }.boxed().shared();
                         slot.insert(Prefetch { data, abort });
                     }
-                    start += piece;
+                    start = start.saturating_add(piece);
                 }
             }
             // Bound the memory held by pieces of abandoned sequential runs:
@@ -448,7 +452,7 @@ impl HttpBlob {
         let mut off = offset;
         while !rest.is_empty() {
             let start = off - off % piece;
-            let n = (rest.len() as u64).min(start + piece - off) as usize;
+            let n = (rest.len() as u64).min(start.saturating_add(piece) - off) as usize;
             let (head, tail) = rest.split_at_mut(n);
             let pre = found
                 .iter()
