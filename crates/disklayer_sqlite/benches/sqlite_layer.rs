@@ -373,8 +373,6 @@ async fn run() -> anyhow::Result<()> {
         disk.counters().cache_miss_bytes == size,
         "warm reads went below the cache"
     );
-    let cache_size = std::fs::metadata(&cache_file)?.len();
-    let base_size = std::fs::metadata(&base_path)?.len();
 
     println!(
         "## disklayer_sqlite benchmark ({mib} MiB disk; reads: best of {rounds} interleaved rounds; fills: best of {fill_passes})\n"
@@ -438,12 +436,19 @@ async fn run() -> anyhow::Result<()> {
         "\nMachine: {} CPUs, shared with other engineers' builds while this ran.",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    // File sizes once every connection is closed (the last close
+    // checkpoints the WAL into the file and removes it).
+    drop(cases);
+    drop(disk);
+    drop(layer);
+    drop(db);
+    let cache_size = std::fs::metadata(&cache_file)?.len();
+    let base_size = std::fs::metadata(&base_path)?.len();
     println!(
         "Cache file: {cache_size} bytes for {size} data bytes ({:.4}x); per-sector file: {base_size} bytes ({:.4}x).",
         cache_size as f64 / size as f64,
         base_size as f64 / size as f64
     );
-    drop(cases);
     Ok(())
 }
 

@@ -46,8 +46,11 @@
 //!   [`SqliteLayerError::Corrupt`], never wrong bytes of the wrong length.
 //! - The file is in WAL mode with a busy timeout, so many processes (nextest
 //!   runs every test in its own process) can read and fill it at once.
-//! - SQLite calls block, so the async API runs them on tokio's blocking
-//!   pool; the caller's runtime threads never wait on SQLite.
+//! - SQLite calls block, so the async API never runs them plainly on a
+//!   runtime thread: on a multi-thread tokio runtime reads and writes use
+//!   `block_in_place` (the worker's other tasks move to another thread,
+//!   and the caller's buffer is used directly), elsewhere they go to
+//!   tokio's blocking pool with an owned (recycled) buffer.
 //!
 //! DEVNOTE: a partial write into a partially present chunk rewrites the
 //! chunk's row (read-modify-write of up to `chunk_size` bytes). That is
@@ -361,6 +364,21 @@ async fn blocking<R: Send + 'static>(
     }
 }
 
+/// Whether blocking work may run on the current thread through
+/// [`tokio::task::block_in_place`]: on a multi-thread runtime, which then
+/// hands this worker's other tasks to another thread, so the runtime is
+/// not blocked and borrowed buffers need no copy.
+///
+/// DEVNOTE: `block_in_place` panics on a current-thread runtime; those
+/// (and `#[tokio::test]` without `flavor = "multi_thread"`) take the
+/// `spawn_blocking` path with owned buffers instead.
+fn in_place_allowed() -> bool {
+    matches!(
+        tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread)
+    )
+}
+
 impl SqliteDiskLayer {
     /// Formats a new layer file at `path` (which must not exist). Blocks.
     pub fn format(path: &Path, params: &FormatParams) -> Result<(), SqliteLayerError> {
@@ -425,19 +443,26 @@ impl SqliteDiskLayer {
         let count =
             disk_backend::check_io_range(sector, buf.len(), ss, self.geometry().sector_count)
                 .map_err(SqliteLayerError::Disk)?;
-        let store = self.store.clone();
         let len = buf.len();
-        // The blocking pool needs owned memory; one copy back is cheaper
-        // than blocking a runtime thread. Buffers are recycled, so a read
-        // costs no allocation or zeroing (the engine writes every byte).
-        let mut data = self.buffers.take(len);
-        let (data, bits) = blocking(move || {
-            let bits = store.read(sector, &mut data)?;
-            Ok((data, bits))
-        })
-        .await?;
-        buf.copy_from_slice(&data);
-        self.buffers.give(data);
+        let bits = if in_place_allowed() {
+            // Straight into the caller's buffer, no hand-off.
+            tokio::task::block_in_place(|| self.store.read(sector, buf))?
+        } else {
+            // The blocking pool needs owned memory; one copy back is
+            // cheaper than blocking a runtime thread. Buffers are recycled,
+            // so a read costs no allocation or zeroing (the engine writes
+            // every byte).
+            let store = self.store.clone();
+            let mut data = self.buffers.take(len);
+            let (data, bits) = blocking(move || {
+                let bits = store.read(sector, &mut data)?;
+                Ok((data, bits))
+            })
+            .await?;
+            buf.copy_from_slice(&data);
+            self.buffers.give(data);
+            bits
+        };
         let p = SectorPresence { count, bits };
         let hit = p.present_count() * u64::from(ss);
         self.counters.hit.fetch_add(hit, Ordering::Relaxed);
@@ -488,16 +513,26 @@ impl SqliteDiskLayer {
         if self.store.is_read_only() || (overwrite && self.store.meta().logically_read_only) {
             return Err(SqliteLayerError::Disk(DiskError::ReadOnly));
         }
-        let store = self.store.clone();
-        let data = buf.to_vec();
-        let written = blocking(move || {
-            let n = store.write(sector, &data, overwrite)?;
-            if fua {
-                store.sync()?;
-            }
-            Ok(n)
-        })
-        .await?;
+        let written = if in_place_allowed() {
+            tokio::task::block_in_place(|| {
+                let n = self.store.write(sector, buf, overwrite)?;
+                if fua {
+                    self.store.sync()?;
+                }
+                Ok::<_, SqliteLayerError>(n)
+            })?
+        } else {
+            let store = self.store.clone();
+            let data = buf.to_vec();
+            blocking(move || {
+                let n = store.write(sector, &data, overwrite)?;
+                if fua {
+                    store.sync()?;
+                }
+                Ok(n)
+            })
+            .await?
+        };
         if !overwrite {
             self.counters
                 .fill

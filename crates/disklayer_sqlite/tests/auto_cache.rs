@@ -194,7 +194,7 @@ fn sixteen_processes_race_on_one_cache() {
     assert!(buf == data, "cache contents differ from the image");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_race() {
     if env("AUTO_CACHE_CHILD").as_deref() != Some("race") {
         return;

@@ -229,15 +229,26 @@ async fn file_size_close_to_data_size() {
     );
 }
 
-/// Random reads, writes, fills and unmaps against a plain model.
+/// Random reads, writes, fills and unmaps against a plain model, on a
+/// current-thread runtime (the `spawn_blocking` path)...
 #[tokio::test]
 async fn random_ops_match_a_model() {
+    random_ops(7).await;
+}
+
+/// ...and on a multi-thread runtime (the `block_in_place` path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_ops_match_a_model_multi_thread() {
+    random_ops(8).await;
+}
+
+async fn random_ops(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
     let sectors = 300u64; // 16-sector chunks, the last one short
     let layer = SqliteDiskLayer::create(&path, &params(sectors, 8192)).unwrap();
     let mut model: Vec<Option<Vec<u8>>> = vec![None; sectors as usize];
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for step in 0..600 {
         let start = rng.random_range(0..sectors);
         let len = rng.random_range(1..=(sectors - start).min(40));
@@ -300,7 +311,7 @@ async fn random_ops_match_a_model() {
 
 /// `[RAM, SQLite read cache, file]` against a model: reads fill the cache,
 /// writes never reach it.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ram_over_cache_over_file() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
