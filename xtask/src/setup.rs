@@ -32,7 +32,30 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "qemu-utils",
         why: "the disk-image client used to make and compare test images",
     },
+    Requirement {
+        program: "/usr/bin/qemu-system-x86_64",
+        package: "qemu-system-x86",
+        why: "the VMM that boots the test guest from our disk stack",
+    },
 ];
+
+/// Installs mdbook with `cargo install --locked` when it is missing. The
+/// binary lands in `~/.cargo/bin`, so later runs on the same machine reuse
+/// it.
+pub fn ensure_mdbook() -> Result<()> {
+    if Command::new("mdbook").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    println!("xtask setup: mdbook is missing; cargo install --locked mdbook");
+    let status = Command::new("cargo")
+        .args(["install", "--locked", "mdbook"])
+        .status()
+        .context("running cargo install mdbook")?;
+    if !status.success() {
+        bail!("cargo install --locked mdbook failed ({status})");
+    }
+    Ok(())
+}
 
 /// Installs every missing requirement, or explains what is missing.
 pub fn ensure_test_prerequisites() -> Result<()> {

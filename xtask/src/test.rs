@@ -48,6 +48,32 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
     let started = Instant::now();
     if !args.skip_setup {
         crate::setup::ensure_test_prerequisites()?;
+        crate::setup::ensure_mdbook()?;
+        // The QEMU tests boot the test guest; build it (or find it up to
+        // date) before any test runs.
+        let images = std::env::var_os("VMM_TEST_IMAGES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("images"));
+        let t = Instant::now();
+        println!("==> xtask test: test guest image ({})", images.display());
+        let built = crate::guest_image::build(&crate::guest_image::BuildOptions {
+            out_dir: images,
+            data_mib: crate::guest_image::DEFAULT_DATA_MIB,
+            force: false,
+        })
+        .context("building the test guest image");
+        match built {
+            Ok(_) => println!(
+                "==> xtask test: test guest image ready in {:.1}s",
+                t.elapsed().as_secs_f64()
+            ),
+            // On a developer machine (not root, say) the QEMU tests skip
+            // with a printed reason instead; CI must run them.
+            Err(e) if !crate::is_ci() => {
+                println!("==> xtask test: no test guest image, QEMU tests will skip: {e:#}")
+            }
+            Err(e) => return Err(e),
+        }
     }
     let mut steps = Vec::new();
     if !args.tests_only {
@@ -66,6 +92,12 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
         let mut doc = Step::cargo("rustdoc", &["doc", "--workspace", "--no-deps"]);
         doc.env.push(("RUSTDOCFLAGS", "-D warnings"));
         steps.push(doc);
+        steps.push(Step {
+            name: "guide",
+            program: "mdbook",
+            args: vec!["build".into(), "Guide".into()],
+            env: Vec::new(),
+        });
     }
     let profile = if crate::is_ci() { "ci" } else { "default" };
     let mut nextest = Step::cargo(
