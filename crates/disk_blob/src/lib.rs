@@ -19,8 +19,11 @@
 //! - [`HttpBlob`] learns the length and the validators (ETag,
 //!   Last-Modified) at open, then serves every read with `Range` GETs pinned
 //!   to those validators, so bytes of two versions of an image are never
-//!   mixed: a change is [`BlobError::ImageChanged`]. See [`HttpBlob`] for
-//!   the wire rules, retries and concurrency.
+//!   mixed: a change is [`BlobError::ImageChanged`]. Large reads are split
+//!   into aligned range requests run in parallel over a bounded pool of
+//!   keep-alive connections, transient failures are retried with backoff,
+//!   and a sequential reader gets readahead. See [`HttpBlob`] for the wire
+//!   rules, retries, readahead and concurrency.
 //! - [`BlobDisk`] presents a blob as a read-only disk of 512-byte sectors,
 //!   either flat (the whole blob) or as a fixed VHD1 (the blob minus its
 //!   512-byte footer, which is validated with `vhd1_defs`).
