@@ -222,7 +222,7 @@ struct Transport {
 /// that size, fetched in parallel. Connect errors, connections that break
 /// mid-response, timeouts, 408, 429 and 5xx are retried up to
 /// [`HttpBlobOptions::max_retries`] times with exponential backoff and
-/// jitter, or after the `Retry-After` delay (seconds form, capped) when the
+/// jitter, or after the `Retry-After` delay (seconds or date, capped) when the
 /// server sends one. Protocol violations (wrong status, wrong range, wrong
 /// length, changed image) are not retried: they would not heal.
 ///
@@ -251,7 +251,7 @@ struct Transport {
 /// blob, so two interleaved streams look random and get no readahead).
 ///
 /// FUTURE: proxies (nothing is taken from `HTTP_PROXY` and friends),
-/// HTTP/2, `Retry-After` in HTTP-date form, credentials from URL userinfo.
+/// HTTP/2, credentials from URL userinfo.
 ///
 /// Cheap to share as `Arc<dyn Blob>`; reads may run from many tasks at
 /// once. Counters are logged (with the redacted URL) when it is dropped.
@@ -1015,9 +1015,78 @@ fn status_failure(
     }
 }
 
-/// Parses `Retry-After` in its delay-seconds form.
+/// Parses `Retry-After`: delay-seconds, or an IMF-fixdate (the delay is
+/// the time until then, zero if it is past).
 fn parse_retry_after(s: &str) -> Option<Duration> {
-    s.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_imf_fixdate(s)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) into seconds
+/// since the Unix epoch. The obsolete date forms are not accepted.
+fn parse_imf_fixdate(s: &str) -> Option<u64> {
+    let (_weekday, rest) = s.split_once(", ")?;
+    let mut it = rest.split(' ');
+    let day: u64 = it.next()?.parse().ok()?;
+    let month = match it.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: u64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':');
+    let h: u64 = hms.next()?.parse().ok()?;
+    let m: u64 = hms.next()?.parse().ok()?;
+    let sec: u64 = hms.next()?.parse().ok()?;
+    if it.next()? != "GMT" || it.next().is_some() || hms.next().is_some() {
+        return None;
+    }
+    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to the date (proleptic Gregorian calendar).
+    let is_leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if is_leap(year) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if day > month_days[month - 1] {
+        return None;
+    }
+    let mut days: u64 = (1970..year)
+        .map(|y| if is_leap(y) { 366 } else { 365 })
+        .sum();
+    days += month_days[..month - 1].iter().sum::<u64>();
+    days += day - 1;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
 }
 
 /// Classifies a client error: TLS (fatal), connect (transient) or a broken
@@ -1422,7 +1491,32 @@ mod tests {
     #[test]
     fn retry_after_parsing() {
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        // A date in the past means "now".
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(parse_imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_imf_fixdate("Tue, 29 Feb 2000 12:00:00 GMT"),
+            Some(951_825_600)
+        );
+        assert_eq!(parse_imf_fixdate("Wed, 29 Feb 2001 12:00:00 GMT"), None);
+        assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 PST"), None);
+        assert_eq!(parse_imf_fixdate("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        assert_eq!(parse_imf_fixdate("Sun, 06 Foo 1994 08:49:37 GMT"), None);
+        let future = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let d = parse_retry_after(&blob_test_servers::http_date(future)).unwrap();
+        assert!(d > Duration::from_secs(3000) && d <= Duration::from_secs(3600));
     }
 
     #[test]
