@@ -1063,7 +1063,7 @@ fn parse_imf_fixdate(s: &str) -> Option<u64> {
         return None;
     }
     // Days from 1970-01-01 to the date (proleptic Gregorian calendar).
-    let is_leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let is_leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     let month_days = [
         31,
         if is_leap(year) { 29 } else { 28 },
