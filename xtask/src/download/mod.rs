@@ -88,6 +88,11 @@ pub struct DownloadImageArgs {
     #[arg(long, value_name = "URL")]
     base_url: Option<String>,
 
+    /// Print what would be downloaded (and what is already there), then
+    /// stop without contacting the store.
+    #[arg(long)]
+    dry_run: bool,
+
     /// Range requests in flight at once.
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -169,6 +174,17 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
         }
     }
     if todo.is_empty() {
+        return Ok(());
+    }
+    if args.dry_run {
+        for (a, dest) in &todo {
+            println!(
+                "download-image: would download {a} ({}) from {} to {}",
+                human(a.size()),
+                url_redact::RedactedUrl(&artifact_url(&base, a.file_name())),
+                dest.display()
+            );
+        }
         return Ok(());
     }
 
