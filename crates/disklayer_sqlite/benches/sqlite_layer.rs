@@ -438,9 +438,11 @@ async fn run() -> anyhow::Result<()> {
     );
     // File sizes once every connection is closed (the last close
     // checkpoints the WAL into the file and removes it).
+    // The read-only handle goes first: a read-only connection closing
+    // last cannot checkpoint.
     drop(cases);
-    drop(disk);
     drop(layer);
+    drop(disk);
     drop(db);
     let cache_size = std::fs::metadata(&cache_file)?.len();
     let base_size = std::fs::metadata(&base_path)?.len();

@@ -82,6 +82,23 @@ impl Bitmap {
     }
 }
 
+/// Sets bits `from..to` of a `u64`-word bitmap.
+fn set_bits(words: &mut [u64], from: u64, to: u64) {
+    let mut i = from;
+    while i < to {
+        let w = (i / 64) as usize;
+        let bit = i % 64;
+        let n = (64 - bit).min(to - i);
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << bit
+        };
+        words[w] |= mask;
+        i += n;
+    }
+}
+
 /// One chunk in memory, in the file's compact layout: `data` holds only
 /// the present sectors, in order.
 #[derive(Debug)]
@@ -506,6 +523,15 @@ impl Store {
                 let cstart = idx * spc;
                 let lo = sector.max(cstart);
                 let hi = end.min(cstart + spc);
+                if full {
+                    // The common case: one read for the whole overlap.
+                    let dst = &mut buf[(lo - sector) as usize * ss..(hi - sector) as usize * ss];
+                    b.read_at_exact(dst, (lo - cstart) as usize * ss)
+                        .map_err(|e| sql_err(path, "reading chunk data", e))?;
+                    set_bits(&mut presence, lo - sector, hi - sector);
+                    blob = Some(b);
+                    continue;
+                }
                 // Walk runs of equal presence inside [lo, hi).
                 let mut s = lo;
                 let mut data_off = if full {
@@ -524,9 +550,7 @@ impl Store {
                         b.read_at_exact(dst, data_off)
                             .map_err(|e| sql_err(path, "reading chunk data", e))?;
                         data_off += dst.len();
-                        for i in s - sector..e - sector {
-                            presence[(i / 64) as usize] |= 1 << (i % 64);
-                        }
+                        set_bits(&mut presence, s - sector, e - sector);
                     } else {
                         dst.fill(0);
                     }
@@ -903,6 +927,18 @@ fn read_meta(path: &Path, conn: &Connection) -> Result<LayerMetadata, SqliteLaye
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_bits() {
+        let mut w = vec![0u64; 3];
+        set_bits(&mut w, 3, 3);
+        assert_eq!(w, [0, 0, 0]);
+        set_bits(&mut w, 62, 130);
+        assert_eq!(w, [0b11 << 62, u64::MAX, 0b11]);
+        let mut w = vec![0u64; 1];
+        set_bits(&mut w, 0, 64);
+        assert_eq!(w, [u64::MAX]);
+    }
 
     #[test]
     fn bitmap_counts() {
