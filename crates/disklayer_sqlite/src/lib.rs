@@ -33,7 +33,9 @@
 //!
 //! - Never one row per sector: a read of any length is one range query over
 //!   the chunk index plus incremental BLOB reads of just the bytes asked
-//!   for; a write is one transaction for all the chunks it touches.
+//!   for, all inside one read snapshot (the query stays active while the
+//!   BLOBs are read); a write is one transaction for all the chunks it
+//!   touches.
 //! - Write-no-overwrite (`overwrite = false`) writes only sectors whose
 //!   presence bit is clear, inside the same `BEGIN IMMEDIATE` transaction
 //!   that reads the bits, so a cache fill never clobbers newer data, even
@@ -51,6 +53,27 @@
 //!   `block_in_place` (the worker's other tasks move to another thread,
 //!   and the caller's buffer is used directly), elsewhere they go to
 //!   tokio's blocking pool with an owned (recycled) buffer.
+//!
+//! # Layers and the auto-cache
+//!
+//! [`SqliteDiskLayer`] implements `disk_layered`'s `LayerIo` (reads mark
+//! the sectors present, the preferred fill size is the chunk size) and
+//! `WriteNoOverwrite`, and also `disk_backend::DiskIo` for use on its own.
+//! [`SqliteDiskLayerConfig`] opens (or formats) an explicit file when a
+//! stack is assembled; [`AutoCacheSqliteDiskLayer`] finds or atomically
+//! creates `<cache dir>/<key>/cache.dbhd` for the layer below it (see
+//! [`auto_cache`]).
+//!
+//! # Performance
+//!
+//! `cargo bench -p disklayer_sqlite` compares warm reads and cold fills
+//! with reading the image file directly and with a one-row-per-sector
+//! layout. On the development VM (2 shared CPUs), warm sequential 1 MiB
+//! reads through `[auto-cache, file]` ran at about 0.8x direct `pread`
+//! from the page cache and about 5x the per-sector layout read with range
+//! queries (11x with one query per sector); a full chunk costs one BLOB
+//! read, a memory copy out of SQLite's memory map. The file holds about
+//! 1.01x the cached bytes (64 KiB pages, 1 MiB chunks).
 //!
 //! DEVNOTE: a partial write into a partially present chunk rewrites the
 //! chunk's row (read-modify-write of up to `chunk_size` bytes). That is
