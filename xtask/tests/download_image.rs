@@ -261,3 +261,52 @@ fn an_invalid_base_url_is_rejected_redacted() {
     assert!(r.text.contains("--base-url"), "{}", r.text);
     assert!(!r.text.contains("SECRET"), "{}", r.text);
 }
+
+#[test]
+fn downloads_run_jobs_range_requests_in_parallel() {
+    let data = image(10, LEN);
+    let (server, base) = fault_server(&data);
+    // Each request takes a while, so the client's parallel requests overlap.
+    server.set_latency(Duration::from_millis(30));
+    let out = tempfile::tempdir().unwrap();
+    let r = download(&base, out.path(), &[]);
+    assert!(r.ok, "{}", r.text);
+    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    assert_eq!(server.max_in_flight(), 4, "--jobs 4");
+}
+
+#[test]
+fn https_with_a_trusted_ca_works_and_an_untrusted_one_says_tls() {
+    let data = image(11, 5 * PIECE as usize + 7);
+    let server = FaultServer::start_tls().unwrap();
+    server.put_blob(&format!("/vhds/{FILE}"), data.clone());
+    let base = server.url("/vhds");
+    assert!(base.starts_with("https://"), "{base}");
+    let out = tempfile::tempdir().unwrap();
+
+    let r = download(&base, out.path(), &[]);
+    assert!(!r.ok, "{}", r.text);
+    assert!(r.text.contains("TLS"), "{}", r.text);
+
+    let ca = out.path().join("ca.pem");
+    std::fs::write(&ca, server.ca_cert_pem().unwrap()).unwrap();
+    let r = download(&base, out.path(), &["--ca-cert", &ca.display().to_string()]);
+    assert!(r.ok, "{}", r.text);
+    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+}
+
+#[test]
+fn dry_run_contacts_nothing_and_writes_nothing() {
+    let data = image(12, 4096);
+    let (server, base) = fault_server(&data);
+    let out = tempfile::tempdir().unwrap();
+    let r = download(&base, out.path(), &["--dry-run"]);
+    assert!(r.ok, "{}", r.text);
+    assert!(
+        r.text.contains("would download Alpine323X64Vhd"),
+        "{}",
+        r.text
+    );
+    assert_eq!(server.request_count(), 0);
+    assert!(files_in(out.path()).is_empty());
+}

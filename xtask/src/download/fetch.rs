@@ -715,6 +715,30 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_names_the_way_out() {
+        let a = KnownTestArtifacts::Alpine323X64Vhd;
+        let e = io_explain(a, "writing x.part", io::ErrorKind::StorageFull.into()).to_string();
+        assert!(e.contains("Alpine323X64Vhd"), "{e}");
+        assert!(e.contains("no space left"), "{e}");
+        assert!(e.contains("--output-folder"), "{e}");
+        let e = io_explain(a, "writing x.part", io::ErrorKind::PermissionDenied.into()).to_string();
+        assert!(!e.contains("no space left"), "{e}");
+    }
+
+    #[test]
+    fn error_chains_are_flattened_without_repeats() {
+        let inner = io::Error::other("connection reset");
+        let outer = BlobError::Io {
+            context: "GET http://h/a.vhd?<redacted>".into(),
+            source: inner,
+        };
+        assert_eq!(
+            error_chain(&outer),
+            "GET http://h/a.vhd?<redacted>: connection reset"
+        );
+    }
+
+    #[test]
     fn state_round_trips_through_the_sidecar() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.part.json");
