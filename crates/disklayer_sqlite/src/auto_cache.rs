@@ -107,12 +107,13 @@ pub fn key_dir_name(
 /// Creates `dir` (and missing parents) with permissions 0700. An existing
 /// directory is left as it is.
 fn create_private_dir(dir: &Path) -> Result<(), SqliteLayerError> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    // DEVNOTE: elsewhere the directory inherits the ACL of its parent
+    // (on Windows, %LOCALAPPDATA% is already private to the user).
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(dir) {
         Ok(()) if dir.is_dir() => Ok(()),
         Ok(()) => Err(SqliteLayerError::Io {
             path: dir.to_path_buf(),

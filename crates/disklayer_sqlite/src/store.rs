@@ -286,11 +286,11 @@ impl Store {
         let meta = params_to_meta(params);
         validate_meta(&meta).map_err(SqliteLayerError::InvalidParams)?;
         {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
                 .open(path)
                 .map_err(|e| io_err(path, "creating the layer file", e))?;
         }
