@@ -549,6 +549,22 @@ impl Inner {
                     reason: "the server answered 412 Precondition Failed to If-Match with the ETag seen at open".into(),
                 }));
             }
+            StatusCode::RANGE_NOT_SATISFIABLE
+                if header_str(headers, header::CONTENT_RANGE)
+                    .and_then(parse_content_range_total)
+                    .is_some_and(|total| total != self.len) =>
+            {
+                let total = header_str(headers, header::CONTENT_RANGE)
+                    .and_then(parse_content_range_total)
+                    .unwrap_or_default();
+                return Err(Failure::fatal(BlobError::ImageChanged {
+                    url,
+                    reason: format!(
+                        "the server answered 416: its length is now {total} bytes, it was {} at open",
+                        self.len
+                    ),
+                }));
+            }
             s => return Err(status_failure(s, headers, url, "GET")),
         }
         if let Some(reason) = self.changed_validators(headers) {
@@ -1525,6 +1541,16 @@ mod tests {
         assert!((4..=8).contains(&o.max_connections));
         assert_eq!(o.max_redirects, 5);
         assert!(o.webpki_roots && !o.native_roots);
+    }
+
+    #[tokio::test]
+    async fn native_roots_load_without_webpki() {
+        let opts = HttpBlobOptions {
+            webpki_roots: false,
+            native_roots: true,
+            ..Default::default()
+        };
+        tls_config(&opts).await.unwrap();
     }
 
     #[tokio::test]

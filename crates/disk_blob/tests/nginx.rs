@@ -224,3 +224,42 @@ async fn measure_throughput_vs_curl() {
         );
     }
 }
+
+/// With no ETag (nginx `etag off`), reads are pinned with `If-Range:
+/// <Last-Modified>`: nginx answers a changed file with 200 and the whole
+/// file, which must be reported as a changed image, not served.
+#[tokio::test]
+async fn nginx_without_etag_pins_with_if_range() {
+    if require_tool("nginx").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("y.img");
+    let data = random_bytes(5, 256 * 1024);
+    std::fs::write(&path, &data).unwrap();
+    let nginx = NginxServer::start(
+        blob_test_servers::NginxConfig::static_dir(dir.path()).location_extra("etag off;"),
+    )
+    .unwrap();
+    let blob = HttpBlob::open(&nginx.url("/y.img"), HttpBlobOptions::default())
+        .await
+        .unwrap();
+    let v = blob.validators();
+    assert_eq!(v.etag, None);
+    assert!(v.last_modified.is_some());
+    let mut buf = vec![0u8; 1000];
+    blob.read(&mut buf, 5000).await.unwrap();
+    assert!(buf == data[5000..6000]);
+
+    let tmp = dir.path().join("y.img.new");
+    std::fs::write(&tmp, random_bytes(6, 256 * 1024)).unwrap();
+    let f = std::fs::File::options().write(true).open(&tmp).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(10))
+        .unwrap();
+    drop(f);
+    std::fs::rename(&tmp, &path).unwrap();
+
+    let err = blob.read(&mut buf, 5000).await.unwrap_err();
+    assert!(err.is_image_changed(), "{err:?}");
+    assert!(err.to_string().contains("Last-Modified"), "{err}");
+}

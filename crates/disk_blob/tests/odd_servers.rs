@@ -261,3 +261,20 @@ async fn bad_redirects_are_errors() {
     assert!(matches!(e, BlobError::BadRedirect { .. }), "{e:?}");
     assert!(!e.to_string().contains("SECRET"), "{e}");
 }
+
+#[tokio::test]
+async fn shrunk_blob_416_is_image_changed() {
+    let server = CannedServer::start(|head| {
+        if head.starts_with("HEAD") {
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n"
+                .to_vec();
+        }
+        b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */50000\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+    })
+    .await;
+    let blob = HttpBlob::open(&server.url, opts()).await.unwrap();
+    let mut buf = vec![0u8; 10];
+    let e = blob.read(&mut buf, 60_000).await.unwrap_err();
+    assert!(e.is_image_changed(), "{e:?}");
+    assert!(e.to_string().contains("50000"), "{e}");
+}
