@@ -113,13 +113,15 @@ fn create_private_dir(dir: &Path) -> Result<(), SqliteLayerError> {
     // (on Windows, %LOCALAPPDATA% is already private to the user).
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    let not_a_dir = || SqliteLayerError::Io {
+        path: dir.to_path_buf(),
+        context: "creating a cache directory".into(),
+        source: std::io::Error::other("it exists and is not a directory"),
+    };
     match builder.create(dir) {
         Ok(()) if dir.is_dir() => Ok(()),
-        Ok(()) => Err(SqliteLayerError::Io {
-            path: dir.to_path_buf(),
-            context: "creating a cache directory".into(),
-            source: std::io::Error::other("exists and is not a directory"),
-        }),
+        Ok(()) => Err(not_a_dir()),
+        Err(_) if dir.exists() && !dir.is_dir() => Err(not_a_dir()),
         Err(source) => Err(SqliteLayerError::Io {
             path: dir.to_path_buf(),
             context: "creating a cache directory".into(),

@@ -232,7 +232,7 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, SqliteLayerErro
     conn.execute_batch(&format!(
         "PRAGMA synchronous=NORMAL; PRAGMA mmap_size={MMAP_SIZE}; PRAGMA cache_size=-16384;"
     ))
-    .map_err(|e| sql_err(path, "configuring the connection", e))?;
+    .map_err(|e| sql_err(path, "opening the database", e))?;
     Ok(conn)
 }
 
