@@ -310,3 +310,53 @@ fn dry_run_contacts_nothing_and_writes_nothing() {
     assert_eq!(server.request_count(), 0);
     assert!(files_in(out.path()).is_empty());
 }
+
+#[test]
+fn ctrl_c_keeps_the_progress_and_says_how_to_resume() {
+    let data = image(13, LEN);
+    let (server, base) = fault_server(&data);
+    server.add_fault(
+        FaultRule::new(
+            Fault::StallBody {
+                after: Some(0),
+                duration: Duration::from_secs(600),
+            },
+            Times::Always,
+        )
+        .method(Method::GET)
+        .skip(5),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = download_cmd();
+    let mut args = small_args(&base, out.path());
+    let jobs = args.iter().position(|a| a == "--jobs").unwrap();
+    args[jobs + 1] = "1".into();
+    cmd.args(args)
+        .args(["--artifacts", NAME])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    wait_for_recorded(out.path(), 5 * PIECE, &mut child);
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    assert!(text.contains("resumes"), "{text}");
+    assert_eq!(recorded_bytes(out.path()), 5 * PIECE);
+
+    server.clear_faults();
+    server.reset_stats();
+    let r = download(&base, out.path(), &[]);
+    assert!(r.ok, "{}", r.text);
+    assert_eq!(server.bytes_served(), LEN as u64 - 5 * PIECE);
+    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+}

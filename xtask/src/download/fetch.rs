@@ -184,6 +184,28 @@ pub(crate) struct FetchOptions {
     pub stop_after_bytes: Option<u64>,
     /// Extra trusted root certificates (PEM), for test servers.
     pub extra_roots: Vec<Vec<u8>>,
+    /// Becomes `true` when the user interrupts (Ctrl-C): the download
+    /// checkpoints its progress and stops.
+    pub cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The user interrupted the download; progress was kept.
+#[derive(Debug)]
+pub(crate) struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Resolves once `cancel` is `true`; never if its sender is gone.
+async fn cancelled(cancel: &mut tokio::sync::watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// One image to fetch.
@@ -214,6 +236,7 @@ enum PieceError {
     Blob(BlobError),
     Io(io::Error),
     Stopped(u64),
+    Interrupted,
 }
 
 /// Downloads `job` to its target, resuming a matching `.part`.
@@ -226,8 +249,12 @@ pub(crate) async fn fetch(
     let redacted = url_redact::redact_url(job.url);
     let mut restarts = 0;
     let mut fetched_total = 0;
+    let mut cancel = opts.cancel.clone();
     loop {
-        let blob = open(job, opts).await?;
+        let blob = tokio::select! {
+            blob = open(job, opts) => blob?,
+            _ = cancelled(&mut cancel) => return Err(explain(job, &redacted, PieceError::Interrupted)),
+        };
         let len = blob.len();
         if let Some(expected) = job.expected_size
             && expected != len
@@ -391,8 +418,10 @@ async fn run_pieces(
     // Ranges written but not yet synced and recorded.
     let mut pending: Vec<(u64, u64)> = Vec::new();
     let mut fetched = 0u64;
+    let mut cancel = opts.cancel.clone();
     let outcome = loop {
         tokio::select! {
+            _ = cancelled(&mut cancel) => break Err(PieceError::Interrupted),
             next = stream.next() => match next {
                 None => break Ok(()),
                 Some(Ok((start, end))) => {
@@ -581,6 +610,14 @@ fn explain(job: &Job<'_>, redacted: &str, e: PieceError) -> anyhow::Error {
         String::new()
     };
     match e {
+        PieceError::Interrupted => anyhow::Error::new(Interrupted(format!(
+            "{a}: interrupted{}",
+            if resume.is_empty() {
+                "; nothing was kept"
+            } else {
+                &resume
+            }
+        ))),
         PieceError::Stopped(n) => {
             anyhow::anyhow!("{a}: stopped after fetching {n} bytes (--stop-after-bytes){resume}")
         }

@@ -152,18 +152,21 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
 
     // Skip complete files first, so the total counts only real work.
     let mut todo = Vec::new();
+    let mut failures = Vec::new();
     for a in wanted {
         let dest = out_dir.join(a.file_name());
         match std::fs::metadata(&dest) {
             Ok(meta) if !args.force => {
                 if !args.no_catalog_size_check && meta.len() != a.size() {
-                    bail!(
+                    println!("download-image: {a}: FAILED");
+                    failures.push(anyhow::anyhow!(
                         "{a}: {} exists with {} bytes but the catalog says {}; \
                          it is not the catalog's image (or is damaged): pass --force to replace it",
                         dest.display(),
                         meta.len(),
                         a.size()
-                    );
+                    ));
+                    continue;
                 }
                 println!(
                     "download-image: {a}: {} is already there (--force downloads it again)",
@@ -174,7 +177,7 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
         }
     }
     if todo.is_empty() {
-        return Ok(());
+        return report(failures);
     }
     if args.dry_run {
         for (a, dest) in &todo {
@@ -185,18 +188,31 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
                 dest.display()
             );
         }
-        return Ok(());
+        return report(failures);
     }
 
     let extra_roots = match &args.ca_cert {
         Some(p) => vec![std::fs::read(p).with_context(|| format!("reading {}", p.display()))?],
         None => Vec::new(),
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    // Ctrl-C: the running download checkpoints its progress and stops.
+    let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+    runtime.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = cancel_tx.send(true);
+        }
+    });
     let opts = FetchOptions {
         jobs: usize::from(args.jobs),
         piece_size: args.piece_size,
         stop_after_bytes: args.stop_after_bytes,
         extra_roots,
+        cancel,
     };
     let check_size = !args.no_catalog_size_check;
     println!(
@@ -210,12 +226,6 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
         todo.iter().map(|(a, _)| a.size()).sum(),
         std::io::stdout().is_terminal(),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let mut failures = Vec::new();
     for (a, dest) in todo {
         let url = artifact_url(&base, a.file_name());
         let job = Job {
@@ -236,6 +246,10 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
                     String::new()
                 }
             )),
+            Err(e) if e.is::<fetch::Interrupted>() => {
+                progress.finish();
+                return Err(e);
+            }
             Err(e) => {
                 progress.println(&format!("download-image: {a}: FAILED"));
                 failures.push(e);
@@ -243,6 +257,11 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
         }
     }
     progress.finish();
+    report(failures)
+}
+
+/// Fails with every error, if any.
+fn report(mut failures: Vec<anyhow::Error>) -> Result<()> {
     match failures.len() {
         0 => Ok(()),
         1 => Err(failures.remove(0)),
