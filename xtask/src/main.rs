@@ -14,6 +14,7 @@ use anyhow::Result;
 use clap::Parser;
 use clap::Subcommand;
 
+mod bench;
 mod download;
 mod guest_image;
 mod setup;
@@ -34,6 +35,9 @@ enum Command {
     Test(test::TestArgs),
     /// Install what the tests need, without running anything else.
     Setup,
+    /// Benchmark the lazy disk against curl, cat and nbdkit, side by side
+    /// (release build), and write a markdown report.
+    Bench(bench::BenchArgs),
     /// Guest images for VMM tests.
     #[command(subcommand)]
     GuestTest(GuestTestCommand),
@@ -54,6 +58,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Test(args) => test::run(&root, args),
         Command::Setup => setup::ensure_test_prerequisites(),
+        Command::Bench(args) => bench::run(&root, args),
         Command::GuestTest(GuestTestCommand::BuildImage(args)) => guest_image::run(&root, args),
         Command::GuestTest(GuestTestCommand::DownloadImage(args)) => download::run(&root, args),
     }

@@ -1,0 +1,3 @@
+//! Disk stack benchmark workloads (not yet written).
+
+fn main() {}
