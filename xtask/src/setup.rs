@@ -98,35 +98,58 @@ pub fn ensure_test_prerequisites() -> Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
     // `id -u` avoids unsafe libc calls for a one-off check.
     Command::new("id")
         .arg("-u")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
 
-/// Runs `apt-get update` then `apt-get install` for `packages`.
+/// Whether dpkg has `package` installed.
+fn package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", package])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "installed"
+        })
+}
+
+/// Runs `apt-get update`, then `apt-get install` of those of `packages` that
+/// are not installed yet. One apt-get at a time within this process (tests
+/// may build in parallel); the dpkg lock timeout covers other processes.
 pub fn apt_install(packages: &[&str]) -> Result<()> {
-    println!("xtask setup: apt-get install {}", packages.join(" "));
-    let noninteractive = [("DEBIAN_FRONTEND", "noninteractive")];
-    let status = Command::new("apt-get")
-        .args(["update", "-q"])
-        .envs(noninteractive)
-        .status()
-        .context("running apt-get update")?;
-    if !status.success() {
-        bail!("apt-get update failed ({status})");
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _apt = APT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
     }
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(packages)
-        .envs(noninteractive)
-        .status()
-        .context("running apt-get install")?;
-    if !status.success() {
-        bail!("apt-get install {} failed ({status})", packages.join(" "));
-    }
-    Ok(())
+    println!("xtask setup: apt-get install {}", missing.join(" "));
+    let run = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(["-q", "-o", "DPkg::Lock::Timeout=600"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .with_context(|| format!("running apt-get {} (is this a Debian host?)", args[0]))?;
+        if !status.success() {
+            bail!(
+                "apt-get {} failed ({status}); check the output above and the apt sources",
+                args.join(" ")
+            );
+        }
+        Ok(())
+    };
+    run(&["update"])?;
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend_from_slice(&missing);
+    run(&args)
 }

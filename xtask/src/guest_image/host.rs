@@ -45,14 +45,7 @@ pub struct HostParts {
     pub mke2fs_version: String,
 }
 
-/// Whether this process runs as root.
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
+pub use crate::setup::is_root;
 
 /// The packages among `wanted` (package, proof file) whose proof is missing.
 fn missing<'a>(wanted: &[(&'a str, &str)]) -> Vec<&'a str> {
@@ -84,51 +77,7 @@ pub fn ensure_packages(packages: &[&str], why: &str) -> Result<()> {
             list = packages.join(" ")
         );
     }
-    apt_install(packages)
-}
-
-/// Runs `apt-get update` once, then `apt-get install` of `packages`. Waits
-/// for the dpkg lock (other builds may be installing at the same time).
-fn apt_install(packages: &[&str]) -> Result<()> {
-    // One apt-get at a time within this process (tests build in parallel);
-    // the dpkg lock timeout covers other processes.
-    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _apt = APT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let still_missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| !package_installed(p))
-        .collect();
-    if still_missing.is_empty() {
-        return Ok(());
-    }
-    let packages = &still_missing[..];
-    println!("guest-image: apt-get install {}", packages.join(" "));
-    let run = |args: &[&str]| -> Result<()> {
-        let status = Command::new("apt-get")
-            .args(["-q", "-o", "DPkg::Lock::Timeout=600"])
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .with_context(|| format!("running apt-get {} (is this a Debian host?)", args[0]))?;
-        if !status.success() {
-            bail!(
-                "apt-get {} failed ({status}); check the output above and the apt sources",
-                args.join(" ")
-            );
-        }
-        Ok(())
-    };
-    run(&["update"])?;
-    let mut args = vec!["install", "-y", "--no-install-recommends"];
-    args.extend_from_slice(packages);
-    run(&args)
-}
-
-/// Whether dpkg has `package` installed.
-fn package_installed(package: &str) -> bool {
-    output("dpkg-query", &["-W", "-f=${db:Status-Status}", package])
-        .is_ok_and(|s| s.trim() == "installed")
+    crate::setup::apt_install(packages)
 }
 
 /// Runs `program args` and returns its standard output, failing with the
