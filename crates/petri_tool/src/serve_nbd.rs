@@ -1,0 +1,401 @@
+//! `petri-tool disk serve-nbd`: export an image's disk stack over NBD.
+//!
+//! The stack is the one petri's backends give a test's boot disk, described
+//! by `petri::disk_stack::disk_description` (one rule for layers and for the
+//! format by extension) and opened by `disk_open::open`:
+//! - a URL: `[RAM diff, SQLite auto-cache (read cache), HTTP blob]`; the
+//!   cache lives under `--cache-dir`, else petri's cache directory rule
+//!   (`PETRI_CACHE_DIR`, else the per-user cache folder), so it is shared
+//!   with test runs;
+//! - a path: `[RAM diff, file]`.
+//!
+//! Lifecycle: open the stack, listen on the socket, print one line
+//! `petri-tool: serving <what> (<n> bytes) at <nbd uri>` (scripts and tests
+//! wait for it), serve until SIGINT or SIGTERM, finish the requests in
+//! flight, print the counters (and write them as JSON with
+//! `--counters-json`), remove the socket and exit 0.
+//!
+//! DEVNOTE: `--format` overrides the format the extension implies, except
+//! that a `.vhdx` image is always refused (it cannot be read as either).
+
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::bail;
+use disk_backend::DiskCounters;
+use disk_backend_resources::BlobFormat;
+use disk_backend_resources::LayerKind;
+use disk_backend_resources::LayeredDiskHandle;
+use disk_nbd::NbdServerOptions;
+use disk_nbd::NbdStats;
+use petri::DiskPath;
+use std::path::Path;
+use std::path::PathBuf;
+use url_redact::redact_url;
+
+/// Options of `petri-tool disk serve-nbd`.
+#[derive(clap::Args, Debug)]
+pub struct ServeNbdArgs {
+    /// The image: an http:// or https:// URL (opened lazily with range
+    /// requests) or a local file.
+    #[arg(value_name = "URL_OR_PATH")]
+    source: String,
+    /// The Unix socket to listen on (a stale socket file is replaced).
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    /// The read-cache directory for a URL [default: $PETRI_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/petri or ~/.cache/petri].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// How the image's bytes map to the disk [default: by extension: .vhd and
+    /// .vmgs are fixed VHD1, anything else flat].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    format: Option<FormatArg>,
+    /// Export the disk read-only (clients' writes are refused instead of
+    /// being kept in RAM).
+    #[arg(long)]
+    read_only: bool,
+    /// Also write the final counters as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    counters_json: Option<PathBuf>,
+}
+
+/// `--format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FormatArg {
+    /// The image is the disk, byte for byte.
+    Flat,
+    /// A fixed VHD1: the disk followed by a 512-byte footer.
+    Vhd1,
+}
+
+impl From<FormatArg> for BlobFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Flat => BlobFormat::Flat,
+            FormatArg::Vhd1 => BlobFormat::FixedVhd1,
+        }
+    }
+}
+
+/// What the user named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Url(String),
+    Path(PathBuf),
+}
+
+impl Source {
+    /// A URL if it has an http or https scheme; another scheme is an error;
+    /// anything else is a path.
+    fn parse(text: &str) -> Result<Source> {
+        if let Some((scheme, _)) = text.split_once("://") {
+            let plausible_scheme = !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            if plausible_scheme {
+                return match scheme.to_ascii_lowercase().as_str() {
+                    "http" | "https" => Ok(Source::Url(text.to_owned())),
+                    _ => bail!(
+                        "unsupported URL scheme `{scheme}` in {}: use http(s) or a local path",
+                        redact_url(text)
+                    ),
+                };
+            }
+        }
+        Ok(Source::Path(PathBuf::from(text)))
+    }
+
+    /// Printable form (URL redacted).
+    fn describe(&self) -> String {
+        match self {
+            Source::Url(url) => redact_url(url),
+            Source::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// The stack description for `source` (see the module docs).
+fn describe_stack(
+    source: &Source,
+    cache_dir: Option<&Path>,
+    format: Option<FormatArg>,
+    read_only: bool,
+) -> Result<LayeredDiskHandle> {
+    let disk = petri::Disk::Differencing(match source {
+        Source::Url(url) => DiskPath::Remote { url: url.clone() },
+        Source::Path(p) => DiskPath::Local(p.clone()),
+    });
+    let cache_dir = || match cache_dir {
+        Some(dir) => Ok(dir.to_owned()),
+        None => petri::cache_dir::cache_dir(),
+    };
+    let mut handle = petri::disk_stack::disk_description(&disk, None, cache_dir)
+        .with_context(|| format!("describing the disk stack of {}", source.describe()))?;
+    if let Some(forced) = format {
+        for layer in &mut handle.layers {
+            if let LayerKind::File { format, .. } | LayerKind::Blob { format, .. } =
+                &mut layer.layer
+            {
+                *format = forced.into();
+            }
+        }
+    }
+    handle.read_only = read_only;
+    Ok(handle)
+}
+
+/// Runs the command.
+pub fn run(args: ServeNbdArgs) -> Result<()> {
+    let source = Source::parse(&args.source)?;
+    if let Source::Path(p) = &source {
+        let meta = std::fs::metadata(p).with_context(|| format!("opening {}", p.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a file", p.display());
+        }
+    }
+    let handle = describe_stack(
+        &source,
+        args.cache_dir.as_deref(),
+        args.format,
+        args.read_only,
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(&source, &handle, &args))
+}
+
+async fn serve(source: &Source, handle: &LayeredDiskHandle, args: &ServeNbdArgs) -> Result<()> {
+    // Install the handlers before the ready line, so a signal sent as soon
+    // as it appears is not lost.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+
+    let disk = disk_open::open(handle, &disk_open::OpenOptions::default())
+        .await
+        .with_context(|| format!("opening {}", source.describe()))?;
+    let size = disk.size_bytes();
+    let options = NbdServerOptions {
+        read_only: args.read_only,
+        description: Some(source.describe()),
+        ..Default::default()
+    };
+    let listener = disk_nbd::serve_unix(&args.socket, disk, options)
+        .await
+        .with_context(|| format!("serving NBD on {}", args.socket.display()))?;
+    println!(
+        "petri-tool: serving {} ({size} bytes{}) at {}",
+        source.describe(),
+        if args.read_only { ", read-only" } else { "" },
+        listener.nbd_uri()
+    );
+    if let Some(cache) = handle.layers.iter().find_map(|l| match &l.layer {
+        LayerKind::AutoCacheSqlite { cache_dir, .. } => Some(cache_dir),
+        _ => None,
+    }) {
+        println!("petri-tool: read cache in {}", cache.display());
+    }
+    println!("petri-tool: stop with SIGINT (Ctrl-C) or SIGTERM");
+
+    let signal = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+        // Stopped another way (never today, but do not hang if it happens).
+        _ = listener.closed() => "shutdown",
+    };
+    println!("petri-tool: {signal}: finishing requests in flight");
+    let server = listener.server().clone();
+    let stopped = listener.shutdown().await.context("stopping the NBD server");
+    // Read after every connection finished, so the counters are complete.
+    let counters = server.disk().counters();
+    let nbd = server.stats();
+    print!("{}", format_counters(&source.describe(), &counters, &nbd));
+    if let Some(path) = &args.counters_json {
+        let json = counters_json(&counters, &nbd);
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing the counters to {}", path.display()))?;
+    }
+    stopped
+}
+
+/// The counters as one JSON object (field names of `DiskCounters`, plus
+/// `nbd_*` fields).
+fn counters_json(c: &DiskCounters, nbd: &NbdStats) -> serde_json::Value {
+    serde_json::json!({
+        "remote_requests": c.remote_requests,
+        "remote_bytes_fetched": c.remote_bytes_fetched,
+        "remote_retries": c.remote_retries,
+        "remote_errors": c.remote_errors,
+        "cache_hit_bytes": c.cache_hit_bytes,
+        "cache_miss_bytes": c.cache_miss_bytes,
+        "cache_fill_bytes": c.cache_fill_bytes,
+        "nbd_connections": nbd.connections,
+        "nbd_requests": nbd.requests,
+        "nbd_bytes_read": nbd.bytes_read,
+        "nbd_bytes_written": nbd.bytes_written,
+        "nbd_error_replies": nbd.error_replies,
+    })
+}
+
+/// The counters block printed at exit.
+fn format_counters(what: &str, c: &DiskCounters, nbd: &NbdStats) -> String {
+    format!(
+        "petri-tool: disk counters for {what}\n\
+         \x20 remote: {} bytes fetched in {} requests ({} retries, {} errors)\n\
+         \x20 cache:  {} bytes hit, {} bytes missed, {} bytes filled\n\
+         \x20 nbd:    {} connections, {} requests, {} bytes read, {} bytes written, {} error replies\n",
+        c.remote_bytes_fetched,
+        c.remote_requests,
+        c.remote_retries,
+        c.remote_errors,
+        c.cache_hit_bytes,
+        c.cache_miss_bytes,
+        c.cache_fill_bytes,
+        nbd.connections,
+        nbd.requests,
+        nbd.bytes_read,
+        nbd.bytes_written,
+        nbd.error_replies,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use disk_backend_resources::LayerDescription;
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            Source::parse("https://h/x.vhd?sig=S").unwrap(),
+            Source::Url("https://h/x.vhd?sig=S".into())
+        );
+        assert_eq!(
+            Source::parse("HTTP://h/x").unwrap(),
+            Source::Url("HTTP://h/x".into())
+        );
+        assert_eq!(
+            Source::parse("images/a.vhd").unwrap(),
+            Source::Path("images/a.vhd".into())
+        );
+        // Not a scheme: a path that happens to hold "://".
+        assert_eq!(
+            Source::parse("./odd dir://x").unwrap(),
+            Source::Path("./odd dir://x".into())
+        );
+        let err = Source::parse("ftp://h/x.vhd?sig=SECRET")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ftp"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+        assert_eq!(
+            Source::Url("https://h/x.vhd?sig=SECRET".into()).describe(),
+            "https://h/x.vhd?<redacted>"
+        );
+    }
+
+    #[test]
+    fn url_stack_is_ram_over_auto_cache_over_blob() {
+        let url = "http://127.0.0.1:1/d/img.vhd?sig=S";
+        let handle =
+            describe_stack(&Source::Url(url.into()), Some(Path::new("/c")), None, false).unwrap();
+        assert_eq!(
+            handle.layers,
+            vec![
+                LayerDescription::plain(LayerKind::Ram { len: None }),
+                LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
+                    cache_dir: "/c".into(),
+                    key: None
+                }),
+                LayerDescription::plain(LayerKind::Blob {
+                    url: url.into(),
+                    format: BlobFormat::FixedVhd1
+                }),
+            ]
+        );
+        assert!(!handle.read_only);
+    }
+
+    #[test]
+    fn format_and_read_only_override() {
+        let handle = describe_stack(
+            &Source::Path("/i/disk.vhd".into()),
+            None,
+            Some(FormatArg::Flat),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            handle.layers,
+            vec![
+                LayerDescription::plain(LayerKind::Ram { len: None }),
+                LayerDescription::plain(LayerKind::File {
+                    path: "/i/disk.vhd".into(),
+                    format: BlobFormat::Flat
+                }),
+            ]
+        );
+        assert!(handle.read_only);
+        let handle = describe_stack(
+            &Source::Url("http://h/disk.raw".into()),
+            Some(Path::new("/c")),
+            Some(FormatArg::Vhd1),
+            false,
+        )
+        .unwrap();
+        assert!(matches!(
+            handle.layers[2].layer,
+            LayerKind::Blob {
+                format: BlobFormat::FixedVhd1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn vhdx_is_refused_with_a_redacted_url() {
+        let err = describe_stack(
+            &Source::Url("https://h/w.vhdx?sig=SECRET".into()),
+            Some(Path::new("/c")),
+            Some(FormatArg::Flat),
+            false,
+        )
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("VHDX"), "{text}");
+        assert!(text.contains("w.vhdx?<redacted>"), "{text}");
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+
+    #[test]
+    fn counters_block_and_json() {
+        let c = DiskCounters {
+            remote_requests: 7,
+            remote_bytes_fetched: 3 << 20,
+            cache_hit_bytes: 11,
+            cache_miss_bytes: 3 << 20,
+            cache_fill_bytes: 3 << 20,
+            ..Default::default()
+        };
+        let nbd = NbdStats {
+            connections: 1,
+            requests: 40,
+            bytes_read: 5000,
+            ..Default::default()
+        };
+        let text = format_counters("http://h/x?<redacted>", &c, &nbd);
+        assert!(
+            text.contains("3145728 bytes fetched in 7 requests"),
+            "{text}"
+        );
+        assert!(text.contains("11 bytes hit"), "{text}");
+        assert!(text.contains("1 connections, 40 requests"), "{text}");
+        let json = counters_json(&c, &nbd);
+        assert_eq!(json["remote_bytes_fetched"], 3 << 20);
+        assert_eq!(json["nbd_requests"], 40);
+    }
+}

@@ -1,0 +1,355 @@
+//! `petri-tool disk serve-nbd` as a user runs it: a child process serving
+//! an image from nginx, the fault server or a local file, read by
+//! `qemu-img` and `qemu-io` over the Unix socket, stopped by a signal.
+
+use blob_test_servers::FaultServer;
+use blob_test_servers::NginxServer;
+use blob_test_servers::images::sha256_file;
+use blob_test_servers::images::write_fixed_vhd1;
+use blob_test_servers::images::write_random_file;
+use blob_test_servers::require_tool;
+use std::io::BufRead;
+use std::io::BufReader;
+use std::io::Read;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+
+const TOOL: &str = env!("CARGO_BIN_EXE_petri-tool");
+
+/// A running `serve-nbd` child.
+struct Served {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+    banner: String,
+    uri: String,
+}
+
+/// What the child printed after it stopped.
+struct Stopped {
+    stdout: String,
+    counters: serde_json::Value,
+}
+
+fn serve(source: &str, socket: &Path, extra: &[&str], counters: &Path) -> Served {
+    let mut child = Command::new(TOOL)
+        .args(["disk", "serve-nbd", source, "--socket"])
+        .arg(socket)
+        .arg("--counters-json")
+        .arg(counters)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // The first line says it is serving (or the process failed).
+    let mut banner = String::new();
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let status = child.wait().unwrap();
+            panic!("petri-tool exited ({status}) before serving; output: {banner}");
+        }
+        banner.push_str(&line);
+        if line.starts_with("petri-tool: serving ") {
+            break;
+        }
+    }
+    let uri = banner.rsplit(" at ").next().unwrap().trim().to_string();
+    assert!(uri.starts_with("nbd+unix:///?socket="), "{banner}");
+    Served {
+        child,
+        stdout,
+        banner,
+        uri,
+    }
+}
+
+impl Served {
+    fn stop(mut self, signal: &str, counters: &Path) -> Stopped {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status}; output: {rest}");
+        assert!(rest.contains(&format!("petri-tool: SIG{signal}")), "{rest}");
+        assert!(rest.contains("petri-tool: disk counters for "), "{rest}");
+        let counters = serde_json::from_str(&std::fs::read_to_string(counters).unwrap()).unwrap();
+        Stopped {
+            stdout: rest,
+            counters,
+        }
+    }
+}
+
+fn qemu_img_compare(raw: &Path, uri: &str) {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(raw)
+        .arg(uri)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img compare failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn qemu_io(uri: &str, command: &str) -> std::process::Output {
+    Command::new("qemu-io")
+        .args(["-f", "raw", "-c", command, uri])
+        .output()
+        .unwrap()
+}
+
+fn n(v: &serde_json::Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {v}"))
+}
+
+fn files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("nbd.sock"),
+        dir.join("cache"),
+        dir.join("counters.json"),
+    )
+}
+
+#[test]
+fn remote_flat_image_streams_once_and_the_warm_run_fetches_nothing() {
+    if require_tool("qemu-img").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    let len = 6 << 20;
+    write_random_file(&image, 11, len).unwrap();
+    let server = FaultServer::start().unwrap();
+    let url = server.put_file("/images/disk.raw", &image).unwrap();
+    let _ = url;
+    let url = format!("{}?sv=2024&sig=SECRET", server.url("/images/disk.raw"));
+    let (socket, cache, counters) = files(dir.path());
+    let cache_arg = cache.to_str().unwrap();
+
+    // Cold: every byte comes from the server once, into the cache.
+    let served = serve(&url, &socket, &["--cache-dir", cache_arg], &counters);
+    assert!(
+        served.banner.contains(&format!("({len} bytes)")),
+        "{}",
+        served.banner
+    );
+    assert!(!served.banner.contains("SECRET"), "{}", served.banner);
+    assert!(
+        served.banner.contains("disk.raw?<redacted>"),
+        "{}",
+        served.banner
+    );
+    qemu_img_compare(&image, &served.uri);
+    let cold = served.stop("TERM", &counters);
+    assert!(!cold.stdout.contains("SECRET"), "{}", cold.stdout);
+    assert!(cold.stdout.contains("bytes fetched in"), "{}", cold.stdout);
+    assert!(
+        n(&cold.counters, "remote_bytes_fetched") >= len,
+        "{}",
+        cold.counters
+    );
+    assert!(
+        n(&cold.counters, "cache_fill_bytes") >= len,
+        "{}",
+        cold.counters
+    );
+    assert!(
+        n(&cold.counters, "nbd_bytes_read") >= len,
+        "{}",
+        cold.counters
+    );
+    assert!(!socket.exists(), "the socket file is removed at exit");
+
+    // Warm, same cache: only the validating HEAD goes to the server.
+    server.reset_stats();
+    let served = serve(&url, &socket, &["--cache-dir", cache_arg], &counters);
+    qemu_img_compare(&image, &served.uri);
+    let warm = served.stop("INT", &counters);
+    assert_eq!(
+        n(&warm.counters, "remote_bytes_fetched"),
+        0,
+        "{}",
+        warm.counters
+    );
+    assert!(
+        n(&warm.counters, "cache_hit_bytes") >= len,
+        "{}",
+        warm.counters
+    );
+    assert_eq!(n(&warm.counters, "remote_requests"), server.request_count());
+    assert!(server.bytes_served() == 0, "{}", server.bytes_served());
+}
+
+#[test]
+fn remote_vhd_from_nginx_keeps_writes_in_ram() {
+    if require_tool("qemu-img").is_none()
+        || require_tool("qemu-io").is_none()
+        || require_tool("nginx").is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let disk_size = 4 << 20;
+    let vhd = www.join("guest.vhd");
+    write_fixed_vhd1(&vhd, 12, disk_size, *b"petri-tool-vhd-1").unwrap();
+    let raw = dir.path().join("guest.raw");
+    write_random_file(&raw, 12, disk_size).unwrap();
+    let vhd_hash = sha256_file(&vhd).unwrap();
+    let nginx = NginxServer::serve_dir(&www).unwrap();
+    let (socket, cache, counters) = files(dir.path());
+    let cache_arg = cache.to_str().unwrap();
+
+    let served = serve(
+        &nginx.url("/guest.vhd"),
+        &socket,
+        &["--cache-dir", cache_arg],
+        &counters,
+    );
+    assert!(served.banner.contains(&format!("({disk_size} bytes)")));
+    // The export is the disk without the footer.
+    qemu_img_compare(&raw, &served.uri);
+    // A client's write lands in the RAM layer: it reads back...
+    let out = qemu_io(&served.uri, "write -P 0xab 65536 65536");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = qemu_io(&served.uri, "read -P 0xab 65536 65536");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    served.stop("TERM", &counters);
+
+    // ...but never reaches the image or the cache: a new server over the
+    // same cache shows the original bytes, fetching nothing.
+    assert_eq!(sha256_file(&vhd).unwrap(), vhd_hash);
+    let served = serve(
+        &nginx.url("/guest.vhd"),
+        &socket,
+        &["--cache-dir", cache_arg],
+        &counters,
+    );
+    qemu_img_compare(&raw, &served.uri);
+    let warm = served.stop("TERM", &counters);
+    assert_eq!(
+        n(&warm.counters, "remote_bytes_fetched"),
+        0,
+        "{}",
+        warm.counters
+    );
+}
+
+#[test]
+fn local_file_read_only_export_refuses_writes() {
+    if require_tool("qemu-img").is_none() || require_tool("qemu-io").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("local.img");
+    write_random_file(&image, 13, 2 << 20).unwrap();
+    let hash = sha256_file(&image).unwrap();
+    let (socket, _cache, counters) = files(dir.path());
+
+    let served = serve(
+        image.to_str().unwrap(),
+        &socket,
+        &["--read-only"],
+        &counters,
+    );
+    assert!(served.banner.contains("read-only"), "{}", served.banner);
+    assert!(!served.banner.contains("read cache"), "{}", served.banner);
+    qemu_img_compare(&image, &served.uri);
+    let out = qemu_io(&served.uri, "write -P 0xcd 0 4096");
+    assert!(
+        !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("wrote"),
+        "a write to a read-only export succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stopped = served.stop("TERM", &counters);
+    assert_eq!(n(&stopped.counters, "remote_requests"), 0);
+    assert_eq!(n(&stopped.counters, "nbd_bytes_written"), 0);
+    assert_eq!(sha256_file(&image).unwrap(), hash);
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(TOOL).args(args).output().unwrap();
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn clear_errors_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let socket = socket.to_str().unwrap();
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+
+    let err = fails(&[
+        "disk",
+        "serve-nbd",
+        "/no/such/image.vhd",
+        "--socket",
+        socket,
+    ]);
+    assert!(err.contains("/no/such/image.vhd"), "{err}");
+
+    let err = fails(&[
+        "disk",
+        "serve-nbd",
+        "ftp://h/x.vhd?sig=SECRET",
+        "--socket",
+        socket,
+    ]);
+    assert!(err.contains("unsupported URL scheme"), "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
+
+    let server = FaultServer::start().unwrap();
+    let url = format!("{}?sig=SECRET", server.url("/missing.vhd"));
+    let err = fails(&[
+        "disk",
+        "serve-nbd",
+        &url,
+        "--socket",
+        socket,
+        "--cache-dir",
+        cache,
+    ]);
+    assert!(err.contains("missing.vhd?<redacted>"), "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
+
+    let err = fails(&[
+        "disk",
+        "serve-nbd",
+        "https://h/win.vhdx?sig=SECRET",
+        "--socket",
+        socket,
+        "--cache-dir",
+        cache,
+    ]);
+    assert!(err.contains("VHDX"), "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
+    assert!(!Path::new(socket).exists());
+}
