@@ -734,3 +734,28 @@ fn reads_are_consistent_while_layout_changes() {
     stop.store(true, Ordering::SeqCst);
     assert!(reader.join().unwrap() >= 100);
 }
+
+/// 4 KiB sectors: the bitmap, compact data and reads work in sectors of
+/// the file's size, not 512 bytes.
+#[tokio::test]
+async fn four_kib_sectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.dbhd");
+    let p = FormatParams {
+        chunk_size: 65536,
+        ..FormatParams::new(40, 4096)
+    };
+    let layer = SqliteDiskLayer::create(&path, &p).unwrap();
+    let data = pattern(44, 5 * 4096);
+    layer.write_sectors(14, &data, true, false).await.unwrap();
+    drop(layer);
+    let layer = SqliteDiskLayer::open(&path, true).unwrap();
+    assert_eq!(layer.geometry().sector_size, 4096);
+    assert_eq!(layer.preferred_fill_sectors(), Some(16));
+    let mut buf = vec![0u8; 40 * 4096];
+    let p = layer.read_sectors(0, &mut buf).await.unwrap();
+    assert_eq!(p.present_runs(), vec![(14, 5)]);
+    assert_eq!(&buf[14 * 4096..19 * 4096], &data[..]);
+    let mut odd = vec![0u8; 512];
+    assert!(layer.read_sectors(0, &mut odd).await.is_err());
+}
