@@ -1,15 +1,18 @@
 //! The backend trait and the VM builder a test receives.
 //!
-//! A backend is one VMM (OpenVMM, Hyper-V, later QEMU). It states whether
+//! A backend is one VMM (OpenVMM, Hyper-V, QEMU). It states whether
 //! this host can run it ([`PetriVmmBackend::host_support`]), how far it
 //! accepts remote artifacts ([`PetriVmmBackend::REMOTE_ACCESS`]), and how
 //! a VM model [`Drive`] becomes its own drive configuration
 //! ([`PetriVmmBackend::translate_drive`]). The builder collects the model;
 //! [`PetriVmBuilder::prepare`] translates it, [`PetriVmBuilder::run`]
-//! launches it.
+//! launches it, and the test drives the running VM through [`PetriVm`]
+//! (console markers, disk counters, exit), which forwards to the
+//! backend's [`VmHandle`].
 
 use crate::MachineArch;
 use crate::PetriTestParams;
+use crate::disk_stack::DiskCounters;
 use crate::vm::Drive;
 use crate::vm::Firmware;
 use petri_artifacts_core::ErasedArtifactHandle;
@@ -17,6 +20,8 @@ use petri_artifacts_core::RemoteAccess;
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Whether this host can run something, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +63,7 @@ pub trait PetriVmmBackend: Sized + Send + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// A running VM.
-    type Vm: Send;
+    type Vm: VmHandle;
 
     /// Whether this host can run the backend. Tests of an unsupported
     /// backend are listed as ignored with the reason.
@@ -67,6 +72,10 @@ pub trait PetriVmmBackend: Sized + Send + 'static {
     /// Creates the backend for one test.
     fn new(params: &PetriTestParams) -> Result<Self, Self::Error>;
 
+    /// Makes remote disks cache their blocks in `dir` instead of the
+    /// directory from the [cache directory rule](crate::cache_dir).
+    fn set_cache_dir(&mut self, dir: PathBuf);
+
     /// Translates one drive of the VM model.
     fn translate_drive(&self, drive: &Drive) -> Result<Self::DriveConfig, Self::Error>;
 
@@ -74,8 +83,57 @@ pub trait PetriVmmBackend: Sized + Send + 'static {
     fn launch(vm: PreparedVm<Self>) -> impl Future<Output = Result<Self::Vm, Self::Error>> + Send;
 }
 
-/// The command that downloads `artifact` for local use, if the catalog
-/// knows it.
+/// What a test can do with a running VM, whatever the backend.
+pub trait VmHandle: Send {
+    /// Waits until a console line contains `needle` and returns that line.
+    /// Lines seen by earlier calls are not matched again. Fails on timeout
+    /// or when the console closes first; the error carries the console
+    /// tail.
+    fn wait_for_console_line(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = anyhow::Result<String>> + Send;
+
+    /// Everything the console printed so far.
+    fn console_text(&self) -> String;
+
+    /// The boot disk's counters, if the backend opened the disk itself.
+    fn boot_disk_counters(&self) -> Option<DiskCounters>;
+
+    /// Waits for the VM to stop (the guest powers off) and returns the
+    /// VMM's exit code; kills it on timeout and fails.
+    fn wait_for_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> impl Future<Output = anyhow::Result<Option<i32>>> + Send;
+}
+
+/// Backends that cannot launch have no VMs.
+impl VmHandle for std::convert::Infallible {
+    async fn wait_for_console_line(
+        &mut self,
+        _needle: &str,
+        _timeout: Duration,
+    ) -> anyhow::Result<String> {
+        match *self {}
+    }
+
+    fn console_text(&self) -> String {
+        match *self {}
+    }
+
+    fn boot_disk_counters(&self) -> Option<DiskCounters> {
+        match *self {}
+    }
+
+    async fn wait_for_exit(&mut self, _timeout: Duration) -> anyhow::Result<Option<i32>> {
+        match *self {}
+    }
+}
+
+/// The command that puts `artifact` into the local images folder
+/// (download or build), if the catalog knows it.
 pub fn download_command(artifact: ErasedArtifactHandle) -> Option<String> {
     vmm_test_images::KnownTestArtifacts::from_handle(artifact).map(|known| known.download_command())
 }
@@ -86,7 +144,7 @@ pub(crate) fn describe_artifact(artifact: Option<ErasedArtifactHandle>) -> Strin
     match artifact {
         None => "the disk".to_owned(),
         Some(handle) => match download_command(handle) {
-            Some(cmd) => format!("artifact {} (download it with `{cmd}`)", handle.name()),
+            Some(cmd) => format!("artifact {} (get it locally with `{cmd}`)", handle.name()),
             None => format!(
                 "artifact {} (place it in the local images folder)",
                 handle.name()
@@ -102,6 +160,20 @@ pub struct PetriVmBuilder<B: PetriVmmBackend> {
     firmware: Firmware,
     arch: MachineArch,
     drives: Vec<Drive>,
+    kernel_cmdline: Vec<String>,
+}
+
+impl<B: PetriVmmBackend + Clone> Clone for PetriVmBuilder<B> {
+    fn clone(&self) -> Self {
+        Self {
+            backend: self.backend.clone(),
+            params: self.params.clone(),
+            firmware: self.firmware.clone(),
+            arch: self.arch,
+            drives: self.drives.clone(),
+            kernel_cmdline: self.kernel_cmdline.clone(),
+        }
+    }
 }
 
 impl<B: PetriVmmBackend> fmt::Debug for PetriVmBuilder<B> {
@@ -112,6 +184,7 @@ impl<B: PetriVmmBackend> fmt::Debug for PetriVmBuilder<B> {
             .field("firmware", &self.firmware)
             .field("arch", &self.arch)
             .field("drives", &self.drives)
+            .field("kernel_cmdline", &self.kernel_cmdline)
             .finish()
     }
 }
@@ -125,7 +198,24 @@ impl<B: PetriVmmBackend> PetriVmBuilder<B> {
             firmware,
             arch,
             drives: Vec::new(),
+            kernel_cmdline: Vec::new(),
         }
+    }
+
+    /// Appends `args` (space-separated) to the kernel command line of a
+    /// linux-direct boot, e.g. `petri.steps=write-scratch`. Backends
+    /// without direct boot ignore it.
+    pub fn with_kernel_cmdline(mut self, args: impl Into<String>) -> Self {
+        self.kernel_cmdline.push(args.into());
+        self
+    }
+
+    /// Caches remote disk blocks in `dir` instead of the directory from
+    /// the [cache directory rule](crate::cache_dir) (tests use a fresh
+    /// directory per test instead of changing `PETRI_CACHE_DIR`).
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.backend.set_cache_dir(dir.into());
+        self
     }
 
     /// Adds a drive after the boot drive.
@@ -172,6 +262,7 @@ impl<B: PetriVmmBackend> PetriVmBuilder<B> {
             arch: self.arch,
             boot_drive,
             drives,
+            kernel_cmdline: self.kernel_cmdline.join(" "),
         })
     }
 
@@ -197,6 +288,8 @@ pub struct PreparedVm<B: PetriVmmBackend> {
     pub boot_drive: Option<B::DriveConfig>,
     /// The translated additional drives.
     pub drives: Vec<B::DriveConfig>,
+    /// Extra kernel command-line arguments for a linux-direct boot.
+    pub kernel_cmdline: String,
 }
 
 impl<B: PetriVmmBackend> fmt::Debug for PreparedVm<B> {
@@ -220,5 +313,41 @@ impl<B: PetriVmmBackend> PetriVm<B> {
     /// The backend's VM object.
     pub fn inner(&self) -> &B::Vm {
         &self.inner
+    }
+
+    /// The backend's VM object, mutably.
+    pub fn inner_mut(&mut self) -> &mut B::Vm {
+        &mut self.inner
+    }
+
+    /// The backend's VM object.
+    pub fn into_inner(self) -> B::Vm {
+        self.inner
+    }
+
+    /// Waits until a console line contains `needle`; see
+    /// [`VmHandle::wait_for_console_line`].
+    pub async fn wait_for_console_line(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.inner.wait_for_console_line(needle, timeout).await
+    }
+
+    /// Everything the console printed so far.
+    pub fn console_text(&self) -> String {
+        self.inner.console_text()
+    }
+
+    /// The boot disk's counters (bytes fetched, requests, cache hits), if
+    /// the backend opened the disk itself.
+    pub fn boot_disk_counters(&self) -> Option<DiskCounters> {
+        self.inner.boot_disk_counters()
+    }
+
+    /// Waits for the VM to stop; see [`VmHandle::wait_for_exit`].
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        self.inner.wait_for_exit(timeout).await
     }
 }

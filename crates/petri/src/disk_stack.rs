@@ -22,13 +22,24 @@
 //! server's validator (ETag, else Last-Modified and length) from the HEAD
 //! response, so a replaced image never serves stale cached blocks.
 //!
-//! Invariant: no I/O. The cache directory is looked up (through the
+//! Describing does no I/O: the cache directory is looked up (through the
 //! closure the caller passes) only for a remote disk.
+//!
+//! Opening ([`open_drive`], [`open_description`]) is the one place a
+//! backend turns a description into a live [`disk_backend::Disk`], through
+//! `disk_open::open`; the OpenVMM backend and the QEMU backend (which
+//! exports the opened disk over NBD) both use it, so they open the very
+//! same stack. The result, an [`OpenedDisk`], keeps the description next
+//! to the live disk and hands out its [`DiskCounters`] (bytes fetched,
+//! requests, cache hits), so a test can assert that a second open on a
+//! warm cache fetched nothing.
 
 use crate::backend::describe_artifact;
 use crate::cache_dir::CacheDirError;
 use crate::vm::Disk;
 use crate::vm::DiskPath;
+use crate::vm::Drive;
+pub use disk_backend::DiskCounters;
 use disk_backend_resources::BlobFormat;
 use disk_backend_resources::LayerDescription;
 use disk_backend_resources::LayerKind;
@@ -56,6 +67,117 @@ pub enum DiskStackError {
     /// No cache directory for the remote disk's read cache.
     #[error("no cache directory for the remote disk read cache")]
     CacheDir(#[from] CacheDirError),
+    /// The described stack could not be opened.
+    #[error("cannot open {location} for {artifact}")]
+    Open {
+        /// The bottom layer's file or URL (redacted).
+        location: String,
+        /// The artifact and how to get it locally.
+        artifact: String,
+        /// The cause.
+        #[source]
+        source: disk_open::OpenError,
+    },
+}
+
+/// Settings for opening a stack (HTTP client options, cache chunk size).
+pub use disk_open::OpenOptions;
+
+/// A disk stack opened into a live disk, with the description it came
+/// from.
+#[derive(Clone)]
+pub struct OpenedDisk {
+    disk: disk_backend::Disk,
+    description: LayeredDiskHandle,
+}
+
+impl std::fmt::Debug for OpenedDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedDisk")
+            .field("description", &self.description)
+            .field("size_bytes", &self.disk.size_bytes())
+            .field("counters", &self.disk.counters())
+            .finish()
+    }
+}
+
+impl OpenedDisk {
+    /// The live disk (a cheap handle; clones share the stack).
+    pub fn disk(&self) -> &disk_backend::Disk {
+        &self.disk
+    }
+
+    /// The description the disk was opened from.
+    pub fn description(&self) -> &LayeredDiskHandle {
+        &self.description
+    }
+
+    /// Where the disk's data came from so far: requests and bytes fetched
+    /// from the remote store, read-cache hits, misses and fills.
+    pub fn counters(&self) -> DiskCounters {
+        self.disk.counters()
+    }
+
+    /// Where the bottom layer is: a file path or the URL with its query
+    /// redacted. Safe to log.
+    pub fn location(&self) -> String {
+        bottom_location(&self.description)
+    }
+}
+
+fn bottom_location(handle: &LayeredDiskHandle) -> String {
+    match handle.layers.last().map(|l| &l.layer) {
+        Some(LayerKind::Blob { url, .. }) => redact_url(url),
+        Some(LayerKind::File { path, .. }) => path.display().to_string(),
+        Some(LayerKind::Sqlite { path, .. }) => path.display().to_string(),
+        Some(LayerKind::Ram { .. }) => "a RAM disk".to_owned(),
+        Some(LayerKind::AutoCacheSqlite { .. }) | None => "a disk stack".to_owned(),
+    }
+}
+
+/// Opens a described stack. `artifact` names the image in errors.
+pub async fn open_description(
+    description: LayeredDiskHandle,
+    artifact: Option<ErasedArtifactHandle>,
+    options: &OpenOptions,
+) -> Result<OpenedDisk, DiskStackError> {
+    match disk_open::open(&description, options).await {
+        Ok(disk) => {
+            tracing::debug!(
+                location = %bottom_location(&description),
+                size = disk.size_bytes(),
+                "opened disk stack"
+            );
+            Ok(OpenedDisk { disk, description })
+        }
+        Err(source) => Err(DiskStackError::Open {
+            location: bottom_location(&description),
+            artifact: describe_artifact(artifact),
+            source,
+        }),
+    }
+}
+
+/// Describes and opens the disk of `drive`, caching remote blocks in
+/// `cache_dir` (or the directory from the [cache directory
+/// rule](crate::cache_dir) when `None`). Returns `None` for an empty
+/// drive. A DVD is opened read-only.
+pub async fn open_drive(
+    drive: &Drive,
+    cache_dir: Option<&Path>,
+    options: &OpenOptions,
+) -> Result<Option<OpenedDisk>, DiskStackError> {
+    let Some(disk) = &drive.disk else {
+        return Ok(None);
+    };
+    let mut description = disk_description(disk, drive.artifact, || match cache_dir {
+        Some(dir) => Ok(dir.to_owned()),
+        None => crate::cache_dir::cache_dir(),
+    })?;
+    description.read_only = drive.is_dvd;
+    open_description(description, drive.artifact, options)
+        .await
+        .map(Some)
 }
 
 /// An unsupported image format found by [`blob_format`].

@@ -50,6 +50,43 @@ pub const LIST_REQUIRED_ARTIFACTS_FLAG: &str = "--list-required-artifacts";
 /// The variable that tolerates failures of unstable tests.
 pub const PETRI_IGNORE_UNSTABLE_FAILURES: &str = "PETRI_IGNORE_UNSTABLE_FAILURES";
 
+/// An error a test returns to be reported as ignored, with `reason`,
+/// instead of failed.
+///
+/// For tests that need something this machine may lack and that only the
+/// test itself can check (for example the petri test guest images, built
+/// by `cargo xtask guest-test build-image`). Under `CI=true` a test should
+/// fail instead of skipping; [`SkipTest::or_fail_under_ci`] applies that
+/// rule.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("skipped: {reason}")]
+pub struct SkipTest {
+    /// Why the test did not run.
+    pub reason: String,
+}
+
+impl SkipTest {
+    /// A skip with `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+
+    /// A skip with `reason`, unless `CI` is `true`, where the missing
+    /// prerequisite is a plain error (never a silent skip in CI).
+    pub fn or_fail_under_ci(reason: impl Into<String>) -> anyhow::Error {
+        let reason = reason.into();
+        let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        if ci {
+            anyhow::anyhow!("{reason} (CI=true, so this fails instead of skipping)")
+        } else {
+            eprintln!("skipping: {reason}");
+            SkipTest::new(reason).into()
+        }
+    }
+}
+
 /// What a test's run function receives from the harness.
 #[derive(Debug, Clone)]
 pub struct PetriTestParams {
@@ -479,7 +516,12 @@ where
     }));
     let failure = match outcome {
         Ok(Ok(())) => return Ok(Completion::Completed),
-        Ok(Err(err)) => error_report(&err),
+        Ok(Err(err)) => {
+            if let Some(skip) = err.chain().find_map(|e| e.downcast_ref::<SkipTest>()) {
+                return Ok(Completion::ignored_with(skip.reason.clone()));
+            }
+            error_report(&err)
+        }
         Err(payload) => format!("test panicked: {}", panic_message(payload.as_ref())),
     };
     match &test.case.unstable {
@@ -774,6 +816,21 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn skip_errors_become_runtime_ignores() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("VMGS_WITH_16K_TPM"), b"x").unwrap();
+        let case = simple("s", |_| {
+            Err(anyhow::Error::new(SkipTest::new("no test guest here")).context("booting"))
+        });
+        match run_in(dir.path(), case, env()) {
+            Ok(Completion::Ignored { reason }) => {
+                assert_eq!(reason.as_deref(), Some("no test guest here"))
+            }
+            _ => panic!("expected a runtime ignore"),
+        }
     }
 
     #[test]

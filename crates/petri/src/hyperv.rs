@@ -109,7 +109,7 @@ pub fn translate_disk(
 }
 
 /// The Hyper-V backend.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct HyperVPetriBackend {
     _private: (),
 }
@@ -138,6 +138,10 @@ impl PetriVmmBackend for HyperVPetriBackend {
 
     fn new(_params: &PetriTestParams) -> Result<Self, HyperVError> {
         Ok(Self::default())
+    }
+
+    fn set_cache_dir(&mut self, _dir: PathBuf) {
+        // Hyper-V reads local files only; there is nothing to cache.
     }
 
     fn translate_drive(&self, drive: &Drive) -> Result<HyperVDrive, HyperVError> {

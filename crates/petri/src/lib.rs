@@ -16,7 +16,12 @@
 //!   layer stack (RAM diff, SQLite auto-cache in the [`cache_dir`], HTTP
 //!   blob) described as plain data ([`disk_backend_resources`]) by the
 //!   backend-neutral [`disk_stack`] module. Tests allow remote images
-//!   ([`RemoteAccess::Allow`]).
+//!   ([`RemoteAccess::Allow`]). [`openvmm::OpenVmmPetriBackend::open_drive`]
+//!   opens such a stack for real (OpenVMM itself cannot run here).
+//! - [`qemu::QemuPetriBackend`]: really boots linux-direct guests under
+//!   QEMU; the same stack is opened in this process and exported to QEMU
+//!   over NBD, so a test can read the disk's [`DiskCounters`] (bytes
+//!   fetched, requests, cache hits) through [`PetriVm`].
 //!
 //! Invariants:
 //!
@@ -24,12 +29,14 @@
 //!   collecting phase: no network, no resolution.
 //! - A test its host cannot run is listed as ignored with the reason, never
 //!   hidden and never failed.
-//! - Backends translate descriptions; nothing here opens a disk or launches
-//!   a VMM process that this host cannot run.
+//! - Backends translate descriptions; disks are opened only through
+//!   [`disk_stack::open_description`], and no VMM process is launched that
+//!   this host cannot run.
 //! - URLs are printed only through [`RedactedUrl`] (query redacted).
 //!
-//! FUTURE: a QEMU backend (one more [`PetriVmmBackend`] impl and one row
-//! in the macro's VMM table) that really boots guests.
+//! A test whose artifacts are not available can skip itself at run time
+//! by returning a [`SkipTest`] error (the harness reports it as ignored
+//! with the reason); see [`SkipTest`] for when that is appropriate.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +46,7 @@ pub mod disk_stack;
 mod harness;
 pub mod hyperv;
 pub mod openvmm;
+pub mod qemu;
 mod vm;
 
 pub use backend::HostSupport;
@@ -46,13 +54,16 @@ pub use backend::PetriVm;
 pub use backend::PetriVmBuilder;
 pub use backend::PetriVmmBackend;
 pub use backend::PreparedVm;
+pub use backend::VmHandle;
 pub use backend::download_command;
+pub use disk_stack::DiskCounters;
 pub use harness::HarnessEnv;
 pub use harness::HostRequirements;
 pub use harness::LIST_REQUIRED_ARTIFACTS_FLAG;
 pub use harness::NamedTestCase;
 pub use harness::PETRI_IGNORE_UNSTABLE_FAILURES;
 pub use harness::PetriTestParams;
+pub use harness::SkipTest;
 pub use harness::TestCase;
 pub use harness::TestCaseRegistration;
 pub use harness::block_on;
@@ -69,6 +80,7 @@ pub use vm::Disk;
 pub use vm::DiskPath;
 pub use vm::Drive;
 pub use vm::Firmware;
+pub use vm::LinuxDirectGuest;
 pub use vm::PcatGuest;
 pub use vm::UefiGuest;
 pub use vm::boot_image_type;

@@ -19,15 +19,23 @@
 //! [`crate::disk_stack`] (a QEMU backend serving the same stack over NBD
 //! reuses it).
 //!
-//! DEVNOTE: opening the description into a live disk is the disk crates'
-//! job; there is deliberately no process-launch code here.
+//! Opening is real: [`OpenVmmPetriBackend::open_drive`] opens a
+//! translated drive into a live disk through [`crate::disk_stack`] (the
+//! same code the QEMU backend uses), and [`PetriVmmBackend::launch`] opens
+//! the boot disk before it reports that OpenVMM cannot run here, so a
+//! broken image or URL shows up as that error rather than as "unavailable".
+//!
+//! DEVNOTE: there is deliberately no process-launch code here.
 
 use crate::PetriTestParams;
 use crate::backend::HostSupport;
 use crate::backend::PetriVmmBackend;
 use crate::backend::PreparedVm;
 use crate::disk_stack::DiskStackError;
+use crate::disk_stack::OpenOptions;
+use crate::disk_stack::OpenedDisk;
 use crate::disk_stack::disk_description;
+use crate::disk_stack::open_description;
 use crate::vm::Drive;
 use disk_backend_resources::LayeredDiskHandle;
 use petri_artifacts_core::RemoteAccess;
@@ -54,12 +62,15 @@ pub struct OpenVmmDrive {
     pub disk: Option<LayeredDiskHandle>,
     /// Presented as an optical drive (read-only).
     pub is_dvd: bool,
+    /// The artifact the medium came from, for error messages.
+    pub artifact: Option<petri_artifacts_core::ErasedArtifactHandle>,
 }
 
 /// The OpenVMM backend.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OpenVmmPetriBackend {
     cache_dir: Option<PathBuf>,
+    open_options: OpenOptions,
 }
 
 impl OpenVmmPetriBackend {
@@ -68,6 +79,29 @@ impl OpenVmmPetriBackend {
     pub fn with_cache_dir(cache_dir: PathBuf) -> Self {
         Self {
             cache_dir: Some(cache_dir),
+            open_options: OpenOptions::default(),
+        }
+    }
+
+    /// Uses `options` (HTTP settings such as extra TLS roots) when opening
+    /// disks.
+    pub fn with_open_options(mut self, options: OpenOptions) -> Self {
+        self.open_options = options;
+        self
+    }
+
+    /// Opens a translated drive into a live disk, as OpenVMM would attach
+    /// it: remote disks read through the shared cache, writes kept in RAM.
+    /// `None` for an empty drive.
+    pub async fn open_drive(
+        &self,
+        drive: &OpenVmmDrive,
+    ) -> Result<Option<OpenedDisk>, OpenVmmError> {
+        match &drive.disk {
+            None => Ok(None),
+            Some(handle) => Ok(Some(
+                open_description(handle.clone(), drive.artifact, &self.open_options).await?,
+            )),
         }
     }
 }
@@ -85,7 +119,14 @@ impl PetriVmmBackend for OpenVmmPetriBackend {
 
     fn new(_params: &PetriTestParams) -> Result<Self, OpenVmmError> {
         // The cache directory is looked up when a remote disk needs it.
-        Ok(Self { cache_dir: None })
+        Ok(Self {
+            cache_dir: None,
+            open_options: OpenOptions::default(),
+        })
+    }
+
+    fn set_cache_dir(&mut self, dir: PathBuf) {
+        self.cache_dir = Some(dir);
     }
 
     fn translate_drive(&self, drive: &Drive) -> Result<OpenVmmDrive, OpenVmmError> {
@@ -104,10 +145,20 @@ impl PetriVmmBackend for OpenVmmPetriBackend {
         Ok(OpenVmmDrive {
             disk,
             is_dvd: drive.is_dvd,
+            artifact: drive.artifact,
         })
     }
 
     async fn launch(vm: PreparedVm<Self>) -> Result<Self::Vm, OpenVmmError> {
+        if let Some(drive) = &vm.boot_drive
+            && let Some(disk) = vm.backend.open_drive(drive).await?
+        {
+            tracing::info!(
+                location = %disk.location(),
+                counters = ?disk.counters(),
+                "opened the boot disk"
+            );
+        }
         tracing::error!(?vm, "{OPENVMM_UNAVAILABLE}");
         Err(OpenVmmError::Unavailable)
     }

@@ -9,14 +9,18 @@
 
 use crate::MachineArch;
 use crate::OsFlavor;
+use petri_artifacts_common::tags::IsTestInitrd;
 use petri_artifacts_common::tags::IsTestIso;
+use petri_artifacts_common::tags::IsTestKernel;
 use petri_artifacts_common::tags::IsTestVhd;
 use petri_artifacts_core::ArtifactSource;
 use petri_artifacts_core::ErasedArtifactHandle;
 use petri_artifacts_core::RedactedUrl;
+use petri_artifacts_core::ResolvedArtifact;
 use petri_artifacts_core::ResolvedArtifactSource;
 use std::fmt;
 use std::marker::PhantomData;
+use std::path::Path;
 use std::path::PathBuf;
 
 /// Type tags for [`BootImageConfig`].
@@ -128,14 +132,67 @@ pub enum UefiGuest {
     None,
 }
 
+/// What a direct Linux boot loads: a kernel, an initramfs (both local
+/// files) and a root disk (local or remote), as the petri test guest
+/// provides them.
+#[derive(Debug, Clone)]
+pub struct LinuxDirectGuest {
+    kernel: ResolvedArtifact<()>,
+    initrd: ResolvedArtifact<()>,
+    root: BootImageConfig<boot_image_type::Vhd>,
+}
+
+impl LinuxDirectGuest {
+    /// A guest from `require` results (kernel, initramfs) and a
+    /// `require_source` result (root disk).
+    pub fn new<K: IsTestKernel, I: IsTestInitrd>(
+        kernel: ResolvedArtifact<K>,
+        initrd: ResolvedArtifact<I>,
+        root: BootImageConfig<boot_image_type::Vhd>,
+    ) -> Self {
+        Self {
+            kernel: kernel.erase(),
+            initrd: initrd.erase(),
+            root,
+        }
+    }
+
+    /// The kernel image.
+    ///
+    /// # Panics
+    ///
+    /// In the collecting phase.
+    #[track_caller]
+    pub fn kernel(&self) -> &Path {
+        self.kernel.get()
+    }
+
+    /// The initramfs.
+    ///
+    /// # Panics
+    ///
+    /// In the collecting phase.
+    #[track_caller]
+    pub fn initrd(&self) -> &Path {
+        self.initrd.get()
+    }
+
+    /// The root disk (attached as the first virtio disk, `/dev/vda`).
+    pub fn root(&self) -> &BootImageConfig<boot_image_type::Vhd> {
+        &self.root
+    }
+}
+
 /// The VM's firmware and the guest it boots.
 #[derive(Debug, Clone)]
 pub enum Firmware {
     /// Direct Linux kernel boot.
-    ///
-    /// DEVNOTE: the reference carries kernel and initrd artifacts here; this
-    /// workspace declares none yet, so the variant holds nothing.
-    LinuxDirect,
+    LinuxDirect {
+        /// The kernel, initramfs and root disk; `None` when the backend
+        /// brings its own (OpenVMM's built-in test kernel in the
+        /// reference).
+        guest: Option<LinuxDirectGuest>,
+    },
     /// PCAT BIOS (x64 only).
     Pcat {
         /// The boot medium.
@@ -149,15 +206,29 @@ pub enum Firmware {
 }
 
 impl Firmware {
-    /// Direct Linux kernel boot.
+    /// Direct Linux kernel boot without artifacts of its own.
     pub fn linux_direct() -> Self {
-        Firmware::LinuxDirect
+        Firmware::LinuxDirect { guest: None }
+    }
+
+    /// Direct Linux kernel boot of `guest`.
+    pub fn linux_direct_guest(guest: LinuxDirectGuest) -> Self {
+        Firmware::LinuxDirect { guest: Some(guest) }
+    }
+
+    /// The direct-boot guest, if this is a linux-direct firmware that has
+    /// one.
+    pub fn linux_direct_artifacts(&self) -> Option<&LinuxDirectGuest> {
+        match self {
+            Firmware::LinuxDirect { guest } => guest.as_ref(),
+            _ => None,
+        }
     }
 
     /// The firmware family's short name (`linux_direct`, `pcat`, `uefi`).
     pub fn name(&self) -> &'static str {
         match self {
-            Firmware::LinuxDirect => "linux_direct",
+            Firmware::LinuxDirect { .. } => "linux_direct",
             Firmware::Pcat { .. } => "pcat",
             Firmware::Uefi { .. } => "uefi",
         }
@@ -167,7 +238,7 @@ impl Firmware {
     /// Linux.
     pub fn os_flavor(&self) -> Option<OsFlavor> {
         match self {
-            Firmware::LinuxDirect => Some(OsFlavor::Linux),
+            Firmware::LinuxDirect { .. } => Some(OsFlavor::Linux),
             Firmware::Pcat {
                 guest: PcatGuest::Vhd(c),
             }
@@ -184,8 +255,9 @@ impl Firmware {
     }
 
     /// The drive the firmware boots from: a differencing disk over the boot
-    /// image's source (so the guest never writes the image), a DVD for an
-    /// ISO, or `None` when there is no boot image.
+    /// image's source (so the guest never writes the image; for linux
+    /// direct boot, the root disk), a DVD for an ISO, or `None` when there
+    /// is no boot image.
     ///
     /// # Panics
     ///
@@ -193,10 +265,11 @@ impl Firmware {
     #[track_caller]
     pub fn boot_drive(&self) -> Option<Drive> {
         let (artifact, source, is_dvd) = match self {
-            Firmware::LinuxDirect
+            Firmware::LinuxDirect { guest: None }
             | Firmware::Uefi {
                 guest: UefiGuest::None,
             } => return None,
+            Firmware::LinuxDirect { guest: Some(g) } => (g.root.artifact(), g.root.source(), false),
             Firmware::Pcat {
                 guest: PcatGuest::Vhd(c),
             }

@@ -6,10 +6,11 @@
 //! Here live:
 //!
 //! - the tag traits in [`tags`]: what kind of artifact a type tag names
-//!   ([`tags::IsTestVhd`], [`tags::IsTestIso`], [`tags::IsTestVmgs`]) and
-//!   where it is hosted ([`tags::IsHostedOnBlobStore`] with `FILENAME` and
-//!   `SIZE`), so that generic code can ask an artifact for its facts at
-//!   compile time;
+//!   ([`tags::IsTestVhd`], [`tags::IsTestIso`], [`tags::IsTestVmgs`],
+//!   [`tags::IsTestKernel`], [`tags::IsTestInitrd`]) and where it comes
+//!   from ([`tags::IsHostedOnBlobStore`] with `FILENAME` and `SIZE` for
+//!   store images, [`tags::IsBuiltTestFile`] for files built locally), so
+//!   that generic code can ask an artifact for its facts at compile time;
 //! - the common artifacts in [`artifacts`], such as the per-test log
 //!   directory, and the pure rule that names that directory
 //!   ([`test_log_directory`]).
@@ -77,7 +78,8 @@ pub mod tags {
         }
     }
 
-    /// The artifact is a bootable test disk image (VHD or VHDX).
+    /// The artifact is a bootable test disk image (VHD, VHDX or a raw
+    /// disk image).
     pub trait IsTestVhd: ArtifactId {
         /// The OS on the disk.
         const OS_FLAVOR: OsFlavor;
@@ -95,6 +97,29 @@ pub mod tags {
 
     /// The artifact is a test VMGS (VM guest state) file.
     pub trait IsTestVmgs: ArtifactId {}
+
+    /// The artifact is a Linux kernel image for direct kernel boot.
+    pub trait IsTestKernel: ArtifactId {
+        /// The architecture the kernel is built for.
+        const ARCH: MachineArch;
+    }
+
+    /// The artifact is an initial RAM disk (initramfs) for direct kernel
+    /// boot.
+    pub trait IsTestInitrd: ArtifactId {
+        /// The architecture the initramfs is built for.
+        const ARCH: MachineArch;
+    }
+
+    /// The artifact is a file built on this machine (by
+    /// `cargo xtask guest-test build-image`), not hosted on the image
+    /// store. It is never read remotely.
+    pub trait IsBuiltTestFile: ArtifactId {
+        /// The local file name in the images folder.
+        const FILENAME: &'static str;
+        /// The file's size in bytes with the default build settings.
+        const SIZE: u64;
+    }
 
     /// The artifact is hosted on the test image store (by default the
     /// Azure container `hvlitetestvhds/vhds`) under `FILENAME`.

@@ -19,6 +19,12 @@
 //!   blob layer infers from a URL path (`.vhd`/`.vmgs` fixed VHD1, `.iso`
 //!   flat, `.vhdx` rejected); `vmm_test_images` tests this.
 //!
+//! - The petri test guest ([`artifacts::test_linux_direct`]) is built on
+//!   this machine by `cargo xtask guest-test build-image`: its kernel and
+//!   initramfs are local-only ([`IsBuiltTestFile`]); its root disk, raw
+//!   (flat) and fixed VHD1, is blob-capable, so a test can boot it from
+//!   any HTTP mirror of the images folder.
+//!
 //! DEVNOTE: only the Ubuntu 24.04 x64, Alpine 3.23 x64 and FreeBSD 13.2 VHD
 //! sizes are taken from the reference store; the others are plausible
 //! values marked "size not verified against the store" where they are
@@ -26,8 +32,11 @@
 
 #![forbid(unsafe_code)]
 
+use petri_artifacts_common::tags::IsBuiltTestFile;
 use petri_artifacts_common::tags::IsHostedOnBlobStore;
+use petri_artifacts_common::tags::IsTestInitrd;
 use petri_artifacts_common::tags::IsTestIso;
+use petri_artifacts_common::tags::IsTestKernel;
 use petri_artifacts_common::tags::IsTestVhd;
 use petri_artifacts_common::tags::IsTestVmgs;
 
@@ -177,6 +186,68 @@ pub mod artifacts {
         }
     }
 
+    /// The petri test guest: a small Debian-kernel Linux booted directly
+    /// (kernel + initramfs) from an ext4 root disk. Built by
+    /// `cargo xtask guest-test build-image` into the images folder.
+    ///
+    /// Sizes are those of the default build: the root disk's depends on
+    /// `--data-mib` (default 256), the kernel's and initramfs's on the
+    /// Debian kernel package installed (these are for `6.1.0-56-amd64`).
+    /// Nothing checks local sizes against them (see the resolver's FUTURE).
+    pub mod test_linux_direct {
+        use super::super::*;
+        use petri_artifacts_common::tags::MachineArch;
+        use petri_artifacts_common::tags::OsFlavor;
+
+        petri_artifacts_core::declare_artifacts! {
+            /// The test guest's kernel (`vmlinuz`), local only.
+            PETRI_TEST_GUEST_KERNEL_X64,
+            /// The test guest's initramfs (uncompressed cpio), local only.
+            PETRI_TEST_GUEST_INITRD_X64,
+        }
+
+        petri_artifacts_core::declare_blob_artifacts! {
+            /// The test guest's root disk as a fixed VHD1.
+            PETRI_TEST_GUEST_X64,
+            /// The test guest's root disk, raw (flat).
+            PETRI_TEST_GUEST_RAW_X64,
+        }
+
+        impl IsTestKernel for PETRI_TEST_GUEST_KERNEL_X64 {
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsBuiltTestFile for PETRI_TEST_GUEST_KERNEL_X64 {
+            const FILENAME: &'static str = "petri-test-guest-x64.vmlinuz";
+            const SIZE: u64 = 8_247_232;
+        }
+
+        impl IsTestInitrd for PETRI_TEST_GUEST_INITRD_X64 {
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsBuiltTestFile for PETRI_TEST_GUEST_INITRD_X64 {
+            const FILENAME: &'static str = "petri-test-guest-x64.initrd";
+            const SIZE: u64 = 4_804_688;
+        }
+
+        impl IsTestVhd for PETRI_TEST_GUEST_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Linux;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for PETRI_TEST_GUEST_X64 {
+            const FILENAME: &'static str = "petri-test-guest-x64.vhd";
+            const SIZE: u64 = 335_979_008;
+        }
+
+        impl IsTestVhd for PETRI_TEST_GUEST_RAW_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Linux;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for PETRI_TEST_GUEST_RAW_X64 {
+            const FILENAME: &'static str = "petri-test-guest-x64.raw";
+            const SIZE: u64 = 335_978_496;
+        }
+    }
+
     /// Test VMGS (VM guest state) files, stored as fixed VHD1.
     pub mod test_vmgs {
         use super::super::*;
@@ -230,5 +301,11 @@ mod tests {
         assert!(test_vhd::UBUNTU_2404_SERVER_X64.is_blob_capable());
         assert!(test_iso::FREE_BSD_13_2_X64.is_blob_capable());
         assert!(test_vmgs::VMGS_WITH_BOOT_ENTRY.is_blob_capable());
+        // The built test guest: root disks may be remote, kernel and
+        // initramfs never.
+        assert!(test_linux_direct::PETRI_TEST_GUEST_X64.is_blob_capable());
+        assert!(test_linux_direct::PETRI_TEST_GUEST_RAW_X64.is_blob_capable());
+        assert!(!test_linux_direct::PETRI_TEST_GUEST_KERNEL_X64.is_blob_capable());
+        assert!(!test_linux_direct::PETRI_TEST_GUEST_INITRD_X64.is_blob_capable());
     }
 }

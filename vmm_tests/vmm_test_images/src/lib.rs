@@ -16,6 +16,14 @@
 //!   verbatim) and downloads [`KnownTestArtifacts::file_name`] of
 //!   [`KnownTestArtifacts::size`] bytes.
 //!
+//! How an image gets into the local images folder is part of its entry
+//! ([`KnownTestArtifacts::obtain`], an [`Obtain`]): store images are
+//! downloaded (`download-image`), the petri test guest (kernel,
+//! initramfs, raw and VHD root disk) is built on this machine
+//! (`cargo xtask guest-test build-image`). Every recovery hint (resolver
+//! misses, backend errors) prints [`KnownTestArtifacts::download_command`],
+//! which follows that rule, so no caller special-cases the test guest.
+//!
 //! Model: one enum variant per declared image in `petri_artifacts_vmm_test`.
 //! A row of the catalog names the variant, the handle, the macro name, the
 //! kind and the format; the file name, size, OS flavor and architecture are
@@ -37,8 +45,11 @@
 
 #![forbid(unsafe_code)]
 
+use petri_artifacts_common::tags::IsBuiltTestFile;
 use petri_artifacts_common::tags::IsHostedOnBlobStore;
+use petri_artifacts_common::tags::IsTestInitrd;
 use petri_artifacts_common::tags::IsTestIso;
+use petri_artifacts_common::tags::IsTestKernel;
 use petri_artifacts_common::tags::IsTestVhd;
 pub use petri_artifacts_common::tags::MachineArch;
 pub use petri_artifacts_common::tags::OsFlavor;
@@ -72,18 +83,50 @@ pub enum ImageKind {
     Vmgs,
     /// A bootable disk in VHDX format.
     Vhdx,
+    /// A bootable raw (flat) disk image.
+    Raw,
+    /// A Linux kernel for direct boot.
+    Kernel,
+    /// An initramfs for direct boot.
+    Initrd,
 }
 
 impl ImageKind {
     /// The `#[vmm_test]` keyword that names images of this kind: `vhd`
-    /// (for VHD and VHDX disks alike), `iso` or `vmgs`.
+    /// (for VHD, VHDX and raw disks alike), `iso` or `vmgs`; kernels and
+    /// initramfs images are not named in the macro (`kernel`, `initrd`).
     pub const fn macro_keyword(self) -> &'static str {
         match self {
-            ImageKind::Vhd | ImageKind::Vhdx => "vhd",
+            ImageKind::Vhd | ImageKind::Vhdx | ImageKind::Raw => "vhd",
             ImageKind::Iso => "iso",
             ImageKind::Vmgs => "vmgs",
+            ImageKind::Kernel => "kernel",
+            ImageKind::Initrd => "initrd",
         }
     }
+
+    /// Whether images of this kind are disks (as opposed to files a VMM
+    /// loads itself, such as a kernel).
+    pub const fn is_disk(self) -> bool {
+        !matches!(self, ImageKind::Kernel | ImageKind::Initrd)
+    }
+}
+
+/// How an image gets into the local images folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Obtain {
+    /// Downloaded from the image store:
+    /// `cargo xtask guest-test download-image --artifacts <Name>`.
+    Download,
+    /// Built on this machine by `cargo xtask guest-test build-image` (the
+    /// petri test guest). A mirror of the built images folder may still
+    /// serve the blob-capable ones remotely.
+    BuildGuestImage,
+}
+
+impl Obtain {
+    /// The command that builds the petri test guest.
+    pub const BUILD_GUEST_IMAGE_COMMAND: &'static str = "cargo xtask guest-test build-image";
 }
 
 /// How an image file's bytes map to a disk.
@@ -95,6 +138,8 @@ pub enum ImageFormat {
     Flat,
     /// VHDX: cannot be presented as a blob disk yet.
     Vhdx,
+    /// Not a disk: a file the VMM loads itself (kernel, initramfs).
+    File,
 }
 
 impl ImageFormat {
@@ -103,7 +148,7 @@ impl ImageFormat {
     pub const fn is_blob_readable(self) -> bool {
         match self {
             ImageFormat::FixedVhd1 | ImageFormat::Flat => true,
-            ImageFormat::Vhdx => false,
+            ImageFormat::Vhdx | ImageFormat::File => false,
         }
     }
 
@@ -124,6 +169,24 @@ impl ImageFormat {
 }
 
 macro_rules! os_arch {
+    (arch, Raw, $m:ident :: $n:ident) => {
+        Some(<artifacts::$m::$n as IsTestVhd>::ARCH)
+    };
+    (arch, Kernel, $m:ident :: $n:ident) => {
+        Some(<artifacts::$m::$n as IsTestKernel>::ARCH)
+    };
+    (arch, Initrd, $m:ident :: $n:ident) => {
+        Some(<artifacts::$m::$n as IsTestInitrd>::ARCH)
+    };
+    (os, Raw, $m:ident :: $n:ident) => {
+        Some(<artifacts::$m::$n as IsTestVhd>::OS_FLAVOR)
+    };
+    (os, Kernel, $m:ident :: $n:ident) => {
+        Some(OsFlavor::Linux)
+    };
+    (os, Initrd, $m:ident :: $n:ident) => {
+        Some(OsFlavor::Linux)
+    };
     (arch, Vhd, $m:ident :: $n:ident) => {
         Some(<artifacts::$m::$n as IsTestVhd>::ARCH)
     };
@@ -150,10 +213,24 @@ macro_rules! os_arch {
     };
 }
 
+/// Where a row's file name and size come from: built files from
+/// [`IsBuiltTestFile`], everything else from [`IsHostedOnBlobStore`].
+macro_rules! file_fact {
+    ($fact:ident, Kernel, $m:ident :: $n:ident) => {
+        <artifacts::$m::$n as IsBuiltTestFile>::$fact
+    };
+    ($fact:ident, Initrd, $m:ident :: $n:ident) => {
+        <artifacts::$m::$n as IsBuiltTestFile>::$fact
+    };
+    ($fact:ident, $kind:ident, $m:ident :: $n:ident) => {
+        <artifacts::$m::$n as IsHostedOnBlobStore>::$fact
+    };
+}
+
 macro_rules! catalog {
     ($(
         $(#[$attr:meta])*
-        $variant:ident => $module:ident :: $name:ident, $macro_name:literal, $kind:ident, $format:ident;
+        $variant:ident => $module:ident :: $name:ident, $macro_name:literal, $kind:ident, $format:ident, $obtain:ident;
     )*) => {
         /// Every known test image. The command-line and serde names are
         /// the variant names, verbatim.
@@ -216,15 +293,23 @@ macro_rules! catalog {
             pub const fn file_name(self) -> &'static str {
                 match self {
                     $(KnownTestArtifacts::$variant =>
-                        <artifacts::$module::$name as IsHostedOnBlobStore>::FILENAME,)*
+                        file_fact!(FILENAME, $kind, $module::$name),)*
                 }
             }
 
-            /// The file size in bytes.
+            /// The file size in bytes (for built files: with the default
+            /// build settings).
             pub const fn size(self) -> u64 {
                 match self {
                     $(KnownTestArtifacts::$variant =>
-                        <artifacts::$module::$name as IsHostedOnBlobStore>::SIZE,)*
+                        file_fact!(SIZE, $kind, $module::$name),)*
+                }
+            }
+
+            /// How the image gets into the local images folder.
+            pub const fn obtain(self) -> Obtain {
+                match self {
+                    $(KnownTestArtifacts::$variant => Obtain::$obtain,)*
                 }
             }
 
@@ -255,33 +340,45 @@ macro_rules! catalog {
 catalog! {
     /// Windows Server 2022 Datacenter Core, generation 1, x64 (VHD).
     Gen1WindowsDataCenterCore2022X64Vhd => test_vhd::GEN1_WINDOWS_DATA_CENTER_CORE2022_X64,
-        "gen1_windows_data_center_core2022_x64", Vhd, FixedVhd1;
+        "gen1_windows_data_center_core2022_x64", Vhd, FixedVhd1, Download;
     /// Windows Server 2022 Datacenter Core, generation 2, x64 (VHD).
     Gen2WindowsDataCenterCore2022X64Vhd => test_vhd::GEN2_WINDOWS_DATA_CENTER_CORE2022_X64,
-        "gen2_windows_data_center_core2022_x64", Vhd, FixedVhd1;
+        "gen2_windows_data_center_core2022_x64", Vhd, FixedVhd1, Download;
     /// Windows Server 2025 Datacenter Core, generation 2, x64 (VHD).
     Gen2WindowsDataCenterCore2025X64Vhd => test_vhd::GEN2_WINDOWS_DATA_CENTER_CORE2025_X64,
-        "gen2_windows_data_center_core2025_x64", Vhd, FixedVhd1;
+        "gen2_windows_data_center_core2025_x64", Vhd, FixedVhd1, Download;
     /// FreeBSD 13.2, x64 (VHD).
-    FreeBsd13_2X64Vhd => test_vhd::FREE_BSD_13_2_X64, "freebsd_13_2_x64", Vhd, FixedVhd1;
+    FreeBsd13_2X64Vhd => test_vhd::FREE_BSD_13_2_X64, "freebsd_13_2_x64", Vhd, FixedVhd1, Download;
     /// FreeBSD 13.2 installer DVD, x64 (ISO).
-    FreeBsd13_2X64Iso => test_iso::FREE_BSD_13_2_X64, "freebsd_13_2_x64", Iso, Flat;
+    FreeBsd13_2X64Iso => test_iso::FREE_BSD_13_2_X64, "freebsd_13_2_x64", Iso, Flat, Download;
     /// Ubuntu 24.04 server, x64 (VHD).
-    Ubuntu2404ServerX64Vhd => test_vhd::UBUNTU_2404_SERVER_X64, "ubuntu_2404_server_x64", Vhd, FixedVhd1;
+    Ubuntu2404ServerX64Vhd => test_vhd::UBUNTU_2404_SERVER_X64, "ubuntu_2404_server_x64", Vhd, FixedVhd1, Download;
     /// Ubuntu 24.04 server, aarch64 (VHD).
     Ubuntu2404ServerAarch64Vhd => test_vhd::UBUNTU_2404_SERVER_AARCH64,
-        "ubuntu_2404_server_aarch64", Vhd, FixedVhd1;
+        "ubuntu_2404_server_aarch64", Vhd, FixedVhd1, Download;
     /// Alpine Linux 3.23, x64 (VHD).
-    Alpine323X64Vhd => test_vhd::ALPINE_3_23_X64, "alpine_3_23_x64", Vhd, FixedVhd1;
+    Alpine323X64Vhd => test_vhd::ALPINE_3_23_X64, "alpine_3_23_x64", Vhd, FixedVhd1, Download;
     /// Alpine Linux 3.23, aarch64 (VHD).
-    Alpine323Aarch64Vhd => test_vhd::ALPINE_3_23_AARCH64, "alpine_3_23_aarch64", Vhd, FixedVhd1;
+    Alpine323Aarch64Vhd => test_vhd::ALPINE_3_23_AARCH64, "alpine_3_23_aarch64", Vhd, FixedVhd1, Download;
     /// Windows 11 Enterprise, aarch64 (VHDX; local only).
     Windows11EnterpriseAarch64Vhdx => test_vhd::WINDOWS_11_ENTERPRISE_AARCH64,
-        "windows_11_enterprise_aarch64", Vhdx, Vhdx;
+        "windows_11_enterprise_aarch64", Vhdx, Vhdx, Download;
     /// VMGS with a UEFI boot entry.
-    VmgsWithBootEntry => test_vmgs::VMGS_WITH_BOOT_ENTRY, "vmgs_with_boot_entry", Vmgs, FixedVhd1;
+    VmgsWithBootEntry => test_vmgs::VMGS_WITH_BOOT_ENTRY, "vmgs_with_boot_entry", Vmgs, FixedVhd1, Download;
     /// VMGS with a 16 KiB TPM state.
-    VmgsWith16kTpm => test_vmgs::VMGS_WITH_16K_TPM, "vmgs_with_16k_tpm", Vmgs, FixedVhd1;
+    VmgsWith16kTpm => test_vmgs::VMGS_WITH_16K_TPM, "vmgs_with_16k_tpm", Vmgs, FixedVhd1, Download;
+    /// The petri test guest's root disk, x64 (fixed VHD1; built).
+    PetriTestGuestX64Vhd => test_linux_direct::PETRI_TEST_GUEST_X64,
+        "petri_test_guest_x64", Vhd, FixedVhd1, BuildGuestImage;
+    /// The petri test guest's root disk, x64 (raw; built).
+    PetriTestGuestX64Raw => test_linux_direct::PETRI_TEST_GUEST_RAW_X64,
+        "petri_test_guest_raw_x64", Raw, Flat, BuildGuestImage;
+    /// The petri test guest's kernel, x64 (built; local only).
+    PetriTestGuestX64Kernel => test_linux_direct::PETRI_TEST_GUEST_KERNEL_X64,
+        "petri_test_guest_kernel_x64", Kernel, File, BuildGuestImage;
+    /// The petri test guest's initramfs, x64 (built; local only).
+    PetriTestGuestX64Initrd => test_linux_direct::PETRI_TEST_GUEST_INITRD_X64,
+        "petri_test_guest_initrd_x64", Initrd, File, BuildGuestImage;
 }
 
 impl KnownTestArtifacts {
@@ -324,12 +421,23 @@ impl KnownTestArtifacts {
         Self::all().find(|a| a.cli_name() == name)
     }
 
-    /// The command that downloads this image into the local images folder.
+    /// The command that puts this image into the local images folder, by
+    /// [`Self::obtain`]: `cargo xtask guest-test download-image --artifacts
+    /// <Name>` for store images, `cargo xtask guest-test build-image` for
+    /// the built test guest. This is the recovery hint every error prints.
     pub fn download_command(self) -> String {
-        format!(
-            "cargo xtask guest-test download-image --artifacts {}",
-            self.cli_name()
-        )
+        match self.obtain() {
+            Obtain::Download => format!(
+                "cargo xtask guest-test download-image --artifacts {}",
+                self.cli_name()
+            ),
+            Obtain::BuildGuestImage => Obtain::BUILD_GUEST_IMAGE_COMMAND.to_owned(),
+        }
+    }
+
+    /// Whether `download-image` can fetch this image from the store.
+    pub const fn is_downloadable(self) -> bool {
+        matches!(self.obtain(), Obtain::Download)
     }
 }
 
@@ -407,10 +515,15 @@ mod tests {
                 serde_json::from_str::<KnownTestArtifacts>(&json).unwrap(),
                 a
             );
-            assert!(
-                a.download_command()
-                    .ends_with(&format!("--artifacts {name}"))
-            );
+            match a.obtain() {
+                Obtain::Download => assert!(
+                    a.download_command()
+                        .ends_with(&format!("--artifacts {name}"))
+                ),
+                Obtain::BuildGuestImage => {
+                    assert_eq!(a.download_command(), "cargo xtask guest-test build-image")
+                }
+            }
         }
         assert_eq!(
             "Ubuntu2404ServerX64Vhd".parse(),
@@ -448,12 +561,18 @@ mod tests {
         for a in KnownTestArtifacts::all() {
             assert_eq!(a.remote_capable(), a.handle().is_blob_capable(), "{a}");
             assert_eq!(a.remote_capable(), a.format().is_blob_readable(), "{a}");
-            assert_eq!(
-                ImageFormat::from_file_name(a.file_name()),
-                a.format(),
-                "{a}: {}",
-                a.file_name()
-            );
+            // Disks: the format the blob layer infers from the name.
+            // Other files (kernel, initramfs) are never disks.
+            if a.kind().is_disk() {
+                assert_eq!(
+                    ImageFormat::from_file_name(a.file_name()),
+                    a.format(),
+                    "{a}: {}",
+                    a.file_name()
+                );
+            } else {
+                assert_eq!(a.format(), ImageFormat::File, "{a}");
+            }
             assert_eq!(
                 a.kind() == ImageKind::Vhdx,
                 a.format() == ImageFormat::Vhdx,
@@ -601,6 +720,52 @@ mod tests {
         assert_eq!(ImageFormat::from_file_name("a.vhdx"), ImageFormat::Vhdx);
         assert_eq!(ImageFormat::from_file_name("a.iso"), ImageFormat::Flat);
         assert_eq!(ImageFormat::from_file_name("raw"), ImageFormat::Flat);
+    }
+
+    #[test]
+    fn test_guest_is_built_not_downloaded() {
+        use KnownTestArtifacts::*;
+        let guest = [
+            PetriTestGuestX64Vhd,
+            PetriTestGuestX64Raw,
+            PetriTestGuestX64Kernel,
+            PetriTestGuestX64Initrd,
+        ];
+        for a in KnownTestArtifacts::all() {
+            let built = guest.contains(&a);
+            assert_eq!(a.obtain() == Obtain::BuildGuestImage, built, "{a}");
+            assert_eq!(a.is_downloadable(), !built, "{a}");
+            if built {
+                assert!(a.file_name().starts_with("petri-test-guest-x64."), "{a}");
+                assert_eq!(a.arch(), Some(MachineArch::X64), "{a}");
+                assert_eq!(a.os_flavor(), Some(OsFlavor::Linux), "{a}");
+            } else {
+                assert!(a.download_command().contains("download-image"), "{a}");
+            }
+        }
+        // Root disks stream; kernel and initramfs are local only.
+        assert!(PetriTestGuestX64Vhd.remote_capable());
+        assert!(PetriTestGuestX64Raw.remote_capable());
+        assert!(!PetriTestGuestX64Kernel.remote_capable());
+        assert!(!PetriTestGuestX64Initrd.remote_capable());
+        // The default build (`--data-mib 256`): raw = disk, VHD = raw +
+        // 512-byte footer.
+        assert_eq!(PetriTestGuestX64Raw.size(), 335_978_496);
+        assert_eq!(
+            PetriTestGuestX64Vhd.size(),
+            PetriTestGuestX64Raw.size() + 512
+        );
+        assert_eq!(PetriTestGuestX64Raw.format(), ImageFormat::Flat);
+        assert_eq!(PetriTestGuestX64Vhd.format(), ImageFormat::FixedVhd1);
+        assert_eq!(
+            KnownTestArtifacts::from_macro("vhd", "petri_test_guest_x64"),
+            Some(PetriTestGuestX64Vhd)
+        );
+        assert_eq!(
+            KnownTestArtifacts::from_macro("vhd", "petri_test_guest_raw_x64"),
+            Some(PetriTestGuestX64Raw)
+        );
+        assert_eq!(PetriTestGuestX64Kernel.kind().macro_keyword(), "kernel");
     }
 
     #[test]

@@ -37,8 +37,11 @@ impl Arch {
 pub(crate) enum ImageKind {
     Vhd,
     Vhdx,
+    Raw,
     Iso,
     Vmgs,
+    Kernel,
+    Initrd,
 }
 
 impl ImageKind {
@@ -48,6 +51,9 @@ impl ImageKind {
             ImageKind::Vhdx => "VHDX",
             ImageKind::Iso => "ISO",
             ImageKind::Vmgs => "VMGS",
+            ImageKind::Raw => "raw disk",
+            ImageKind::Kernel => "kernel",
+            ImageKind::Initrd => "initramfs",
         }
     }
 }
@@ -63,6 +69,29 @@ pub(crate) struct Image {
     pub kind: ImageKind,
     /// The guest architecture, if the image has one.
     pub arch: Option<Arch>,
+    /// Part of the petri test guest (built by `cargo xtask guest-test
+    /// build-image`): its disks are the root disks linux_direct can boot
+    /// with the test guest's kernel.
+    pub test_guest: bool,
+}
+
+/// The petri test guest's file of `kind` for `arch`, if there is one.
+pub(crate) fn test_guest_file(kind: ImageKind, arch: Arch) -> Option<&'static Image> {
+    images()
+        .iter()
+        .find(|i| i.test_guest && i.kind == kind && i.arch == Some(arch))
+}
+
+/// The petri test guest's root disks for `arch`.
+pub(crate) fn test_guest_roots(arch: Arch) -> Vec<&'static Image> {
+    images()
+        .iter()
+        .filter(|i| {
+            i.test_guest
+                && i.arch == Some(arch)
+                && matches!(i.kind, ImageKind::Vhd | ImageKind::Raw)
+        })
+        .collect()
 }
 
 /// All catalog entries.
@@ -79,6 +108,7 @@ fn load() -> Vec<Image> {
             handle_path: a.handle_path(),
             kind: convert_kind(a.kind()),
             arch: a.arch().map(convert_arch),
+            test_guest: a.obtain() == vmm_test_images::Obtain::BuildGuestImage,
         })
         .collect()
 }
@@ -89,6 +119,9 @@ fn convert_kind(kind: vmm_test_images::ImageKind) -> ImageKind {
         vmm_test_images::ImageKind::Vhdx => ImageKind::Vhdx,
         vmm_test_images::ImageKind::Iso => ImageKind::Iso,
         vmm_test_images::ImageKind::Vmgs => ImageKind::Vmgs,
+        vmm_test_images::ImageKind::Raw => ImageKind::Raw,
+        vmm_test_images::ImageKind::Kernel => ImageKind::Kernel,
+        vmm_test_images::ImageKind::Initrd => ImageKind::Initrd,
     }
 }
 

@@ -24,8 +24,8 @@ use syn::Token;
 use syn::parse::Parse;
 use syn::parse::ParseStream;
 
-/// One VMM the macro knows. Adding a backend (e.g. QEMU) is one row in
-/// [`VMMS`] plus the backend type in petri.
+/// One VMM the macro knows. Adding a backend is one row in [`VMMS`] plus
+/// the backend type in petri.
 pub(crate) struct VmmInfo {
     /// The name used in config names.
     pub name: &'static str,
@@ -33,6 +33,11 @@ pub(crate) struct VmmInfo {
     pub backend_path: &'static str,
     /// The firmwares the backend can boot.
     pub firmwares: &'static [FirmwareKind],
+    /// Whether a bare `{vmm}_linux_direct_{arch}` boots the petri test
+    /// guest (kernel, initramfs, raw root disk). Backends without a
+    /// built-in kernel need it; any backend boots it when the config names
+    /// a test guest root disk, `{vmm}_linux_direct_{arch}(vhd(IMAGE))`.
+    pub linux_direct_needs_test_guest: bool,
 }
 
 /// The VMMs, in the order they are listed in error messages.
@@ -45,12 +50,21 @@ pub(crate) const VMMS: &[VmmInfo] = &[
             FirmwareKind::Pcat,
             FirmwareKind::Uefi,
         ],
+        linux_direct_needs_test_guest: false,
     },
     VmmInfo {
         name: "hyperv",
         backend_path: "::petri::hyperv::HyperVPetriBackend",
         // Hyper-V has no direct Linux kernel boot.
         firmwares: &[FirmwareKind::Pcat, FirmwareKind::Uefi],
+        linux_direct_needs_test_guest: false,
+    },
+    VmmInfo {
+        name: "qemu",
+        backend_path: "::petri::qemu::QemuPetriBackend",
+        // The QEMU backend boots the petri test guest directly.
+        firmwares: &[FirmwareKind::LinuxDirect],
+        linux_direct_needs_test_guest: true,
     },
 ];
 
@@ -91,12 +105,23 @@ pub(crate) enum Guest {
     Iso(&'static Image),
 }
 
+/// What a linux_direct config boots.
+#[derive(Clone, Copy)]
+pub(crate) struct LinuxDirectImages {
+    pub kernel: &'static Image,
+    pub initrd: &'static Image,
+    pub root: &'static Image,
+}
+
 /// One validated configuration.
 pub(crate) struct Config {
     pub vmm: &'static VmmInfo,
     pub firmware: FirmwareKind,
     pub arch: Arch,
     pub guest: Guest,
+    /// For linux_direct: the petri test guest's kernel, initramfs and
+    /// root disk, when the config boots it.
+    pub linux_direct: Option<LinuxDirectImages>,
     pub extras: Vec<syn::Path>,
     pub unstable: Option<String>,
     pub ignore: Option<String>,
@@ -330,6 +355,7 @@ fn parse_config(input: ParseStream<'_>, ident: Ident, marks: &Marks) -> syn::Res
         }
     }
     check_guest(firmware, &name, guest, guest_span)?;
+    let linux_direct = linux_direct_images(vmm, firmware, arch, guest, &name, guest_span)?;
 
     let mut extras = Vec::new();
     if input.peek(syn::token::Bracket) {
@@ -344,6 +370,7 @@ fn parse_config(input: ParseStream<'_>, ident: Ident, marks: &Marks) -> syn::Res
         firmware,
         arch,
         guest,
+        linux_direct,
         extras,
         unstable: marks.unstable.clone(),
         ignore: marks.ignore.clone(),
@@ -394,7 +421,7 @@ fn accepted(kind: &Ident, arch: Arch) -> Vec<&'static Image> {
 
 fn kind_matches(kind: &Ident, image: ImageKind) -> bool {
     if kind == "vhd" {
-        matches!(image, ImageKind::Vhd | ImageKind::Vhdx)
+        matches!(image, ImageKind::Vhd | ImageKind::Vhdx | ImageKind::Raw)
     } else {
         image == ImageKind::Iso
     }
@@ -428,7 +455,10 @@ fn lookup_image(kind: &Ident, ident: &Ident, arch: Arch) -> syn::Result<&'static
     if !kind_matches(kind, image.kind) {
         let hint = match image.kind {
             ImageKind::Iso => format!("; use iso({name}) with pcat firmware"),
-            ImageKind::Vhd | ImageKind::Vhdx => format!("; use vhd({name})"),
+            ImageKind::Vhd | ImageKind::Vhdx | ImageKind::Raw => format!("; use vhd({name})"),
+            ImageKind::Kernel | ImageKind::Initrd => {
+                "; the test guest's kernel and initramfs come with linux_direct configs".into()
+            }
             ImageKind::Vmgs => {
                 "; VMGS files are not bootable (list them as extra artifacts in [...])".into()
             }
@@ -456,11 +486,75 @@ fn lookup_image(kind: &Ident, ident: &Ident, arch: Arch) -> syn::Result<&'static
     Ok(image)
 }
 
+/// The petri test guest's files a linux_direct config boots, if any.
+fn linux_direct_images(
+    vmm: &VmmInfo,
+    firmware: FirmwareKind,
+    arch: Arch,
+    guest: Guest,
+    name: &str,
+    span: Span,
+) -> syn::Result<Option<LinuxDirectImages>> {
+    if firmware != FirmwareKind::LinuxDirect {
+        return Ok(None);
+    }
+    let roots = test_guest_root_names(arch);
+    let root = match guest {
+        Guest::Absent if !vmm.linux_direct_needs_test_guest => return Ok(None),
+        // The raw root disk by default.
+        Guest::Absent => catalog::test_guest_file(ImageKind::Raw, arch),
+        Guest::Vhd(image) if image.test_guest => Some(image),
+        Guest::Vhd(image) => {
+            return Err(syn::Error::new(
+                span,
+                format!(
+                    "linux_direct boots the petri test guest's kernel, so its root disk must be \
+                     a test guest disk, not `{}`; valid root disks for {}: {roots}",
+                    image.macro_name,
+                    arch.name()
+                ),
+            ));
+        }
+        // Rejected by check_guest.
+        Guest::None | Guest::Iso(_) => None,
+    };
+    let kernel = catalog::test_guest_file(ImageKind::Kernel, arch);
+    let initrd = catalog::test_guest_file(ImageKind::Initrd, arch);
+    match (kernel, initrd, root) {
+        (Some(kernel), Some(initrd), Some(root)) => Ok(Some(LinuxDirectImages {
+            kernel,
+            initrd,
+            root,
+        })),
+        _ => Err(syn::Error::new(
+            span,
+            format!(
+                "`{name}` boots the petri test guest, which is not built for {} \
+                 (`cargo xtask guest-test build-image` builds x64 only)",
+                arch.name()
+            ),
+        )),
+    }
+}
+
+fn test_guest_root_names(arch: Arch) -> String {
+    let names: Vec<&str> = catalog::test_guest_roots(arch)
+        .iter()
+        .map(|i| i.macro_name)
+        .collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
 fn check_guest(firmware: FirmwareKind, name: &str, guest: Guest, span: Span) -> syn::Result<()> {
     let msg = match (firmware, guest) {
-        (FirmwareKind::LinuxDirect, Guest::Absent) => return Ok(()),
+        (FirmwareKind::LinuxDirect, Guest::Absent | Guest::Vhd(_)) => return Ok(()),
         (FirmwareKind::LinuxDirect, _) => format!(
-            "linux_direct boots a kernel directly and takes no guest image: write `{name}` without `(...)`"
+            "linux_direct boots a kernel directly and takes at most a root disk: write `{name}` \
+             or `{name}(vhd(IMAGE))` with a petri test guest disk"
         ),
         (FirmwareKind::Pcat, Guest::Vhd(_) | Guest::Iso(_)) => return Ok(()),
         (FirmwareKind::Pcat, Guest::Absent | Guest::None) => format!(

@@ -72,7 +72,21 @@ fn expand_config(config: &Config, item: &ItemFn) -> syn::Result<TokenStream> {
 
     let access = quote! { <#backend as ::petri::PetriVmmBackend>::REMOTE_ACCESS };
     let firmware = match (config.firmware, config.guest) {
-        (FirmwareKind::LinuxDirect, _) => quote! { ::petri::Firmware::linux_direct() },
+        (FirmwareKind::LinuxDirect, _) => match &config.linux_direct {
+            None => quote! { ::petri::Firmware::linux_direct() },
+            Some(images) => {
+                let kernel = parse_path(images.kernel.handle_path)?;
+                let initrd = parse_path(images.initrd.handle_path)?;
+                let root = parse_path(images.root.handle_path)?;
+                quote! {
+                    ::petri::Firmware::linux_direct_guest(::petri::LinuxDirectGuest::new(
+                        resolver.require(#kernel),
+                        resolver.require(#initrd),
+                        ::petri::BootImageConfig::from_vhd(resolver.require_source(#root, #access)),
+                    ))
+                }
+            }
+        },
         (FirmwareKind::Pcat, Guest::Vhd(image)) => {
             let handle = parse_path(image.handle_path)?;
             quote! {
@@ -247,6 +261,53 @@ mod tests {
     }
 
     #[test]
+    fn qemu_linux_direct_boots_the_test_guest() {
+        assert_eq!(
+            names(
+                "qemu_linux_direct_x64, qemu_linux_direct_x64(vhd(petri_test_guest_x64)), \
+                 openvmm_linux_direct_x64"
+            ),
+            [
+                "qemu_linux_direct_x64",
+                "qemu_linux_direct_x64_petri_test_guest_x64",
+                "openvmm_linux_direct_x64"
+            ]
+        );
+        let out = expand_str(
+            "qemu_linux_direct_x64, qemu_linux_direct_x64(vhd(petri_test_guest_x64)), openvmm_linux_direct_x64",
+            GENERIC_FN,
+        )
+        .unwrap();
+        let qemu = "< :: petri :: qemu :: QemuPetriBackend as :: petri :: PetriVmmBackend > :: REMOTE_ACCESS";
+        // Kernel and initramfs are local; the root disk follows the policy.
+        assert_eq!(
+            out.matches("resolver . require (:: petri_artifacts_vmm_test :: artifacts :: test_linux_direct :: PETRI_TEST_GUEST_KERNEL_X64)").count(),
+            2,
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("resolver . require (:: petri_artifacts_vmm_test :: artifacts :: test_linux_direct :: PETRI_TEST_GUEST_INITRD_X64)").count(),
+            2,
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("resolver . require_source (:: petri_artifacts_vmm_test :: artifacts :: test_linux_direct :: PETRI_TEST_GUEST_RAW_X64 , {qemu})")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("resolver . require_source (:: petri_artifacts_vmm_test :: artifacts :: test_linux_direct :: PETRI_TEST_GUEST_X64 , {qemu})")),
+            "{out}"
+        );
+        assert!(out.contains(&format!(". remote_access ({qemu})")), "{out}");
+        // A bare OpenVMM linux_direct config keeps its built-in kernel.
+        assert_eq!(
+            out.matches("Firmware :: linux_direct ()").count(),
+            1,
+            "{out}"
+        );
+    }
+
+    #[test]
     fn iso_guest_uses_from_iso_and_the_iso_handle() {
         let out = expand_str("openvmm_pcat_x64(iso(freebsd_13_2_x64))", GENERIC_FN).unwrap();
         assert!(out.contains("PcatGuest :: Iso"), "{out}");
@@ -306,11 +367,20 @@ mod tests {
         // Only images the config could take are offered.
         assert!(!e.contains("ubuntu_2404_server_aarch64"), "{e}");
 
-        let e = parse_err("qemu_uefi_x64(none)");
+        let e = parse_err("vbox_uefi_x64(none)");
         assert!(
-            e.contains("unknown VMM `qemu`") && e.contains("openvmm, hyperv"),
+            e.contains("unknown VMM `vbox`") && e.contains("openvmm, hyperv, qemu"),
             "{e}"
         );
+        let e = parse_err("qemu_uefi_x64(none)");
+        assert!(
+            e.contains("`qemu` does not support `uefi`") && e.contains("linux_direct"),
+            "{e}"
+        );
+        let e = parse_err("qemu_linux_direct_aarch64");
+        assert!(e.contains("not built for aarch64"), "{e}");
+        let e = parse_err("qemu_linux_direct_x64(iso(freebsd_13_2_x64))");
+        assert!(e.contains("takes at most a root disk"), "{e}");
         let e = parse_err("openvmm_bios_x64(none)");
         assert!(
             e.contains("unknown firmware `bios`") && e.contains("linux_direct, pcat, uefi"),
@@ -332,7 +402,11 @@ mod tests {
         let e = parse_err("openvmm_uefi_x64");
         assert!(e.contains("needs a guest"), "{e}");
         let e = parse_err("openvmm_linux_direct_x64(vhd(ubuntu_2404_server_x64))");
-        assert!(e.contains("takes no guest image"), "{e}");
+        assert!(
+            e.contains("must be a test guest disk")
+                && e.contains("petri_test_guest_x64, petri_test_guest_raw_x64"),
+            "{e}"
+        );
         let e = parse_err("openvmm_pcat_aarch64(vhd(ubuntu_2404_server_aarch64))");
         assert!(e.contains("only on x64"), "{e}");
         let e = parse_err("hyperv_linux_direct_x64");

@@ -11,6 +11,8 @@ use vmm_test_macros::vmm_test;
 
 #[vmm_test(
     openvmm_linux_direct_x64,
+    qemu_linux_direct_x64,
+    qemu_linux_direct_x64(vhd(petri_test_guest_x64)),
     openvmm_uefi_x64(vhd(ubuntu_2404_server_x64)),
     openvmm_uefi_aarch64(vhd(alpine_3_23_aarch64)),
     openvmm_pcat_x64(iso(freebsd_13_2_x64)),
@@ -50,7 +52,11 @@ fn main() {
         assert_eq!(test.case.ignore_reason() == Some("slow"), ignored, "{}", test.name);
     }
     let names: Vec<String> = petri::registered_tests().into_iter().map(|t| t.name).collect();
-    assert_eq!(names.len(), 10, "{names:?}");
+    assert_eq!(names.len(), 12, "{names:?}");
+    assert!(
+        names.contains(&"qemu_linux_direct_x64_petri_test_guest_x64::boot".to_owned()),
+        "{names:?}"
+    );
     assert!(
         names.contains(&"openvmm_uefi_x64_ubuntu_2404_server_x64::with_vmgs".to_owned()),
         "{names:?}"
