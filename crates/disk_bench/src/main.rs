@@ -1,3 +1,549 @@
-//! Disk stack benchmark workloads (not yet written).
+//! `disk-bench`: one disk-stack benchmark workload per process.
+//!
+//! Position: a tool, driven by `cargo xtask bench`. Each invocation opens
+//! the remote stack that petri uses for a lazily fetched image (RAM diff
+//! over an auto-cache SQLite read cache over an HTTP blob, via
+//! `disk_open::open`), runs exactly one workload, and prints one JSON line
+//! on standard output ([`Output`]). Running one workload per process is
+//! what makes "warm" honest (a new process that finds only the persistent
+//! cache, no warm in-memory state) and what makes the peak RSS figure
+//! (`VmHWM` of this process) belong to one workload.
+//!
+//! Workloads:
+//! - `seq`: sequential reads of one request size over the whole disk (or a
+//!   prefix), queue depth 1, timed from before the open;
+//! - `random`: N seeded random aligned reads (queue depth 1);
+//! - `per-sector-random`: the baseline for the warm random target: the
+//!   reference's one-row-per-sector SQLite layout, populated from a local
+//!   image file with the sectors the seeded reads touch, then read back with
+//!   one range query per read in a second phase (only that phase is timed);
+//! - `serve-nbd`: exports the stack with `disk_nbd` on a Unix socket, prints
+//!   a `ready` line, serves until standard input closes, then prints the
+//!   counters of the whole session.
+//!
+//! Invariant: every figure printed comes from this process (counters of the
+//! `Disk`, the cache directory on disk after the disk is closed, `VmHWM`);
+//! the driver only takes medians.
+//!
+//! DEVNOTE: the per-sector baseline is implemented here (minimal: the
+//! layout and the reference's range-query read path, no layering) because
+//! the one in `disklayer_sqlite/benches` is private to that bench. It costs
+//! the baseline nothing the reference would pay (no RAM layer above it, no
+//! `Disk` dispatch), so the ratio against it is conservative.
 
-fn main() {}
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::bail;
+use clap::Parser;
+use clap::Subcommand;
+use clap::ValueEnum;
+use disk_backend::Disk;
+use disk_backend::DiskCounters;
+use disk_backend_resources::BlobFormat;
+use disk_backend_resources::LayerDescription;
+use disk_backend_resources::LayerKind;
+use disk_backend_resources::LayeredDiskHandle;
+use serde::Serialize;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Runs one disk-stack benchmark workload and prints a JSON line")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Flat,
+    Vhd1,
+}
+
+#[derive(clap::Args)]
+struct StackArgs {
+    /// The image URL (HTTP).
+    #[arg(long)]
+    url: String,
+    /// How the blob maps to the disk.
+    #[arg(long, value_enum, default_value = "flat")]
+    format: Format,
+    /// The auto-cache directory (fresh for a cold run, reused for warm).
+    #[arg(long)]
+    cache_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Sequential reads of one size over the disk.
+    Seq {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Bytes per read request.
+        #[arg(long)]
+        request_size: usize,
+        /// Stop after this many bytes (default: the whole disk).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Seeded random aligned reads.
+    Random {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Number of reads.
+        #[arg(long)]
+        count: u64,
+        /// Bytes per read (a multiple of 512).
+        #[arg(long, default_value_t = 4096)]
+        io_size: usize,
+        /// The seed of the read offsets.
+        #[arg(long)]
+        seed: u64,
+    },
+    /// The one-row-per-sector baseline: populate from a local image, then
+    /// time the same seeded random reads against it.
+    PerSectorRandom {
+        /// The local image (flat) to populate from.
+        #[arg(long)]
+        image: PathBuf,
+        /// The SQLite file to create.
+        #[arg(long)]
+        db: PathBuf,
+        /// Number of reads.
+        #[arg(long)]
+        count: u64,
+        /// Bytes per read (a multiple of 512).
+        #[arg(long, default_value_t = 4096)]
+        io_size: usize,
+        /// The seed of the read offsets.
+        #[arg(long)]
+        seed: u64,
+    },
+    /// Export the stack over NBD until standard input closes.
+    ServeNbd {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// The Unix socket to listen on.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+}
+
+/// The one JSON line a workload prints.
+#[derive(Serialize, Default)]
+struct Output {
+    workload: String,
+    /// Bytes the workload read from the disk (or NBD clients read).
+    bytes_read: u64,
+    /// Read requests issued.
+    reads: u64,
+    /// Wall time of the timed part, in seconds.
+    secs: f64,
+    /// Time to open the stack (included in `secs` for `seq`/`random`).
+    open_secs: f64,
+    remote_requests: u64,
+    remote_bytes_fetched: u64,
+    remote_retries: u64,
+    cache_hit_bytes: u64,
+    cache_miss_bytes: u64,
+    cache_fill_bytes: u64,
+    /// Bytes of every file under the cache directory after close.
+    cache_file_bytes: u64,
+    /// Bytes of sectors present in the cache files after close.
+    cached_data_bytes: u64,
+    /// Peak resident set size of this process (VmHWM), bytes.
+    peak_rss_bytes: u64,
+    /// Checksum of everything read (keeps the reads from being elided and
+    /// lets the driver compare passes).
+    checksum: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let out = match cli.cmd {
+        Cmd::Seq {
+            stack,
+            request_size,
+            limit,
+        } => rt.block_on(seq(&stack, request_size, limit))?,
+        Cmd::Random {
+            stack,
+            count,
+            io_size,
+            seed,
+        } => rt.block_on(random(&stack, count, io_size, seed))?,
+        Cmd::PerSectorRandom {
+            image,
+            db,
+            count,
+            io_size,
+            seed,
+        } => per_sector_random(&image, &db, count, io_size, seed)?,
+        Cmd::ServeNbd { stack, socket } => rt.block_on(serve_nbd(&stack, &socket))?,
+    };
+    drop(rt);
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+fn handle(stack: &StackArgs) -> LayeredDiskHandle {
+    LayeredDiskHandle {
+        layers: vec![
+            LayerDescription::plain(LayerKind::Ram { len: None }),
+            LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
+                cache_dir: stack.cache_dir.clone(),
+                key: None,
+            }),
+            LayerDescription::plain(LayerKind::Blob {
+                url: stack.url.clone(),
+                format: match stack.format {
+                    Format::Flat => BlobFormat::Flat,
+                    Format::Vhd1 => BlobFormat::FixedVhd1,
+                },
+            }),
+        ],
+        read_only: false,
+    }
+}
+
+async fn open(stack: &StackArgs) -> Result<Disk> {
+    disk_open::open(&handle(stack), &disk_open::OpenOptions::default())
+        .await
+        .context("opening the disk stack")
+}
+
+/// A small seeded generator (splitmix64), so that the driver, the stack run
+/// and the baseline run all read the same offsets.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// The byte offsets of `count` random reads of `io_size` (aligned to
+/// `io_size`) inside a disk of `size` bytes.
+fn random_offsets(seed: u64, count: u64, io_size: usize, size: u64) -> Result<Vec<u64>> {
+    let slots = size / io_size as u64;
+    if slots == 0 {
+        bail!("the disk ({size} bytes) is smaller than one read of {io_size} bytes");
+    }
+    let mut rng = SplitMix(seed);
+    Ok((0..count)
+        .map(|_| (rng.next() % slots) * io_size as u64)
+        .collect())
+}
+
+fn fold(sum: u64, buf: &[u8]) -> u64 {
+    // Cheap: one word per 512-byte sector is enough to tie the checksum to
+    // the data without making the checksum the bottleneck.
+    buf.chunks(512).fold(sum, |acc, s| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[..8.min(s.len())]);
+        acc.rotate_left(5) ^ u64::from_le_bytes(w)
+    })
+}
+
+async fn seq(stack: &StackArgs, request_size: usize, limit: Option<u64>) -> Result<Output> {
+    if request_size == 0 || !request_size.is_multiple_of(512) {
+        bail!("--request-size must be a non-zero multiple of 512");
+    }
+    let start = Instant::now();
+    let disk = open(stack).await?;
+    let open_secs = start.elapsed().as_secs_f64();
+    let ss = u64::from(disk.sector_size());
+    let total = limit.unwrap_or(u64::MAX).min(disk.size_bytes());
+    let mut buf = vec![0u8; request_size];
+    let mut off = 0u64;
+    let mut reads = 0u64;
+    let mut sum = 0u64;
+    while off < total {
+        let n = (total - off).min(request_size as u64) as usize;
+        let n = n - n % ss as usize;
+        if n == 0 {
+            break;
+        }
+        disk.read(off / ss, &mut buf[..n])
+            .await
+            .with_context(|| format!("reading at byte {off}"))?;
+        sum = fold(sum, &buf[..n]);
+        off += n as u64;
+        reads += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    finish(stack, disk, "seq", off, reads, secs, open_secs, sum)
+}
+
+async fn random(stack: &StackArgs, count: u64, io_size: usize, seed: u64) -> Result<Output> {
+    if io_size == 0 || !io_size.is_multiple_of(512) {
+        bail!("--io-size must be a non-zero multiple of 512");
+    }
+    let start = Instant::now();
+    let disk = open(stack).await?;
+    let open_secs = start.elapsed().as_secs_f64();
+    let ss = u64::from(disk.sector_size());
+    let offsets = random_offsets(seed, count, io_size, disk.size_bytes())?;
+    let mut buf = vec![0u8; io_size];
+    let mut sum = 0u64;
+    // The reads alone are timed: IOPS is about the read path, and the open
+    // is reported separately.
+    let t = Instant::now();
+    for &off in &offsets {
+        disk.read(off / ss, &mut buf)
+            .await
+            .with_context(|| format!("reading at byte {off}"))?;
+        sum = fold(sum, &buf);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    finish(
+        stack,
+        disk,
+        "random",
+        count * io_size as u64,
+        count,
+        secs,
+        open_secs,
+        sum,
+    )
+}
+
+#[expect(clippy::too_many_arguments)]
+fn finish(
+    stack: &StackArgs,
+    disk: Disk,
+    workload: &str,
+    bytes_read: u64,
+    reads: u64,
+    secs: f64,
+    open_secs: f64,
+    checksum: u64,
+) -> Result<Output> {
+    let c = disk.counters();
+    drop(disk);
+    let (cache_file_bytes, cached_data_bytes) = cache_usage(&stack.cache_dir)?;
+    Ok(output(
+        workload,
+        bytes_read,
+        reads,
+        secs,
+        open_secs,
+        &c,
+        cache_file_bytes,
+        cached_data_bytes,
+        checksum,
+    ))
+}
+
+#[expect(clippy::too_many_arguments)]
+fn output(
+    workload: &str,
+    bytes_read: u64,
+    reads: u64,
+    secs: f64,
+    open_secs: f64,
+    c: &DiskCounters,
+    cache_file_bytes: u64,
+    cached_data_bytes: u64,
+    checksum: u64,
+) -> Output {
+    Output {
+        workload: workload.to_owned(),
+        bytes_read,
+        reads,
+        secs,
+        open_secs,
+        remote_requests: c.remote_requests,
+        remote_bytes_fetched: c.remote_bytes_fetched,
+        remote_retries: c.remote_retries,
+        cache_hit_bytes: c.cache_hit_bytes,
+        cache_miss_bytes: c.cache_miss_bytes,
+        cache_fill_bytes: c.cache_fill_bytes,
+        cache_file_bytes,
+        cached_data_bytes,
+        peak_rss_bytes: peak_rss(),
+        checksum,
+    }
+}
+
+/// Total size of the files under `dir`, and the bytes of sectors present in
+/// every SQLite cache file (`*.dbhd`) there.
+fn cache_usage(dir: &Path) -> Result<(u64, u64)> {
+    let mut files = 0u64;
+    let mut data = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", d.display())),
+        };
+        for e in rd {
+            let e = e?;
+            let meta = e.metadata()?;
+            let path = e.path();
+            if meta.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            files += meta.len();
+            if path.extension().is_some_and(|x| x == "dbhd") {
+                let layer = disklayer_sqlite::SqliteDiskLayer::open(&path, true)
+                    .with_context(|| format!("opening cache {}", path.display()))?;
+                let (_rows, sectors) = layer.stats()?;
+                data += sectors * u64::from(layer.geometry().sector_size);
+            }
+        }
+    }
+    Ok((files, data))
+}
+
+/// This process's peak resident set size (`VmHWM`), in bytes; 0 if the
+/// kernel does not report it.
+fn peak_rss() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+async fn serve_nbd(stack: &StackArgs, socket: &Path) -> Result<Output> {
+    let start = Instant::now();
+    let disk = open(stack).await?;
+    let open_secs = start.elapsed().as_secs_f64();
+    let listener = disk_nbd::serve_unix(socket, disk, Default::default())
+        .await
+        .context("serving NBD")?;
+    println!(
+        "{}",
+        serde_json::json!({ "ready": true, "uri": listener.nbd_uri() })
+    );
+    // Serve until the driver closes our standard input.
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    })
+    .await
+    .context("waiting for standard input to close")?;
+    let server = listener.server().clone();
+    listener
+        .shutdown()
+        .await
+        .context("stopping the NBD server")?;
+    let nbd = server.stats();
+    let disk = server.disk().clone();
+    drop(server);
+    let secs = start.elapsed().as_secs_f64();
+    finish(
+        stack,
+        disk,
+        "serve-nbd",
+        nbd.bytes_read,
+        nbd.requests,
+        secs,
+        open_secs,
+        0,
+    )
+}
+
+/// The reference's cache layout: one row per 512-byte sector.
+fn per_sector_random(
+    image: &Path,
+    db: &Path,
+    count: u64,
+    io_size: usize,
+    seed: u64,
+) -> Result<Output> {
+    use std::os::unix::fs::FileExt;
+    const SS: u64 = 512;
+    if io_size == 0 || !(io_size as u64).is_multiple_of(SS) {
+        bail!("--io-size must be a non-zero multiple of 512");
+    }
+    let file =
+        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let size = file.metadata()?.len();
+    let offsets = random_offsets(seed, count, io_size, size)?;
+    let _ = std::fs::remove_file(db);
+    let mut conn = rusqlite::Connection::open(db)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+         CREATE TABLE sectors (sector INTEGER PRIMARY KEY, data BLOB);",
+    )?;
+    // Populate: the reference fills its cache with write-no-overwrite,
+    // one row per sector.
+    let mut buf = vec![0u8; io_size];
+    {
+        let tx = conn.transaction()?;
+        {
+            let mut st =
+                tx.prepare("INSERT OR IGNORE INTO sectors (sector, data) VALUES (?1, ?2)")?;
+            for &off in &offsets {
+                file.read_exact_at(&mut buf, off)?;
+                for (i, s) in buf.chunks(SS as usize).enumerate() {
+                    st.execute(rusqlite::params![(off / SS) as i64 + i as i64, s])?;
+                }
+            }
+        }
+        tx.commit()?;
+    }
+    drop(conn);
+    // Timed phase: a fresh connection (a warm cache opened again), one
+    // range query per read collecting one row per sector.
+    let conn = rusqlite::Connection::open(db)?;
+    let sectors = (io_size as u64 / SS) as i64;
+    let mut sum = 0u64;
+    let t = Instant::now();
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT sector, data FROM sectors WHERE sector >= ?1 AND sector < ?2 ORDER BY sector",
+        )?;
+        for &off in &offsets {
+            let first = (off / SS) as i64;
+            let mut rows = st.query([first, first + sectors])?;
+            let mut got = 0;
+            while let Some(r) = rows.next()? {
+                let s: i64 = r.get(0)?;
+                let data: Vec<u8> = r.get(1)?;
+                let at = ((s - first) as usize) * SS as usize;
+                if data.len() != SS as usize || at + data.len() > buf.len() {
+                    bail!("baseline row for sector {s} is malformed");
+                }
+                buf[at..at + data.len()].copy_from_slice(&data);
+                got += 1;
+            }
+            if got != sectors {
+                bail!("baseline is missing sectors at byte {off}");
+            }
+            sum = fold(sum, &buf);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    drop(conn);
+    let file_bytes = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
+    Ok(output(
+        "per-sector-random",
+        count * io_size as u64,
+        count,
+        secs,
+        0.0,
+        &DiskCounters::default(),
+        file_bytes,
+        0,
+        sum,
+    ))
+}

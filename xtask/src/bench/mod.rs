@@ -1,13 +1,703 @@
-//! `cargo xtask bench` (not yet written).
+//! `cargo xtask bench`: the lazy disk against its peers, in one run.
+//!
+//! What it does, in order (every figure is the median of `--reps`
+//! repetitions, 3 by default):
+//! 1. builds `disk-bench` (release) and prepares a random image, flat and
+//!    as a fixed VHD1 (512 MiB; `--quick`: 8 MiB), plus a 1 GiB flat image
+//!    for the peak-RSS workload, served by nginx on loopback;
+//! 2. references: one `curl` download of the image, `cat` of the local file
+//!    from the page cache;
+//! 3. our stack in-process (`disk-bench`, one process per workload, so a
+//!    warm run is a new process that only finds the persistent cache): cold
+//!    sequential 64 KiB and 1 MiB reads (fresh cache dir), warm sequential
+//!    1 MiB reads, 20,000 seeded random 4 KiB reads cold and warm, and the
+//!    one-row-per-sector baseline for the warm random reads; flat and VHD1;
+//! 4. NBD with one client (`nbdcopy` to `null:`): our `disk_nbd` export of
+//!    the stack (cold: fresh cache; warm: a new server process over the same
+//!    cache) and `nbdkit -r curl` with the readahead and cache filters (warm:
+//!    a second pass in the same nbdkit process, its cache not being
+//!    persistent);
+//! 5. the test guest booted under QEMU (TCG) with `petri.steps=read-data`
+//!    from the local raw file (`snapshot=on`), and from the VHD over our
+//!    stack exported with `disk_nbd`: cold, warm, and cold with 20 ms added
+//!    to every HTTP request (the in-process fault server of
+//!    `blob_test_servers` serving the same file, as the delay proxy);
+//! 6. peak RSS while reading a 1 GiB image sequentially (cold, 1 MiB reads).
+//!
+//! The report (figures, then each target with PASS/FAIL) is printed and
+//! written to `target/bench/report.md` (or `--out`).
+//!
+//! Dependencies: `blob_test_servers` (nginx, the latency server, the image
+//! writers) is a test-support crate; the bench is a tool, not a product, so
+//! it uses it as a normal dependency.
 
+mod report;
+mod tools;
+
+use anyhow::Context;
 use anyhow::Result;
+use anyhow::bail;
+use blob_test_servers::FaultServer;
+use blob_test_servers::NginxServer;
+use report::Cmp;
+use report::Field;
+use report::Report;
+use report::Sample;
+use report::Unit;
 use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+use tools::BenchOut;
 
 /// Options for `cargo xtask bench`.
 #[derive(clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Small sizes and one repetition: checks that the command works; the
+    /// figures mean little.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions per figure (default 3, 1 with --quick).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Where to write the markdown report.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip the guest boot workload.
+    #[arg(long)]
+    skip_guest: bool,
+    /// Skip the NBD workloads.
+    #[arg(long)]
+    skip_nbd: bool,
+    /// Install missing Debian packages (nbdkit, libnbd-bin, curl,
+    /// qemu-utils, qemu-system-x86) with apt-get.
+    #[arg(long)]
+    install: bool,
+}
+
+/// Sizes of one run.
+struct Plan {
+    image_size: u64,
+    rss_image_size: u64,
+    random_reads: u64,
+    reps: usize,
+}
+
+const SEED: u64 = 0x5eed_b10b;
+const RANDOM_SEED: u64 = 20_000;
+const MIB: u64 = 1024 * 1024;
 
 /// Runs the benchmark.
-pub fn run(_root: &Path, _args: BenchArgs) -> Result<()> {
-    anyhow::bail!("bench is not implemented yet")
+pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
+    let plan = if args.quick {
+        Plan {
+            image_size: 8 * MIB,
+            rss_image_size: 16 * MIB,
+            random_reads: 500,
+            reps: args.reps.unwrap_or(1),
+        }
+    } else {
+        Plan {
+            image_size: 512 * MIB,
+            rss_image_size: 1024 * MIB,
+            random_reads: 20_000,
+            reps: args.reps.unwrap_or(3),
+        }
+    };
+    if plan.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    if args.install {
+        crate::setup::apt_install(&[
+            "nbdkit",
+            "libnbd-bin",
+            "curl",
+            "qemu-utils",
+            "qemu-system-x86",
+        ])?;
+    }
+    let bin = tools::build_disk_bench(root)?;
+    let work = root.join("target/bench/work");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    let www = work.join("www");
+    std::fs::create_dir_all(&www)?;
+    println!("bench: preparing images in {}", www.display());
+    blob_test_servers::images::write_random_file(&www.join("image.raw"), SEED, plan.image_size)?;
+    blob_test_servers::images::write_fixed_vhd1(
+        &www.join("image.vhd"),
+        SEED,
+        plan.image_size,
+        *b"disk-bench-image",
+    )?;
+    blob_test_servers::images::write_random_file(
+        &www.join("big.raw"),
+        SEED + 1,
+        plan.rss_image_size,
+    )?;
+    let guest = GuestFiles::find(root);
+    if let Some(g) = &guest {
+        link_or_copy(&g.vhd, &www.join("guest.vhd"))?;
+    }
+    let nginx = NginxServer::serve_dir(&www).context("starting nginx")?;
+
+    let mut b = Bench {
+        bin,
+        work: work.clone(),
+        www: www.clone(),
+        plan,
+        report: Report::default(),
+        next_dir: 0,
+    };
+    b.references(&nginx)?;
+    for fmt in ["flat", "vhd1"] {
+        b.in_process(&nginx, fmt)?;
+    }
+    b.per_sector_baseline()?;
+    b.rss(&nginx)?;
+    if args.skip_nbd {
+        b.report
+            .skipped("nbd-ours-cold", "NBD", Unit::MBps, "skipped (--skip-nbd)");
+    } else {
+        b.nbd(&nginx)?;
+    }
+    match (&guest, args.skip_guest) {
+        (_, true) => b.report.skipped(
+            "boot-local",
+            "guest boot",
+            Unit::Seconds,
+            "skipped (--skip-guest)",
+        ),
+        (None, false) => b.report.skipped(
+            "boot-local",
+            "guest boot",
+            Unit::Seconds,
+            "test guest images missing: run cargo xtask guest-test build-image",
+        ),
+        (Some(g), false) => b.guest(&nginx, g)?,
+    }
+    targets(&mut b.report);
+
+    let header = header(&b.plan, args.quick);
+    let md = b.report.markdown(&header);
+    println!("\n{md}");
+    let out = args
+        .out
+        .unwrap_or_else(|| root.join("target/bench/report.md"));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+    println!("bench: report written to {}", out.display());
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn header(plan: &Plan, quick: bool) -> String {
+    let uname = tools::capture("uname", &["-srm"]).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = tools::capture("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "# Disk stack benchmark{}\n\n{date}; {uname}; {cpus} CPUs ({cpu}); load average at the end: {}.\n\
+         Image {} MiB (random data, flat and fixed VHD1) on nginx at 127.0.0.1; RSS image {} MiB; \
+         {} random reads; each figure is the median of {} repetition(s). MB = 10^6 bytes.",
+        if quick {
+            " (--quick: sizes too small for the targets to mean anything)"
+        } else {
+            ""
+        },
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        plan.image_size / MIB,
+        plan.rss_image_size / MIB,
+        plan.random_reads,
+        plan.reps,
+    )
+}
+
+/// The issue's targets, evaluated on the flat image's rows.
+fn targets(r: &mut Report) {
+    let t = r.ratio("flat-cold-seq-64k", "curl");
+    r.target("cold sequential 64 KiB / curl", t, Cmp::AtLeast, 0.6, "x");
+    let t = r.ratio("flat-cold-seq-1m", "curl");
+    r.target("cold sequential 1 MiB / curl", t, Cmp::AtLeast, 0.7, "x");
+    let t = r.ratio("flat-warm-seq-1m", "cat");
+    r.target("warm sequential 1 MiB / cat", t, Cmp::AtLeast, 0.5, "x");
+    let t = r.ratio("flat-warm-random", "per-sector-random");
+    r.target(
+        "warm random 4 KiB / one-row-per-sector layout",
+        t,
+        Cmp::AtLeast,
+        2.0,
+        "x",
+    );
+    let t = r.get("flat-cold-random", Field::FetchedPerRead);
+    r.target(
+        "cold random 4 KiB: fetched / read",
+        t,
+        Cmp::AtMost,
+        16.0,
+        "x",
+    );
+    for key in ["flat-cold-seq-1m", "flat-cold-random"] {
+        let t = r.get(key, Field::CachePerData);
+        let label = format!("cache file / cached data ({key})");
+        r.target(&label, t, Cmp::AtMost, 1.05, "x");
+    }
+    let t = r.ratio("nbd-ours-cold", "nbd-nbdkit-cold");
+    r.target("NBD cold: ours / nbdkit", t, Cmp::AtLeast, 1.0, "x");
+    let t = r.ratio("nbd-ours-warm", "nbd-nbdkit-warm");
+    r.target("NBD warm: ours / nbdkit", t, Cmp::AtLeast, 1.0, "x");
+    let t = r.ratio("boot-cold", "boot-local");
+    r.target("guest boot cold remote / local", t, Cmp::AtMost, 1.3, "x");
+    let t = r.ratio("boot-warm", "boot-local");
+    r.target("guest boot warm remote / local", t, Cmp::AtMost, 1.05, "x");
+    let t = r.ratio("boot-cold-20ms", "boot-local");
+    r.target(
+        "guest boot cold remote, 20 ms latency / local",
+        t,
+        Cmp::AtMost,
+        2.0,
+        "x",
+    );
+    let t = r.get("rss-1g", Field::PeakRss).map(|v| v / MIB as f64);
+    r.target(
+        "peak RSS reading 1 GiB sequentially",
+        t,
+        Cmp::AtMost,
+        256.0,
+        " MiB",
+    );
+}
+
+struct Bench {
+    bin: PathBuf,
+    work: PathBuf,
+    www: PathBuf,
+    plan: Plan,
+    report: Report,
+    next_dir: u32,
+}
+
+fn mbps(bytes: f64, secs: f64) -> f64 {
+    if secs > 0.0 { bytes / secs / 1e6 } else { 0.0 }
+}
+
+impl BenchOut {
+    fn sample(&self, value: f64) -> Sample {
+        Sample {
+            value,
+            requests: Some(self.remote_requests as f64),
+            fetched: Some(self.remote_bytes_fetched as f64),
+            bytes_read: Some(self.bytes_read as f64),
+            cache_file: Some(self.cache_file_bytes as f64),
+            cached_data: Some(self.cached_data_bytes as f64),
+            peak_rss: Some(self.peak_rss_bytes as f64),
+        }
+    }
+
+    fn mbps_sample(&self) -> Sample {
+        self.sample(mbps(self.bytes_read as f64, self.secs))
+    }
+
+    fn iops_sample(&self) -> Sample {
+        let v = if self.secs > 0.0 {
+            self.reads as f64 / self.secs
+        } else {
+            0.0
+        };
+        self.sample(v)
+    }
+}
+
+impl Bench {
+    fn fresh_dir(&mut self, what: &str) -> Result<PathBuf> {
+        self.next_dir += 1;
+        let d = self.work.join(format!("{what}-{}", self.next_dir));
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
+    fn references(&mut self, nginx: &NginxServer) -> Result<()> {
+        println!("bench: references (curl, cat)");
+        let url = nginx.url("/image.raw");
+        let mut curl = Vec::new();
+        for _ in 0..self.plan.reps {
+            let (bytes, secs) = tools::curl_download(&url)?;
+            if bytes != self.plan.image_size {
+                bail!(
+                    "curl downloaded {bytes} bytes, expected {}",
+                    self.plan.image_size
+                );
+            }
+            curl.push(Sample {
+                value: mbps(bytes as f64, secs),
+                requests: Some(1.0),
+                fetched: Some(bytes as f64),
+                bytes_read: Some(bytes as f64),
+                ..Default::default()
+            });
+        }
+        self.report
+            .push("curl", "reference: curl full download", Unit::MBps, curl);
+        let file = self.www.join("image.raw");
+        // One untimed pass puts the file in the page cache.
+        tools::cat(&file)?;
+        let mut cat = Vec::new();
+        for _ in 0..self.plan.reps {
+            let secs = tools::cat(&file)?;
+            cat.push(Sample {
+                value: mbps(self.plan.image_size as f64, secs),
+                ..Default::default()
+            });
+        }
+        self.report
+            .push("cat", "reference: cat from page cache", Unit::MBps, cat);
+        Ok(())
+    }
+
+    fn stack_args(&self, url: &str, fmt: &str, cache: &Path) -> Vec<String> {
+        vec![
+            "--url".into(),
+            url.into(),
+            "--format".into(),
+            fmt.into(),
+            "--cache-dir".into(),
+            cache.display().to_string(),
+        ]
+    }
+
+    fn seq(&self, url: &str, fmt: &str, cache: &Path, request: u64) -> Result<BenchOut> {
+        let mut a = vec!["seq".to_owned()];
+        a.extend(self.stack_args(url, fmt, cache));
+        a.extend(["--request-size".to_owned(), request.to_string()]);
+        let out = tools::disk_bench(&self.bin, &a)?;
+        Ok(out)
+    }
+
+    fn random(&self, url: &str, fmt: &str, cache: &Path) -> Result<BenchOut> {
+        let mut a = vec!["random".to_owned()];
+        a.extend(self.stack_args(url, fmt, cache));
+        a.extend([
+            "--count".to_owned(),
+            self.plan.random_reads.to_string(),
+            "--seed".to_owned(),
+            RANDOM_SEED.to_string(),
+        ]);
+        tools::disk_bench(&self.bin, &a)
+    }
+
+    fn in_process(&mut self, nginx: &NginxServer, fmt: &str) -> Result<()> {
+        println!("bench: our stack in-process ({fmt})");
+        let url = nginx.url(if fmt == "flat" {
+            "/image.raw"
+        } else {
+            "/image.vhd"
+        });
+        let (mut c64, mut c1m, mut w1m, mut crand, mut wrand) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut checksums = Vec::new();
+        for _ in 0..self.plan.reps {
+            let dir = self.fresh_dir("cache")?;
+            let o = self.seq(&url, fmt, &dir, 64 * 1024)?;
+            c64.push(o.mbps_sample());
+
+            let dir = self.fresh_dir("cache")?;
+            let cold = self.seq(&url, fmt, &dir, MIB)?;
+            c1m.push(cold.mbps_sample());
+            let warm = self.seq(&url, fmt, &dir, MIB)?;
+            w1m.push(warm.mbps_sample());
+            checksums.extend([o.checksum, cold.checksum, warm.checksum]);
+
+            let dir = self.fresh_dir("cache")?;
+            let cold = self.random(&url, fmt, &dir)?;
+            crand.push(cold.iops_sample());
+            let warm = self.random(&url, fmt, &dir)?;
+            wrand.push(warm.iops_sample());
+            if cold.checksum != warm.checksum {
+                bail!("random reads returned different data cold and warm ({fmt})");
+            }
+        }
+        if checksums.windows(2).any(|w| w[0] != w[1]) {
+            bail!("sequential passes returned different data ({fmt})");
+        }
+        let p = format!("{fmt}-");
+        let r = &mut self.report;
+        r.push(
+            &format!("{p}cold-seq-64k"),
+            &format!("ours {fmt}: cold sequential 64 KiB"),
+            Unit::MBps,
+            c64,
+        );
+        r.push(
+            &format!("{p}cold-seq-1m"),
+            &format!("ours {fmt}: cold sequential 1 MiB"),
+            Unit::MBps,
+            c1m,
+        );
+        r.push(
+            &format!("{p}warm-seq-1m"),
+            &format!("ours {fmt}: warm sequential 1 MiB (new process)"),
+            Unit::MBps,
+            w1m,
+        );
+        r.push(
+            &format!("{p}cold-random"),
+            &format!("ours {fmt}: cold random 4 KiB"),
+            Unit::Iops,
+            crand,
+        );
+        r.push(
+            &format!("{p}warm-random"),
+            &format!("ours {fmt}: warm random 4 KiB (new process)"),
+            Unit::Iops,
+            wrand,
+        );
+        Ok(())
+    }
+
+    fn per_sector_baseline(&mut self) -> Result<()> {
+        println!("bench: one-row-per-sector baseline");
+        let mut v = Vec::new();
+        for _ in 0..self.plan.reps {
+            let dir = self.fresh_dir("per-sector")?;
+            let a = vec![
+                "per-sector-random".to_owned(),
+                "--image".to_owned(),
+                self.www.join("image.raw").display().to_string(),
+                "--db".to_owned(),
+                dir.join("per-sector.db").display().to_string(),
+                "--count".to_owned(),
+                self.plan.random_reads.to_string(),
+                "--seed".to_owned(),
+                RANDOM_SEED.to_string(),
+            ];
+            let o = tools::disk_bench(&self.bin, &a)?;
+            let mut s = o.iops_sample();
+            s.requests = None;
+            s.fetched = None;
+            s.cached_data = None;
+            v.push(s);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        self.report.push(
+            "per-sector-random",
+            "baseline: one-row-per-sector SQLite, warm random 4 KiB",
+            Unit::Iops,
+            v,
+        );
+        Ok(())
+    }
+
+    fn rss(&mut self, nginx: &NginxServer) -> Result<()> {
+        println!(
+            "bench: peak RSS reading {} MiB",
+            self.plan.rss_image_size / MIB
+        );
+        let url = nginx.url("/big.raw");
+        let mut v = Vec::new();
+        for _ in 0..self.plan.reps {
+            let dir = self.fresh_dir("cache")?;
+            let o = self.seq(&url, "flat", &dir, MIB)?;
+            v.push(o.mbps_sample());
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let label = format!(
+            "ours flat: cold sequential 1 MiB over {} MiB (peak RSS)",
+            self.plan.rss_image_size / MIB
+        );
+        self.report.push("rss-1g", &label, Unit::MBps, v);
+        Ok(())
+    }
+
+    fn nbd(&mut self, nginx: &NginxServer) -> Result<()> {
+        println!("bench: NBD (nbdcopy to null:)");
+        let missing: Vec<&str> = ["/usr/bin/nbdcopy", "/usr/sbin/nbdkit", "/usr/bin/nbdkit"]
+            .into_iter()
+            .filter(|p| !Path::new(p).exists())
+            .collect();
+        if missing.contains(&"/usr/bin/nbdcopy")
+            || (missing.contains(&"/usr/sbin/nbdkit") && missing.contains(&"/usr/bin/nbdkit"))
+        {
+            let why = "nbdkit or nbdcopy missing (cargo xtask bench --install, or apt-get install nbdkit libnbd-bin)";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                bail!("{why}");
+            }
+            self.report.skipped("nbd-ours-cold", "NBD", Unit::MBps, why);
+            return Ok(());
+        }
+        let url = nginx.url("/image.raw");
+        let (mut oc, mut ow, mut kc, mut kw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..self.plan.reps {
+            let dir = self.fresh_dir("cache")?;
+            let sock = self.work.join("ours.sock");
+            for (v, _warm) in [(&mut oc, false), (&mut ow, true)] {
+                let server = tools::NbdServerProc::start(
+                    &self.bin,
+                    &self.stack_args(&url, "flat", &dir),
+                    &sock,
+                )?;
+                let secs = tools::nbdcopy(server.uri())?;
+                let o = server.stop()?;
+                v.push(o.sample(mbps(self.plan.image_size as f64, secs)));
+            }
+            let kdir = self.fresh_dir("nbdkit")?;
+            let (cold, warm) = tools::nbdkit_two_passes(&url, &kdir)?;
+            kc.push(Sample {
+                value: mbps(self.plan.image_size as f64, cold),
+                ..Default::default()
+            });
+            kw.push(Sample {
+                value: mbps(self.plan.image_size as f64, warm),
+                ..Default::default()
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&kdir);
+        }
+        let r = &mut self.report;
+        r.push(
+            "nbd-ours-cold",
+            "NBD: ours (disk_nbd over the stack), cold",
+            Unit::MBps,
+            oc,
+        );
+        r.push(
+            "nbd-ours-warm",
+            "NBD: ours, warm (new server process, same cache)",
+            Unit::MBps,
+            ow,
+        );
+        r.push(
+            "nbd-nbdkit-cold",
+            "NBD: nbdkit curl+readahead+cache, cold",
+            Unit::MBps,
+            kc,
+        );
+        r.push(
+            "nbd-nbdkit-warm",
+            "NBD: nbdkit, warm (second pass, same process)",
+            Unit::MBps,
+            kw,
+        );
+        Ok(())
+    }
+
+    fn guest(&mut self, nginx: &NginxServer, g: &GuestFiles) -> Result<()> {
+        println!("bench: guest boot (QEMU TCG, petri.steps=read-data)");
+        let url = nginx.url("/guest.vhd");
+        let slow = FaultServer::builder()
+            .latency(Duration::from_millis(20))
+            .start()
+            .context("starting the latency server")?;
+        slow.put_file("/guest.vhd", &g.vhd)?;
+        let slow_url = slow.url("/guest.vhd");
+        let (mut local, mut cold, mut warm, mut lat) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..self.plan.reps {
+            let secs = tools::boot(g, &tools::BootDisk::Local(&g.raw))?;
+            local.push(Sample {
+                value: secs,
+                ..Default::default()
+            });
+            let dir = self.fresh_dir("cache")?;
+            let sock = self.work.join("guest.sock");
+            for (v, u) in [(&mut cold, &url), (&mut warm, &url)] {
+                let (secs, o) = self.boot_remote(g, u, &dir, &sock)?;
+                v.push(o.sample(secs));
+            }
+            let dir = self.fresh_dir("cache")?;
+            let (secs, o) = self.boot_remote(g, &slow_url, &dir, &sock)?;
+            lat.push(o.sample(secs));
+        }
+        let r = &mut self.report;
+        r.push(
+            "boot-local",
+            "guest boot: local raw file (QEMU snapshot=on)",
+            Unit::Seconds,
+            local,
+        );
+        r.push(
+            "boot-cold",
+            "guest boot: remote VHD over our NBD export, cold",
+            Unit::Seconds,
+            cold,
+        );
+        r.push(
+            "boot-warm",
+            "guest boot: remote, warm (new process, same cache)",
+            Unit::Seconds,
+            warm,
+        );
+        r.push(
+            "boot-cold-20ms",
+            "guest boot: remote, cold, 20 ms per HTTP request",
+            Unit::Seconds,
+            lat,
+        );
+        Ok(())
+    }
+
+    /// Boots from `url` over our NBD export; the time runs from starting
+    /// the server process (so it includes opening the stack) to the
+    /// guest's done marker.
+    fn boot_remote(
+        &self,
+        g: &GuestFiles,
+        url: &str,
+        cache: &Path,
+        sock: &Path,
+    ) -> Result<(f64, BenchOut)> {
+        let t = std::time::Instant::now();
+        let server =
+            tools::NbdServerProc::start(&self.bin, &self.stack_args(url, "vhd1", cache), sock)?;
+        tools::boot(g, &tools::BootDisk::Nbd(server.uri()))?;
+        let secs = t.elapsed().as_secs_f64();
+        let out = server.stop()?;
+        Ok((secs, out))
+    }
+}
+
+/// The built test guest.
+pub struct GuestFiles {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    raw: PathBuf,
+    vhd: PathBuf,
+}
+
+impl GuestFiles {
+    fn find(root: &Path) -> Option<Self> {
+        let dir = root.join("images");
+        let g = GuestFiles {
+            kernel: dir.join(crate::guest_image::KERNEL_FILE),
+            initrd: dir.join(crate::guest_image::INITRD_FILE),
+            raw: dir.join(crate::guest_image::RAW_FILE),
+            vhd: dir.join(crate::guest_image::VHD_FILE),
+        };
+        [&g.kernel, &g.initrd, &g.raw, &g.vhd]
+            .iter()
+            .all(|p| p.exists())
+            .then_some(g)
+    }
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
 }
