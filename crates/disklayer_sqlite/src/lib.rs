@@ -68,12 +68,17 @@
 //!
 //! `cargo bench -p disklayer_sqlite` compares warm reads and cold fills
 //! with reading the image file directly and with a one-row-per-sector
-//! layout. On the development VM (2 shared CPUs), warm sequential 1 MiB
-//! reads through `[auto-cache, file]` ran at about 0.8x direct `pread`
-//! from the page cache and about 5x the per-sector layout read with range
-//! queries (11x with one query per sector); a full chunk costs one BLOB
-//! read, a memory copy out of SQLite's memory map. The file holds about
-//! 1.01x the cached bytes (64 KiB pages, 1 MiB chunks).
+//! layout. On the development VM (2 CPUs shared with other builds, so the
+//! figures move by tens of percent between runs), warm sequential reads of
+//! a 512 MiB cache through `[auto-cache, file]` ran at about 0.65-0.8x
+//! (64 KiB) and 0.9-1.0x (1 MiB) of direct `pread` from the page cache,
+//! 3-5x the per-sector layout read with range queries and 7-12x the
+//! per-sector layout read with one query per sector. A full chunk costs
+//! one BLOB read, a memory copy out of SQLite's memory map; on a
+//! multi-thread runtime it lands directly in the caller's buffer. Cold
+//! fills run at about 2-3x the per-sector layout, bounded by SQLite's WAL
+//! and checkpoint writes. The file holds about 1.01x the cached bytes
+//! (64 KiB pages, 1 MiB chunks).
 //!
 //! DEVNOTE: a partial write into a partially present chunk rewrites the
 //! chunk's row (read-modify-write of up to `chunk_size` bytes). That is
