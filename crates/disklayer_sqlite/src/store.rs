@@ -26,6 +26,11 @@ const MAX_IDLE_READERS: usize = 8;
 /// Memory-map window per connection (SQLite caps it at its compile-time
 /// maximum, about 2 GiB); reads of mapped pages need no syscall. SQLite
 /// falls back to plain reads past it.
+///
+/// DEVNOTE: with memory-mapped reads, a device I/O error while reading the
+/// cache file arrives as SIGBUS instead of an error return (SQLite's
+/// documented trade-off). For a local cache file that is acceptable; set
+/// this to 0 if caches ever live on unreliable storage.
 const MMAP_SIZE: u64 = 0x7fff_0000;
 
 const SCHEMA: &str = "
