@@ -1,0 +1,657 @@
+//! `cargo xtask guest-test run`: the main job. Boots the petri test guest
+//! under QEMU from lazily fetched images, twice (cold cache, then warm),
+//! and prints what each test fetched.
+//!
+//! Position in the data flow: this sits above everything. It prepares a
+//! machine (QEMU, the guest's Debian packages, cargo-nextest), builds the
+//! test guest ([`crate::guest_image`]), hosts the images over HTTP with the
+//! embedded `blob_server` on 127.0.0.1 (or uses `--base-url`), and runs the
+//! QEMU vmm_tests through `cargo nextest run -p vmm_tests` with:
+//! - `PETRI_ARTIFACT_BASE_URL` = the store,
+//! - `PETRI_CACHE_DIR` = the read cache (emptied before the cold run, kept
+//!   for the warm run),
+//! - `VMM_TEST_IMAGES` = a folder holding only the local-only files (the
+//!   kernel and initramfs), so the disks resolve to URLs and stream,
+//! - `TEST_OUTPUT_PATH` = a fresh folder per run, where the QEMU backend
+//!   leaves each test's `disk-counters.json`;
+//!
+//! and `PETRI_REMOTE_ARTIFACTS` removed. It then reads the counters and
+//! nextest's per-test times and prints one table row per test (see
+//! [`report`]), and writes the same data to `summary.json` in its work
+//! folder (`<target>/guest-test-run/`).
+//!
+//! Invariants:
+//! - The store URL is printed only redacted (a SAS token stays secret).
+//! - The embedded server listens on loopback only and serves only the
+//!   images folder.
+//! - A run whose disks would be found locally (the resolver searches
+//!   `<workspace>/images` after `VMM_TEST_IMAGES`) is refused up front:
+//!   the table would claim streaming that did not happen.
+//! - Only folders this command owns are emptied; a user's `--cache-dir`
+//!   is emptied only with `--clear-cache`.
+//!
+//! DEVNOTE: the per-test times are nextest's wall times (VM boot plus the
+//! test's own work); without a nextest line for a test, the table falls
+//! back to the VMs' run time, marked `vm`.
+
+mod report;
+
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::bail;
+use blob_server::BlobServer;
+use blob_server::BlobServerStats;
+use petri_artifact_resolver_openvmm_known_paths::BASE_URL_ENV;
+use petri_artifact_resolver_openvmm_known_paths::IMAGES_DIR_ENV;
+use petri_artifact_resolver_openvmm_known_paths::ResolverEnv;
+use petri_artifact_resolver_openvmm_known_paths::artifact_base_url;
+use report::Phase;
+use std::io::BufRead;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Instant;
+use url_redact::redact_url;
+use vmm_test_images::KnownTestArtifacts;
+
+/// `petri::cache_dir::PETRI_CACHE_DIR` (xtask does not link petri).
+const PETRI_CACHE_DIR_ENV: &str = "PETRI_CACHE_DIR";
+/// The QEMU binary the backend looks for on `PATH`.
+const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// The Debian package that provides it.
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+
+/// Options for `cargo xtask guest-test run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The image store to stream from (http or https; a query such as a SAS
+    /// token is kept and never printed) [default: an embedded blob server on
+    /// 127.0.0.1 hosting --images-dir].
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+    /// The persistent read cache [default: <target>/guest-test-run/cache,
+    /// emptied before the cold run]. A given folder must be empty or
+    /// missing, unless --clear-cache.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Empty --cache-dir before the cold run.
+    #[arg(long)]
+    clear_cache: bool,
+    /// Where the test guest is built and hosted from [default:
+    /// <target>/guest-test-run/images]. It must not be a folder the
+    /// resolver searches for local images (<workspace>/images).
+    #[arg(long, value_name = "DIR")]
+    images_dir: Option<PathBuf>,
+    /// MiB of data files on the guest's root disk, if it must be built.
+    #[arg(long, value_name = "N", default_value_t = crate::guest_image::DEFAULT_DATA_MIB,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    data_mib: u64,
+    /// The nextest filter selecting the tests (a substring of test names).
+    #[arg(long, value_name = "FILTER", default_value = "qemu_")]
+    filter: String,
+    /// Run only the cold run (no warm run).
+    #[arg(long)]
+    cold_only: bool,
+    /// Extra arguments for `cargo nextest run` (after `--`).
+    #[arg(last = true, value_name = "NEXTEST_ARGS")]
+    nextest_args: Vec<String>,
+}
+
+/// The store the tests stream from.
+enum Store {
+    /// The embedded server (with its runtime, which must outlive it).
+    Embedded {
+        runtime: tokio::runtime::Runtime,
+        server: BlobServer,
+    },
+    /// A user-given base URL (normalised, may hold a secret query).
+    External(String),
+}
+
+impl Store {
+    fn base_url(&self) -> String {
+        match self {
+            Store::Embedded { server, .. } => server.base_url(),
+            Store::External(url) => url.clone(),
+        }
+    }
+
+    fn stats(&self) -> Option<BlobServerStats> {
+        match self {
+            Store::Embedded { server, .. } => Some(server.stats()),
+            Store::External(_) => None,
+        }
+    }
+}
+
+/// One nextest run's outcome.
+struct RunOutcome {
+    phase: Phase,
+    success: bool,
+    server: Option<BlobServerStats>,
+}
+
+/// Runs the command.
+pub fn run(root: &Path, args: RunArgs) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|t| root.join(t))
+        .unwrap_or_else(|| root.join("target"));
+    let work = target.join("guest-test-run");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    // 1. What the job needs on this machine.
+    ensure_qemu()?;
+    ensure_nextest(root)?;
+
+    // 2. The test guest.
+    let images = match &args.images_dir {
+        Some(d) => root.join(d),
+        None => work.join("images"),
+    };
+    let started = Instant::now();
+    let (manifest, outcome) = crate::guest_image::build(&crate::guest_image::BuildOptions {
+        out_dir: images.clone(),
+        data_mib: args.data_mib,
+        force: false,
+    })
+    .context("building the test guest")?;
+    println!(
+        "guest-test run: test guest {} in {} ({:?}, {:.1} s; kernel {})",
+        if outcome == crate::guest_image::BuildOutcome::Built {
+            "built"
+        } else {
+            "up to date"
+        },
+        images.display(),
+        outcome,
+        started.elapsed().as_secs_f64(),
+        manifest.kernel_version
+    );
+
+    // 3. The local folder: local-only files, never the streamed disks.
+    let local = work.join("local-images");
+    let streamed = prepare_local_images(&images, &local)?;
+    refuse_local_copies(root, &local, &streamed)?;
+
+    // 4. The cache.
+    let cache = prepare_cache(&work, args.cache_dir.as_deref(), args.clear_cache, root)?;
+
+    // 5. The store.
+    let store = match &args.base_url {
+        Some(url) => Store::External(artifact_base_url(Some(url)).context("checking --base-url")?),
+        None => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the blob server's runtime")?;
+            let server = runtime
+                .block_on(BlobServer::serve_dir(
+                    &images,
+                    (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+                ))
+                .with_context(|| format!("serving {}", images.display()))?;
+            Store::Embedded { runtime, server }
+        }
+    };
+    let base_url = store.base_url();
+    println!(
+        "guest-test run: store {} ({}), read cache {}, local images {}",
+        redact_url(&base_url),
+        match &store {
+            Store::Embedded { .. } => format!("embedded blob server hosting {}", images.display()),
+            Store::External(_) => "--base-url".to_owned(),
+        },
+        cache.display(),
+        local.display()
+    );
+
+    // 6. Build the tests once, so the runs below time only the tests.
+    let status = Command::new("cargo")
+        .args(["nextest", "run", "-p", "vmm_tests", "--no-run"])
+        .current_dir(root)
+        .status()
+        .context("starting cargo nextest")?;
+    if !status.success() {
+        bail!("building the vmm_tests failed ({status})");
+    }
+
+    // 7. Cold, then warm.
+    let env = TestEnv {
+        root,
+        base_url: &base_url,
+        cache: &cache,
+        local: &local,
+        filter: &args.filter,
+        extra: &args.nextest_args,
+    };
+    let cold = run_phase(&env, &store, &work.join("cold"), "cold")?;
+    let warm = if args.cold_only {
+        None
+    } else {
+        Some(run_phase(&env, &store, &work.join("warm"), "warm")?)
+    };
+
+    if let Store::Embedded { runtime, server } = store {
+        runtime.block_on(server.shutdown());
+    }
+
+    // 8. The table.
+    let empty = Phase::default();
+    let warm_phase = warm.as_ref().map(|w| &w.phase).unwrap_or(&empty);
+    println!();
+    println!(
+        "guest-test run: per-test results (time in seconds; fetched = bytes read from the store)"
+    );
+    print!("{}", report::render_table(&cold.phase, warm_phase));
+    for (name, r) in std::iter::once(("cold", &cold)).chain(warm.iter().map(|w| ("warm", w))) {
+        if let Some(s) = r.server {
+            println!(
+                "store, {name} run: {} requests ({} HEAD, {} range, {} full), {} sent, {} connections",
+                s.requests,
+                s.head_requests,
+                s.range_requests,
+                s.full_requests,
+                report::format_bytes(s.bytes_sent),
+                s.connections
+            );
+        }
+    }
+    write_summary(&work.join("summary.json"), &cold, warm.as_ref())?;
+    println!(
+        "guest-test run: summary in {}",
+        work.join("summary.json").display()
+    );
+
+    let failed: Vec<&str> = std::iter::once(("cold", &cold))
+        .chain(warm.iter().map(|w| ("warm", w)))
+        .filter(|(_, r)| !r.success)
+        .map(|(n, _)| n)
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "tests failed in the {} run(s); logs in {}",
+            failed.join(" and "),
+            work.display()
+        );
+    }
+    if cold.phase.totals.is_empty() {
+        bail!(
+            "no test reported disk counters: does the filter `{}` select QEMU tests, \
+             and did they run (not ignored)?",
+            args.filter
+        );
+    }
+    Ok(())
+}
+
+struct TestEnv<'a> {
+    root: &'a Path,
+    base_url: &'a str,
+    cache: &'a Path,
+    local: &'a Path,
+    filter: &'a str,
+    extra: &'a [String],
+}
+
+/// One nextest run with the job's environment; `out` becomes the tests'
+/// output root (emptied first).
+fn run_phase(env: &TestEnv<'_>, store: &Store, out: &Path, name: &str) -> Result<RunOutcome> {
+    remove_dir_if_exists(out)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let profile = if crate::is_ci() { "ci" } else { "default" };
+    println!(
+        "==> guest-test run: {name} run (test output in {})",
+        out.display()
+    );
+    let before = store.stats();
+    let mut child = Command::new("cargo")
+        .args([
+            "nextest",
+            "run",
+            "-p",
+            "vmm_tests",
+            "--no-fail-fast",
+            "--color",
+            "never",
+            "--profile",
+            profile,
+            env.filter,
+        ])
+        .args(env.extra)
+        .current_dir(env.root)
+        .env(BASE_URL_ENV, env.base_url)
+        .env(PETRI_CACHE_DIR_ENV, env.cache)
+        .env(IMAGES_DIR_ENV, env.local)
+        .env(petri_artifacts_common::TEST_OUTPUT_PATH_ENV, out)
+        .env_remove(petri_artifacts_core::RemoteOverride::ENV_VAR)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting cargo nextest")?;
+    // nextest reports on stderr: pass it through and keep the status lines.
+    let mut phase = Phase::default();
+    if let Some(stderr) = child.stderr.take() {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.context("reading nextest's output")?;
+            eprintln!("{line}");
+            if let Some(s) = report::parse_nextest_status(&line) {
+                phase.statuses.insert(s.test.clone(), s);
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo nextest")?;
+    let reports = report::collect_reports(out)?;
+    phase.totals = report::aggregate(&reports);
+    let server = match (before, store.stats()) {
+        (Some(b), Some(a)) => Some(stats_delta(&b, &a)),
+        _ => None,
+    };
+    Ok(RunOutcome {
+        phase,
+        success: status.success(),
+        server,
+    })
+}
+
+fn stats_delta(b: &BlobServerStats, a: &BlobServerStats) -> BlobServerStats {
+    BlobServerStats {
+        connections: a.connections - b.connections,
+        requests: a.requests - b.requests,
+        head_requests: a.head_requests - b.head_requests,
+        range_requests: a.range_requests - b.range_requests,
+        full_requests: a.full_requests - b.full_requests,
+        not_modified: a.not_modified - b.not_modified,
+        precondition_failed: a.precondition_failed - b.precondition_failed,
+        range_not_satisfiable: a.range_not_satisfiable - b.range_not_satisfiable,
+        errors: a.errors - b.errors,
+        bytes_sent: a.bytes_sent - b.bytes_sent,
+    }
+}
+
+/// Fills `local` with links to (or copies of) the catalog's local-only
+/// files found in `images`; returns the remote-capable files there (the
+/// ones that must stream).
+fn prepare_local_images(images: &Path, local: &Path) -> Result<Vec<KnownTestArtifacts>> {
+    remove_dir_if_exists(local)?;
+    std::fs::create_dir_all(local).with_context(|| format!("creating {}", local.display()))?;
+    let mut streamed = Vec::new();
+    for a in KnownTestArtifacts::all() {
+        let src = images.join(a.file_name());
+        if !src.is_file() {
+            continue;
+        }
+        if a.remote_capable() {
+            streamed.push(a);
+            continue;
+        }
+        let dst = local.join(a.file_name());
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst)
+                .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    if streamed.is_empty() {
+        bail!(
+            "{} holds no remote-capable test image: nothing would stream",
+            images.display()
+        );
+    }
+    Ok(streamed)
+}
+
+/// Fails if the resolver, with `VMM_TEST_IMAGES=local`, would find any of
+/// `streamed` on disk (it also searches `<workspace>/images`).
+fn refuse_local_copies(root: &Path, local: &Path, streamed: &[KnownTestArtifacts]) -> Result<()> {
+    let mut env = ResolverEnv::with_workspace_root(root);
+    env.images_dir = Some(local.to_owned());
+    let found: Vec<String> = streamed
+        .iter()
+        .filter_map(|a| env.find_local(*a).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !found.is_empty() {
+        bail!(
+            "the resolver would use local copies instead of streaming: {}. \
+             The images folder of the workspace is always searched; move these \
+             files elsewhere (this command builds and hosts its own copy in \
+             target/guest-test-run/images, or pass --images-dir)",
+            found.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The read cache folder, empty.
+fn prepare_cache(work: &Path, given: Option<&Path>, clear: bool, root: &Path) -> Result<PathBuf> {
+    let Some(dir) = given else {
+        let dir = work.join("cache");
+        remove_dir_if_exists(&dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        return Ok(dir);
+    };
+    let dir = root.join(dir);
+    let non_empty = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+    if non_empty {
+        if !clear {
+            bail!(
+                "the cache folder {} is not empty, so the first run would not be cold; \
+                 pass --clear-cache to empty it, or name an empty folder",
+                dir.display()
+            );
+        }
+        remove_dir_if_exists(&dir)?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// QEMU, installed with apt-get when missing and running as root.
+fn ensure_qemu() -> Result<()> {
+    if std::env::var_os("PETRI_QEMU").is_some() || on_path(QEMU_BINARY) {
+        return Ok(());
+    }
+    if !running_as_root() {
+        bail!("{QEMU_BINARY} is missing; install it with: sudo apt-get install -y {QEMU_PACKAGE}");
+    }
+    crate::setup::apt_install(&[QEMU_PACKAGE])?;
+    if !on_path(QEMU_BINARY) {
+        bail!("installed {QEMU_PACKAGE} but {QEMU_BINARY} is still not on PATH");
+    }
+    Ok(())
+}
+
+/// cargo-nextest, installed with `cargo install` when missing.
+fn ensure_nextest(root: &Path) -> Result<()> {
+    let present = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .current_dir(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    println!("guest-test run: installing cargo-nextest (cargo install cargo-nextest --locked)");
+    let status = Command::new("cargo")
+        .args(["install", "cargo-nextest", "--locked"])
+        .status()
+        .context("running cargo install cargo-nextest")?;
+    if !status.success() {
+        bail!("cargo install cargo-nextest failed ({status})");
+    }
+    Ok(())
+}
+
+/// Writes the runs' per-test data as JSON.
+fn write_summary(path: &Path, cold: &RunOutcome, warm: Option<&RunOutcome>) -> Result<()> {
+    let phase_json = |r: &RunOutcome| {
+        let tests: serde_json::Map<String, serde_json::Value> = r
+            .phase
+            .totals
+            .iter()
+            .map(|(name, t)| {
+                let secs = r.phase.statuses.get(name).map(|s| s.secs);
+                let status = r.phase.statuses.get(name).map(|s| s.status.clone());
+                (
+                    name.clone(),
+                    serde_json::json!({ "totals": t, "secs": secs, "status": status }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "success": r.success,
+            "tests": tests,
+            "store_requests": r.server.map(|s| s.requests),
+            "store_bytes_sent": r.server.map(|s| s.bytes_sent),
+        })
+    };
+    let json = serde_json::json!({
+        "cold": phase_json(cold),
+        "warm": warm.map(phase_json),
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest_image::INITRD_FILE;
+    use crate::guest_image::KERNEL_FILE;
+    use crate::guest_image::MANIFEST_FILE;
+    use crate::guest_image::RAW_FILE;
+    use crate::guest_image::VHD_FILE;
+
+    /// A fake built guest: the real file names, tiny contents.
+    fn built_guest(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        for name in [KERNEL_FILE, INITRD_FILE, RAW_FILE, VHD_FILE, MANIFEST_FILE] {
+            std::fs::write(dir.join(name), name).unwrap();
+        }
+    }
+
+    #[test]
+    fn local_folder_gets_only_the_local_only_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let images = tmp.path().join("store");
+        built_guest(&images);
+        let local = tmp.path().join("local");
+        // A stale file from an earlier run goes away.
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(local.join(VHD_FILE), "stale").unwrap();
+        let streamed = prepare_local_images(&images, &local).unwrap();
+        let mut names: Vec<&str> = streamed.iter().map(|a| a.file_name()).collect();
+        names.sort();
+        assert_eq!(names, [RAW_FILE, VHD_FILE]);
+        let mut present: Vec<String> = std::fs::read_dir(&local)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        present.sort();
+        assert_eq!(present, [INITRD_FILE, KERNEL_FILE]);
+        assert_eq!(
+            std::fs::read_to_string(local.join(KERNEL_FILE)).unwrap(),
+            KERNEL_FILE
+        );
+        // The store itself is untouched.
+        assert!(images.join(VHD_FILE).is_file());
+
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let err = prepare_local_images(&empty, &local)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nothing would stream"), "{err}");
+    }
+
+    #[test]
+    fn disks_the_resolver_would_find_locally_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("ws");
+        let images = tmp.path().join("store");
+        built_guest(&images);
+        let local = tmp.path().join("local");
+        let streamed = prepare_local_images(&images, &local).unwrap();
+        std::fs::create_dir_all(root.join("images")).unwrap();
+        refuse_local_copies(&root, &local, &streamed).unwrap();
+        // A copy in <workspace>/images would win over the URL.
+        std::fs::write(root.join("images").join(VHD_FILE), "x").unwrap();
+        let err = refuse_local_copies(&root, &local, &streamed)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(VHD_FILE), "{err}");
+        assert!(err.contains("instead of streaming"), "{err}");
+    }
+
+    #[test]
+    fn cache_folder_is_emptied_only_when_it_is_ours_or_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        let root = tmp.path();
+        // Ours: emptied.
+        std::fs::create_dir_all(work.join("cache/old")).unwrap();
+        let dir = prepare_cache(&work, None, false, root).unwrap();
+        assert_eq!(dir, work.join("cache"));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        // Given and missing or empty: used as is.
+        let given = tmp.path().join("user-cache");
+        assert_eq!(
+            prepare_cache(&work, Some(&given), false, root).unwrap(),
+            given
+        );
+        assert!(given.is_dir());
+        // Given and not empty: refused, unless --clear-cache.
+        std::fs::write(given.join("keep"), "x").unwrap();
+        let err = prepare_cache(&work, Some(&given), false, root)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--clear-cache"), "{err}");
+        assert!(given.join("keep").is_file());
+        prepare_cache(&work, Some(&given), true, root).unwrap();
+        assert_eq!(std::fs::read_dir(&given).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn store_stats_delta() {
+        let before = BlobServerStats {
+            requests: 5,
+            bytes_sent: 100,
+            head_requests: 1,
+            ..Default::default()
+        };
+        let after = BlobServerStats {
+            requests: 9,
+            bytes_sent: 1100,
+            head_requests: 2,
+            range_requests: 3,
+            ..Default::default()
+        };
+        let d = stats_delta(&before, &after);
+        assert_eq!(
+            (d.requests, d.bytes_sent, d.head_requests, d.range_requests),
+            (4, 1000, 1, 3)
+        );
+    }
+}

@@ -1,0 +1,516 @@
+//! What the main job reads back from a test run and the table it prints.
+//!
+//! Inputs:
+//! - the QEMU backend's disk counters: every test's log directory holds
+//!   `disk-counters.json`, a JSON array of reports, one per disk per boot
+//!   (the format of `petri::qemu::DiskCountersReport`; only the fields used
+//!   here are read, unknown ones are ignored, so the backend may add more);
+//! - nextest's status lines (`PASS [  12.345s] (3/8) <binary> <test>`) for
+//!   each test's wall time.
+//!
+//! Everything here is pure (text in, values out) and unit-tested; the
+//! orchestration in the parent module does the I/O.
+
+use anyhow::Context;
+use anyhow::Result;
+use serde::Deserialize;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The file each test's log directory holds (`petri::qemu::DISK_COUNTERS_FILE`).
+pub const DISK_COUNTERS_FILE: &str = "disk-counters.json";
+
+/// One disk of one boot, as the QEMU backend reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DiskReport {
+    /// The full test name.
+    pub test: String,
+    /// Which boot of the test (1 for the first).
+    #[serde(default)]
+    pub boot: u32,
+    /// `boot` or `drive<N>`.
+    #[serde(default)]
+    pub drive: String,
+    /// A path or a redacted URL.
+    #[serde(default)]
+    pub location: String,
+    /// Whether the disk was read from a remote store.
+    pub remote: bool,
+    /// The disk size the guest saw.
+    pub disk_bytes: u64,
+    /// Requests sent to the remote store.
+    #[serde(default)]
+    pub remote_requests: u64,
+    /// Bytes fetched from the remote store.
+    #[serde(default)]
+    pub remote_bytes_fetched: u64,
+    /// Bytes served by the persistent read cache.
+    #[serde(default)]
+    pub cache_hit_bytes: u64,
+    /// Milliseconds the VM ran.
+    #[serde(default)]
+    pub vm_millis: u64,
+}
+
+/// Parses one `disk-counters.json`.
+pub fn parse_counters_file(text: &str) -> Result<Vec<DiskReport>> {
+    serde_json::from_str(text).context("parsing the disk counters JSON")
+}
+
+/// Every report under `dir` (each test's log directory, at any depth).
+pub fn collect_reports(dir: &Path) -> Result<Vec<DiskReport>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err).with_context(|| format!("reading {}", d.display())),
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading {}", d.display()))?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(path);
+            } else if entry.file_name() == DISK_COUNTERS_FILE {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                out.extend(
+                    parse_counters_file(&text).with_context(|| format!("in {}", path.display()))?,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One test's disks, summed over its boots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TestTotals {
+    /// Whether any of its disks was remote.
+    pub remote: bool,
+    /// Boots reported.
+    pub boots: u32,
+    /// The largest remote disk (else the largest disk), in bytes.
+    pub image_bytes: u64,
+    /// Bytes fetched from the store, all boots and disks.
+    pub fetched: u64,
+    /// Requests sent to the store.
+    pub requests: u64,
+    /// Bytes served from the read cache.
+    pub cache_hit: u64,
+    /// Milliseconds the VMs ran.
+    pub vm_millis: u64,
+}
+
+/// Sums reports per test.
+pub fn aggregate(reports: &[DiskReport]) -> BTreeMap<String, TestTotals> {
+    let mut out: BTreeMap<String, TestTotals> = BTreeMap::new();
+    let mut boots: BTreeMap<&str, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    for r in reports {
+        let t = out.entry(r.test.clone()).or_default();
+        if r.remote && !t.remote {
+            // The first remote disk decides the image size from now on.
+            t.remote = true;
+            t.image_bytes = 0;
+        }
+        if r.remote == t.remote {
+            t.image_bytes = t.image_bytes.max(r.disk_bytes);
+        }
+        t.fetched += r.remote_bytes_fetched;
+        t.requests += r.remote_requests;
+        t.cache_hit += r.cache_hit_bytes;
+        boots.entry(&r.test).or_default().insert(r.boot);
+        // Every disk of a boot reports the same VM time: count it once.
+        if r.drive == "boot" || r.drive.is_empty() {
+            t.vm_millis += r.vm_millis;
+        }
+    }
+    for (test, b) in boots {
+        if let Some(t) = out.get_mut(test) {
+            t.boots = b.len() as u32;
+        }
+    }
+    out
+}
+
+/// A nextest result line: status, seconds, test name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestStatus {
+    /// `PASS`, `FAIL`, `SIGSEGV`, `TIMEOUT`, ...
+    pub status: String,
+    /// Wall time.
+    pub secs: f64,
+    /// The test name (without the binary id).
+    pub test: String,
+}
+
+/// Parses a nextest status line such as
+/// `        PASS [   1.234s] (1/8) vmm_tests::vmm_tests boot::qemu_x`
+/// (the `(n/m)` counter is optional; retries print `TRY 2 PASS`).
+pub fn parse_nextest_status(line: &str) -> Option<TestStatus> {
+    let line = line.trim();
+    let (head, rest) = line.split_once('[')?;
+    let status = head.split_whitespace().last()?;
+    if status.is_empty() || !status.chars().all(|c| c.is_ascii_uppercase() || c == '-') {
+        return None;
+    }
+    let (time, rest) = rest.split_once(']')?;
+    let secs: f64 = time.trim().strip_suffix('s')?.trim().parse().ok()?;
+    let mut words = rest.split_whitespace().peekable();
+    if words
+        .peek()
+        .is_some_and(|w| w.starts_with('(') && w.ends_with(')'))
+    {
+        words.next();
+    }
+    let _binary = words.next()?;
+    let test = words.next()?;
+    if words.next().is_some() {
+        return None;
+    }
+    Some(TestStatus {
+        status: status.to_owned(),
+        secs,
+        test: test.to_owned(),
+    })
+}
+
+/// What one run (cold or warm) produced.
+#[derive(Debug, Clone, Default)]
+pub struct Phase {
+    /// Per test totals from the disk counters.
+    pub totals: BTreeMap<String, TestTotals>,
+    /// Per test nextest results (the last one for a retried test).
+    pub statuses: BTreeMap<String, TestStatus>,
+}
+
+impl Phase {
+    /// The nextest result of `test`: exact name, else the one whose name
+    /// ends with it or that it ends with (harness name prefixes differ).
+    fn status(&self, test: &str) -> Option<&TestStatus> {
+        self.statuses.get(test).or_else(|| {
+            self.statuses
+                .iter()
+                .find(|(name, _)| name.ends_with(test) || test.ends_with(name.as_str()))
+                .map(|(_, s)| s)
+        })
+    }
+}
+
+/// `1.5 MiB`-style sizes (binary units), exact below 1 KiB.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+fn format_time(phase: &Phase, test: &str) -> String {
+    match phase.status(test) {
+        Some(s) if s.status == "PASS" => format!("{:.1}", s.secs),
+        Some(s) => format!("{:.1} {}", s.secs, s.status),
+        None => match phase.totals.get(test) {
+            // No nextest line: the VM time is the best we have.
+            Some(t) if t.vm_millis > 0 => format!("{:.1} vm", t.vm_millis as f64 / 1000.0),
+            _ => "-".to_owned(),
+        },
+    }
+}
+
+/// The per-test table: cold and warm time, bytes fetched and requests in
+/// each run, image size and the fraction of the image the cold run read.
+pub fn render_table(cold: &Phase, warm: &Phase) -> String {
+    let mut tests: Vec<&String> = cold.totals.keys().chain(warm.totals.keys()).collect();
+    tests.sort();
+    tests.dedup();
+    let header = [
+        "test",
+        "cold s",
+        "warm s",
+        "cold fetched",
+        "cold req",
+        "warm fetched",
+        "warm req",
+        "image",
+        "read",
+    ];
+    let mut rows: Vec<[String; 9]> = Vec::new();
+    for test in tests {
+        let c = cold.totals.get(test);
+        let w = warm.totals.get(test);
+        let remote = c.or(w).is_some_and(|t| t.remote);
+        let fetched = |t: Option<&TestTotals>| match t {
+            None => "-".to_owned(),
+            Some(_) if !remote => "local".to_owned(),
+            Some(t) => format_bytes(t.fetched),
+        };
+        let requests = |t: Option<&TestTotals>| match t {
+            Some(t) if remote => t.requests.to_string(),
+            _ => "-".to_owned(),
+        };
+        let image = c.or(w).map(|t| t.image_bytes).unwrap_or(0);
+        let read = match c {
+            Some(t) if remote && image > 0 => {
+                format!("{:.2}%", t.fetched as f64 * 100.0 / image as f64)
+            }
+            _ => "-".to_owned(),
+        };
+        rows.push([
+            test.clone(),
+            format_time(cold, test),
+            format_time(warm, test),
+            fetched(c),
+            requests(c),
+            fetched(w),
+            requests(w),
+            if image > 0 {
+                format_bytes(image)
+            } else {
+                "-".to_owned()
+            },
+            read,
+        ]);
+    }
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i == 0 {
+                s.push_str(&format!("{cell:<w$}"));
+            } else {
+                s.push_str(&format!("  {cell:>w$}"));
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPORTS: &str = r#"[
+      {"test": "qemu_linux_direct_x64::boot_remote", "boot": 1, "drive": "boot",
+       "location": "http://127.0.0.1:4000/petri-test-guest-x64.vhd", "remote": true,
+       "disk_bytes": 335544320, "remote_requests": 20, "remote_bytes_fetched": 3145728,
+       "remote_retries": 0, "remote_errors": 0, "cache_hit_bytes": 0,
+       "cache_miss_bytes": 3145728, "cache_fill_bytes": 3145728, "vm_millis": 9000,
+       "exit_code": 0, "a_field_added_later": [1, 2]},
+      {"test": "qemu_linux_direct_x64::boot_remote", "boot": 2, "drive": "boot",
+       "location": "http://127.0.0.1:4000/petri-test-guest-x64.vhd", "remote": true,
+       "disk_bytes": 335544320, "remote_requests": 1, "remote_bytes_fetched": 0,
+       "cache_hit_bytes": 3145728, "vm_millis": 7000, "exit_code": 0}
+    ]"#;
+
+    fn local_report() -> DiskReport {
+        DiskReport {
+            test: "qemu_linux_direct_x64::boot_local".into(),
+            boot: 1,
+            drive: "boot".into(),
+            location: "/images/petri-test-guest-x64.raw".into(),
+            remote: false,
+            disk_bytes: 335_544_320,
+            remote_requests: 0,
+            remote_bytes_fetched: 0,
+            cache_hit_bytes: 0,
+            vm_millis: 5000,
+        }
+    }
+
+    #[test]
+    fn counters_files_parse_and_sum_per_test() {
+        let reports = parse_counters_file(REPORTS).unwrap();
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports[0].remote_bytes_fetched, 3 << 20);
+        let totals = aggregate(&reports);
+        let t = &totals["qemu_linux_direct_x64::boot_remote"];
+        assert!(t.remote);
+        assert_eq!(t.boots, 2);
+        assert_eq!(t.fetched, 3 << 20);
+        assert_eq!(t.requests, 21);
+        assert_eq!(t.cache_hit, 3 << 20);
+        assert_eq!(t.image_bytes, 320 << 20);
+        assert_eq!(t.vm_millis, 16_000);
+        assert!(parse_counters_file("{not json").is_err());
+        assert!(parse_counters_file(r#"[{"test": "x"}]"#).is_err());
+    }
+
+    #[test]
+    fn remote_disk_decides_the_image_size() {
+        let mut small_remote = local_report();
+        small_remote.remote = true;
+        small_remote.disk_bytes = 1 << 20;
+        small_remote.drive = "drive1".into();
+        let totals = aggregate(&[local_report(), small_remote]);
+        let t = &totals["qemu_linux_direct_x64::boot_local"];
+        assert!(t.remote);
+        assert_eq!(t.image_bytes, 1 << 20);
+        assert_eq!(t.vm_millis, 5000, "the VM time counts once per boot");
+    }
+
+    #[test]
+    fn reports_are_collected_from_nested_log_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("qemu_linux_direct_x64::boot_remote");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::write(a.join(DISK_COUNTERS_FILE), REPORTS).unwrap();
+        let b = dir.path().join("nested/deeper");
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(b.join("console.log"), "not counters").unwrap();
+        let reports = collect_reports(dir.path()).unwrap();
+        assert_eq!(reports.len(), 2);
+        assert!(
+            collect_reports(&dir.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
+        std::fs::write(b.join(DISK_COUNTERS_FILE), "[oops").unwrap();
+        let err = format!("{:#}", collect_reports(dir.path()).unwrap_err());
+        assert!(err.contains("nested/deeper"), "{err}");
+    }
+
+    #[test]
+    fn nextest_status_lines() {
+        assert_eq!(
+            parse_nextest_status(
+                "        PASS [  12.345s] (3/8) vmm_tests::vmm_tests qemu_linux_direct_x64::boot"
+            ),
+            Some(TestStatus {
+                status: "PASS".into(),
+                secs: 12.345,
+                test: "qemu_linux_direct_x64::boot".into()
+            })
+        );
+        assert_eq!(
+            parse_nextest_status("        FAIL [   0.5s] vmm_tests::vmm_tests a::b"),
+            Some(TestStatus {
+                status: "FAIL".into(),
+                secs: 0.5,
+                test: "a::b".into()
+            })
+        );
+        assert_eq!(
+            parse_nextest_status("  TRY 2 PASS [   1.000s] (1/1) bin t"),
+            Some(TestStatus {
+                status: "PASS".into(),
+                secs: 1.0,
+                test: "t".into()
+            })
+        );
+        for not_status in [
+            "     Summary [   0.272s] 8 tests run: 8 passed, 0 skipped",
+            "    Starting 8 tests across 1 binary",
+            "   Compiling xtask v0.1.0 (/work/main/xtask)",
+            "PASS [ abc] bin t",
+            "",
+            "[",
+        ] {
+            assert_eq!(parse_nextest_status(not_status), None, "{not_status}");
+        }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(format_bytes(3_758_211_584), "3.5 GiB");
+    }
+
+    #[test]
+    fn table_shows_cold_warm_and_fraction_read() {
+        let remote = "qemu_linux_direct_x64::boot_remote";
+        let local = "qemu_linux_direct_x64::boot_local";
+        let cold_reports = parse_counters_file(REPORTS).unwrap();
+        let mut cold = Phase {
+            totals: aggregate(&[&cold_reports[..1], &[local_report()]].concat()),
+            ..Default::default()
+        };
+        let status = |secs, test: &str, st: &str| TestStatus {
+            status: st.into(),
+            secs,
+            test: test.into(),
+        };
+        cold.statuses
+            .insert(remote.into(), status(12.34, remote, "PASS"));
+        cold.statuses
+            .insert(local.into(), status(6.0, local, "PASS"));
+        let mut warm = Phase {
+            totals: aggregate(&[cold_reports[1].clone(), local_report()]),
+            ..Default::default()
+        };
+        warm.totals.get_mut(remote).unwrap().boots = 1;
+        warm.statuses
+            .insert(remote.into(), status(8.0, remote, "FAIL"));
+
+        let table = render_table(&cold, &warm);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("test"), "{table}");
+        for col in [
+            "cold s",
+            "warm s",
+            "cold fetched",
+            "warm fetched",
+            "image",
+            "read",
+        ] {
+            assert!(lines[0].contains(col), "{table}");
+        }
+        // Sorted by name: local first.
+        let local_row = lines[1];
+        assert!(local_row.starts_with(local), "{table}");
+        assert!(local_row.contains("local"), "{table}");
+        assert!(
+            local_row.contains("5.0 vm"),
+            "no nextest line: VM time\n{table}"
+        );
+        let remote_row = lines[2];
+        assert!(remote_row.starts_with(remote), "{table}");
+        let cells: Vec<&str> = remote_row[remote.len()..]
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "12.3",
+                "8.0 FAIL",
+                "3.0 MiB",
+                "20",
+                "0 B",
+                "1",
+                "320.0 MiB",
+                "0.94%"
+            ],
+            "{table}"
+        );
+        // Columns line up: every row is as wide as the header or wider.
+        assert!(lines.iter().all(|l| l.len() >= lines[0].len() - 4));
+    }
+}
