@@ -17,6 +17,7 @@ use clap::Subcommand;
 mod bench;
 mod download;
 mod guest_image;
+mod guest_run;
 mod setup;
 mod test;
 
@@ -50,6 +51,10 @@ enum GuestTestCommand {
     /// Download test images from the image store (all, named ones, or
     /// those the selected tests need locally).
     DownloadImage(download::DownloadImageArgs),
+    /// The main job: build the test guest if needed, host it on a local
+    /// blob server, run the QEMU vmm_tests twice (cold cache, then warm)
+    /// and print per-test times and bytes fetched.
+    Run(guest_run::RunArgs),
 }
 
 fn main() -> Result<()> {
@@ -61,6 +66,7 @@ fn main() -> Result<()> {
         Command::Bench(args) => bench::run(&root, args),
         Command::GuestTest(GuestTestCommand::BuildImage(args)) => guest_image::run(&root, args),
         Command::GuestTest(GuestTestCommand::DownloadImage(args)) => download::run(&root, args),
+        Command::GuestTest(GuestTestCommand::Run(args)) => guest_run::run(&root, args),
     }
 }
 
