@@ -1,12 +1,26 @@
 //! The VMM tests, run by petri's harness.
 
 mod boot;
+mod guest;
 mod harness_checks;
+mod mirror;
+mod remote_mirror;
+mod test_guest;
 
 use petri_artifact_resolver_openvmm_known_paths::OpenvmmKnownPathsTestArtifactResolver;
 
 fn main() {
     petri::test_main(|name, requirements| {
-        requirements.resolve(OpenvmmKnownPathsTestArtifactResolver::new(name))
+        // The per-test resolver environment: the process environment, plus
+        // for tests in `remote_mirror` an nginx mirror of the built images
+        // (see `mirror`).
+        let env = mirror::resolver_env(name, &requirements)?;
+        let resolved =
+            requirements.resolve(OpenvmmKnownPathsTestArtifactResolver::with_env(name, env));
+        if resolved.is_err() {
+            // The test will not run: stop its mirror now.
+            mirror::discard(name);
+        }
+        resolved
     })
 }

@@ -1,0 +1,176 @@
+//! Per-test resolver environments, and the nginx mirror the
+//! `remote_mirror` tests boot from.
+//!
+//! Why not environment variables: the resolver reads
+//! `PETRI_ARTIFACT_BASE_URL`, `VMM_TEST_IMAGES` and `PETRI_CACHE_DIR` from
+//! the process environment, which is shared by every test of the process
+//! (`cargo test` runs tests on threads of one process; only nextest gives
+//! each its own), and the workspace `images` folder, where
+//! `cargo xtask guest-test build-image` puts the test guest, is always
+//! searched, so the root disk would simply resolve locally. Instead the
+//! test binary's resolve function builds each test's
+//! [`ResolverEnv`] itself ([`resolver_env`]):
+//!
+//! - every test: the process environment, plus a check that the petri
+//!   test guest files it requires are built (missing: the test is skipped
+//!   with the build command, or fails under `CI=true`);
+//! - a test in the `remote_mirror` module that requires the test guest
+//!   additionally gets a [`RemoteMirror`]: nginx on 127.0.0.1 serving the
+//!   built images folder, a private images folder holding only the
+//!   kernel and initramfs (local-only artifacts), a fresh cache directory,
+//!   and a resolver environment whose base URL is nginx and whose only
+//!   image folder is the private one. So the root disk resolves to an
+//!   nginx URL, exactly as for a user whose images live on a store.
+//!
+//! The test takes its mirror with [`take`] (for the cache directory and
+//! nginx's request count; the backend gets the cache directory through
+//! `PetriVmBuilder::with_cache_dir`), and nginx stops when the test drops
+//! it. Nothing here changes the process environment, so tests can run in
+//! one process in parallel, and `PETRI_REMOTE_ARTIFACTS=0` still applies
+//! (the artifacts core reads it).
+
+use anyhow::Context as _;
+use blob_test_servers::NginxServer;
+use petri::SkipTest;
+use petri::TestArtifactRequirements;
+use petri_artifact_resolver_openvmm_known_paths::ResolverEnv;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use vmm_test_images::KnownTestArtifacts;
+use vmm_test_images::Obtain;
+
+/// Tests whose names start with this boot from a [`RemoteMirror`].
+pub const MIRRORED_MODULE: &str = "remote_mirror::";
+
+/// nginx serving the built test guest images, plus the folders a test
+/// resolves and caches into.
+pub struct RemoteMirror {
+    nginx: NginxServer,
+    served_dir: PathBuf,
+    root: tempfile::TempDir,
+}
+
+impl RemoteMirror {
+    /// The fresh read-cache directory of this test.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.path().join("cache")
+    }
+
+    /// The server.
+    pub fn nginx(&self) -> &NginxServer {
+        &self.nginx
+    }
+
+    /// The folder nginx serves (the built images folder).
+    pub fn served_dir(&self) -> &Path {
+        &self.served_dir
+    }
+
+    fn start(env: &ResolverEnv) -> anyhow::Result<Self> {
+        if blob_test_servers::require_tool("nginx").is_none() {
+            return Err(SkipTest::new("nginx is not installed (apt-get install nginx)").into());
+        }
+        let disk = env
+            .find_local(KnownTestArtifacts::PetriTestGuestX64Vhd)
+            .context("the test guest's VHD is not built")?;
+        let served_dir = disk
+            .parent()
+            .context("the test guest's VHD has no parent folder")?
+            .to_owned();
+        let root = tempfile::Builder::new()
+            .prefix("petri-mirror-")
+            .tempdir()
+            .context("creating the mirror's folders")?;
+        let images = root.path().join("images");
+        std::fs::create_dir_all(&images)?;
+        std::fs::create_dir_all(root.path().join("cache"))?;
+        for a in [
+            KnownTestArtifacts::PetriTestGuestX64Kernel,
+            KnownTestArtifacts::PetriTestGuestX64Initrd,
+        ] {
+            let from = env.find_local(a)?;
+            let to = images.join(a.file_name());
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to)
+                    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            }
+        }
+        let nginx = NginxServer::serve_dir(&served_dir).context("starting nginx")?;
+        Ok(Self {
+            nginx,
+            served_dir,
+            root,
+        })
+    }
+}
+
+type Mirrors = BTreeMap<String, Arc<RemoteMirror>>;
+
+static MIRRORS: Mutex<Mirrors> = Mutex::new(BTreeMap::new());
+
+fn mirrors() -> std::sync::MutexGuard<'static, Mirrors> {
+    MIRRORS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The built test guest files `requirements` needs; an error (a skip, or a
+/// failure under `CI=true`) naming the build command if one is missing.
+fn check_test_guest_built(
+    env: &ResolverEnv,
+    requirements: &TestArtifactRequirements,
+) -> anyhow::Result<Vec<KnownTestArtifacts>> {
+    let mut needed = Vec::new();
+    for handle in requirements.required_artifacts() {
+        let Some(a) = KnownTestArtifacts::from_handle(handle) else {
+            continue;
+        };
+        if a.obtain() != Obtain::BuildGuestImage {
+            continue;
+        }
+        if let Err(miss) = env.find_local(a) {
+            return Err(SkipTest::or_fail_under_ci(format!(
+                "the petri test guest is not built ({miss}); build it with `{}`",
+                Obtain::BUILD_GUEST_IMAGE_COMMAND
+            )));
+        }
+        needed.push(a);
+    }
+    Ok(needed)
+}
+
+/// The resolver environment of test `name`; see the module docs.
+pub fn resolver_env(
+    name: &str,
+    requirements: &TestArtifactRequirements,
+) -> anyhow::Result<ResolverEnv> {
+    let mut env = ResolverEnv::from_process_env();
+    let guest_files = check_test_guest_built(&env, requirements)?;
+    if guest_files.is_empty() || !name.starts_with(MIRRORED_MODULE) {
+        return Ok(env);
+    }
+    let mirror = Arc::new(RemoteMirror::start(&env)?);
+    // Keep logs where they would go, then make the private folder the only
+    // image folder (the workspace root decides the default one).
+    env.target_dir = Some(env.target_dir());
+    env.test_output_path = Some(env.test_output_root());
+    env.workspace_root = mirror.root.path().to_owned();
+    env.images_dir = None;
+    env.base_url = Some(mirror.nginx.base_url());
+    mirrors().insert(name.to_owned(), mirror);
+    Ok(env)
+}
+
+/// Takes the mirror of test `name` (made by [`resolver_env`]).
+pub fn take(name: &str) -> anyhow::Result<Arc<RemoteMirror>> {
+    mirrors().remove(name).with_context(|| {
+        format!("test {name} has no remote mirror; run it through the vmm_tests harness")
+    })
+}
+
+/// Drops the mirror of test `name`, if any (its resolution failed).
+pub fn discard(name: &str) {
+    let mirror = mirrors().remove(name);
+    drop(mirror);
+}

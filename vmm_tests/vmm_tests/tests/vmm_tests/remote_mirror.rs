@@ -1,0 +1,170 @@
+//! The petri test guest booted from a remote image: nginx on 127.0.0.1
+//! serves the built images folder, the root disk resolves to its URL, and
+//! the backend reads it lazily through RAM diff, SQLite auto-cache and
+//! HTTP blob (see `mirror` for how each test gets its mirror).
+
+use crate::guest::SCRATCH_MARKER;
+use crate::guest::any_file_contains;
+use crate::guest::boot_guest;
+use crate::guest::dir_bytes;
+use crate::mirror;
+use anyhow::Context as _;
+use anyhow::ensure;
+use petri::PetriVmBuilder;
+use petri::PetriVmmBackend;
+use petri::TestCase;
+use petri::TestCaseRegistration;
+use std::process::Command;
+use vmm_test_images::KnownTestArtifacts;
+use vmm_test_macros::vmm_test;
+
+/// The QEMU case of [`cold_then_warm`].
+const QEMU_CASE: &str = "remote_mirror::qemu_linux_direct_x64_petri_test_guest_x64::cold_then_warm";
+
+/// Boots twice from the nginx mirror with one fresh cache: the cold boot
+/// fetches what the guest reads, the warm boot fetches nothing (one HEAD
+/// validates the image), and the guest's writes (`write-scratch`, 4 MiB)
+/// never reach the cache.
+#[vmm_test(
+    qemu_linux_direct_x64(vhd(petri_test_guest_x64)),
+    openvmm_linux_direct_x64(vhd(petri_test_guest_x64)),
+    hyperv_uefi_x64(vhd(petri_test_guest_x64))
+)]
+async fn cold_then_warm<T: PetriVmmBackend + Clone>(
+    config: PetriVmBuilder<T>,
+) -> anyhow::Result<()> {
+    let mirror = mirror::take(&config.params().test_name)?;
+    let root = config
+        .firmware()
+        .boot_drive()
+        .and_then(|d| d.disk)
+        .context("no boot disk")?;
+    let base = mirror.nginx().base_url();
+    match &root {
+        petri::Disk::Differencing(petri::DiskPath::Remote { url }) => ensure!(
+            url.starts_with(&base),
+            "the root disk {root:?} is not served by the mirror {base}"
+        ),
+        other => anyhow::bail!("expected a remote root disk, got {other:?}"),
+    }
+    let config = config.with_cache_dir(mirror.cache_dir());
+
+    let before = mirror.nginx().request_count()?;
+    let cold = boot_guest(config.clone(), &["write-scratch"]).await?;
+    let after_cold = mirror.nginx().request_count()?;
+    let c = cold.counters;
+    eprintln!(
+        "cold boot: {c:?}, nginx saw {} requests",
+        after_cold - before
+    );
+    ensure!(
+        c.remote_bytes_fetched > 0,
+        "the cold boot fetched nothing: {c:?}"
+    );
+    ensure!(
+        c.remote_bytes_fetched < KnownTestArtifacts::PetriTestGuestX64Vhd.size() / 2,
+        "the cold boot fetched more than half the image: {c:?}"
+    );
+    ensure!(
+        after_cold - before == c.remote_requests,
+        "nginx saw {} requests, the disk counted {c:?}",
+        after_cold - before
+    );
+
+    let warm = boot_guest(config, &["write-scratch"]).await?;
+    let after_warm = mirror.nginx().request_count()?;
+    let w = warm.counters;
+    eprintln!(
+        "warm boot: {w:?}, nginx saw {} requests",
+        after_warm - after_cold
+    );
+    ensure!(
+        w.remote_bytes_fetched == 0,
+        "the warm boot fetched bytes: {w:?}"
+    );
+    // The one request is the HEAD that checks the image is unchanged.
+    ensure!(w.remote_requests == 1, "warm boot requests: {w:?}");
+    ensure!(
+        after_warm - after_cold == 1,
+        "nginx saw {} requests",
+        after_warm - after_cold
+    );
+    ensure!(
+        w.cache_hit_bytes > 0,
+        "the warm boot read nothing from the cache: {w:?}"
+    );
+
+    // The guest wrote its marker (the step passed), but only into RAM.
+    let cache = mirror.cache_dir();
+    ensure!(dir_bytes(&cache) > 0, "the cache is empty");
+    ensure!(
+        !any_file_contains(&cache, SCRATCH_MARKER)?,
+        "the guest's writes reached the cache in {}",
+        cache.display()
+    );
+    ensure!(
+        !any_file_contains(
+            &mirror
+                .served_dir()
+                .join(KnownTestArtifacts::PetriTestGuestX64Vhd.file_name()),
+            SCRATCH_MARKER
+        )?,
+        "the guest's writes reached the served image"
+    );
+    Ok(())
+}
+
+/// `PETRI_REMOTE_ARTIFACTS=0` forces local resolution: the QEMU case of
+/// [`cold_then_warm`], run by this very binary with it set, must fail
+/// before booting, naming the root disk and the command that builds it.
+fn forced_local_fails_with_the_build_hint() -> anyhow::Result<()> {
+    let env = petri_artifact_resolver_openvmm_known_paths::ResolverEnv::from_process_env();
+    if env
+        .find_local(KnownTestArtifacts::PetriTestGuestX64Vhd)
+        .is_err()
+    {
+        return Err(petri::SkipTest::or_fail_under_ci(
+            "the petri test guest is not built; build it with `cargo xtask guest-test build-image`",
+        ));
+    }
+    let exe = std::env::current_exe().context("cannot find the test binary")?;
+    let out = Command::new(&exe)
+        .args(["--exact", QEMU_CASE])
+        .env("PETRI_REMOTE_ARTIFACTS", "0")
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if text.contains("is ignored on this host") || text.contains("1 ignored") {
+        return Err(petri::SkipTest::or_fail_under_ci(
+            "the QEMU case is ignored on this host (no QEMU)",
+        ));
+    }
+    ensure!(
+        !out.status.success(),
+        "the forced-local run passed:\n{text}"
+    );
+    ensure!(
+        text.contains(KnownTestArtifacts::PetriTestGuestX64Vhd.cli_name())
+            && text.contains("cargo xtask guest-test build-image"),
+        "the failure does not name the image and the build command:\n{text}"
+    );
+    ensure!(
+        !text.contains("PETRI_DISK_COUNTERS"),
+        "the forced-local run booted:\n{text}"
+    );
+    Ok(())
+}
+
+fn forced_local_case() -> TestCase {
+    TestCase::new(
+        "forced_local_fails_with_the_build_hint",
+        |_: &petri::ArtifactResolver<'_>| (),
+        |_, ()| forced_local_fails_with_the_build_hint(),
+    )
+}
+
+petri::inventory::submit!(TestCaseRegistration::new(module_path!(), forced_local_case));
