@@ -12,11 +12,11 @@
 //! Workloads:
 //! - `seq`: sequential reads of one request size over the whole disk (or a
 //!   prefix), queue depth 1, timed from before the open;
-//! - `random`: N seeded random aligned reads (queue depth 1);
-//! - `per-sector-random`: the baseline for the warm random target: the
-//!   reference's one-row-per-sector SQLite layout, populated from a local
-//!   image file with the sectors the seeded reads touch, then read back with
-//!   one range query per read in a second phase (only that phase is timed);
+//! - `random`: N seeded random aligned reads (queue depth 1); with
+//!   `--layout per-sector` the auto-cache is replaced by the reference's
+//!   one-row-per-sector SQLite layout ([`per_sector`]) in the same stack
+//!   (RAM above, the same HTTP blob below): the baseline of the warm random
+//!   target;
 //! - `serve-nbd`: exports the stack with `disk_nbd` on a Unix socket, prints
 //!   a `ready` line, serves until standard input closes, then prints the
 //!   counters of the whole session.
@@ -25,13 +25,13 @@
 //! `Disk`, the cache directory on disk after the disk is closed, `VmHWM`);
 //! the driver only takes medians.
 //!
-//! DEVNOTE: the per-sector baseline is implemented here (minimal: the
-//! layout and the reference's range-query read path, no layering) because
-//! the one in `disklayer_sqlite/benches` is private to that bench. It costs
-//! the baseline nothing the reference would pay (no RAM layer above it, no
-//! `Disk` dispatch), so the ratio against it is conservative.
+//! DEVNOTE: the per-sector baseline layer is implemented here because the
+//! one in `disklayer_sqlite/benches` is private to that bench (and is not a
+//! layer).
 
 #![forbid(unsafe_code)]
+
+mod per_sector;
 
 use anyhow::Context;
 use anyhow::Result;
@@ -61,6 +61,14 @@ struct Cli {
 enum Format {
     Flat,
     Vhd1,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Layout {
+    /// Our auto-cache (chunked SQLite), opened with `disk_open`.
+    Chunked,
+    /// The reference's one-row-per-sector SQLite layout.
+    PerSector,
 }
 
 #[derive(clap::Args)]
@@ -102,25 +110,9 @@ enum Cmd {
         /// The seed of the read offsets.
         #[arg(long)]
         seed: u64,
-    },
-    /// The one-row-per-sector baseline: populate from a local image, then
-    /// time the same seeded random reads against it.
-    PerSectorRandom {
-        /// The local image (flat) to populate from.
-        #[arg(long)]
-        image: PathBuf,
-        /// The SQLite file to create.
-        #[arg(long)]
-        db: PathBuf,
-        /// Number of reads.
-        #[arg(long)]
-        count: u64,
-        /// Bytes per read (a multiple of 512).
-        #[arg(long, default_value_t = 4096)]
-        io_size: usize,
-        /// The seed of the read offsets.
-        #[arg(long)]
-        seed: u64,
+        /// The read-cache layout.
+        #[arg(long, value_enum, default_value = "chunked")]
+        layout: Layout,
     },
     /// Export the stack over NBD until standard input closes.
     ServeNbd {
@@ -178,14 +170,8 @@ fn main() -> Result<()> {
             count,
             io_size,
             seed,
-        } => rt.block_on(random(&stack, count, io_size, seed))?,
-        Cmd::PerSectorRandom {
-            image,
-            db,
-            count,
-            io_size,
-            seed,
-        } => per_sector_random(&image, &db, count, io_size, seed)?,
+            layout,
+        } => rt.block_on(random(&stack, count, io_size, seed, layout))?,
         Cmd::ServeNbd { stack, socket } => rt.block_on(serve_nbd(&stack, &socket))?,
     };
     drop(rt);
@@ -218,6 +204,9 @@ async fn open(stack: &StackArgs) -> Result<Disk> {
         .await
         .context("opening the disk stack")
 }
+
+/// The baseline's database file name inside the cache directory.
+const PER_SECTOR_DB: &str = "per-sector.db";
 
 /// A small seeded generator (splitmix64), so that the driver, the stack run
 /// and the baseline run all read the same offsets.
@@ -286,12 +275,21 @@ async fn seq(stack: &StackArgs, request_size: usize, limit: Option<u64>) -> Resu
     finish(stack, disk, "seq", off, reads, secs, open_secs, sum)
 }
 
-async fn random(stack: &StackArgs, count: u64, io_size: usize, seed: u64) -> Result<Output> {
+async fn random(
+    stack: &StackArgs,
+    count: u64,
+    io_size: usize,
+    seed: u64,
+    layout: Layout,
+) -> Result<Output> {
     if io_size == 0 || !io_size.is_multiple_of(512) {
         bail!("--io-size must be a non-zero multiple of 512");
     }
     let start = Instant::now();
-    let disk = open(stack).await?;
+    let disk = match layout {
+        Layout::Chunked => open(stack).await?,
+        Layout::PerSector => open_per_sector(stack).await?,
+    };
     let open_secs = start.elapsed().as_secs_f64();
     let ss = u64::from(disk.sector_size());
     let offsets = random_offsets(seed, count, io_size, disk.size_bytes())?;
@@ -398,7 +396,9 @@ fn cache_usage(dir: &Path) -> Result<(u64, u64)> {
                 continue;
             }
             files += meta.len();
-            if path.extension().is_some_and(|x| x == "dbhd") {
+            if path.file_name().is_some_and(|n| n == PER_SECTOR_DB) {
+                data += per_sector::PerSectorLayer::present_sectors(&path)? * 512;
+            } else if path.extension().is_some_and(|x| x == "dbhd") {
                 let layer = disklayer_sqlite::SqliteDiskLayer::open(&path, true)
                     .with_context(|| format!("opening cache {}", path.display()))?;
                 let (_rows, sectors) = layer.stats()?;
@@ -461,89 +461,30 @@ async fn serve_nbd(stack: &StackArgs, socket: &Path) -> Result<Output> {
     )
 }
 
-/// The reference's cache layout: one row per 512-byte sector.
-fn per_sector_random(
-    image: &Path,
-    db: &Path,
-    count: u64,
-    io_size: usize,
-    seed: u64,
-) -> Result<Output> {
-    use std::os::unix::fs::FileExt;
-    const SS: u64 = 512;
-    if io_size == 0 || !(io_size as u64).is_multiple_of(SS) {
-        bail!("--io-size must be a non-zero multiple of 512");
-    }
-    let file =
-        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
-    let size = file.metadata()?.len();
-    let offsets = random_offsets(seed, count, io_size, size)?;
-    let _ = std::fs::remove_file(db);
-    let mut conn = rusqlite::Connection::open(db)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
-         CREATE TABLE sectors (sector INTEGER PRIMARY KEY, data BLOB);",
+/// The same stack as [`open`] with the reference's one-row-per-sector
+/// layout (in `<cache dir>/per-sector.db`) in place of the auto-cache.
+async fn open_per_sector(stack: &StackArgs) -> Result<Disk> {
+    use disk_layered::DiskLayer;
+    use disk_layered::LayerConfiguration;
+    let blob = disk_blob::HttpBlob::open(&stack.url, Default::default())
+        .await
+        .context("opening the blob")?;
+    let blob: std::sync::Arc<dyn disk_blob::Blob> = std::sync::Arc::new(blob);
+    let bottom = match stack.format {
+        Format::Flat => disk_blob::BlobDisk::new_flat(blob)?,
+        Format::Vhd1 => disk_blob::BlobDisk::new_fixed_vhd1(blob).await?,
+    };
+    let bottom = Disk::new(bottom)?;
+    std::fs::create_dir_all(&stack.cache_dir)?;
+    let cache = per_sector::PerSectorLayer::open(
+        &stack.cache_dir.join(PER_SECTOR_DB),
+        bottom.sector_count(),
     )?;
-    // Populate: the reference fills its cache with write-no-overwrite,
-    // one row per sector.
-    let mut buf = vec![0u8; io_size];
-    {
-        let tx = conn.transaction()?;
-        {
-            let mut st =
-                tx.prepare("INSERT OR IGNORE INTO sectors (sector, data) VALUES (?1, ?2)")?;
-            for &off in &offsets {
-                file.read_exact_at(&mut buf, off)?;
-                for (i, s) in buf.chunks(SS as usize).enumerate() {
-                    st.execute(rusqlite::params![(off / SS) as i64 + i as i64, s])?;
-                }
-            }
-        }
-        tx.commit()?;
-    }
-    drop(conn);
-    // Timed phase: a fresh connection (a warm cache opened again), one
-    // range query per read collecting one row per sector.
-    let conn = rusqlite::Connection::open(db)?;
-    let sectors = (io_size as u64 / SS) as i64;
-    let mut sum = 0u64;
-    let t = Instant::now();
-    {
-        let mut st = conn.prepare_cached(
-            "SELECT sector, data FROM sectors WHERE sector >= ?1 AND sector < ?2 ORDER BY sector",
-        )?;
-        for &off in &offsets {
-            let first = (off / SS) as i64;
-            let mut rows = st.query([first, first + sectors])?;
-            let mut got = 0;
-            while let Some(r) = rows.next()? {
-                let s: i64 = r.get(0)?;
-                let data: Vec<u8> = r.get(1)?;
-                let at = ((s - first) as usize) * SS as usize;
-                if data.len() != SS as usize || at + data.len() > buf.len() {
-                    bail!("baseline row for sector {s} is malformed");
-                }
-                buf[at..at + data.len()].copy_from_slice(&data);
-                got += 1;
-            }
-            if got != sectors {
-                bail!("baseline is missing sectors at byte {off}");
-            }
-            sum = fold(sum, &buf);
-        }
-    }
-    let secs = t.elapsed().as_secs_f64();
-    drop(conn);
-    let file_bytes = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
-    Ok(output(
-        "per-sector-random",
-        count * io_size as u64,
-        count,
-        secs,
-        0.0,
-        &DiskCounters::default(),
-        file_bytes,
-        0,
-        sum,
-    ))
+    let layers = vec![
+        LayerConfiguration::plain(DiskLayer::new(disklayer_ram::RamDiskLayer::lazy(None))),
+        LayerConfiguration::read_cache(DiskLayer::from_layer(cache)),
+        LayerConfiguration::plain(DiskLayer::from_disk(bottom)),
+    ];
+    let layered = disk_layered::LayeredDisk::new(false, layers).await?;
+    Ok(Disk::new(layered)?)
 }
