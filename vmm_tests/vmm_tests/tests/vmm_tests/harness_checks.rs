@@ -69,8 +69,14 @@ fn catalog_entry(id: &str) -> Option<KnownTestArtifacts> {
     KnownTestArtifacts::all().find(|a| a.handle().id() == id)
 }
 
+/// `{module}::{vmm}_{firmware}_{arch}[_{image}]::{fn}`, as the macro names
+/// its cases.
 fn is_vm_test(name: &str) -> bool {
-    name.starts_with("boot::")
+    let parts: Vec<&str> = name.split("::").collect();
+    parts.len() == 3
+        && ["openvmm_", "hyperv_", "qemu_"]
+            .iter()
+            .any(|vmm| parts[1].starts_with(vmm))
 }
 
 /// Hyper-V configs require every image locally; OpenVMM configs leave
@@ -93,7 +99,7 @@ fn required_artifacts_follow_backend_policy() -> anyhow::Result<()> {
                 out.local_only == out.required,
                 "{name}: Hyper-V must require every image locally: {out:?}"
             );
-        } else if name.contains("::openvmm_") {
+        } else if name.contains("::openvmm_") || name.contains("::qemu_") {
             for id in &out.required {
                 let entry = catalog_entry(id);
                 let extra = id.contains("::test_vmgs::");
@@ -112,7 +118,7 @@ fn required_artifacts_follow_backend_policy() -> anyhow::Result<()> {
     }
     ensure!(
         remote_allowed > 0,
-        "no OpenVMM config allows a remote image"
+        "no OpenVMM or QEMU config allows a remote image"
     );
 
     // The two Ubuntu configs, spelled out.
