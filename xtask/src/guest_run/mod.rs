@@ -25,8 +25,9 @@
 //! - The embedded server listens on loopback only and serves only the
 //!   images folder.
 //! - A run whose disks would be found locally (the resolver searches
-//!   `<workspace>/images` after `VMM_TEST_IMAGES`) is refused up front:
-//!   the table would claim streaming that did not happen.
+//!   `<workspace>/images` after `VMM_TEST_IMAGES`) is refused up front
+//!   unless `--allow-local`; the table then says `local` for such disks,
+//!   never claiming streaming that did not happen.
 //! - Only folders this command owns are emptied; a user's `--cache-dir`
 //!   is emptied only with `--clear-cache`.
 //!
@@ -93,6 +94,10 @@ pub struct RunArgs {
     /// Run only the cold run (no warm run).
     #[arg(long)]
     cold_only: bool,
+    /// Run even if the resolver would find the disks in a local images
+    /// folder (they are then read locally, and the table says `local`).
+    #[arg(long)]
+    allow_local: bool,
     /// Extra arguments for `cargo nextest run` (after `--`).
     #[arg(last = true, value_name = "NEXTEST_ARGS")]
     nextest_args: Vec<String>,
@@ -157,14 +162,13 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
     })
     .context("building the test guest")?;
     println!(
-        "guest-test run: test guest {} in {} ({:?}, {:.1} s; kernel {})",
+        "guest-test run: test guest {} in {} ({:.1} s; kernel {})",
         if outcome == crate::guest_image::BuildOutcome::Built {
             "built"
         } else {
             "up to date"
         },
         images.display(),
-        outcome,
         started.elapsed().as_secs_f64(),
         manifest.kernel_version
     );
@@ -172,7 +176,12 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
     // 3. The local folder: local-only files, never the streamed disks.
     let local = work.join("local-images");
     let streamed = prepare_local_images(&images, &local)?;
-    refuse_local_copies(root, &local, &streamed)?;
+    if let Err(err) = refuse_local_copies(root, &local, &streamed) {
+        if !args.allow_local {
+            bail!("{err:#} (or pass --allow-local to run anyway)");
+        }
+        println!("guest-test run: warning (--allow-local): {err:#}");
+    }
 
     // 4. The cache.
     let cache = prepare_cache(&work, args.cache_dir.as_deref(), args.clear_cache, root)?;
@@ -257,6 +266,15 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
                 s.connections
             );
         }
+    }
+    if let Some(s) = cold.server
+        && s.requests == 0
+    {
+        println!(
+            "guest-test run: note: no test read from the embedded store; the remote rows \
+             above (if any) streamed from stores of their own, and `local` rows read \
+             local files"
+        );
     }
     write_summary(&work.join("summary.json"), &cold, warm.as_ref())?;
     println!(
@@ -413,9 +431,9 @@ fn refuse_local_copies(root: &Path, local: &Path, streamed: &[KnownTestArtifacts
     if !found.is_empty() {
         bail!(
             "the resolver would use local copies instead of streaming: {}. \
-             The images folder of the workspace is always searched; move these \
-             files elsewhere (this command builds and hosts its own copy in \
-             target/guest-test-run/images, or pass --images-dir)",
+             the resolver searches VMM_TEST_IMAGES and then the workspace's images \
+             folder, so move these files out of it (by default this command builds \
+             and hosts its own copy of the test guest in target/guest-test-run/images)",
             found.join(", ")
         );
     }
