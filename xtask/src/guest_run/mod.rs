@@ -359,8 +359,8 @@ fn run_phase(env: &TestEnv<'_>, store: &Store, out: &Path, name: &str) -> Result
         }
     }
     let status = child.wait().context("waiting for cargo nextest")?;
-    let reports = report::collect_reports(out)?;
-    phase.totals = report::aggregate(&reports);
+    phase.reports = report::collect_reports(out)?;
+    phase.totals = report::aggregate(&phase.reports);
     let server = match (before, store.stats()) {
         (Some(b), Some(a)) => Some(stats_delta(&b, &a)),
         _ => None,
@@ -541,6 +541,7 @@ fn write_summary(path: &Path, cold: &RunOutcome, warm: Option<&RunOutcome>) -> R
         serde_json::json!({
             "success": r.success,
             "tests": tests,
+            "reports": r.phase.reports,
             "store_requests": r.server.map(|s| s.requests),
             "store_bytes_sent": r.server.map(|s| s.bytes_sent),
         })

@@ -22,7 +22,7 @@ use std::path::Path;
 pub const DISK_COUNTERS_FILE: &str = "disk-counters.json";
 
 /// One disk of one boot, as the QEMU backend reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskReport {
     /// The full test name.
     pub test: String,
@@ -185,6 +185,8 @@ pub struct Phase {
     pub totals: BTreeMap<String, TestTotals>,
     /// Per test nextest results (the last one for a retried test).
     pub statuses: BTreeMap<String, TestStatus>,
+    /// The raw reports, one per disk per boot.
+    pub reports: Vec<DiskReport>,
 }
 
 impl Phase {
@@ -227,14 +229,16 @@ fn format_time(phase: &Phase, test: &str) -> String {
     }
 }
 
-/// The per-test table: cold and warm time, bytes fetched and requests in
-/// each run, image size and the fraction of the image the cold run read.
+/// The per-test table: boots per run, cold and warm time, bytes fetched
+/// and requests in each run (summed over the test's boots), image size and
+/// the fraction of the image the cold run read.
 pub fn render_table(cold: &Phase, warm: &Phase) -> String {
     let mut tests: Vec<&String> = cold.totals.keys().chain(warm.totals.keys()).collect();
     tests.sort();
     tests.dedup();
     let header = [
         "test",
+        "boots",
         "cold s",
         "warm s",
         "cold fetched",
@@ -244,7 +248,7 @@ pub fn render_table(cold: &Phase, warm: &Phase) -> String {
         "image",
         "read",
     ];
-    let mut rows: Vec<[String; 9]> = Vec::new();
+    let mut rows: Vec<[String; 10]> = Vec::new();
     for test in tests {
         let c = cold.totals.get(test);
         let w = warm.totals.get(test);
@@ -267,6 +271,7 @@ pub fn render_table(cold: &Phase, warm: &Phase) -> String {
         };
         rows.push([
             test.clone(),
+            c.or(w).map_or("-".to_owned(), |t| t.boots.to_string()),
             format_time(cold, test),
             format_time(warm, test),
             fetched(c),
@@ -499,6 +504,7 @@ mod tests {
         assert_eq!(
             cells,
             [
+                "1",
                 "12.3",
                 "8.0 FAIL",
                 "3.0 MiB",
