@@ -74,9 +74,9 @@ pub enum DiskStackError {
         location: String,
         /// The artifact and how to get it locally.
         artifact: String,
-        /// The cause.
+        /// The cause (boxed: it is large).
         #[source]
-        source: disk_open::OpenError,
+        source: Box<disk_open::OpenError>,
     },
 }
 
@@ -153,7 +153,7 @@ pub async fn open_description(
         Err(source) => Err(DiskStackError::Open {
             location: bottom_location(&description),
             artifact: describe_artifact(artifact),
-            source,
+            source: Box::new(source),
         }),
     }
 }
