@@ -13,7 +13,9 @@
 //! `--for-tests <filter>`, the images that the selected VMM tests need as
 //! local files (their `local_only` artifacts, e.g. every Hyper-V test's
 //! disk), or every image they require with `--all-required`; with neither
-//! option, every image in the catalog.
+//! option, every image of the store. Catalog entries that are built on this
+//! machine (the petri test guest, `Obtain::BuildGuestImage`) are never
+//! downloaded; naming one is an error that gives the build command.
 //!
 //! How one file is fetched (see [`fetch`]): `<file>.part` plus a sidecar
 //! `<file>.part.json`, parallel range requests, resume pinned to the
@@ -58,7 +60,8 @@ const DEFAULT_PIECE_SIZE: u64 = 8 << 20;
 pub struct DownloadImageArgs {
     /// Images to download, by catalog name (repeat the option or separate
     /// names with commas). Without this and without --for-tests, every
-    /// image in the catalog is downloaded.
+    /// image of the store is downloaded (the petri test guest is built,
+    /// not downloaded: `cargo xtask guest-test build-image`).
     #[arg(long, value_name = "NAME", value_delimiter = ',', num_args = 1..)]
     artifacts: Vec<KnownTestArtifacts>,
 
@@ -307,14 +310,40 @@ fn wanted_artifacts(root: &Path, args: &DownloadImageArgs) -> Result<Vec<KnownTe
                     .join(", ")
             );
         }
+        if !sel.built.is_empty() {
+            println!(
+                "  built on this machine, not downloaded (run `{}` if they are not built yet): {}",
+                vmm_test_images::Obtain::BUILD_GUEST_IMAGE_COMMAND,
+                sel.built
+                    .iter()
+                    .map(|a| a.cli_name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         for id in &sel.not_in_catalog {
             println!("  not a catalog image (nothing to download): {id}");
         }
         wanted.extend(sel.download);
     } else if wanted.is_empty() {
-        wanted = KnownTestArtifacts::all().collect();
+        wanted = KnownTestArtifacts::all()
+            .filter(|a| a.is_downloadable())
+            .collect();
     }
     wanted.sort();
     wanted.dedup();
+    let built: Vec<&str> = wanted
+        .iter()
+        .filter(|a| !a.is_downloadable())
+        .map(|a| a.cli_name())
+        .collect();
+    if !built.is_empty() {
+        bail!(
+            "{} {} built on this machine, not downloaded from the image store: run `{}`",
+            built.join(", "),
+            if built.len() == 1 { "is" } else { "are" },
+            vmm_test_images::Obtain::BUILD_GUEST_IMAGE_COMMAND
+        );
+    }
     Ok(wanted)
 }

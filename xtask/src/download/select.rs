@@ -31,6 +31,9 @@ pub(crate) struct TestSelection {
     /// Required catalog images the tests may stream (not downloaded
     /// without `--all-required`), in catalog order.
     pub streamable: Vec<KnownTestArtifacts>,
+    /// Catalog images the tests need locally that are built on this
+    /// machine (`cargo xtask guest-test build-image`), not downloaded.
+    pub built: Vec<KnownTestArtifacts>,
     /// Required ids that are not catalog images (not downloadable here).
     pub not_in_catalog: Vec<String>,
 }
@@ -55,6 +58,11 @@ pub(crate) fn select(list: &ArtifactListOutput, all_required: bool) -> TestSelec
     for id in wanted {
         let local = list.local_only.contains(id);
         match catalog_entry(id) {
+            Some(a) if !a.is_downloadable() => {
+                if local || all_required {
+                    sel.built.push(a)
+                }
+            }
             Some(a) if local || all_required => sel.download.push(a),
             Some(a) => sel.streamable.push(a),
             None => sel.not_in_catalog.push(id.clone()),
@@ -64,6 +72,8 @@ pub(crate) fn select(list: &ArtifactListOutput, all_required: bool) -> TestSelec
     sel.download.dedup();
     sel.streamable.sort();
     sel.streamable.dedup();
+    sel.built.sort();
+    sel.built.dedup();
     sel.not_in_catalog.sort();
     sel.not_in_catalog.dedup();
     sel
@@ -168,6 +178,8 @@ mod tests {
                 id(Ubuntu2404ServerX64Vhd),
                 id(Alpine323X64Vhd),
                 id(VmgsWithBootEntry),
+                id(PetriTestGuestX64Kernel),
+                id(PetriTestGuestX64Raw),
                 "petri_artifacts_common::artifacts::TEST_LOG_DIRECTORY".into(),
             ],
             optional: vec![id(FreeBsd13_2X64Iso)],
@@ -175,6 +187,7 @@ mod tests {
                 id(Gen1WindowsDataCenterCore2022X64Vhd),
                 id(Ubuntu2404ServerX64Vhd),
                 id(VmgsWithBootEntry),
+                id(PetriTestGuestX64Kernel),
             ],
         }
     }
@@ -191,6 +204,9 @@ mod tests {
             ]
         );
         assert_eq!(sel.streamable, [Alpine323X64Vhd]);
+        // Built images are never downloaded; the streamable raw disk is
+        // not mentioned.
+        assert_eq!(sel.built, [PetriTestGuestX64Kernel]);
         assert_eq!(
             sel.not_in_catalog,
             ["petri_artifacts_common::artifacts::TEST_LOG_DIRECTORY"]
@@ -211,6 +227,7 @@ mod tests {
         );
         assert!(sel.streamable.is_empty());
         assert!(!sel.download.contains(&FreeBsd13_2X64Iso));
+        assert_eq!(sel.built, [PetriTestGuestX64Raw, PetriTestGuestX64Kernel]);
     }
 
     #[test]
