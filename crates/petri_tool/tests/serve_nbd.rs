@@ -136,8 +136,7 @@ fn remote_flat_image_streams_once_and_the_warm_run_fetches_nothing() {
     let len = 6 << 20;
     write_random_file(&image, 11, len).unwrap();
     let server = FaultServer::start().unwrap();
-    let url = server.put_file("/images/disk.raw", &image).unwrap();
-    let _ = url;
+    server.put_file("/images/disk.raw", &image).unwrap();
     let url = format!("{}?sv=2024&sig=SECRET", server.url("/images/disk.raw"));
     let (socket, cache, counters) = files(dir.path());
     let cache_arg = cache.to_str().unwrap();
@@ -352,4 +351,38 @@ fn clear_errors_without_secrets() {
     assert!(err.contains("VHDX"), "{err}");
     assert!(!err.contains("SECRET"), "{err}");
     assert!(!Path::new(socket).exists());
+}
+
+#[test]
+fn read_only_remote_export_still_fills_the_read_cache() {
+    if require_tool("qemu-img").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("ro.img");
+    let len = 3 << 20;
+    write_random_file(&image, 14, len).unwrap();
+    let server = FaultServer::start().unwrap();
+    server.put_file("/ro.img", &image).unwrap();
+    let (socket, cache, counters) = files(dir.path());
+    let args = ["--cache-dir", cache.to_str().unwrap(), "--read-only"];
+
+    let served = serve(&server.url("/ro.img"), &socket, &args, &counters);
+    qemu_img_compare(&image, &served.uri);
+    let cold = served.stop("TERM", &counters);
+    assert!(
+        n(&cold.counters, "remote_bytes_fetched") >= len,
+        "{}",
+        cold.counters
+    );
+
+    let served = serve(&server.url("/ro.img"), &socket, &args, &counters);
+    qemu_img_compare(&image, &served.uri);
+    let warm = served.stop("TERM", &counters);
+    assert_eq!(
+        n(&warm.counters, "remote_bytes_fetched"),
+        0,
+        "{}",
+        warm.counters
+    );
 }
