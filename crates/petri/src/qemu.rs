@@ -371,6 +371,56 @@ impl Console {
     }
 }
 
+/// Waits until a line at or after `*next_line` contains `needle`; moves
+/// `*next_line` past it. Fails on timeout or when the console closes
+/// first, with the console tail.
+async fn wait_for_line(
+    console: &Console,
+    rx: &mut watch::Receiver<u64>,
+    next_line: &mut usize,
+    needle: &str,
+    timeout: Duration,
+    log: &Path,
+) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        {
+            let state = console.lock();
+            if let Some((i, line)) = state
+                .lines
+                .iter()
+                .enumerate()
+                .skip(*next_line)
+                .find(|(_, l)| l.contains(needle))
+            {
+                *next_line = i + 1;
+                return Ok(line.clone());
+            }
+            *next_line = (*next_line).max(state.lines.len());
+            if state.closed {
+                drop(state);
+                anyhow::bail!(
+                    "the console closed (QEMU exited) before a line containing {needle:?} \
+                     appeared; console {}:{}",
+                    log.display(),
+                    console.tail()
+                );
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            // The sender is gone: the next pass sees `closed`.
+            Ok(Err(_)) => console.close(),
+            Err(_) => anyhow::bail!(
+                "timed out after {timeout:?} waiting for a console line containing {needle:?}; \
+                 console {}:{}",
+                log.display(),
+                console.tail()
+            ),
+        }
+    }
+}
+
 struct ServedDisk {
     name: String,
     opened: OpenedDisk,
@@ -716,43 +766,15 @@ impl QemuVm {
         needle: &str,
         timeout: Duration,
     ) -> anyhow::Result<String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            {
-                let state = self.console.lock();
-                if let Some((i, line)) = state
-                    .lines
-                    .iter()
-                    .enumerate()
-                    .skip(self.next_line)
-                    .find(|(_, l)| l.contains(needle))
-                {
-                    self.next_line = i + 1;
-                    return Ok(line.clone());
-                }
-                self.next_line = self.next_line.max(state.lines.len());
-                if state.closed {
-                    drop(state);
-                    anyhow::bail!(
-                        "the console closed (QEMU exited) before a line containing {needle:?} \
-                         appeared; console {}:{}",
-                        self.console_log.display(),
-                        self.console.tail()
-                    );
-                }
-            }
-            match tokio::time::timeout_at(deadline, self.console_rx.changed()).await {
-                Ok(Ok(())) => {}
-                // The reader task ended: the next pass sees `closed`.
-                Ok(Err(_)) => self.console.close(),
-                Err(_) => anyhow::bail!(
-                    "timed out after {timeout:?} waiting for a console line containing \
-                     {needle:?}; console {}:{}",
-                    self.console_log.display(),
-                    self.console.tail()
-                ),
-            }
-        }
+        wait_for_line(
+            &self.console,
+            &mut self.console_rx,
+            &mut self.next_line,
+            needle,
+            timeout,
+            &self.console_log,
+        )
+        .await
     }
 
     /// Waits for QEMU to exit (the guest powered off; `-no-reboot`), then
@@ -860,6 +882,112 @@ mod tests {
         );
         assert!(!arg.contains("readonly"), "{arg}");
         assert!(drive_args(Path::new("/s"), true).ends_with(",readonly=on"));
+    }
+
+    fn console() -> (Arc<Console>, watch::Receiver<u64>) {
+        let (changed, rx) = watch::channel(0);
+        let console = Arc::new(Console {
+            state: Mutex::new(ConsoleState {
+                lines: Vec::new(),
+                closed: false,
+            }),
+            changed,
+        });
+        (console, rx)
+    }
+
+    #[tokio::test]
+    async fn console_waits_for_lines_in_order_and_reports_the_tail() {
+        let (console, mut rx) = console();
+        let log = Path::new("/logs/console.log");
+        let feeder = {
+            let console = console.clone();
+            tokio::spawn(async move {
+                for line in [
+                    "boot",
+                    "PETRI_GUEST_READY uptime=1",
+                    "PETRI_STEP a status=0",
+                ] {
+                    console.push(line.into());
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut next = 0;
+        let ready = wait_for_line(
+            &console,
+            &mut rx,
+            &mut next,
+            "READY",
+            Duration::from_secs(60),
+            log,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ready, "PETRI_GUEST_READY uptime=1");
+        let step = wait_for_line(
+            &console,
+            &mut rx,
+            &mut next,
+            "PETRI_STEP a",
+            Duration::from_secs(60),
+            log,
+        )
+        .await
+        .unwrap();
+        assert!(step.ends_with("status=0"));
+        feeder.await.unwrap();
+        // A matched line is not matched again: this one never comes.
+        let err = wait_for_line(
+            &console,
+            &mut rx,
+            &mut next,
+            "READY",
+            Duration::from_millis(20),
+            log,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("timed out") && err.contains("\"READY\""),
+            "{err}"
+        );
+        assert!(err.contains("/logs/console.log"), "{err}");
+        assert!(err.contains("| PETRI_STEP a status=0"), "{err}");
+
+        // After the console closes, waiting fails at once with the tail.
+        console.close();
+        let err = wait_for_line(
+            &console,
+            &mut rx,
+            &mut next,
+            "DONE",
+            Duration::from_secs(600),
+            log,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("console closed") && err.contains("| boot"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn console_tail_is_bounded() {
+        let (console, _rx) = console();
+        assert!(console.tail().contains("(no console output)"));
+        for i in 0..100 {
+            console.push(format!("line {i}"));
+        }
+        let tail = console.tail();
+        assert_eq!(tail.lines().count(), CONSOLE_TAIL_LINES + 1, "{tail}");
+        assert!(
+            tail.ends_with("| line 99") && !tail.contains("| line 59\n"),
+            "{tail}"
+        );
     }
 
     #[test]
