@@ -11,11 +11,47 @@
 //! cargo test -p vmm_tests --test vmm_tests -- --list-required-artifacts hyperv_
 //! ```
 //!
-//! On hosts without OpenVMM or Hyper-V those tests are listed as ignored
-//! with the reason. The harness self-checks in `harness_checks` run
-//! everywhere: they invoke the test binary itself and assert, through
-//! `--list-required-artifacts`, that Hyper-V configurations require their
-//! images locally while OpenVMM configurations allow remote ones.
+//! Modules of the test target:
+//!
+//! - `boot`: OpenVMM and Hyper-V configurations over the store images;
+//!   on hosts without OpenVMM or Hyper-V they are listed as ignored with
+//!   the reason.
+//! - `test_guest`: the petri test guest (built by
+//!   `cargo xtask guest-test build-image`) booted under QEMU from the local
+//!   raw image (`qemu_linux_direct_x64::boot_local`): nothing fetched, the
+//!   image never written. One boot.
+//! - `remote_mirror`: the same guest booted from an nginx mirror of the
+//!   built images (`qemu_linux_direct_x64_petri_test_guest_x64::cold_then_warm`):
+//!   the cold boot fetches what the guest reads (about 6 MB of the 336 MB
+//!   VHD, 8 requests), the warm boot on the same cache fetches 0 bytes
+//!   with exactly one request (the HEAD that validates the image), and
+//!   the guest's 4 MiB of writes never reach the cache. Two boots.
+//!   `forced_local_fails_with_the_build_hint` reruns it with
+//!   `PETRI_REMOTE_ARTIFACTS=0` and checks it fails before booting with
+//!   the build command. The OpenVMM and Hyper-V variants of both tests
+//!   are listed as ignored with their reasons.
+//! - `harness_checks`: self-checks of the harness that invoke this test
+//!   binary (`--list`, `--list-required-artifacts`, forced runs).
+//!
+//! Per-test resolver environment: the test binary's resolve function
+//! builds each test's resolver environment itself instead of changing
+//! process environment variables (shared by all tests of a `cargo test`
+//! process); tests in `remote_mirror` get a base URL pointing at their own
+//! nginx, an image folder holding only the kernel and initramfs, and a
+//! fresh cache directory (handed to the backend with
+//! `PetriVmBuilder::with_cache_dir`). See `tests/vmm_tests/mirror.rs`.
+//!
+//! Prerequisites: QEMU (`qemu-system-x86`) and nginx, and the built test
+//! guest. Without QEMU the QEMU cases are listed as ignored; without the
+//! built guest or nginx they are skipped at run time with the command to
+//! run. Under `CI=true` each of these is a failure instead.
+//!
+//! Machine-readable output: every QEMU boot prints one line per disk,
+//! `PETRI_DISK_COUNTERS {json}` (fields of `petri::qemu::DiskCountersReport`:
+//! test, boot, drive, location, remote, disk_bytes, remote_requests,
+//! remote_bytes_fetched, remote_retries, remote_errors, cache_hit_bytes,
+//! cache_miss_bytes, cache_fill_bytes, vm_millis, exit_code) and keeps all
+//! boots of the test in `disk-counters.json` in its log directory.
 //!
 //! This library target is intentionally empty.
 
