@@ -109,6 +109,8 @@ fn every_environment_variable_is_documented() {
         "CI",
         "CARGO_TARGET_DIR",
         "RUST_LOG",
+        "PETRI_QEMU",
+        "PETRI_QEMU_ACCEL",
     ] {
         assert!(
             text.contains(&format!("| `{var}` |")),
