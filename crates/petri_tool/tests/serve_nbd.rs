@@ -386,3 +386,64 @@ fn read_only_remote_export_still_fills_the_read_cache() {
         warm.counters
     );
 }
+
+/// The main job's path: the embedded blob server hosting a fixed VHD1,
+/// read through the full stack; the warm run sends only the validating HEAD.
+#[test]
+fn remote_vhd_from_the_embedded_blob_server() {
+    if require_tool("qemu-img").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let disk_size = 5 << 20;
+    write_fixed_vhd1(&www.join("g.vhd"), 15, disk_size, *b"petri-tool-vhd-2").unwrap();
+    let raw = dir.path().join("g.raw");
+    write_random_file(&raw, 15, disk_size).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime
+        .block_on(blob_server::BlobServer::serve_dir(
+            &www,
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    let url = format!("{}?sig=SECRET", server.url("g.vhd"));
+    let (socket, cache, counters) = files(dir.path());
+    let args = ["--cache-dir", cache.to_str().unwrap()];
+
+    let served = serve(&url, &socket, &args, &counters);
+    qemu_img_compare(&raw, &served.uri);
+    let cold = served.stop("TERM", &counters);
+    assert!(n(&cold.counters, "remote_bytes_fetched") >= disk_size);
+    let after_cold = server.stats();
+    assert_eq!(after_cold.requests, n(&cold.counters, "remote_requests"));
+    assert_eq!(
+        after_cold.bytes_sent,
+        n(&cold.counters, "remote_bytes_fetched")
+    );
+    assert_eq!(after_cold.errors + after_cold.precondition_failed, 0);
+
+    let served = serve(&url, &socket, &args, &counters);
+    qemu_img_compare(&raw, &served.uri);
+    let warm = served.stop("TERM", &counters);
+    assert_eq!(
+        n(&warm.counters, "remote_bytes_fetched"),
+        0,
+        "{}",
+        warm.counters
+    );
+    let after_warm = server.stats();
+    assert_eq!(
+        after_warm.requests - after_cold.requests,
+        1,
+        "{after_warm:?}"
+    );
+    assert_eq!(after_warm.head_requests - after_cold.head_requests, 1);
+    assert_eq!(after_warm.bytes_sent, after_cold.bytes_sent);
+    runtime.block_on(server.shutdown());
+}
