@@ -214,46 +214,69 @@ impl NbdServerProc {
     }
 }
 
-/// Runs `nbdkit -r curl` with the readahead and cache filters and reads the
-/// export twice with nbdcopy in the same nbdkit process: (cold, warm)
-/// seconds.
-pub fn nbdkit_two_passes(url: &str, dir: &Path) -> Result<(f64, f64)> {
-    let sock = dir.join("nbdkit.sock");
-    let pidfile = dir.join("nbdkit.pid");
-    let child = Command::new("nbdkit")
-        .env("TMPDIR", dir)
-        .args(["-f", "-r", "-U"])
-        .arg(&sock)
-        .arg("-P")
-        .arg(&pidfile)
-        .args(["--filter=readahead", "--filter=cache", "curl"])
-        .arg(format!("url={url}"))
-        .arg("cache-on-read=true")
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting nbdkit (apt-get install nbdkit)")?;
-    let mut guard = Guard(Some(child));
-    // nbdkit writes its pid file once it accepts connections.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pidfile.exists() {
-        if let Some(c) = guard.0.as_mut()
-            && let Some(status) = c.try_wait()?
-        {
-            bail!("nbdkit exited early ({status})");
+/// `nbdkit -r curl` with the readahead and cache filters
+/// (`cache-on-read=true`), serving on a Unix socket until dropped.
+pub struct Nbdkit {
+    _child: Guard,
+    uri: String,
+    stderr_log: PathBuf,
+}
+
+impl Nbdkit {
+    /// Starts nbdkit (its cache file lives in `dir`) and waits until it
+    /// accepts connections.
+    pub fn start(url: &str, dir: &Path) -> Result<Self> {
+        let sock = dir.join("nbdkit.sock");
+        let pidfile = dir.join("nbdkit.pid");
+        let stderr_log = dir.join("nbdkit.log");
+        let child = Command::new("nbdkit")
+            .env("TMPDIR", dir)
+            .args(["-f", "-r", "-U"])
+            .arg(&sock)
+            .arg("-P")
+            .arg(&pidfile)
+            .args(["--filter=readahead", "--filter=cache", "curl"])
+            .arg(format!("url={url}"))
+            .arg("cache-on-read=true")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_log)?)
+            .spawn()
+            .context("starting nbdkit (apt-get install nbdkit)")?;
+        let mut guard = Guard(Some(child));
+        // nbdkit writes its pid file once it accepts connections; it has no
+        // other readiness signal, so poll for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pidfile.exists() {
+            if let Some(c) = guard.0.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "nbdkit exited early ({status}): {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("nbdkit did not start within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if Instant::now() > deadline {
-            bail!("nbdkit did not start within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        Ok(Nbdkit {
+            _child: guard,
+            uri: format!("nbd+unix:///?socket={}", sock.display()),
+            stderr_log,
+        })
     }
-    let uri = format!("nbd+unix:///?socket={}", sock.display());
-    let cold = nbdcopy(&uri)?;
-    let warm = nbdcopy(&uri)?;
-    drop(guard.0.take().map(|mut c| {
-        let _ = c.kill();
-        c.wait()
-    }));
-    Ok((cold, warm))
+
+    /// The export's URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Whether nbdkit warned that its readahead filter does nothing.
+    pub fn readahead_inactive(&self) -> bool {
+        std::fs::read_to_string(&self.stderr_log)
+            .is_ok_and(|l| l.contains("readahead") && l.contains("won't do anything"))
+    }
 }
 
 /// The disk a guest boots from.
