@@ -149,7 +149,13 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
     ensure_qemu()?;
     ensure_nextest(root)?;
 
-    // 2. The test guest.
+    // 2. Refuse early (before a long build) if the guest's disks would
+    // resolve locally anyway.
+    let local = work.join("local-images");
+    remove_dir_if_exists(&local)?;
+    check_streaming(root, &local, &guest_disks(), args.allow_local)?;
+
+    // 3. The test guest.
     let images = match &args.images_dir {
         Some(d) => root.join(d),
         None => work.join("images"),
@@ -173,20 +179,14 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
         manifest.kernel_version
     );
 
-    // 3. The local folder: local-only files, never the streamed disks.
-    let local = work.join("local-images");
+    // 4. The local folder: local-only files, never the streamed disks.
     let streamed = prepare_local_images(&images, &local)?;
-    if let Err(err) = refuse_local_copies(root, &local, &streamed) {
-        if !args.allow_local {
-            bail!("{err:#} (or pass --allow-local to run anyway)");
-        }
-        println!("guest-test run: warning (--allow-local): {err:#}");
-    }
+    check_streaming(root, &local, &streamed, args.allow_local)?;
 
-    // 4. The cache.
+    // 5. The cache.
     let cache = prepare_cache(&work, args.cache_dir.as_deref(), args.clear_cache, root)?;
 
-    // 5. The store.
+    // 6. The store.
     let store = match &args.base_url {
         Some(url) => Store::External(artifact_base_url(Some(url)).context("checking --base-url")?),
         None => {
@@ -216,7 +216,7 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
         local.display()
     );
 
-    // 6. Build the tests once, so the runs below time only the tests.
+    // 7. Build the tests once, so the runs below time only the tests.
     let status = Command::new("cargo")
         .args(["nextest", "run", "-p", "vmm_tests", "--no-run"])
         .current_dir(root)
@@ -226,7 +226,7 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
         bail!("building the vmm_tests failed ({status})");
     }
 
-    // 7. Cold, then warm.
+    // 8. Cold, then warm.
     let env = TestEnv {
         root,
         base_url: &base_url,
@@ -246,7 +246,7 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
         runtime.block_on(server.shutdown());
     }
 
-    // 8. The table.
+    // 9. The table.
     let empty = Phase::default();
     let warm_phase = warm.as_ref().map(|w| &w.phase).unwrap_or(&empty);
     println!();
@@ -418,6 +418,31 @@ fn prepare_local_images(images: &Path, local: &Path) -> Result<Vec<KnownTestArti
     Ok(streamed)
 }
 
+/// The test guest's disks in the catalog: the files that must stream.
+fn guest_disks() -> Vec<KnownTestArtifacts> {
+    use crate::guest_image::RAW_FILE;
+    use crate::guest_image::VHD_FILE;
+    KnownTestArtifacts::all()
+        .filter(|a| a.remote_capable() && [RAW_FILE, VHD_FILE].contains(&a.file_name()))
+        .collect()
+}
+
+/// [`refuse_local_copies`], or only a warning with `--allow-local`.
+fn check_streaming(
+    root: &Path,
+    local: &Path,
+    streamed: &[KnownTestArtifacts],
+    allow_local: bool,
+) -> Result<()> {
+    if let Err(err) = refuse_local_copies(root, local, streamed) {
+        if !allow_local {
+            bail!("{err:#}, or pass --allow-local to run anyway");
+        }
+        println!("guest-test run: warning (--allow-local): {err:#}");
+    }
+    Ok(())
+}
+
 /// Fails if the resolver, with `VMM_TEST_IMAGES=local`, would find any of
 /// `streamed` on disk (it also searches `<workspace>/images`).
 fn refuse_local_copies(root: &Path, local: &Path, streamed: &[KnownTestArtifacts]) -> Result<()> {
@@ -430,10 +455,10 @@ fn refuse_local_copies(root: &Path, local: &Path, streamed: &[KnownTestArtifacts
         .collect();
     if !found.is_empty() {
         bail!(
-            "the resolver would use local copies instead of streaming: {}. \
-             the resolver searches VMM_TEST_IMAGES and then the workspace's images \
-             folder, so move these files out of it (by default this command builds \
-             and hosts its own copy of the test guest in target/guest-test-run/images)",
+            "the test guest's disks would be read locally instead of streaming: {} \
+             (the resolver searches VMM_TEST_IMAGES, then the workspace's images \
+             folder); move them out of that folder (this command builds and hosts \
+             its own copy in target/guest-test-run/images)",
             found.join(", ")
         );
     }
@@ -622,6 +647,25 @@ mod tests {
             .to_string();
         assert!(err.contains(VHD_FILE), "{err}");
         assert!(err.contains("instead of streaming"), "{err}");
+    }
+
+    #[test]
+    fn the_guest_disks_are_the_raw_and_vhd_root_disks() {
+        let mut names: Vec<&str> = guest_disks().iter().map(|a| a.file_name()).collect();
+        names.sort();
+        assert_eq!(names, [RAW_FILE, VHD_FILE]);
+        // Checked before anything is built: a workspace copy is refused
+        // (or only warned about with --allow-local).
+        let tmp = tempfile::tempdir().unwrap();
+        let local = tmp.path().join("local");
+        std::fs::create_dir_all(tmp.path().join("images")).unwrap();
+        check_streaming(tmp.path(), &local, &guest_disks(), false).unwrap();
+        std::fs::write(tmp.path().join("images").join(RAW_FILE), "x").unwrap();
+        let err = check_streaming(tmp.path(), &local, &guest_disks(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--allow-local"), "{err}");
+        check_streaming(tmp.path(), &local, &guest_disks(), true).unwrap();
     }
 
     #[test]
