@@ -18,7 +18,7 @@
 //!   the reason.
 //! - `test_guest`: the petri test guest (built by
 //!   `cargo xtask guest-test build-image`) booted under QEMU from the local
-//!   raw image (`qemu_linux_direct_x64::boot_local`): nothing fetched, the
+//!   raw image (`qemu_linux_direct_x64::boot`; from `PETRI_ARTIFACT_BASE_URL` when the raw disk is not local): nothing fetched, the
 //!   image never written. One boot.
 //! - `remote_mirror`: the same guest booted from an nginx mirror of the
 //!   built images (`qemu_linux_direct_x64_petri_test_guest_x64::cold_then_warm`):

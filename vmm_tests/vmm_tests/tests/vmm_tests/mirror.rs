@@ -14,13 +14,17 @@
 //! - every test: the process environment, plus a check that the petri
 //!   test guest files it requires are built (missing: the test is skipped
 //!   with the build command, or fails under `CI=true`);
+//!   Root disks may instead stream from a store the user names with
+//!   `PETRI_ARTIFACT_BASE_URL` (as `cargo xtask guest-test run` does);
 //! - a test in the `remote_mirror` module that requires the test guest
-//!   additionally gets a [`RemoteMirror`]: nginx on 127.0.0.1 serving the
-//!   built images folder, a private images folder holding only the
-//!   kernel and initramfs (local-only artifacts), a fresh cache directory,
-//!   and a resolver environment whose base URL is nginx and whose only
-//!   image folder is the private one. So the root disk resolves to an
-//!   nginx URL, exactly as for a user whose images live on a store.
+//!   additionally gets a [`RemoteMirror`]: a store (nginx on 127.0.0.1
+//!   serving the built images folder, or the user's
+//!   `PETRI_ARTIFACT_BASE_URL` when set), a private images folder holding
+//!   only the kernel and initramfs (local-only artifacts), a fresh cache
+//!   directory, and a resolver environment whose base URL is that store
+//!   and whose only image folder is the private one. So the root disk
+//!   always resolves to a URL, exactly as for a user whose images live on
+//!   a store.
 //!
 //! The test takes its mirror with [`take`] (for the cache directory and
 //! nginx's request count; the backend gets the cache directory through
@@ -48,8 +52,9 @@ pub const MIRRORED_MODULE: &str = "remote_mirror::";
 /// nginx serving the built test guest images, plus the folders a test
 /// resolves and caches into.
 pub struct RemoteMirror {
-    nginx: NginxServer,
-    served_dir: PathBuf,
+    /// nginx and the folder it serves; `None` for the user's store.
+    nginx: Option<(NginxServer, PathBuf)>,
+    base_url: String,
     root: tempfile::TempDir,
 }
 
@@ -59,27 +64,45 @@ impl RemoteMirror {
         self.root.path().join("cache")
     }
 
-    /// The server.
-    pub fn nginx(&self) -> &NginxServer {
-        &self.nginx
+    /// nginx, when the mirror is ours (not the user's store).
+    pub fn nginx(&self) -> Option<&NginxServer> {
+        self.nginx.as_ref().map(|(n, _)| n)
     }
 
-    /// The folder nginx serves (the built images folder).
-    pub fn served_dir(&self) -> &Path {
-        &self.served_dir
+    /// The folder nginx serves (the built images folder), when ours.
+    pub fn served_dir(&self) -> Option<&Path> {
+        self.nginx.as_ref().map(|(_, d)| d.as_path())
+    }
+
+    /// The store's base URL (may hold a secret query: do not print).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
     }
 
     fn start(env: &ResolverEnv) -> anyhow::Result<Self> {
-        if blob_test_servers::require_tool("nginx").is_none() {
-            return Err(SkipTest::new("nginx is not installed (apt-get install nginx)").into());
-        }
-        let disk = env
-            .find_local(KnownTestArtifacts::PetriTestGuestX64Vhd)
-            .context("the test guest's VHD is not built")?;
-        let served_dir = disk
-            .parent()
-            .context("the test guest's VHD has no parent folder")?
-            .to_owned();
+        let nginx = match &env.base_url {
+            Some(_) => None,
+            None => {
+                if blob_test_servers::require_tool("nginx").is_none() {
+                    return Err(
+                        SkipTest::new("nginx is not installed (apt-get install nginx)").into(),
+                    );
+                }
+                let disk = env
+                    .find_local(KnownTestArtifacts::PetriTestGuestX64Vhd)
+                    .context("the test guest's VHD is not built")?;
+                let served_dir = disk
+                    .parent()
+                    .context("the test guest's VHD has no parent folder")?
+                    .to_owned();
+                let nginx = NginxServer::serve_dir(&served_dir).context("starting nginx")?;
+                Some((nginx, served_dir))
+            }
+        };
+        let base_url = match &nginx {
+            Some((n, _)) => n.base_url(),
+            None => env.base_url()?,
+        };
         let root = tempfile::Builder::new()
             .prefix("petri-mirror-")
             .tempdir()
@@ -98,10 +121,9 @@ impl RemoteMirror {
                     .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
             }
         }
-        let nginx = NginxServer::serve_dir(&served_dir).context("starting nginx")?;
         Ok(Self {
             nginx,
-            served_dir,
+            base_url,
             root,
         })
     }
@@ -129,7 +151,10 @@ fn check_test_guest_built(
         if a.obtain() != Obtain::BuildGuestImage {
             continue;
         }
-        if let Err(miss) = env.find_local(a) {
+        let streams = a.remote_capable() && env.base_url.is_some();
+        if let Err(miss) = env.find_local(a)
+            && !streams
+        {
             return Err(SkipTest::or_fail_under_ci(format!(
                 "the petri test guest is not built ({miss}); build it with `{}`",
                 Obtain::BUILD_GUEST_IMAGE_COMMAND
@@ -157,7 +182,7 @@ pub fn resolver_env(
     env.test_output_path = Some(env.test_output_root());
     env.workspace_root = mirror.root.path().to_owned();
     env.images_dir = None;
-    env.base_url = Some(mirror.nginx.base_url());
+    env.base_url = Some(mirror.base_url.clone());
     mirrors().insert(name.to_owned(), mirror);
     Ok(env)
 }

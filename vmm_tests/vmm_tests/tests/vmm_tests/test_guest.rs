@@ -1,4 +1,8 @@
-//! The petri test guest booted from local images.
+//! The petri test guest booted from wherever the resolver finds its root
+//! disk: the local images folder (`cargo xtask guest-test build-image`),
+//! or, when the raw disk is not local and `PETRI_ARTIFACT_BASE_URL` names
+//! a store (as `cargo xtask guest-test run` arranges), that store, read
+//! lazily through the cache in `PETRI_CACHE_DIR`.
 
 use crate::guest::SCRATCH_MARKER;
 use crate::guest::any_file_contains;
@@ -9,15 +13,15 @@ use petri::PetriVmBuilder;
 use petri::PetriVmmBackend;
 use vmm_test_macros::vmm_test;
 
-/// Boots the test guest from the local raw root disk (RAM diff over the
-/// file, exported over NBD), lets it write 4 MiB, and checks that nothing
-/// was fetched and the image file never saw the guest's writes.
+/// Boots the test guest from its raw root disk, lets it write 4 MiB, and
+/// checks that the writes stayed in RAM: a local image file is unchanged
+/// and nothing was fetched; a remote image's cache never holds them.
 #[vmm_test(
     qemu_linux_direct_x64,
     openvmm_linux_direct_x64(vhd(petri_test_guest_raw_x64)),
     hyperv_uefi_x64(vhd(petri_test_guest_x64))
 )]
-async fn boot_local<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> {
+async fn boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> {
     let root = config
         .firmware()
         .boot_drive()
@@ -25,7 +29,18 @@ async fn boot_local<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Re
         .context("no boot disk")?;
     let image = match root {
         petri::Disk::Differencing(petri::DiskPath::Local(path)) => path,
-        other => anyhow::bail!("expected a local root disk, got {other:?}"),
+        petri::Disk::Differencing(petri::DiskPath::Remote { .. }) => {
+            let run = boot_guest(config, &["write-scratch"]).await?;
+            eprintln!("remote root disk: {:?}", run.counters);
+            let cache = petri::cache_dir::cache_dir()?;
+            ensure!(
+                !any_file_contains(&cache, SCRATCH_MARKER)?,
+                "the guest's writes reached the cache in {}",
+                cache.display()
+            );
+            return Ok(());
+        }
+        other => anyhow::bail!("expected a differencing root disk, got {other:?}"),
     };
     let run = boot_guest(config, &["write-scratch"]).await?;
     let c = run.counters;
