@@ -360,3 +360,32 @@ fn ctrl_c_keeps_the_progress_and_says_how_to_resume() {
     assert_eq!(server.bytes_served(), LEN as u64 - 5 * PIECE);
     assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
 }
+
+#[test]
+fn without_a_terminal_progress_is_plain_lines() {
+    let data = image(14, LEN);
+    let (_server, base) = fault_server(&data);
+    let out = tempfile::tempdir().unwrap();
+    let r = download(&base, out.path(), &["--progress-interval-ms", "0"]);
+    assert!(r.ok, "{}", r.text);
+    // Output is captured (not a terminal): no bar escape codes, and one
+    // plain line per piece with bytes, percent, rate, ETA and the total.
+    assert!(!r.text.contains('\u{1b}'), "{}", r.text);
+    let lines: Vec<&str> = r
+        .text
+        .lines()
+        .filter(|l| l.starts_with(&format!("download-image: {NAME}: ")) && l.contains("%)"))
+        .collect();
+    assert_eq!(
+        lines.len() as u64,
+        (LEN as u64).div_ceil(PIECE),
+        "{}",
+        r.text
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("/s, ETA") && l.contains("total"))
+    );
+    assert!(lines.last().unwrap().contains("(100%)"), "{}", r.text);
+}

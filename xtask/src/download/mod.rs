@@ -27,7 +27,7 @@
 //! servers serve small files under the catalog's names),
 //! `--piece-size`, `--stop-after-bytes` (a deterministic interruption),
 //! `--vmm-tests-binary` (use this test binary instead of building
-//! vmm_tests) and `--ca-cert` (trust a test CA).
+//! vmm_tests), `--ca-cert` (trust a test CA) and `--progress-interval-ms`.
 //!
 //! FUTURE: checksums in the catalog, so that a complete download is also
 //! verified by content, not just by length.
@@ -120,6 +120,11 @@ pub struct DownloadImageArgs {
     /// artifacts, instead of building it.
     #[arg(long, hide = true)]
     vmm_tests_binary: Option<PathBuf>,
+
+    /// Test option: milliseconds between plain progress lines (default
+    /// 5000).
+    #[arg(long, hide = true)]
+    progress_interval_ms: Option<u64>,
 
     /// Test option: trust this extra root certificate (PEM).
     #[arg(long, hide = true)]
@@ -228,6 +233,8 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
     let progress = Progress::new(
         todo.iter().map(|(a, _)| a.size()).sum(),
         std::io::stdout().is_terminal(),
+        args.progress_interval_ms
+            .map_or(progress::PLAIN_INTERVAL, std::time::Duration::from_millis),
     );
     for (a, dest) in todo {
         let url = artifact_url(&base, a.file_name());

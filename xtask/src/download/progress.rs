@@ -9,12 +9,13 @@ use parking_lot::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-/// How often a plain progress line is printed per file.
-const PLAIN_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a plain progress line is printed per file, by default.
+pub(crate) const PLAIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Progress of the whole run.
 pub(crate) struct Progress {
     mode: Mode,
+    interval: Duration,
 }
 
 enum Mode {
@@ -56,7 +57,7 @@ fn bar_style(template: &str) -> ProgressStyle {
 
 impl Progress {
     /// Progress for `total_len` bytes; bars if `tty`.
-    pub(crate) fn new(total_len: u64, tty: bool) -> Self {
+    pub(crate) fn new(total_len: u64, tty: bool, interval: Duration) -> Self {
         let mode = if tty {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
             let total = multi.add(ProgressBar::new(total_len));
@@ -73,7 +74,7 @@ impl Progress {
                 }),
             }
         };
-        Progress { mode }
+        Progress { mode, interval }
     }
 
     /// Prints a line without breaking the bars.
@@ -182,7 +183,7 @@ impl FileProgress<'_> {
         let mut p = self.plain.lock();
         p.done += n;
         p.fetched_this_run += n;
-        if p.last_print.elapsed() >= PLAIN_INTERVAL {
+        if p.last_print.elapsed() >= self.parent.interval {
             p.last_print = Instant::now();
             let secs = p.started.elapsed().as_secs_f64().max(0.001);
             let rate = p.fetched_this_run as f64 / secs;
