@@ -42,8 +42,23 @@ async fn boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<(
         }
         other => anyhow::bail!("expected a differencing root disk, got {other:?}"),
     };
+    let log_dir = config.params().log_dir.clone();
     let run = boot_guest(config, &["write-scratch"]).await?;
     let c = run.counters;
+    // The machine-readable record the main job reads.
+    let file = log_dir.join(petri::qemu::DISK_COUNTERS_FILE);
+    let reports: Vec<petri::qemu::DiskCountersReport> = serde_json::from_slice(
+        &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+    )?;
+    ensure!(
+        reports.len() == 1
+            && reports[0].boot == 1
+            && !reports[0].remote
+            && reports[0].exit_code == Some(0)
+            && reports[0].disk_bytes
+                == vmm_test_images::KnownTestArtifacts::PetriTestGuestX64Raw.size(),
+        "{reports:?}"
+    );
     ensure!(
         c.remote_requests == 0 && c.remote_bytes_fetched == 0,
         "a local disk fetched something: {c:?}"
@@ -57,6 +72,27 @@ async fn boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<(
         !any_file_contains(&image, SCRATCH_MARKER)?,
         "the guest's writes reached the image {}",
         image.display()
+    );
+    Ok(())
+}
+
+/// A failing guest step is reported as a test failure that carries the
+/// guest's own report and the console.
+#[vmm_test(qemu_linux_direct_x64)]
+async fn failing_step_is_reported<T: PetriVmmBackend>(
+    config: PetriVmBuilder<T>,
+) -> anyhow::Result<()> {
+    let err = match boot_guest(config, &["fail"]).await {
+        Ok(_) => anyhow::bail!("a guest whose step failed passed"),
+        Err(err) => format!("{err:#}"),
+    };
+    ensure!(
+        err.contains("guest step fail failed") && err.contains("PETRI_STEP fail status="),
+        "{err}"
+    );
+    ensure!(
+        err.contains("PETRI_GUEST_READY"),
+        "no console in the error: {err}"
     );
     Ok(())
 }
