@@ -19,13 +19,15 @@
 //! - `test_guest`: the petri test guest (built by
 //!   `cargo xtask guest-test build-image`) booted under QEMU from the local
 //!   raw image (`qemu_linux_direct_x64::boot`; from `PETRI_ARTIFACT_BASE_URL` when the raw disk is not local): nothing fetched, the
-//!   image never written. One boot.
+//!   image never written; and `failing_step_is_reported` (a guest step
+//!   that fails is a test failure carrying the console). Two boots.
 //! - `remote_mirror`: the same guest booted from an nginx mirror of the
 //!   built images (`qemu_linux_direct_x64_petri_test_guest_x64::cold_then_warm`):
 //!   the cold boot fetches what the guest reads (about 6 MB of the 336 MB
 //!   VHD, 8 requests), the warm boot on the same cache fetches 0 bytes
 //!   with exactly one request (the HEAD that validates the image), and
-//!   the guest's 4 MiB of writes never reach the cache. Two boots.
+//!   the guest's 4 MiB of writes never reach the cache. Two boots (so
+//!   four QEMU boots in the default run, about 15 s each under TCG).
 //!   `forced_local_fails_with_the_build_hint` reruns it with
 //!   `PETRI_REMOTE_ARTIFACTS=0` and checks it fails before booting with
 //!   the build command. The OpenVMM and Hyper-V variants of both tests
