@@ -488,3 +488,35 @@ async fn open_per_sector(stack: &StackArgs) -> Result<Disk> {
     let layered = disk_layered::LayeredDisk::new(false, layers).await?;
     Ok(Disk::new(layered)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_offsets_are_seeded_aligned_and_inside_the_disk() {
+        let size = 64 * 1024 * 1024 + 1000;
+        let a = random_offsets(7, 5000, 4096, size).unwrap();
+        let b = random_offsets(7, 5000, 4096, size).unwrap();
+        let c = random_offsets(8, 5000, 4096, size).unwrap();
+        assert_eq!(a, b, "the same seed gives the same reads");
+        assert_ne!(a, c, "another seed gives other reads");
+        assert!(a.iter().all(|&o| o % 4096 == 0 && o + 4096 <= size));
+        // Spread over the disk, not clustered at its start.
+        assert!(a.iter().any(|&o| o >= size / 2));
+        assert!(random_offsets(1, 1, 4096, 4095).is_err());
+    }
+
+    #[test]
+    fn checksum_depends_on_every_sector() {
+        let mut buf = vec![0u8; 4096];
+        let base = fold(0, &buf);
+        buf[7 * 512] = 1;
+        assert_ne!(fold(0, &buf), base);
+    }
+
+    #[test]
+    fn peak_rss_is_reported() {
+        assert!(peak_rss() > 0);
+    }
+}

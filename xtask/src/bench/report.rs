@@ -113,6 +113,14 @@ pub struct Row {
 }
 
 impl Row {
+    /// The smallest and largest main figure, if there are samples.
+    pub fn spread(&self) -> Option<(f64, f64)> {
+        let v = self.samples.iter().map(|s| s.value);
+        let lo = v.clone().min_by(f64::total_cmp)?;
+        let hi = v.max_by(f64::total_cmp)?;
+        Some((lo, hi))
+    }
+
     /// The median of `field` over the samples that have it.
     pub fn median(&self, field: Field) -> Option<f64> {
         let v: Vec<f64> = self.samples.iter().filter_map(|s| s.get(field)).collect();
@@ -227,19 +235,24 @@ impl Report {
     pub fn markdown(&self, header: &str) -> String {
         let mut s = String::new();
         s.push_str(header);
-        s.push_str("\n\n| workload | reps | median | HTTP requests | fetched (MiB) | fetched / read | cache file (MiB) | cache file / cached data | peak RSS (MiB) | note |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("\n\n| workload | reps | median | spread (min-max) | HTTP requests | fetched (MiB) | fetched / read | cache file (MiB) | cache file / cached data | peak RSS (MiB) | note |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in &self.rows {
             let value = match r.median(Field::Value) {
                 Some(v) => format!("{} {}", fmt_value(v, r.unit), r.unit.name()),
                 None => "not run".to_owned(),
             };
+            let spread = match r.spread() {
+                Some((lo, hi)) => format!("{}-{}", fmt_value(lo, r.unit), fmt_value(hi, r.unit)),
+                None => "-".to_owned(),
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.label,
                 r.samples.len(),
                 value,
+                spread,
                 opt(r.median(Field::Requests), |v| format!("{v:.0}")),
                 opt(r.median(Field::Fetched), mib),
                 opt(r.median(Field::FetchedPerRead), |v| format!("{v:.3}")),
@@ -385,18 +398,28 @@ mod tests {
                 ..Default::default()
             }],
         );
-        r.push("iops", "warm random", Unit::Iops, vec![s(40000.4)]);
+        r.push(
+            "iops",
+            "warm random",
+            Unit::Iops,
+            vec![s(40000.4), s(30000.0), s(50000.0)],
+        );
         r.skipped("boot", "guest boot", Unit::Seconds, "no images");
         r.target("a", Some(0.5), Cmp::AtLeast, 0.6, "x");
         r.target("b", None, Cmp::AtMost, 1.3, "x");
         let md = r.markdown("# Bench");
         assert!(md.starts_with("# Bench\n"), "{md}");
         assert!(
-            md.contains("| cold seq 1 MiB | 1 | 123.5 MB/s | 7 | 2.0 | 2.000 | - | - | 50.0 |  |"),
+            md.contains(
+                "| cold seq 1 MiB | 1 | 123.5 MB/s | 123.5-123.5 | 7 | 2.0 | 2.000 | - | - | 50.0 |  |"
+            ),
             "{md}"
         );
-        assert!(md.contains("| warm random | 1 | 40000 IOPS |"), "{md}");
-        assert!(md.contains("| guest boot | 0 | not run |"), "{md}");
+        assert!(
+            md.contains("| warm random | 3 | 40000 IOPS | 30000-50000 |"),
+            "{md}"
+        );
+        assert!(md.contains("| guest boot | 0 | not run | - |"), "{md}");
         assert!(md.contains("no images |"), "{md}");
         assert!(md.contains("| a | 0.500x | >= 0.6x | FAIL |"), "{md}");
         assert!(md.contains("| b | - | <= 1.3x | not measured |"), "{md}");
