@@ -7,8 +7,10 @@
 //! environment:
 //!
 //! - [`ResolveTestArtifact::resolve`] (local only): the image's file name in
-//!   each folder of [`ResolverEnv::image_search_dirs`] (`$VMM_TEST_IMAGES`,
-//!   then `images` under the workspace root). A miss is a
+//!   the folder of [`ResolverEnv::image_search_dirs`]: `$VMM_TEST_IMAGES`
+//!   when set, else `images` under the workspace root (`VMM_TEST_IMAGES`
+//!   replaces the default folder rather than adding to it, so a run can
+//!   make an image stream even when the workspace holds a copy). A miss is a
 //!   [`LocalArtifactNotFound`] naming the artifact, every path searched and
 //!   the exact recovery command
 //!   (`cargo xtask guest-test download-image --artifacts <Name>`).
@@ -137,21 +139,14 @@ impl ResolverEnv {
         self.workspace_root.join(path)
     }
 
-    /// The folders searched for local images, in order: `$VMM_TEST_IMAGES`
-    /// (if set), then `<workspace root>/images`.
+    /// The folders searched for local images: `$VMM_TEST_IMAGES` when set,
+    /// else `<workspace root>/images` (one folder; a list so that error
+    /// messages and callers need not change if a search path is added).
     pub fn image_search_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs = Vec::with_capacity(2);
-        if let Some(dir) = &self.images_dir {
-            dirs.push(self.absolute(dir));
-        }
-        let default = self.workspace_root.join(DEFAULT_IMAGES_SUBDIR);
-        if !dirs.contains(&default) {
-            dirs.push(default);
-        }
-        dirs
+        vec![self.download_dir()]
     }
 
-    /// Where downloaded images go: the first search folder.
+    /// Where downloaded images go: the images folder.
     pub fn download_dir(&self) -> PathBuf {
         match &self.images_dir {
             Some(dir) => self.absolute(dir),

@@ -91,10 +91,17 @@ fn local_hit_in_default_images_folder() {
     let file = fx.root.join("images").join(UBUNTU_FILE);
     touch(&file);
     let h = test_vhd::UBUNTU_2404_SERVER_X64.erase();
-    // Without VMM_TEST_IMAGES...
+    // Without VMM_TEST_IMAGES it is found...
     assert_eq!(fx.resolver(fx.env()).resolve(h).unwrap(), file);
-    // ...and as the fallback after it.
-    assert_eq!(fx.resolver(fx.env_custom()).resolve(h).unwrap(), file);
+    // ...but VMM_TEST_IMAGES replaces the default folder, so a run can make
+    // an image stream even though the workspace holds a copy.
+    let err = fx.resolver(fx.env_custom()).resolve(h).unwrap_err();
+    assert!(format!("{err:#}").contains("custom"), "{err:#}");
+    let remote = fx.resolver(fx.env_custom()).resolve_source(h).unwrap();
+    assert!(
+        matches!(remote, ArtifactSource::Remote { .. }),
+        "{remote:?}"
+    );
 }
 
 #[test]
@@ -212,9 +219,7 @@ fn local_miss_local_only_names_paths_and_command() {
     assert!(msg.contains("Ubuntu2404ServerX64Vhd"), "{msg}");
     assert!(msg.contains("UBUNTU_2404_SERVER_X64"), "{msg}");
     let custom = fx.custom.join(UBUNTU_FILE);
-    let default = fx.root.join("images").join(UBUNTU_FILE);
     assert!(msg.contains(&custom.display().to_string()), "{msg}");
-    assert!(msg.contains(&default.display().to_string()), "{msg}");
     assert!(
         msg.contains("cargo xtask guest-test download-image --artifacts Ubuntu2404ServerX64Vhd"),
         "{msg}"
@@ -222,7 +227,8 @@ fn local_miss_local_only_names_paths_and_command() {
     let typed = err.downcast_ref::<LocalArtifactNotFound>().unwrap();
     assert_eq!(typed.artifact, KnownTestArtifacts::Ubuntu2404ServerX64Vhd);
     let searched: Vec<_> = typed.searched.iter().map(|s| s.path.clone()).collect();
-    assert_eq!(searched, [custom, default]);
+    // VMM_TEST_IMAGES replaces the default folder: it is the one searched.
+    assert_eq!(searched, [custom]);
     assert!(
         typed
             .searched

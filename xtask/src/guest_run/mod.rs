@@ -24,9 +24,9 @@
 //! - The store URL is printed only redacted (a SAS token stays secret).
 //! - The embedded server listens on loopback only and serves only the
 //!   images folder.
-//! - A run whose disks would be found locally (the resolver searches
-//!   `<workspace>/images` after `VMM_TEST_IMAGES`) is refused up front
-//!   unless `--allow-local`; the table then says `local` for such disks,
+//! - A run whose disks would be found locally (in the `VMM_TEST_IMAGES`
+//!   folder the tests get, which replaces `<workspace>/images`) is refused
+//!   up front unless `--allow-local`; the table then says `local` for such disks,
 //!   never claiming streaming that did not happen.
 //! - Only folders this command owns are emptied; a user's `--cache-dir`
 //!   is emptied only with `--clear-cache`.
@@ -71,7 +71,7 @@ pub struct RunArgs {
     /// 127.0.0.1 hosting --images-dir].
     #[arg(long, value_name = "URL")]
     base_url: Option<String>,
-    /// The persistent read cache [default: <target>/guest-test-run/cache,
+    /// The persistent read cache [default: target/guest-test-run/cache,
     /// emptied before the cold run]. A given folder must be empty or
     /// missing, unless --clear-cache.
     #[arg(long, value_name = "DIR")]
@@ -80,8 +80,8 @@ pub struct RunArgs {
     #[arg(long)]
     clear_cache: bool,
     /// Where the test guest is built and hosted from [default:
-    /// <target>/guest-test-run/images]. It must not be a folder the
-    /// resolver searches for local images (<workspace>/images).
+    /// target/guest-test-run/images]. The tests get their own
+    /// VMM_TEST_IMAGES folder, so a copy here is still streamed.
     #[arg(long, value_name = "DIR")]
     images_dir: Option<PathBuf>,
     /// MiB of data files on the guest's root disk, if it must be built.
@@ -444,7 +444,7 @@ fn check_streaming(
 }
 
 /// Fails if the resolver, with `VMM_TEST_IMAGES=local`, would find any of
-/// `streamed` on disk (it also searches `<workspace>/images`).
+/// `streamed` on disk.
 fn refuse_local_copies(root: &Path, local: &Path, streamed: &[KnownTestArtifacts]) -> Result<()> {
     let mut env = ResolverEnv::with_workspace_root(root);
     env.images_dir = Some(local.to_owned());
@@ -456,9 +456,9 @@ fn refuse_local_copies(root: &Path, local: &Path, streamed: &[KnownTestArtifacts
     if !found.is_empty() {
         bail!(
             "the test guest's disks would be read locally instead of streaming: {} \
-             (the resolver searches VMM_TEST_IMAGES, then the workspace's images \
-             folder); move them out of that folder (this command builds and hosts \
-             its own copy in target/guest-test-run/images)",
+             (the resolver searches the VMM_TEST_IMAGES folder); move them out of \
+             that folder (this command builds and hosts its own copy in \
+             target/guest-test-run/images)",
             found.join(", ")
         );
     }
@@ -639,9 +639,12 @@ mod tests {
         let local = tmp.path().join("local");
         let streamed = prepare_local_images(&images, &local).unwrap();
         std::fs::create_dir_all(root.join("images")).unwrap();
-        refuse_local_copies(&root, &local, &streamed).unwrap();
-        // A copy in <workspace>/images would win over the URL.
+        // A copy in <workspace>/images does not matter: VMM_TEST_IMAGES
+        // replaces that folder.
         std::fs::write(root.join("images").join(VHD_FILE), "x").unwrap();
+        refuse_local_copies(&root, &local, &streamed).unwrap();
+        // A copy in the folder the tests search would win over the URL.
+        std::fs::write(local.join(VHD_FILE), "x").unwrap();
         let err = refuse_local_copies(&root, &local, &streamed)
             .unwrap_err()
             .to_string();
@@ -659,8 +662,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let local = tmp.path().join("local");
         std::fs::create_dir_all(tmp.path().join("images")).unwrap();
-        check_streaming(tmp.path(), &local, &guest_disks(), false).unwrap();
         std::fs::write(tmp.path().join("images").join(RAW_FILE), "x").unwrap();
+        check_streaming(tmp.path(), &local, &guest_disks(), false).unwrap();
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(local.join(RAW_FILE), "x").unwrap();
         let err = check_streaming(tmp.path(), &local, &guest_disks(), false)
             .unwrap_err()
             .to_string();
