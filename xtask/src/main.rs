@@ -18,6 +18,7 @@ mod bench;
 mod download;
 mod guest_image;
 mod guest_run;
+mod guide_check;
 mod setup;
 mod test;
 

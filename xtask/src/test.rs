@@ -110,6 +110,12 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
         steps.push(Step::cargo("doc tests", &["test", "--workspace", "--doc"]));
     }
 
+    if !args.tests_only {
+        // Cheap, so before the long steps: every page in SUMMARY.md exists
+        // and every relative link and include resolves.
+        crate::guide_check::check_guide(&root.join("Guide")).context("checking the Guide")?;
+        println!("==> xtask test: Guide pages and links check passed");
+    }
     for step in &steps {
         let t = Instant::now();
         println!(
