@@ -168,28 +168,28 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     if on("rss") {
         b.rss(&nginx)?;
     }
-    if !on("nbd") {
-    } else if args.skip_nbd {
-        b.report
-            .skipped("nbd-ours-cold", "NBD", Unit::MBps, "skipped (--skip-nbd)");
-    } else {
-        b.nbd(&nginx)?;
+    if on("nbd") {
+        if args.skip_nbd {
+            let why = "skipped (--skip-nbd)";
+            b.report.skipped("nbd-ours-cold", "NBD", Unit::MBps, why);
+        } else {
+            b.nbd(&nginx)?;
+        }
     }
-    match (&guest, args.skip_guest || !on("guest")) {
-        _ if !on("guest") => {}
-        (_, true) => b.report.skipped(
-            "boot-local",
-            "guest boot",
-            Unit::Seconds,
-            "skipped (--skip-guest)",
-        ),
-        (None, false) => b.report.skipped(
-            "boot-local",
-            "guest boot",
-            Unit::Seconds,
-            "test guest images missing: run cargo xtask guest-test build-image",
-        ),
-        (Some(g), false) => b.guest(&nginx, g)?,
+    if on("guest") {
+        match &guest {
+            _ if args.skip_guest => {
+                let why = "skipped (--skip-guest)";
+                b.report
+                    .skipped("boot-local", "guest boot", Unit::Seconds, why);
+            }
+            None => {
+                let why = "test guest images missing: run cargo xtask guest-test build-image";
+                b.report
+                    .skipped("boot-local", "guest boot", Unit::Seconds, why);
+            }
+            Some(g) => b.guest(&nginx, g)?,
+        }
     }
     targets(&mut b.report);
 
