@@ -217,6 +217,24 @@ fn local_format(
     })
 }
 
+/// The stack description of `drive`'s disk (`None` for an empty drive),
+/// with the cache in `cache_dir` or else the default cache directory. A
+/// DVD is read-only. Every backend translates its drives through this.
+pub fn drive_description(
+    drive: &Drive,
+    cache_dir: Option<&Path>,
+) -> Result<Option<LayeredDiskHandle>, DiskStackError> {
+    let Some(disk) = &drive.disk else {
+        return Ok(None);
+    };
+    let mut handle = disk_description(disk, drive.artifact, || match cache_dir {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => crate::cache_dir::cache_dir(),
+    })?;
+    handle.read_only = drive.is_dvd;
+    Ok(Some(handle))
+}
+
 /// The disk stack description of one disk.
 pub fn disk_description(
     disk: &Disk,

@@ -34,7 +34,7 @@ use crate::backend::PreparedVm;
 use crate::disk_stack::DiskStackError;
 use crate::disk_stack::OpenOptions;
 use crate::disk_stack::OpenedDisk;
-use crate::disk_stack::disk_description;
+use crate::disk_stack::drive_description;
 use crate::disk_stack::open_description;
 use crate::vm::Drive;
 use disk_backend_resources::LayeredDiskHandle;
@@ -130,18 +130,7 @@ impl PetriVmmBackend for OpenVmmPetriBackend {
     }
 
     fn translate_drive(&self, drive: &Drive) -> Result<OpenVmmDrive, OpenVmmError> {
-        let disk = match &drive.disk {
-            None => None,
-            Some(disk) => {
-                let mut handle =
-                    disk_description(disk, drive.artifact, || match &self.cache_dir {
-                        Some(dir) => Ok(dir.clone()),
-                        None => crate::cache_dir::cache_dir(),
-                    })?;
-                handle.read_only = drive.is_dvd;
-                Some(handle)
-            }
-        };
+        let disk = drive_description(drive, self.cache_dir.as_deref())?;
         Ok(OpenVmmDrive {
             disk,
             is_dvd: drive.is_dvd,
