@@ -613,20 +613,7 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| sql_err(path, "starting a write transaction", e))?;
-        let existing: Vec<(i64, Option<Vec<u8>>)> = {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT idx, present FROM chunks WHERE idx BETWEEN ?1 AND ?2 ORDER BY idx",
-                )
-                .map_err(|e| sql_err(path, "preparing a write", e))?;
-            let rows = stmt
-                .query_map(params![first as i64, last as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .map_err(|e| sql_err(path, "reading chunk rows", e))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(|e| sql_err(path, "reading chunk rows", e))?
-        };
+        let existing = chunk_presence_rows(&tx, path, first, last)?;
         let mut existing = existing.into_iter().peekable();
         let mut written = 0u64;
         for idx in first..=last {
@@ -733,20 +720,7 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| sql_err(path, "starting an unmap transaction", e))?;
-        let rows: Vec<(i64, Option<Vec<u8>>)> = {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT idx, present FROM chunks WHERE idx BETWEEN ?1 AND ?2 ORDER BY idx",
-                )
-                .map_err(|e| sql_err(path, "preparing an unmap", e))?;
-            let rows = stmt
-                .query_map(params![first as i64, last as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .map_err(|e| sql_err(path, "reading chunk rows", e))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(|e| sql_err(path, "reading chunk rows", e))?
-        };
+        let rows = chunk_presence_rows(&tx, path, first, last)?;
         let mut deleted = false;
         for (idx, present) in rows {
             let (bm, _, data_len) = self.row_shape(idx, present)?;
@@ -931,6 +905,29 @@ fn read_meta(path: &Path, conn: &Connection) -> Result<LayerMetadata, SqliteLaye
         ));
     }
     Ok(meta)
+}
+
+/// A stored chunk's index and presence bitmap (`None`: fully present).
+type ChunkPresence = (i64, Option<Vec<u8>>);
+
+/// The [`ChunkPresence`] of every stored chunk in `first..=last`, in order,
+/// read inside the caller's write transaction.
+fn chunk_presence_rows(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    first: u64,
+    last: u64,
+) -> Result<Vec<ChunkPresence>, SqliteLayerError> {
+    let mut stmt = tx
+        .prepare_cached("SELECT idx, present FROM chunks WHERE idx BETWEEN ?1 AND ?2 ORDER BY idx")
+        .map_err(|e| sql_err(path, "preparing a chunk query", e))?;
+    let rows = stmt
+        .query_map(params![first as i64, last as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(|e| sql_err(path, "reading chunk rows", e))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| sql_err(path, "reading chunk rows", e))
 }
 
 #[cfg(test)]
