@@ -285,12 +285,13 @@ pub fn disk_description(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use petri_artifacts_vmm_test::artifacts::test_vhd;
     use petri_artifacts_vmm_test::artifacts::test_vmgs;
 
-    const CACHE: &str = "/var/cache/petri-test";
+    /// The cache directory the backends' translation tests use.
+    pub(crate) const CACHE: &str = "/var/cache/petri-test";
 
     fn cache() -> Result<PathBuf, CacheDirError> {
         Ok(PathBuf::from(CACHE))
@@ -300,11 +301,13 @@ mod tests {
         crate::cache_dir::cache_dir_with(|_| None, crate::cache_dir::HostOs::Linux)
     }
 
-    fn remote(url: &str) -> Disk {
+    /// A remote differencing disk.
+    pub(crate) fn remote(url: &str) -> Disk {
         Disk::Differencing(DiskPath::Remote { url: url.into() })
     }
 
-    fn remote_stack(url: &str, format: BlobFormat) -> LayeredDiskHandle {
+    /// The stack a remote disk must translate to, cached in [`CACHE`].
+    pub(crate) fn remote_stack(url: &str, format: BlobFormat) -> LayeredDiskHandle {
         LayeredDiskHandle {
             layers: vec![
                 LayerDescription::plain(LayerKind::Ram { len: None }),

@@ -156,36 +156,11 @@ impl PetriVmmBackend for OpenVmmPetriBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::Disk;
-    use crate::vm::DiskPath;
+    use crate::disk_stack::tests::CACHE;
+    use crate::disk_stack::tests::remote;
+    use crate::disk_stack::tests::remote_stack;
     use disk_backend_resources::BlobFormat;
-    use disk_backend_resources::LayerDescription;
-    use disk_backend_resources::LayerKind;
-    use disk_backend_resources::LayeredDiskHandle;
     use petri_artifacts_vmm_test::artifacts::test_iso;
-
-    const CACHE: &str = "/var/cache/petri-test";
-
-    fn remote(url: &str) -> Disk {
-        Disk::Differencing(DiskPath::Remote { url: url.into() })
-    }
-
-    fn remote_stack(url: &str, format: BlobFormat) -> LayeredDiskHandle {
-        LayeredDiskHandle {
-            layers: vec![
-                LayerDescription::plain(LayerKind::Ram { len: None }),
-                LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
-                    cache_dir: CACHE.into(),
-                    key: None,
-                }),
-                LayerDescription::plain(LayerKind::Blob {
-                    url: url.into(),
-                    format,
-                }),
-            ],
-            read_only: false,
-        }
-    }
 
     #[test]
     fn dvd_drive_is_read_only() {
