@@ -23,15 +23,30 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 const PAGE_SIZE: u32 = 65536;
 /// How many idle read connections are kept for reuse.
 const MAX_IDLE_READERS: usize = 8;
-/// Memory-map window per connection (SQLite caps it at its compile-time
-/// maximum, about 2 GiB); reads of mapped pages need no syscall. SQLite
-/// falls back to plain reads past it.
+/// Memory-map window of the connections that serve small reads (SQLite
+/// caps it at its compile-time maximum, about 2 GiB): a 4 KiB read of a
+/// mapped file copies 4 KiB and needs no syscall, where an unmapped one
+/// reads the whole 64 KiB page that holds it (and the overflow pages it
+/// walks through) into SQLite's page cache first.
+///
+/// Large reads use unmapped connections instead (see
+/// [`MAPPED_READ_LIMIT`]): SQLite reads whole overflow pages of an
+/// unmapped file straight into the caller's buffer, one `pread` per
+/// 64 KiB, which is as fast as a copy out of the map, and the pages do not
+/// stay mapped into the process. With one kind of connection for all
+/// reads, a sequential pass over a 1 GiB cache left 1 GiB of the file
+/// mapped and resident in the process (`VmHWM` 1052 MiB); unmapped large
+/// reads keep it at a few tens of MiB.
 ///
 /// DEVNOTE: with memory-mapped reads, a device I/O error while reading the
 /// cache file arrives as SIGBUS instead of an error return (SQLite's
 /// documented trade-off). For a local cache file that is acceptable; set
 /// this to 0 if caches ever live on unreliable storage.
 const MMAP_SIZE: u64 = 0x7fff_0000;
+/// Reads of at least this many bytes use unmapped connections (see
+/// [`MMAP_SIZE`]): one SQLite page, below which the unmapped path would
+/// copy more than it returns.
+const MAPPED_READ_LIMIT: usize = PAGE_SIZE as usize;
 
 const SCHEMA: &str = "
 CREATE TABLE meta (
@@ -183,8 +198,18 @@ pub(crate) struct Store {
     spc: u32,
     /// `None` when the file was opened read-only.
     writer: Option<Mutex<Connection>>,
-    readers: Mutex<Vec<Connection>>,
+    /// Idle readers with the memory map (small reads).
+    mapped_readers: Mutex<Vec<Connection>>,
+    /// Idle readers without it (large reads, stats).
+    plain_readers: Mutex<Vec<Connection>>,
     read_only: bool,
+}
+
+/// Which kind of reader connection a read uses (see [`MMAP_SIZE`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReaderKind {
+    Mapped,
+    Plain,
 }
 
 fn sql_err(path: &Path, context: &str, source: rusqlite::Error) -> SqliteLayerError {
@@ -225,7 +250,11 @@ fn io_err(path: &Path, context: &str, source: std::io::Error) -> SqliteLayerErro
     }
 }
 
-fn open_conn(path: &Path, read_only: bool) -> Result<Connection, SqliteLayerError> {
+fn open_conn(
+    path: &Path,
+    read_only: bool,
+    kind: ReaderKind,
+) -> Result<Connection, SqliteLayerError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -238,8 +267,12 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, SqliteLayerErro
     conn.set_prepared_statement_cache_capacity(32);
     // `synchronous=NORMAL` in WAL mode keeps the file consistent on a
     // crash; durability on demand comes from `Store::sync`.
+    let mmap_size = match kind {
+        ReaderKind::Mapped => MMAP_SIZE,
+        ReaderKind::Plain => 0,
+    };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous=NORMAL; PRAGMA mmap_size={MMAP_SIZE}; PRAGMA cache_size=-16384;"
+        "PRAGMA synchronous=NORMAL; PRAGMA mmap_size={mmap_size}; PRAGMA cache_size=-16384;"
     ))
     .map_err(|e| sql_err(path, "opening the database", e))?;
     Ok(conn)
@@ -352,7 +385,7 @@ impl Store {
             }
             Err(e) => return Err(io_err(path, "inspecting the layer file", e)),
         }
-        let conn = open_conn(path, read_only)?;
+        let conn = open_conn(path, read_only, ReaderKind::Plain)?;
         let meta = read_meta(path, &conn)?;
         let spc = meta.chunk_size / meta.geometry.sector_size;
         let (writer, readers) = if read_only {
@@ -365,7 +398,8 @@ impl Store {
             meta,
             spc,
             writer,
-            readers: Mutex::new(readers),
+            mapped_readers: Mutex::new(Vec::new()),
+            plain_readers: Mutex::new(readers),
             read_only,
         })
     }
@@ -394,18 +428,23 @@ impl Store {
 
     fn with_reader<R>(
         &self,
+        kind: ReaderKind,
         f: impl FnOnce(&mut Connection) -> Result<R, SqliteLayerError>,
     ) -> Result<R, SqliteLayerError> {
-        let conn = self.readers.lock().pop();
+        let pool = match kind {
+            ReaderKind::Mapped => &self.mapped_readers,
+            ReaderKind::Plain => &self.plain_readers,
+        };
+        let conn = pool.lock().pop();
         let mut conn = match conn {
             Some(c) => c,
-            None => open_conn(&self.path, self.read_only)?,
+            None => open_conn(&self.path, self.read_only, kind)?,
         };
         let r = f(&mut conn);
         // A connection left inside a transaction by an error is dropped
         // rather than reused.
         if conn.is_autocommit() {
-            let mut idle = self.readers.lock();
+            let mut idle = pool.lock();
             if idle.len() < MAX_IDLE_READERS {
                 idle.push(conn);
             }
@@ -481,7 +520,12 @@ impl Store {
         let first = sector / spc;
         let last = (end - 1) / spc;
         let path = &self.path;
-        self.with_reader(|conn| {
+        let kind = if buf.len() < MAPPED_READ_LIMIT {
+            ReaderKind::Mapped
+        } else {
+            ReaderKind::Plain
+        };
+        self.with_reader(kind, |conn| {
             // No explicit transaction: the row query stays active while the
             // BLOBs are read, and SQLite keeps one read transaction (one WAL
             // snapshot) open for as long as a statement is active, so
@@ -792,7 +836,7 @@ impl Store {
     /// Number of chunk rows and of present sectors, for tests and tools.
     pub(crate) fn stats(&self) -> Result<(u64, u64), SqliteLayerError> {
         let path = &self.path;
-        self.with_reader(|conn| {
+        self.with_reader(ReaderKind::Plain, |conn| {
             let rows: Vec<(i64, Option<Vec<u8>>)> = {
                 let mut stmt = conn
                     .prepare_cached("SELECT idx, present FROM chunks")
