@@ -73,8 +73,10 @@ impl LayerIo for SqliteDiskLayer {
 }
 
 impl WriteNoOverwrite for SqliteDiskLayer {
+    /// Queued write-behind ([`SqliteDiskLayer::queue_fill`]): the guest's
+    /// read does not wait for SQLite.
     async fn write_no_overwrite(&self, sector: u64, buf: &[u8]) -> Result<(), DiskError> {
-        self.write_sectors(sector, buf, false, false).await?;
+        self.queue_fill(sector, buf).await?;
         Ok(())
     }
 }

@@ -3,10 +3,12 @@
 //! Everything here blocks; the async layer in `lib.rs` runs it on tokio's
 //! blocking pool. See the crate documentation for the file format.
 
+use crate::fill_queue::{AfterCommit, Checkpointer};
 use crate::{FormatParams, Geometry, LayerMetadata, SqliteLayerError};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `PRAGMA application_id` of every file this crate formats ("DLSQ").
@@ -203,6 +205,14 @@ pub(crate) struct Store {
     /// Idle readers without it (large reads, stats).
     plain_readers: Mutex<Vec<Connection>>,
     read_only: bool,
+    /// Checkpoints the WAL off the writer's path (see [`Checkpointer`]).
+    checkpointer: Arc<Checkpointer>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.checkpointer.stop();
+    }
 }
 
 /// Which kind of reader connection a read uses (see [`MMAP_SIZE`]).
@@ -276,6 +286,49 @@ fn open_conn(
     ))
     .map_err(|e| sql_err(path, "opening the database", e))?;
     Ok(conn)
+}
+
+/// Runs one `PASSIVE` checkpoint; whether it copied the whole WAL.
+fn checkpoint(conn: &Connection, path: &Path) -> bool {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    }) {
+        // (busy, frames in the WAL, frames checkpointed)
+        Ok((busy, log, done)) => busy == 0 && log == done,
+        Err(err) => {
+            tracing::debug!(
+                path = %path.display(),
+                error = &err as &dyn std::error::Error,
+                "WAL checkpoint failed; it is retried later"
+            );
+            false
+        }
+    }
+}
+
+/// The checkpoint thread: one connection of its own, one `PASSIVE`
+/// checkpoint per request.
+fn run_checkpoints(cp: &Checkpointer, path: &Path) {
+    let conn = match open_conn(path, false, ReaderKind::Plain) {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::debug!(
+                error = &err as &dyn std::error::Error,
+                "no checkpoint connection"
+            );
+            return;
+        }
+    };
+    while cp.next() {
+        let behind = cp.behind();
+        if checkpoint(&conn, path) {
+            cp.completed(behind);
+        }
+    }
 }
 
 fn params_to_meta(p: &FormatParams) -> LayerMetadata {
@@ -391,6 +444,10 @@ impl Store {
         let (writer, readers) = if read_only {
             (None, vec![conn])
         } else {
+            // Checkpoints are run by `Checkpointer`, not by whichever
+            // commit crosses SQLite's threshold.
+            conn.execute_batch("PRAGMA wal_autocheckpoint=0")
+                .map_err(|e| sql_err(path, "opening the database", e))?;
             (Some(Mutex::new(conn)), Vec::new())
         };
         Ok(Store {
@@ -401,6 +458,7 @@ impl Store {
             mapped_readers: Mutex::new(Vec::new()),
             plain_readers: Mutex::new(readers),
             read_only,
+            checkpointer: Arc::default(),
         })
     }
 
@@ -642,9 +700,70 @@ impl Store {
         buf: &[u8],
         overwrite: bool,
     ) -> Result<u64, SqliteLayerError> {
+        self.write_batch(&[(sector, buf)], overwrite)
+    }
+
+    /// Writes several `(sector, data)` pieces in one transaction, in order
+    /// (a later piece sees what an earlier one wrote). Returns the number
+    /// of sectors written. All or nothing: an error rolls back every piece.
+    pub(crate) fn write_batch(
+        &self,
+        pieces: &[(u64, &[u8])],
+        overwrite: bool,
+    ) -> Result<u64, SqliteLayerError> {
+        let ss = self.ss();
+        for (sector, buf) in pieces {
+            self.check_range(*sector, (buf.len() / ss) as u64)?;
+        }
+        if pieces.iter().all(|(_, b)| b.len() < ss) {
+            return Ok(0);
+        }
+        let path = &self.path;
+        let mut conn = self.writer()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_err(path, "starting a write transaction", e))?;
+        let mut written = 0u64;
+        for (sector, buf) in pieces {
+            written += self.write_in(&tx, *sector, buf, overwrite)?;
+        }
+        tx.commit()
+            .map_err(|e| sql_err(path, "committing a write", e))?;
+        self.after_commit(&conn, written * ss as u64);
+        Ok(written)
+    }
+
+    /// Checkpoint bookkeeping after a commit of about `bytes` (see
+    /// [`Checkpointer`]). Checkpoint failures are not errors of the write
+    /// (it has committed); the WAL is checkpointed again later.
+    fn after_commit(&self, conn: &Connection, bytes: u64) {
+        match self.checkpointer.committed(bytes) {
+            AfterCommit::Nothing => {}
+            AfterCommit::StartThread => {
+                let cp = self.checkpointer.clone();
+                let path = self.path.clone();
+                self.checkpointer.start(move || run_checkpoints(&cp, &path));
+            }
+            AfterCommit::CheckpointInline => {
+                let behind = self.checkpointer.behind();
+                if checkpoint(conn, &self.path) {
+                    self.checkpointer.completed(behind);
+                }
+            }
+        }
+    }
+
+    /// One piece of [`write_batch`](Self::write_batch), inside its
+    /// transaction.
+    fn write_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        sector: u64,
+        buf: &[u8],
+        overwrite: bool,
+    ) -> Result<u64, SqliteLayerError> {
         let ss = self.ss();
         let count = (buf.len() / ss) as u64;
-        self.check_range(sector, count)?;
         if count == 0 {
             return Ok(0);
         }
@@ -653,11 +772,7 @@ impl Store {
         let first = sector / spc;
         let last = (end - 1) / spc;
         let path = &self.path;
-        let mut conn = self.writer()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| sql_err(path, "starting a write transaction", e))?;
-        let existing = chunk_presence_rows(&tx, path, first, last)?;
+        let existing = chunk_presence_rows(tx, path, first, last)?;
         let mut existing = existing.into_iter().peekable();
         let mut written = 0u64;
         for idx in first..=last {
@@ -743,8 +858,6 @@ impl Store {
                 }
             }
         }
-        tx.commit()
-            .map_err(|e| sql_err(path, "committing a write", e))?;
         Ok(written)
     }
 
