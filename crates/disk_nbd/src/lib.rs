@@ -120,6 +120,8 @@ mod server;
 
 pub use server::BlockSizes;
 pub use server::DEFAULT_MAX_IN_FLIGHT_BYTES;
+pub use server::DEFAULT_MAX_MERGED_READ_BYTES;
+pub use server::DEFAULT_MAX_PARALLEL_READS;
 pub use server::DEFAULT_MAX_REQUEST_BYTES;
 pub use server::DEFAULT_SHUTDOWN_GRACE;
 pub use server::NbdError;

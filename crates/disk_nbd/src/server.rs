@@ -3,15 +3,16 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use disk_backend::{Disk, DiskError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, mpsc, watch};
+use tokio::io::{
+    AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
+use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::protocol::*;
@@ -20,6 +21,11 @@ use crate::protocol::*;
 pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 32 << 20;
 /// Default budget of request payload bytes in flight per connection.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 128 << 20;
+
+/// Default [`NbdServerOptions::max_parallel_reads`].
+pub const DEFAULT_MAX_PARALLEL_READS: usize = 4;
+/// Default [`NbdServerOptions::max_merged_read_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_MERGED_READ_BYTES: u32 = 1 << 20;
 
 /// Default [`NbdServerOptions::shutdown_grace`].
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -37,8 +43,12 @@ const ZERO_CHUNK: usize = 1 << 20;
 const POOL_MAX_BYTES: usize = 64 << 20;
 /// Smallest pooled buffer.
 const POOL_MIN_BUF: usize = 64 << 10;
-/// Buffer size of the socket reader and writer.
+/// Buffer size of the socket reader and of the handshake's writer.
 const IO_BUF: usize = 256 << 10;
+/// Send buffer asked for on accepted sockets: a 256 KiB read reply then
+/// fits in one system call instead of waiting for the client to drain the
+/// default ~200 KiB buffer mid-reply.
+const SOCKET_SEND_BUF: usize = 4 << 20;
 
 /// Errors of the NBD server.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +110,18 @@ pub struct NbdServerOptions {
     /// dropped (a client that stopped reading could otherwise hold the
     /// shutdown up forever).
     pub shutdown_grace: Duration,
+    /// Disk reads one connection runs at once (at least 1). A read keeps
+    /// its slot until its reply is written, so a connection never holds
+    /// more than this many read buffers that are filled but not yet sent,
+    /// and the data goes out while it is still in the CPU cache. Other
+    /// requests past this many wait (in the in-flight budget) for a slot.
+    pub max_parallel_reads: usize,
+    /// Read requests that arrive back to back and continue each other
+    /// (each starts where the previous one ends) are served with one disk
+    /// read of up to this many bytes; each still gets its own reply. Only
+    /// requests already received are merged, never waited for. 0 turns
+    /// merging off.
+    pub max_merged_read_bytes: u32,
 }
 
 impl Default for NbdServerOptions {
@@ -112,6 +134,8 @@ impl Default for NbdServerOptions {
             max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             byte_granularity: false,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_parallel_reads: DEFAULT_MAX_PARALLEL_READS,
+            max_merged_read_bytes: DEFAULT_MAX_MERGED_READ_BYTES,
         }
     }
 }
@@ -140,6 +164,9 @@ pub struct NbdStats {
     pub error_replies: u64,
     /// Payload bytes sent in read replies.
     pub bytes_read: u64,
+    /// Reads sent to the disk; fewer than read requests when back-to-back
+    /// requests were merged (see [`NbdServerOptions::max_merged_read_bytes`]).
+    pub disk_reads: u64,
     /// Payload bytes written to the disk by write requests.
     pub bytes_written: u64,
 }
@@ -151,6 +178,7 @@ struct Stats {
     requests: AtomicU64,
     error_replies: AtomicU64,
     bytes_read: AtomicU64,
+    disk_reads: AtomicU64,
     bytes_written: AtomicU64,
 }
 
@@ -165,6 +193,8 @@ struct Export {
     block_sizes: BlockSizes,
     transmission_flags: u16,
     budget_units: u32,
+    max_parallel_reads: usize,
+    max_merged_read: u64,
     shutdown_grace: Duration,
     /// Writes that cover only part of a sector take this exclusively for
     /// their read-modify-write; all other writes take it shared. This keeps
@@ -240,6 +270,11 @@ impl NbdServer {
                 options.max_in_flight_bytes
             )));
         }
+        if options.max_parallel_reads == 0 {
+            return Err(NbdError::InvalidOptions(
+                "max_parallel_reads must be at least 1".into(),
+            ));
+        }
         let budget_units = u32::try_from(options.max_in_flight_bytes / PERMIT_UNIT)
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32);
@@ -276,6 +311,8 @@ impl NbdServer {
                 shutdown_grace: options.shutdown_grace,
                 rmw: RwLock::new(()),
                 zeroes,
+                max_parallel_reads: options.max_parallel_reads,
+                max_merged_read: u64::from(options.max_merged_read_bytes),
                 pool: BufPool::default(),
                 stats: Stats::default(),
                 shutdown,
@@ -317,6 +354,7 @@ impl NbdServer {
             requests: s.requests.load(Ordering::Relaxed),
             error_replies: s.error_replies.load(Ordering::Relaxed),
             bytes_read: s.bytes_read.load(Ordering::Relaxed),
+            disk_reads: s.disk_reads.load(Ordering::Relaxed),
             bytes_written: s.bytes_written.load(Ordering::Relaxed),
         }
     }
@@ -600,7 +638,20 @@ impl Acceptor for tokio::net::UnixListener {
     type Write = tokio::net::unix::OwnedWriteHalf;
     async fn accept_split(&self) -> io::Result<(Self::Read, Self::Write)> {
         let (s, _) = self.accept().await?;
+        grow_send_buffer(&s);
         Ok(s.into_split())
+    }
+}
+
+/// Asks the kernel for a send buffer of [`SOCKET_SEND_BUF`] bytes (it caps
+/// the request at `net.core.wmem_max`). Best effort: a failure only costs
+/// speed.
+fn grow_send_buffer<S: std::os::fd::AsFd>(s: &S) {
+    if let Err(e) = socket2::SockRef::from(s).set_send_buffer_size(SOCKET_SEND_BUF) {
+        tracing::debug!(
+            error = &e as &dyn std::error::Error,
+            "could not grow the NBD socket's send buffer"
+        );
     }
 }
 
@@ -610,6 +661,7 @@ impl Acceptor for tokio::net::TcpListener {
     async fn accept_split(&self) -> io::Result<(Self::Read, Self::Write)> {
         let (s, _) = self.accept().await?;
         s.set_nodelay(true)?;
+        grow_send_buffer(&s);
         Ok(s.into_split())
     }
 }
@@ -901,8 +953,10 @@ impl BufPool {
         let class = len.max(POOL_MIN_BUF).next_power_of_two();
         let reused = {
             let mut bufs = self.bufs.lock();
+            // The most recently returned buffer of the class: it is the
+            // likeliest to still be in the CPU cache.
             bufs.iter()
-                .position(|b| b.len() == class)
+                .rposition(|b| b.len() == class)
                 .map(|i| bufs.swap_remove(i))
         };
         PooledBuf {
@@ -924,21 +978,27 @@ impl BufPool {
 /// State of one connection in transmission, shared by its request tasks.
 struct Conn {
     export: Arc<Export>,
-    /// Replies go to the connection's writer task in completion order.
-    replies: mpsc::UnboundedSender<Reply>,
+    /// The connection's sending half. Each request task writes its own
+    /// reply (header and payload in one vectored write) as soon as it has
+    /// it, under this lock, so a reply is never interleaved with another
+    /// and the data goes out from the thread that just read it, while it
+    /// is still in the CPU cache.
+    writer: tokio::sync::Mutex<ReplyStream>,
+    /// Set once writing a reply failed (the client is gone): later replies
+    /// are dropped and the reader stops.
+    write_failed: std::sync::atomic::AtomicBool,
+    /// The first write error, for the connection's result.
+    write_error: parking_lot::Mutex<Option<io::Error>>,
+    /// Wakes the reader when a write failed.
+    write_failed_notify: tokio::sync::Notify,
     budget: Arc<Semaphore>,
+    /// [`NbdServerOptions::max_parallel_reads`] slots.
+    read_slots: Semaphore,
 }
 
-/// A simple reply on its way to the writer task.
-struct Reply {
-    cookie: u64,
-    error: u32,
-    /// Read data: a pool buffer and the range of it to send.
-    data: Option<(PooledBuf, Range<usize>)>,
-    /// The request's share of the in-flight budget, released once the
-    /// reply is written, so replies queued for a slow client count too.
-    permit: Option<OwnedSemaphorePermit>,
-}
+/// The sending half of a connection, type-erased so that [`Conn`] is not
+/// generic.
+type ReplyStream = Box<dyn AsyncWrite + Unpin + Send>;
 
 enum Flow {
     Continue,
@@ -955,13 +1015,17 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (replies, rx) = mpsc::unbounded_channel();
-    let mut writer_task = Some(tokio::spawn(write_replies(export.clone(), writer, rx)));
-    let writer_abort = writer_task.as_ref().map(JoinHandle::abort_handle);
+    // The handshake flushed everything it wrote; replies bypass the
+    // buffer and go out with vectored writes.
+    let writer: ReplyStream = Box::new(writer.into_inner());
     let conn = Arc::new(Conn {
         budget: Arc::new(Semaphore::new(export.budget_units as usize)),
+        read_slots: Semaphore::new(export.max_parallel_reads),
         export,
-        replies,
+        writer: tokio::sync::Mutex::new(writer),
+        write_failed: Default::default(),
+        write_error: Default::default(),
+        write_failed_notify: Default::default(),
     });
     let mut tasks = JoinSet::new();
     let mut header = [0u8; REQUEST_HEADER_LEN];
@@ -973,17 +1037,12 @@ where
         }
         // The whole step (header, budget, payload) gives way to shutdown,
         // so a client that stalls mid-request cannot hold the server up.
-        // A writer that failed (the client is gone) ends the reading too.
+        // A reply that could not be written (the client is gone) ends the
+        // reading too.
         let step = tokio::select! {
             biased;
             _ = shutdown_signalled(&mut shutdown) => break Ok(()),
-            w = async { writer_task.as_mut()?.await.ok() }, if writer_task.is_some() => {
-                writer_task = None;
-                match w {
-                    Some(Err(e)) => break Err(e.into()),
-                    _ => break Ok(()),
-                }
-            }
+            _ = conn.write_failed_notify.notified() => break Ok(()),
             r = conn.next_request(&mut reader, &mut header, &mut tasks) => r,
         };
         match step {
@@ -1007,16 +1066,9 @@ where
                 r = Err(NbdError::TaskFailed(e.to_string()));
             }
         }
-        // The last sender goes: the writer drains the queue and closes.
-        drop(conn);
-        if let Some(w) = writer_task {
-            match w.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if r.is_ok() => r = Err(e.into()),
-                Ok(Err(_)) => {}
-                Err(e) if r.is_ok() => r = Err(NbdError::TaskFailed(e.to_string())),
-                Err(_) => {}
-            }
+        if !conn.write_failed.load(Ordering::Acquire) {
+            // The client may already be gone; the connection ends anyway.
+            let _ = conn.writer.lock().await.shutdown().await;
         }
         r
     };
@@ -1036,9 +1088,11 @@ where
         tracing::info!("NBD client did not take its replies within the shutdown grace period");
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
-        if let Some(a) = writer_abort {
-            a.abort();
-        }
+    }
+    if result.is_ok()
+        && let Some(e) = conn.write_error.lock().take()
+    {
+        result = Err(e.into());
     }
     match result {
         Err(NbdError::Io(e)) if is_disconnect(&e) => Ok(()),
@@ -1046,30 +1100,20 @@ where
     }
 }
 
-/// The connection's writer task: writes replies as they come and flushes
-/// whenever the queue runs dry, so replies completed together share one
-/// system call. Ends, after a final flush and shutdown, when every sender
-/// is gone; ends early if the socket fails.
-async fn write_replies<W: AsyncWrite + Unpin>(
-    export: Arc<Export>,
-    mut w: BufWriter<W>,
-    mut rx: mpsc::UnboundedReceiver<Reply>,
+/// Writes every byte of `slices`, as few system calls as the stream
+/// allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    mut slices: &mut [io::IoSlice<'_>],
 ) -> io::Result<()> {
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(reply) = next {
-            w.write_all(&encode_simple_reply(reply.error, reply.cookie))
-                .await?;
-            if let Some((buf, range)) = reply.data {
-                w.write_all(&buf[range]).await?;
-                export.pool.put(buf);
-            }
-            drop(reply.permit);
-            next = rx.try_recv().ok();
+    while !slices.is_empty() {
+        let n = w.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
-        w.flush().await?;
+        io::IoSlice::advance_slices(&mut slices, n);
     }
-    w.shutdown().await
+    Ok(())
 }
 
 fn is_disconnect(e: &io::Error) -> bool {
@@ -1094,35 +1138,59 @@ fn errno(e: &DiskError, writing: bool) -> u32 {
 }
 
 impl Conn {
-    /// Queues a reply without data. If the writer is gone (the client
-    /// hung up) the reply is dropped; the reader notices the hang-up.
-    fn reply(&self, cookie: u64, error: u32, permit: Option<OwnedSemaphorePermit>) {
-        self.send(Reply {
-            cookie,
-            error,
-            data: None,
-            permit,
-        });
-    }
-
-    /// Queues an error reply from the reader. It takes a unit of the
-    /// in-flight budget like any request, so a client that sends bad
-    /// requests without reading the replies cannot queue them without
-    /// bound.
-    async fn reply_now(&self, cookie: u64, error: u32) -> Result<(), NbdError> {
-        let permit = self.acquire(0).await?;
-        self.reply(cookie, error, Some(permit));
-        Ok(())
-    }
-
-    fn send(&self, reply: Reply) {
-        if reply.error != 0 {
+    /// Writes one simple reply (header, then `data` for a successful read)
+    /// with one vectored write under the writer lock. If the client is
+    /// gone the reply is dropped and the reader is told to stop.
+    async fn reply(&self, cookie: u64, error: u32, data: &[u8]) {
+        if error != 0 {
             self.export
                 .stats
                 .error_replies
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let _ = self.replies.send(reply);
+        let header = encode_simple_reply(error, cookie);
+        let mut slices = [io::IoSlice::new(&header), io::IoSlice::new(data)];
+        self.write_reply_slices(&mut slices).await;
+    }
+
+    /// Writes whole replies under the writer lock, with as few system
+    /// calls as the socket allows. If the client is gone the replies are
+    /// dropped and the reader is told to stop.
+    async fn write_reply_slices(&self, slices: &mut [io::IoSlice<'_>]) {
+        let mut w = self.writer.lock().await;
+        if self.write_failed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut res = write_all_vectored(&mut *w, slices).await;
+        if res.is_ok() {
+            // A no-op on sockets; other streams may buffer.
+            res = w.flush().await;
+        }
+        if let Err(e) = res {
+            self.write_failed.store(true, Ordering::Release);
+            self.write_error.lock().get_or_insert(e);
+            self.write_failed_notify.notify_one();
+        }
+    }
+
+    /// Answers an error from the reader without waiting for the writer:
+    /// the reply is written by a task of its own. It takes a unit of the
+    /// in-flight budget like any request, so a client that sends bad
+    /// requests without reading the replies cannot queue them without
+    /// bound.
+    async fn reply_now(
+        self: &Arc<Self>,
+        cookie: u64,
+        error: u32,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<(), NbdError> {
+        let permit = self.acquire(0).await?;
+        let conn = self.clone();
+        tasks.spawn(async move {
+            conn.reply(cookie, error, &[]).await;
+            drop(permit);
+        });
+        Ok(())
     }
 
     async fn acquire(&self, len: u64) -> Result<OwnedSemaphorePermit, NbdError> {
@@ -1137,7 +1205,7 @@ impl Conn {
     /// Reads the next request header and dispatches it.
     async fn next_request<R: AsyncRead + Unpin>(
         self: &Arc<Self>,
-        reader: &mut R,
+        reader: &mut BufReader<R>,
         header: &mut [u8; REQUEST_HEADER_LEN],
         tasks: &mut JoinSet<()>,
     ) -> Result<Flow, NbdError> {
@@ -1157,7 +1225,7 @@ impl Conn {
     async fn dispatch<R: AsyncRead + Unpin>(
         self: &Arc<Self>,
         req: RequestHeader,
-        reader: &mut R,
+        reader: &mut BufReader<R>,
         tasks: &mut JoinSet<()>,
     ) -> Result<Flow, NbdError> {
         let export = &self.export;
@@ -1180,14 +1248,18 @@ impl Conn {
                     0
                 };
                 if error != 0 {
-                    self.reply_now(req.cookie, error).await?;
+                    self.reply_now(req.cookie, error, tasks).await?;
                     return Ok(Flow::Continue);
                 }
-                let permit = self.acquire(len).await?;
+                let mut parts = vec![ReadPart {
+                    cookie: req.cookie,
+                    len: req.length,
+                }];
+                let total = self.merge_reads(req.offset + len, &mut parts, reader);
+                let permit = self.acquire(total).await?;
                 let conn = self.clone();
                 tasks.spawn(async move {
-                    conn.do_read(req.cookie, req.offset, req.length as usize, permit)
-                        .await;
+                    conn.do_read(req.offset, total, parts, permit).await;
                 });
                 Ok(Flow::Continue)
             }
@@ -1205,7 +1277,7 @@ impl Conn {
                     // The payload follows the header whatever we think of
                     // the request; skip it to stay in step.
                     drain(reader, len).await?;
-                    self.reply_now(req.cookie, error).await?;
+                    self.reply_now(req.cookie, error, tasks).await?;
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(len).await?;
@@ -1225,13 +1297,14 @@ impl Conn {
                         }
                         Err(e) => log_disk_error(&e, "write", true),
                     };
-                    conn.reply(req.cookie, error, Some(permit));
+                    conn.reply(req.cookie, error, &[]).await;
+                    drop(permit);
                 });
                 Ok(Flow::Continue)
             }
             CMD_FLUSH => {
                 if bad_flags {
-                    self.reply_now(req.cookie, EINVAL).await?;
+                    self.reply_now(req.cookie, EINVAL, tasks).await?;
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(0).await?;
@@ -1241,7 +1314,8 @@ impl Conn {
                         Ok(()) => 0,
                         Err(e) => log_disk_error(&e, "flush", true),
                     };
-                    conn.reply(req.cookie, error, Some(permit));
+                    conn.reply(req.cookie, error, &[]).await;
+                    drop(permit);
                 });
                 Ok(Flow::Continue)
             }
@@ -1257,7 +1331,7 @@ impl Conn {
                     0
                 };
                 if error != 0 {
-                    self.reply_now(req.cookie, error).await?;
+                    self.reply_now(req.cookie, error, tasks).await?;
                     return Ok(Flow::Continue);
                 }
                 let permit = self.acquire(0).await?;
@@ -1274,7 +1348,8 @@ impl Conn {
                             log_disk_error(&e, if zero { "write zeroes" } else { "trim" }, true)
                         }
                     };
-                    conn.reply(req.cookie, error, Some(permit));
+                    conn.reply(req.cookie, error, &[]).await;
+                    drop(permit);
                 });
                 Ok(Flow::Continue)
             }
@@ -1282,45 +1357,128 @@ impl Conn {
                 // Unknown commands (and NBD_CMD_CACHE/BLOCK_STATUS, which
                 // are not negotiated) carry no payload without extended
                 // headers, so the stream stays in step.
-                self.reply_now(req.cookie, EINVAL).await?;
+                self.reply_now(req.cookie, EINVAL, tasks).await?;
                 Ok(Flow::Continue)
             }
         }
     }
 
-    async fn do_read(&self, cookie: u64, offset: u64, len: usize, permit: OwnedSemaphorePermit) {
+    /// Takes the read requests that follow at once in the reader's buffer
+    /// and continue the one just read (same command, no flags, starting
+    /// where the previous one ends, valid on their own), up to
+    /// [`MAX_MERGED_READ`] bytes in all, and adds them to `parts`. Never
+    /// waits for more input. Returns the merged length in bytes.
+    fn merge_reads<R: AsyncRead + Unpin>(
+        &self,
+        mut end: u64,
+        parts: &mut Vec<ReadPart>,
+        reader: &mut BufReader<R>,
+    ) -> u64 {
         let export = &self.export;
-        if len == 0 {
-            self.reply(cookie, 0, Some(permit));
+        let max = u64::from(export.block_sizes.maximum);
+        let mut total: u64 = parts.iter().map(|p| u64::from(p.len)).sum();
+        let limit = export.max_merged_read;
+        while let Some(head) = reader.buffer().first_chunk::<REQUEST_HEADER_LEN>() {
+            let Some(next) = RequestHeader::decode(head) else {
+                break;
+            };
+            let len = u64::from(next.length);
+            if next.command != CMD_READ
+                || next.flags != 0
+                || next.offset != end
+                || len == 0
+                || len > max
+                || total + len > limit
+                || !export.in_range(next.offset, len)
+            {
+                break;
+            }
+            std::pin::Pin::new(&mut *reader).consume(REQUEST_HEADER_LEN);
+            export.stats.requests.fetch_add(1, Ordering::Relaxed);
+            parts.push(ReadPart {
+                cookie: next.cookie,
+                len: next.length,
+            });
+            end += len;
+            total += len;
+        }
+        total
+    }
+
+    /// Serves `parts`, read requests that cover `total` bytes from
+    /// `offset` back to back, with one disk read and one vectored write of
+    /// all their replies.
+    async fn do_read(
+        &self,
+        offset: u64,
+        total: u64,
+        parts: Vec<ReadPart>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let export = &self.export;
+        if total == 0 {
+            self.reply_parts(&parts, 0, None).await;
+            drop(permit);
             return;
         }
         let ss = export.sector_size;
         let head = offset % ss;
         let start = offset - head;
-        let end = offset + len as u64;
+        let end = offset + total;
         let aligned_end = end.div_ceil(ss) * ss;
+        // Never closed, so this always gets a slot.
+        let slot = self.read_slots.acquire().await.ok();
         let mut buf = export.pool.get((aligned_end - start) as usize);
-        match export.disk.read(start / ss, &mut buf).await {
+        export.stats.disk_reads.fetch_add(1, Ordering::Relaxed);
+        let res = export.disk.read(start / ss, &mut buf).await;
+        match res {
             Ok(()) => {
-                export
-                    .stats
-                    .bytes_read
-                    .fetch_add(len as u64, Ordering::Relaxed);
+                export.stats.bytes_read.fetch_add(total, Ordering::Relaxed);
                 let head = head as usize;
-                self.send(Reply {
-                    cookie,
-                    error: 0,
-                    data: Some((buf, head..head + len)),
-                    permit: Some(permit),
-                });
+                self.reply_parts(&parts, 0, Some(&buf[head..head + total as usize]))
+                    .await;
             }
             Err(e) => {
-                export.pool.put(buf);
                 let error = log_disk_error(&e, "read", false);
-                self.reply(cookie, error, Some(permit));
+                self.reply_parts(&parts, error, None).await;
             }
         }
+        drop(slot);
+        export.pool.put(buf);
+        drop(permit);
     }
+
+    /// Replies to every part of a (merged) read with one vectored write:
+    /// on success each header is followed by its slice of `data`.
+    async fn reply_parts(&self, parts: &[ReadPart], error: u32, data: Option<&[u8]>) {
+        if error != 0 {
+            self.export
+                .stats
+                .error_replies
+                .fetch_add(parts.len() as u64, Ordering::Relaxed);
+        }
+        let headers: Vec<[u8; SIMPLE_REPLY_LEN]> = parts
+            .iter()
+            .map(|p| encode_simple_reply(error, p.cookie))
+            .collect();
+        let mut slices = Vec::with_capacity(2 * parts.len());
+        let mut at = 0;
+        for (h, p) in headers.iter().zip(parts) {
+            slices.push(io::IoSlice::new(h));
+            if let Some(data) = data {
+                let n = p.len as usize;
+                slices.push(io::IoSlice::new(&data[at..at + n]));
+                at += n;
+            }
+        }
+        self.write_reply_slices(&mut slices).await;
+    }
+}
+
+/// One request of a merged read.
+struct ReadPart {
+    cookie: u64,
+    len: u32,
 }
 
 fn log_disk_error(e: &DiskError, what: &str, writing: bool) -> u32 {
