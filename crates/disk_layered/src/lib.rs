@@ -197,6 +197,10 @@ struct Layer {
 /// A disk made of a stack of layers; see the [crate docs](crate).
 pub struct LayeredDisk {
     layers: Vec<Layer>,
+    /// Recycled staging buffers for widened fills (see `fill_misses`):
+    /// a fresh zeroed 1 MiB buffer per miss cost a page-faulting
+    /// allocation and a memset each time.
+    spare: Mutex<Vec<Vec<u8>>>,
     read_only: bool,
     sector_count: u64,
     sector_size: u32,
@@ -329,6 +333,7 @@ impl LayeredDisk {
             .collect();
         Ok(LayeredDisk {
             layers,
+            spare: Mutex::default(),
             read_only,
             sector_count,
             sector_size,
@@ -447,9 +452,16 @@ impl LayeredDisk {
                 self.fetch_through_cache(i, cache, w, &mut buf[span])
                     .await?;
             } else {
-                let mut tmp = vec![0u8; self.bytes(w.end - w.start)];
-                self.fetch_through_cache(i, cache, w.clone(), &mut tmp)
-                    .await?;
+                // Stale contents are fine: the fetch writes every byte.
+                let mut tmp = self.spare.lock().pop().unwrap_or_default();
+                tmp.resize(self.bytes(w.end - w.start), 0);
+                let r = self
+                    .fetch_through_cache(i, cache, w.clone(), &mut tmp)
+                    .await;
+                if let Err(err) = r {
+                    self.recycle(tmp);
+                    return Err(err);
+                }
                 for m in misses {
                     let s = m.start.max(w.start);
                     let e = m.end.min(w.end);
@@ -458,9 +470,23 @@ impl LayeredDisk {
                             .copy_from_slice(&tmp[self.span(w.start, &(s..e))]);
                     }
                 }
+                self.recycle(tmp);
             }
         }
         Ok(())
+    }
+
+    /// Keeps a staging buffer for the next widened fill (a few, of at
+    /// most 16 MiB each).
+    fn recycle(&self, buf: Vec<u8>) {
+        const KEEP: usize = 8;
+        const MAX_LEN: usize = 16 << 20;
+        if buf.capacity() <= MAX_LEN {
+            let mut spare = self.spare.lock();
+            if spare.len() < KEEP {
+                spare.push(buf);
+            }
+        }
     }
 
     /// Fills `out` with sectors `w` as seen from cache layer `i` down,

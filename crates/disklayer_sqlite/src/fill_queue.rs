@@ -47,6 +47,10 @@ struct State {
     overlay: Vec<Arc<Fill>>,
     /// Bytes in `overlay`.
     bytes: usize,
+    /// Buffers of committed fills, kept for the next fills: a fresh
+    /// 1 MiB allocation per fill cost page faults (the memory is reused
+    /// at once anyway, the queue being bounded).
+    spare: Vec<Vec<u8>>,
     /// No more fills: the writer exits once `waiting` is empty.
     closed: bool,
 }
@@ -68,6 +72,17 @@ impl FillQueue {
     pub(crate) const MAX_BYTES: usize = 64 << 20;
     /// Bytes the writer commits in one transaction at most.
     const MAX_BATCH_BYTES: usize = 16 << 20;
+
+    /// Buffers kept for reuse (half the queue's bound in 1 MiB fills).
+    const KEEP_SPARE: usize = 32;
+
+    /// A buffer holding a copy of `data`, recycled if one is spare.
+    pub(crate) fn copy_of(&self, data: &[u8]) -> Vec<u8> {
+        let mut v = self.state.lock().spare.pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(data);
+        v
+    }
 
     /// Accepts a fill, blocking while the queue is full. A fill larger
     /// than the whole queue is accepted once the queue is empty.
@@ -174,6 +189,15 @@ impl FillQueue {
             st.overlay
                 .retain(|f| !batch.iter().any(|b| Arc::ptr_eq(b, f)));
             st.bytes -= batch.iter().map(|f| f.data.len()).sum::<usize>();
+            // A fill still held by a reader's overlay snapshot is simply
+            // freed later instead of recycled.
+            for f in batch {
+                if let Ok(f) = Arc::try_unwrap(f)
+                    && st.spare.len() < Self::KEEP_SPARE
+                {
+                    st.spare.push(f.data);
+                }
+            }
             self.changed.notify_all();
         }
     }

@@ -649,7 +649,7 @@ impl SqliteDiskLayer {
         }
         let fill = Fill {
             sector,
-            data: buf.to_vec(),
+            data: self.fills.queue.copy_of(buf),
         };
         if in_place_allowed() {
             tokio::task::block_in_place(|| self.fills.push(fill));
