@@ -626,6 +626,10 @@ fn inconsistent_options_are_rejected() {
             export_name: Some("a\0b".into()),
             ..Default::default()
         },
+        NbdServerOptions {
+            max_parallel_reads: 0,
+            ..Default::default()
+        },
     ] {
         assert!(NbdServer::new(disk.clone(), options).is_err());
     }
