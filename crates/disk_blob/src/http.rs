@@ -28,6 +28,8 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioTimer;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::collections::VecDeque;
 use std::collections::btree_map;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -226,15 +228,20 @@ struct Transport {
 /// server sends one. Protocol violations (wrong status, wrong range, wrong
 /// length, changed image) are not retried: they would not heal.
 ///
-/// Readahead: a reader whose read starts where its previous read ended is
-/// sequential; after such a read, the next aligned pieces are fetched by
-/// spawned tasks (two pieces at first, doubling per sequential read up to
-/// [`HttpBlobOptions::readahead`] bytes) and later reads are served from
-/// them. Random readers fetch nothing ahead. A failed or aborted prefetch is
+/// Readahead: a read that starts where an earlier read ended is
+/// sequential (up to 8 such streams are tracked at once, so concurrent
+/// readers of different regions, such as the connections of one NBD
+/// client, do not reset each other); after such a read, the next aligned
+/// pieces are fetched by spawned tasks (two pieces at first, doubling per
+/// sequential read up to [`HttpBlobOptions::readahead`] bytes) and later
+/// reads are served from them. Random readers fetch nothing ahead. A piece
+/// is never fetched ahead while a demand read is fetching it, nor after it
+/// was read entirely (the last 1024 such pieces are remembered): above a
+/// read cache those would be fetched twice. A failed or aborted prefetch is
 /// never reported: the reader fetches the piece itself, so errors always
 /// come from a demand read. Prefetched pieces are dropped once read
-/// entirely, once a sequential reader is past them, or (farthest first)
-/// when more than about twice the window is held.
+/// entirely, or (farthest first) when more than about twice the window per
+/// sequential stream is held.
 ///
 /// Counters: `requests` counts every request sent (HEAD, GET, redirect
 /// hops, retries, prefetches); `bytes_fetched` every body byte received
@@ -252,9 +259,7 @@ struct Transport {
 /// over 256 MiB, against 1.0x for a full pass on a fresh cache). A hint
 /// from the layered disk about which chunks are missing would remove it.
 ///
-/// FUTURE: coalescing adjacent small reads into one request; detecting
-/// several interleaved sequential streams (one "next offset" is kept per
-/// blob, so two interleaved streams look random and get no readahead).
+/// FUTURE: coalescing adjacent small reads into one request.
 ///
 /// FUTURE: proxies (nothing is taken from `HTTP_PROXY` and friends),
 /// HTTP/2, credentials from URL userinfo.
@@ -303,12 +308,68 @@ struct Readahead {
 
 #[derive(Default)]
 struct ReadaheadState {
-    /// Where the next read starts if the reader is sequential.
-    next: Option<u64>,
-    /// Consecutive sequential reads so far.
-    run: u32,
+    /// Recent sequential streams, most recently used last (at most
+    /// [`MAX_STREAMS`]).
+    streams: Vec<Stream>,
     /// Prefetched (or in-flight) aligned pieces, by start offset.
     pieces: BTreeMap<u64, Prefetch>,
+    /// Whole pieces a demand read is fetching right now: not fetched
+    /// ahead (that would fetch them twice).
+    demand: BTreeSet<u64>,
+    /// Whole pieces read recently (at most [`MAX_CONSUMED`], oldest
+    /// first): not fetched ahead again. Above a read cache, a piece that
+    /// was read once is in the cache and will not be read from here again.
+    consumed: VecDeque<u64>,
+    consumed_set: BTreeSet<u64>,
+}
+
+/// One sequential reader: where it reads next and how long it has been
+/// sequential.
+struct Stream {
+    next: u64,
+    run: u32,
+}
+
+/// Sequential streams tracked at once. Several clients (or several
+/// connections of one NBD client) read different regions concurrently;
+/// with one stream they would reset each other and look random.
+const MAX_STREAMS: usize = 8;
+/// Consumed pieces remembered (see [`ReadaheadState::consumed`]).
+const MAX_CONSUMED: usize = 1024;
+
+impl ReadaheadState {
+    /// Notes a read of `offset..end`: returns how many sequential reads in
+    /// a row its stream has seen (0: not sequential).
+    fn note_read(&mut self, offset: u64, end: u64) -> u32 {
+        match self.streams.iter().position(|s| s.next == offset) {
+            Some(i) => {
+                let mut s = self.streams.remove(i);
+                s.run = s.run.saturating_add(1);
+                s.next = end;
+                let run = s.run;
+                self.streams.push(s);
+                run
+            }
+            None => {
+                if self.streams.len() >= MAX_STREAMS {
+                    self.streams.remove(0);
+                }
+                self.streams.push(Stream { next: end, run: 0 });
+                0
+            }
+        }
+    }
+
+    fn mark_consumed(&mut self, start: u64) {
+        if self.consumed_set.insert(start) {
+            self.consumed.push_back(start);
+            if self.consumed.len() > MAX_CONSUMED
+                && let Some(old) = self.consumed.pop_front()
+            {
+                self.consumed_set.remove(&old);
+            }
+        }
+    }
 }
 
 type PrefetchFuture = Shared<BoxFuture<'static, Option<Arc<Vec<u8>>>>>;
@@ -391,35 +452,49 @@ impl HttpBlob {
         // Under the lock: pick up prefetched pieces this read covers, note
         // whether the reader is sequential and start fetching ahead.
         let mut found: Vec<(u64, PrefetchFuture)> = Vec::new();
+        // Whole pieces this read fetches itself (see `demand`).
+        let mut whole: Vec<u64> = Vec::new();
         {
             let mut st = ra.state.lock();
-            let sequential = st.next == Some(offset);
-            st.run = if sequential {
-                st.run.saturating_add(1)
-            } else {
-                0
-            };
-            st.next = Some(end);
+            let run = st.note_read(offset, end);
+            let sequential = run > 0;
             let first = offset - offset % piece;
             for (&start, p) in st.pieces.range(first..end) {
                 found.push((start, p.data.clone()));
             }
-            // Pieces this read uses up entirely, and pieces behind a
-            // sequential reader, are no longer needed.
+            let mut start = offset.div_ceil(piece).saturating_mul(piece);
+            while start < end {
+                let piece_end = start.saturating_add(piece).min(inner.len);
+                if piece_end > end {
+                    break;
+                }
+                if !st.pieces.contains_key(&start) {
+                    whole.push(start);
+                }
+                st.mark_consumed(start);
+                start = piece_end;
+            }
+            st.demand.extend(whole.iter().copied());
+            // Pieces this read uses up entirely are no longer needed. (A
+            // piece behind a sequential reader may belong to another
+            // stream, or to a read of this one that arrives out of order;
+            // the cap below bounds what such pieces hold.)
             st.pieces.retain(|&start, _| {
                 let piece_end = start.saturating_add(piece).min(inner.len);
-                let consumed = start >= offset && piece_end <= end;
-                let behind = sequential && piece_end <= offset;
-                !(consumed || behind)
+                !(start >= offset && piece_end <= end)
             });
             if sequential && let Ok(rt) = tokio::runtime::Handle::try_current() {
                 // The window doubles with each sequential read, from two
                 // pieces up to the configured maximum.
                 let window = piece
-                    .saturating_mul(1 << st.run.min(16))
+                    .saturating_mul(1 << run.min(16))
                     .min(ra.max_window.max(piece));
                 let mut start = end.div_ceil(piece).saturating_mul(piece);
                 while start < inner.len && start < end.saturating_add(window) {
+                    if st.demand.contains(&start) || st.consumed_set.contains(&start) {
+                        start = start.saturating_add(piece);
+                        continue;
+                    }
                     if let btree_map::Entry::Vacant(slot) = st.pieces.entry(start) {
                         let n = (inner.len - start).min(piece) as usize;
                         let task_inner = inner.clone();
@@ -437,7 +512,10 @@ impl HttpBlob {
             }
             // Bound the memory held by pieces of abandoned sequential runs:
             // drop (and stop fetching) those farthest from this read.
-            let cap = (2 * ra.max_window.div_ceil(piece) + 2) as usize;
+            // (Per sequential stream: one stream's pieces must not push out
+            // another's.)
+            let active = st.streams.iter().filter(|s| s.run > 0).count().max(1);
+            let cap = (2 * ra.max_window.div_ceil(piece) + 2) as usize * active;
             if st.pieces.len() > cap {
                 let mut keys: Vec<u64> = st.pieces.keys().copied().collect();
                 keys.sort_by_key(|&k| std::cmp::Reverse(k.abs_diff(offset)));
@@ -448,6 +526,26 @@ impl HttpBlob {
                 }
             }
         }
+        let r = self.read_with(found, buf, offset).await;
+        if !whole.is_empty() {
+            let mut st = ra.state.lock();
+            for start in whole {
+                st.demand.remove(&start);
+            }
+        }
+        r
+    }
+
+    /// Reads `buf` at `offset`, taking the pieces in `found` from their
+    /// prefetches.
+    async fn read_with(
+        &self,
+        found: Vec<(u64, PrefetchFuture)>,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<(), BlobError> {
+        let inner = &self.inner;
+        let piece = inner.piece;
         if found.is_empty() {
             return inner.read_pieces(buf, offset).await;
         }
