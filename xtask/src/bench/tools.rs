@@ -24,6 +24,10 @@ pub struct BenchOut {
     pub bytes_read: u64,
     pub reads: u64,
     pub secs: f64,
+    /// Closing the disk after the timed part (queued cache fills
+    /// committed, WAL checkpointed).
+    #[serde(default)]
+    pub close_secs: f64,
     pub remote_requests: u64,
     pub remote_bytes_fetched: u64,
     pub cache_file_bytes: u64,
@@ -80,17 +84,13 @@ pub fn capture(cmd: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// One full download with curl: (bytes, seconds as curl measured them).
-pub fn curl_download(url: &str) -> Result<(u64, f64)> {
+/// One full download with curl into `to` (`/dev/null` for the network
+/// alone): (bytes, seconds as curl measured them).
+pub fn curl_download(url: &str, to: &Path) -> Result<(u64, f64)> {
     let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{size_download} %{time_total}",
-            url,
-        ])
+        .args(["-sS", "-o"])
+        .arg(to)
+        .args(["-w", "%{size_download} %{time_total}", url])
         .output()
         .context("running curl (apt-get install curl)")?;
     if !out.status.success() {
