@@ -75,38 +75,55 @@
 //! Measured on the 2-core bench machine (2026-11-27) with a 512 MiB random
 //! image served by nginx on loopback, the full stack (RAM over SQLite
 //! auto-cache over HTTP blob) exported by `disk-bench serve-nbd`, and
-//! `nbdcopy URI null:` as the client (it uses multi-conn: 2 connections,
-//! 64 requests of 256 KiB in flight each). Medians of 5 interleaved rounds
-//! in one run; the peer is `nbdkit -r curl --filter=readahead
-//! --filter=cache cache-on-read=true` (its warm figure is a second pass in
-//! the same process; ours is a new server process on the same cache):
+//! `nbdcopy URI null:` as the client (multi-conn: 2 connections, 64
+//! requests of 256 KiB in flight on each). The peer is `nbdkit -r curl
+//! --filter=readahead --filter=cache cache-on-read=true`; its warm figure
+//! is a second pass in the same process, ours a new server process on the
+//! same cache. Medians of 5 interleaved rounds; "before" and "after" are
+//! this crate before and after the read fast path, built on the same tree.
+//! The machine is shared, so single runs vary by ±30%.
 //!
-//! | | before | after | nbdkit | after / nbdkit |
-//! |---|---|---|---|---|
-//! | warm | 1065 MB/s (0.37 s server CPU) | 1838 MB/s (0.28 s) | 1922 MB/s (0.12 s) | 0.96x |
-//! | cold | 192 MB/s (1070 MiB fetched) | 322 MB/s (512 MiB fetched) | 484 MB/s | 0.67x |
+//! | run | before | after | nbdkit | before / nbdkit | after / nbdkit |
+//! |---|---|---|---|---|---|
+//! | 1, warm | 1065 MB/s | 1838 MB/s | 1922 MB/s | 0.55x | 0.96x |
+//! | 1, cold | 192 MB/s | 322 MB/s | 484 MB/s | 0.40x | 0.67x |
+//! | 2, warm | 1402 MB/s | 2312 MB/s | 3578 MB/s | 0.39x | 0.65x |
+//! | 2, cold | 401 MB/s | 491 MB/s | 518 MB/s | 0.77x | 0.95x |
 //!
-//! "Before" is the previous design: a writer task per connection fed by a
-//! queue, reply header and payload written separately through a
-//! `BufWriter` (a 16-byte system call, then the payload, and with the
-//! default socket buffer ~2.8 `writev`/`write` calls per 256 KiB reply),
-//! and one unlimited task per request. A profile of the warm run showed
-//! the server spending its time on (1) `block_in_place` hand-offs and
-//! SQLite connection churn from up to 128 reads running at once, (2) the
-//! copy into the socket being about three times slower than nbdkit's,
-//! because replies were written by another thread long after the read
-//! filled the buffer, and (3) page faults on ~100 MiB of freshly touched
-//! buffers. Server CPU per warm pass went from 0.37-0.5 s to 0.23-0.28 s.
+//! (The disk stack below changed between the two runs; in run 1 the old
+//! server's 128 concurrent 256 KiB reads made the blob fetch 1070 MiB for
+//! the 512 MiB image, the new one fetched 512 MiB.) Server CPU for a warm
+//! pass went from 0.37-0.47 s to 0.28 s (0.20-0.23 s on a second pass in
+//! the same process); nbdkit needs 0.12 s.
 //!
-//! DEVNOTE: what remains of the warm gap is mostly below this crate: about
-//! half of the server's CPU is the SQLite read path of a freshly started
-//! process (per-connection page caches filling, B-tree and overflow pages
-//! read through the pager, their page faults), the rest is the copy into
-//! the socket, which nbdkit pays too. Cold, the server is CPU-bound on the
-//! cache fill (SQLite WAL writes and checkpoints are ~45% of its CPU),
-//! which nbdkit's plain cache file does not pay. The blob fetched exactly
-//! the image size cold; before the read slots the concurrent requests made
-//! it fetch about twice the image.
+//! With the stack taken out (`cargo bench -p disk_nbd`: an in-memory disk,
+//! 256 MiB, `nbdcopy` to `null:`), the export itself now beats `nbdkit
+//! file` serving a page-cached file: 2641-2912 MiB/s against 1961-2467
+//! MiB/s in the same runs (before: 2274 against 2403).
+//!
+//! What the profile of the old design showed, and what changed:
+//! - Reply header and payload went out as separate system calls through a
+//!   `BufWriter` (a 16-byte write, then the payload; with the default
+//!   ~200 KiB socket buffer ~2.8 `writev`s per 256 KiB reply and 11k
+//!   context switches per pass). Now one vectored write per reply (or per
+//!   merged group), 2050 `writev`s for 2048 replies, and a 4 MiB send
+//!   buffer.
+//! - Every request ran at once (up to 128 per pass), each read doing a
+//!   `block_in_place` hand-off in the SQLite layer and taking its own
+//!   SQLite connection (futexes, schema parsing, page-cache fills, ~100 MiB
+//!   of page faults). Now at most `max_parallel_reads` (4) per connection,
+//!   back-to-back requests merged into 1 MiB reads.
+//! - Replies were written by a writer task long after the read filled the
+//!   buffer, so the copy into the socket ran about three times slower per
+//!   byte than nbdkit's; now the reading task writes its own reply at once.
+//!
+//! DEVNOTE: what remains of the warm gap is below this crate: about half
+//! of the server's CPU is the SQLite read path (B-tree and overflow pages
+//! read through the pager, per-connection page caches filling in a fresh
+//! process, their page faults); the rest is mostly the copy into the
+//! socket, which nbdkit pays too. Cold, the server is CPU-bound on the
+//! cache fill (SQLite WAL writes and checkpoints were ~45% of its CPU),
+//! which nbdkit's plain cache file does not pay.
 //!
 //! # Example
 //!
