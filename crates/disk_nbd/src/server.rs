@@ -118,9 +118,10 @@ pub struct NbdServerOptions {
     pub max_parallel_reads: usize,
     /// Read requests that arrive back to back and continue each other
     /// (each starts where the previous one ends) are served with one disk
-    /// read of up to this many bytes; each still gets its own reply. Only
-    /// requests already received are merged, never waited for. 0 turns
-    /// merging off.
+    /// read of up to this many bytes, which does not extend past a multiple
+    /// of this size (so merged reads line up with a cache's chunks of the
+    /// same size); each still gets its own reply. Only requests already
+    /// received are merged, never waited for. 0 turns merging off.
     pub max_merged_read_bytes: u32,
 }
 
@@ -1366,7 +1367,8 @@ impl Conn {
     /// Takes the read requests that follow at once in the reader's buffer
     /// and continue the one just read (same command, no flags, starting
     /// where the previous one ends, valid on their own), up to
-    /// [`MAX_MERGED_READ`] bytes in all, and adds them to `parts`. Never
+    /// [`MAX_MERGED_READ`] bytes in all and not past a multiple of it, and
+    /// adds them to `parts`. Never
     /// waits for more input. Returns the merged length in bytes.
     fn merge_reads<R: AsyncRead + Unpin>(
         &self,
@@ -1389,6 +1391,14 @@ impl Conn {
                 || len == 0
                 || len > max
                 || total + len > limit
+                // Merged reads stop at multiples of the limit: below a
+                // chunked cache (1 MiB rows, the default limit), a read of
+                // whole rows is copied straight into the buffer, while a
+                // read that straddles two rows reads their partial pages
+                // through SQLite's page cache (for nbdcopy's 256 KiB reads
+                // of a warm cache: 1.48x the bytes served copied out of the
+                // kernel's page cache before, 1.29x after).
+                || end % limit == 0
                 || !export.in_range(next.offset, len)
             {
                 break;

@@ -74,8 +74,9 @@ async fn pipeline(
 
 #[tokio::test]
 async fn back_to_back_reads_are_merged_and_each_reply_is_byte_exact() {
-    // 64 contiguous 4 KiB reads with a 64 KiB merge limit: 4 disk reads of
-    // 16 requests each.
+    // 64 contiguous 4 KiB reads from 8 KiB with a 64 KiB merge limit:
+    // merged reads end at multiples of 64 KiB, so 14 + 16 + 16 + 16 + 2
+    // requests in 5 disk reads.
     let f = vec_fixture(NbdServerOptions {
         max_merged_read_bytes: 64 << 10,
         ..Default::default()
@@ -97,10 +98,40 @@ async fn back_to_back_reads_are_merged_and_each_reply_is_byte_exact() {
     }
     let stats = f.listener.server().stats();
     assert_eq!(stats.requests, 64);
-    assert_eq!(stats.disk_reads, 4);
+    assert_eq!(stats.disk_reads, 5);
     assert_eq!(stats.bytes_read, 64 * 4096);
     // The connection is still in step.
     assert_eq!(c.read(0, 512).await, (0, f.initial[..512].to_vec()));
+}
+
+/// nbdcopy's pattern (256 KiB reads) starting in the middle of a 1 MiB
+/// block: merged reads stop at each 1 MiB boundary instead of straddling
+/// two of a cache's chunks.
+#[tokio::test]
+async fn merged_reads_do_not_cross_a_multiple_of_the_limit() {
+    let f = vec_fixture(NbdServerOptions {
+        max_merged_read_bytes: 1 << 20,
+        ..Default::default()
+    })
+    .await;
+    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    let mut reqs = Vec::new();
+    let mut lens = HashMap::new();
+    // 768 KiB .. 2816 KiB: [768K, 1M) [1M, 2M) [2M, 2816K).
+    for i in 0..8u64 {
+        reqs.extend_from_slice(&read_header(i, (768 << 10) + i * (256 << 10), 256 << 10, 0));
+        lens.insert(i, 256 << 10);
+    }
+    let replies = pipeline(&mut c, &reqs, 8, &lens).await;
+    for i in 0..8u64 {
+        let off = (768 << 10) + i as usize * (256 << 10);
+        assert_eq!(replies[&i].0, 0);
+        assert!(
+            replies[&i].1[..] == f.initial[off..off + (256 << 10)],
+            "cookie {i}"
+        );
+    }
+    assert_eq!(f.listener.server().stats().disk_reads, 3);
 }
 
 #[tokio::test]
