@@ -1398,7 +1398,7 @@ impl Conn {
                 // through SQLite's page cache (for nbdcopy's 256 KiB reads
                 // of a warm cache: 1.48x the bytes served copied out of the
                 // kernel's page cache before, 1.29x after).
-                || end % limit == 0
+                || end.is_multiple_of(limit)
                 || !export.in_range(next.offset, len)
             {
                 break;
