@@ -163,7 +163,18 @@ impl FillQueue {
                 .iter()
                 .map(|f| (f.sector, f.data.as_slice()))
                 .collect();
-            match store.write_batch(&pieces, false) {
+            // A panic must not leave the batch in the overlay forever (every
+            // drain would then wait for it): it is handled like an error.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.write_batch(&pieces, false)
+            }))
+            .unwrap_or_else(|_| {
+                Err(crate::SqliteLayerError::Disk(disk_backend::DiskError::io(
+                    "the cache fill writer panicked",
+                    std::io::Error::other("panic"),
+                )))
+            });
+            match result {
                 Ok(sectors) => {
                     let ss = u64::from(store.meta().geometry.sector_size);
                     self.committed_bytes
