@@ -253,11 +253,13 @@ struct Transport {
 /// spawns its connection tasks, and readahead its fetch tasks, there);
 /// nothing blocks it. Dropping the blob aborts its readahead tasks.
 ///
-/// FUTURE: readahead cannot see the read cache above it, so a sequential
-/// pass over a partly cached disk prefetches chunks the cache already has
-/// (measured: 1.2x the disk fetched for 200 random reads then a full pass
-/// over 256 MiB, against 1.0x for a full pass on a fresh cache). A hint
-/// from the layered disk about which chunks are missing would remove it.
+/// FUTURE: readahead cannot see the read cache above it. Within one
+/// process the pieces read recently are remembered (see above), but a new
+/// process making a sequential pass over a partly cached disk prefetches
+/// chunks the cache already has (measured before that memory existed:
+/// 1.2x the disk fetched for 200 random reads then a full pass over
+/// 256 MiB, against 1.0x for a full pass on a fresh cache). A hint from the
+/// layered disk about which chunks are missing would remove it.
 ///
 /// FUTURE: coalescing adjacent small reads into one request.
 ///
