@@ -72,6 +72,34 @@ async fn pipeline(
     replies
 }
 
+/// `n` back-to-back reads of `len` bytes from `start` (cookies `0..n`):
+/// the requests in one buffer, and each cookie's reply length.
+fn contiguous_reads(start: u64, len: u32, n: u64) -> (Vec<u8>, HashMap<u64, usize>) {
+    let mut reqs = Vec::new();
+    let mut lens = HashMap::new();
+    for i in 0..n {
+        reqs.extend_from_slice(&read_header(i, start + i * u64::from(len), len, 0));
+        lens.insert(i, len as usize);
+    }
+    (reqs, lens)
+}
+
+/// Every reply of [`contiguous_reads`] succeeded with exactly its bytes.
+fn assert_contiguous_replies(
+    initial: &[u8],
+    replies: &HashMap<u64, (u32, Vec<u8>)>,
+    start: u64,
+    len: u32,
+    n: u64,
+) {
+    for i in 0..n {
+        let (error, data) = &replies[&i];
+        assert_eq!(*error, 0, "cookie {i}");
+        let off = (start + i * u64::from(len)) as usize;
+        assert!(data[..] == initial[off..off + len as usize], "cookie {i}");
+    }
+}
+
 #[tokio::test]
 async fn back_to_back_reads_are_merged_and_each_reply_is_byte_exact() {
     // 64 contiguous 4 KiB reads from 8 KiB with a 64 KiB merge limit:
@@ -83,19 +111,9 @@ async fn back_to_back_reads_are_merged_and_each_reply_is_byte_exact() {
     })
     .await;
     let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
-    let mut reqs = Vec::new();
-    let mut lens = HashMap::new();
-    for i in 0..64u64 {
-        reqs.extend_from_slice(&read_header(i, 8192 + i * 4096, 4096, 0));
-        lens.insert(i, 4096);
-    }
+    let (reqs, lens) = contiguous_reads(8192, 4096, 64);
     let replies = pipeline(&mut c, &reqs, 64, &lens).await;
-    for i in 0..64u64 {
-        let (error, data) = &replies[&i];
-        assert_eq!(*error, 0);
-        let off = 8192 + i as usize * 4096;
-        assert_eq!(data[..], f.initial[off..off + 4096], "cookie {i}");
-    }
+    assert_contiguous_replies(&f.initial, &replies, 8192, 4096, 64);
     let stats = f.listener.server().stats();
     assert_eq!(stats.requests, 64);
     assert_eq!(stats.disk_reads, 5);
@@ -115,22 +133,10 @@ async fn merged_reads_do_not_cross_a_multiple_of_the_limit() {
     })
     .await;
     let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
-    let mut reqs = Vec::new();
-    let mut lens = HashMap::new();
     // 768 KiB .. 2816 KiB: [768K, 1M) [1M, 2M) [2M, 2816K).
-    for i in 0..8u64 {
-        reqs.extend_from_slice(&read_header(i, (768 << 10) + i * (256 << 10), 256 << 10, 0));
-        lens.insert(i, 256 << 10);
-    }
+    let (reqs, lens) = contiguous_reads(768 << 10, 256 << 10, 8);
     let replies = pipeline(&mut c, &reqs, 8, &lens).await;
-    for i in 0..8u64 {
-        let off = (768 << 10) + i as usize * (256 << 10);
-        assert_eq!(replies[&i].0, 0);
-        assert!(
-            replies[&i].1[..] == f.initial[off..off + (256 << 10)],
-            "cookie {i}"
-        );
-    }
+    assert_contiguous_replies(&f.initial, &replies, 768 << 10, 256 << 10, 8);
     assert_eq!(f.listener.server().stats().disk_reads, 3);
 }
 
