@@ -99,10 +99,11 @@
 //!
 //! In `cargo xtask bench` (512 MiB image on nginx at 127.0.0.1), taking
 //! the fill and the checkpoint off the reader's path raised cold
-//! sequential 1 MiB reads from about 340 MB/s to about 600-660 MB/s;
-//! with `synchronous=OFF` instead (not used: a power cut could then
-//! damage the file) the figure was the same, so the disk syncs are no
-//! longer in the reader's way. What remains is the WAL itself: each
+//! sequential 1 MiB reads from about 320-340 MB/s to 690-970 MB/s (two
+//! full runs on an otherwise idle machine). Measured side by side on a
+//! loaded machine, `synchronous=OFF` instead (not used: a power cut could
+//! then damage the file) gave the same 600-670 MB/s as the checkpoint
+//! thread, so the disk syncs are no longer in the reader's way. What remains is the WAL itself: each
 //! cached byte is written twice (WAL, then the file) and checksummed.
 //!
 //! DEVNOTE: a partial write into a partially present chunk rewrites the
