@@ -27,7 +27,7 @@
 //!   fails to commit is logged and dropped (those sectors are simply
 //!   fetched again later), never half-applied.
 
-use crate::store::Store;
+use crate::store::{Store, set_bits};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -224,19 +224,30 @@ pub(crate) fn apply_overlay(
     sector_size: usize,
 ) {
     let count = (buf.len() / sector_size) as u64;
+    let is_set = |bits: &[u64], i: u64| bits[(i / 64) as usize] & (1 << (i % 64)) != 0;
     for f in fills {
         let f_count = (f.data.len() / sector_size) as u64;
-        let lo = f.sector.max(sector);
-        let hi = (f.sector + f_count).min(sector + count);
-        for s in lo..hi {
-            let i = (s - sector) as usize;
-            if bits[i / 64] & (1 << (i % 64)) != 0 {
+        // The part of the request the fill covers, relative to `sector`.
+        let lo = f.sector.max(sector) - sector;
+        let hi = (f.sector + f_count)
+            .min(sector + count)
+            .saturating_sub(sector);
+        let mut i = lo;
+        while i < hi {
+            if is_set(bits, i) {
+                i += 1;
                 continue;
             }
-            let from = (s - f.sector) as usize * sector_size;
-            buf[i * sector_size..(i + 1) * sector_size]
-                .copy_from_slice(&f.data[from..from + sector_size]);
-            bits[i / 64] |= 1 << (i % 64);
+            // A run of absent sectors: one copy for all of it.
+            let mut end = i + 1;
+            while end < hi && !is_set(bits, end) {
+                end += 1;
+            }
+            let from = (sector + i - f.sector) as usize * sector_size;
+            let len = (end - i) as usize * sector_size;
+            buf[i as usize * sector_size..][..len].copy_from_slice(&f.data[from..from + len]);
+            set_bits(bits, i, end);
+            i = end;
         }
     }
 }

@@ -109,7 +109,7 @@ impl Bitmap {
 }
 
 /// Sets bits `from..to` of a `u64`-word bitmap.
-fn set_bits(words: &mut [u64], from: u64, to: u64) {
+pub(crate) fn set_bits(words: &mut [u64], from: u64, to: u64) {
     let mut i = from;
     while i < to {
         let w = (i / 64) as usize;
