@@ -57,7 +57,7 @@
 //! - WAL checkpoints run on a thread of their own (the writer turns
 //!   SQLite's automatic checkpoint off), so no write waits for the
 //!   checkpoint's disk syncs; a WAL that falls 512 MiB behind is
-//!   checkpointed inline.
+//!   checkpointed inline. See `checkpoint.rs`.
 //! - SQLite calls block, so the async API never runs them plainly on a
 //!   runtime thread: on a multi-thread tokio runtime reads and writes use
 //!   `block_in_place` (the worker's other tasks move to another thread,
@@ -119,6 +119,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auto_cache;
+mod checkpoint;
 mod fill_queue;
 mod layer;
 mod store;

@@ -3,7 +3,7 @@
 //! Everything here blocks; the async layer in `lib.rs` runs it on tokio's
 //! blocking pool. See the crate documentation for the file format.
 
-use crate::fill_queue::{AfterCommit, Checkpointer};
+use crate::checkpoint::{AfterCommit, Checkpointer};
 use crate::{FormatParams, Geometry, LayerMetadata, SqliteLayerError};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
