@@ -266,30 +266,15 @@ fn targets(r: &mut Report) {
     // Context for the two above (not the targets): against a
     // download that is saved to a file, and timed to the close of the
     // disk, when the cache file holds every byte.
-    let t = r.ratio("flat-cold-seq-64k", "curl-file");
-    r.target(
-        "(context) cold sequential 64 KiB / curl saving to a file",
-        t,
-        Cmp::AtLeast,
-        0.6,
-        "x",
-    );
-    let t = r.ratio("flat-cold-seq-1m", "curl-file");
-    r.target(
-        "(context) cold sequential 1 MiB / curl saving to a file",
-        t,
-        Cmp::AtLeast,
-        0.7,
-        "x",
-    );
-    let t = r.ratio("flat-cold-seq-1m-closed", "curl-file");
-    r.target(
-        "(context) cold sequential 1 MiB timed to close / curl saving to a file",
-        t,
-        Cmp::AtLeast,
-        0.7,
-        "x",
-    );
+    for (ours, what, bar) in [
+        ("flat-cold-seq-64k", "64 KiB", 0.6),
+        ("flat-cold-seq-1m", "1 MiB", 0.7),
+        ("flat-cold-seq-1m-closed", "1 MiB timed to close", 0.7),
+    ] {
+        let t = r.ratio(ours, "curl-file");
+        let label = format!("(context) cold sequential {what} / curl saving to a file");
+        r.target(&label, t, Cmp::AtLeast, bar, "x");
+    }
     let t = r.ratio("flat-warm-seq-1m", "cat");
     r.target("warm sequential 1 MiB / cat", t, Cmp::AtLeast, 0.5, "x");
     let t = r.ratio("flat-warm-random", "per-sector-random");
