@@ -799,11 +799,21 @@ impl Store {
                         }
                         Some(bm.0)
                     };
+                    // The row is inserted with a zeroblob and its bytes are
+                    // written through incremental blob I/O: binding `new`
+                    // would copy it twice (SQLite's bound copy, then the
+                    // record) before the third copy into the pages. This
+                    // way the one copy goes straight into the pages; it was
+                    // about a fifth of the cache writer's time in the cold
+                    // sequential bench.
                     tx.prepare_cached(
-                        "INSERT INTO chunks (idx, present, data) VALUES (?1, ?2, ?3)",
+                        "INSERT INTO chunks (idx, present, data) VALUES (?1, ?2, zeroblob(?3))",
                     )
-                    .and_then(|mut s| s.execute(params![idx as i64, present, new]))
+                    .and_then(|mut s| s.execute(params![idx as i64, present, new.len() as i64]))
                     .map_err(|e| sql_err(path, "inserting a chunk", e))?;
+                    tx.blob_open(rusqlite::MAIN_DB, "chunks", "data", idx as i64, false)
+                        .and_then(|mut b| b.write_at(new, 0))
+                        .map_err(|e| sql_err(path, "writing a new chunk's data", e))?;
                     written += u64::from(n);
                 }
                 Some(present) => {
