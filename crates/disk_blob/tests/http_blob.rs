@@ -697,6 +697,49 @@ async fn random_reads_do_not_fetch_ahead() {
     assert_eq!(server.request_count(), 6);
 }
 
+/// Prefetched pieces live in recycled buffers. A fetch that breaks off
+/// mid-body leaves a buffer half overwritten; that buffer must never be
+/// served, and buffers reused later must hold only their own piece.
+#[tokio::test]
+async fn recycled_readahead_buffers_never_serve_stale_bytes() {
+    let pieces = 24;
+    let (server, data) = server_with(pieces * MIB, 34);
+    let opts = HttpBlobOptions {
+        request_timeout: Duration::from_millis(300),
+        ..readahead_opts()
+    };
+    let blob = HttpBlob::open(&server.url(PATH), opts).await.unwrap();
+    let piece = |k: usize| &data[k * MIB..(k + 1) * MIB];
+    // A sequential pass over the first pieces fills the buffer pool with
+    // buffers of pieces already read.
+    for k in 0..8 {
+        assert!(read_vec(&blob, (k * MIB) as u64, MIB).await.unwrap() == piece(k));
+    }
+    // The next three requests (prefetches or demand reads, in whatever
+    // order) send 1000 bytes of their piece, then stall past the timeout.
+    server.set_fault(
+        Fault::StallBody {
+            after: Some(1000),
+            duration: Duration::from_secs(5),
+        },
+        Times::Next(3),
+    );
+    for k in 8..pieces {
+        // A demand read that drew a stall fails like any timeout (at most
+        // three can); the reader's next attempt is served normally.
+        let mut timeouts = 0;
+        let got = loop {
+            match read_vec(&blob, (k * MIB) as u64, MIB).await {
+                Ok(v) => break v,
+                Err(BlobError::Timeout { .. }) if timeouts < 3 => timeouts += 1,
+                Err(e) => panic!("piece {k}: {e:?}"),
+            }
+        };
+        assert!(got == piece(k), "piece {k} differs");
+    }
+    assert_eq!(server.faults_fired(), 3);
+}
+
 #[tokio::test]
 async fn failed_readahead_falls_back_to_a_demand_read() {
     let (server, data) = server_with(6 * MIB, 32);
