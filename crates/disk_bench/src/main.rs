@@ -11,7 +11,9 @@
 //!
 //! Workloads:
 //! - `seq`: sequential reads of one request size over the whole disk (or a
-//!   prefix), queue depth 1, timed from before the open;
+//!   prefix), queue depth 1, timed from before the open; with
+//!   `--without-read-cache` the stack has no SQLite layer (the fetch path
+//!   alone, as context for what the cache's writes cost);
 //! - `random`: N seeded random aligned reads (queue depth 1); with
 //!   `--layout per-sector` the auto-cache is replaced by the reference's
 //!   one-row-per-sector SQLite layout ([`per_sector`]) in the same stack
@@ -96,6 +98,11 @@ enum Cmd {
         /// Stop after this many bytes (default: the whole disk).
         #[arg(long)]
         limit: Option<u64>,
+        /// Leave the SQLite read cache out of the stack (RAM straight over
+        /// the HTTP blob): measures the fetch path alone, as context for
+        /// what the cache's writes cost. `--cache-dir` is then unused.
+        #[arg(long)]
+        without_read_cache: bool,
     },
     /// Seeded random aligned reads.
     Random {
@@ -168,7 +175,8 @@ fn main() -> Result<()> {
             stack,
             request_size,
             limit,
-        } => rt.block_on(seq(&stack, request_size, limit))?,
+            without_read_cache,
+        } => rt.block_on(seq(&stack, request_size, limit, without_read_cache))?,
         Cmd::Random {
             stack,
             count,
@@ -183,30 +191,40 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn handle(stack: &StackArgs) -> LayeredDiskHandle {
+/// The stack petri opens for a remote image; `with_read_cache: false`
+/// leaves out the SQLite read cache.
+fn handle(stack: &StackArgs, with_read_cache: bool) -> LayeredDiskHandle {
+    let mut layers = vec![LayerDescription::plain(LayerKind::Ram { len: None })];
+    if with_read_cache {
+        layers.push(LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
+            cache_dir: stack.cache_dir.clone(),
+            key: None,
+        }));
+    }
+    layers.push(LayerDescription::plain(LayerKind::Blob {
+        url: stack.url.clone(),
+        format: match stack.format {
+            Format::Flat => BlobFormat::Flat,
+            Format::Vhd1 => BlobFormat::FixedVhd1,
+        },
+    }));
     LayeredDiskHandle {
-        layers: vec![
-            LayerDescription::plain(LayerKind::Ram { len: None }),
-            LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
-                cache_dir: stack.cache_dir.clone(),
-                key: None,
-            }),
-            LayerDescription::plain(LayerKind::Blob {
-                url: stack.url.clone(),
-                format: match stack.format {
-                    Format::Flat => BlobFormat::Flat,
-                    Format::Vhd1 => BlobFormat::FixedVhd1,
-                },
-            }),
-        ],
+        layers,
         read_only: false,
     }
 }
 
 async fn open(stack: &StackArgs) -> Result<Disk> {
-    disk_open::open(&handle(stack), &disk_open::OpenOptions::default())
-        .await
-        .context("opening the disk stack")
+    open_stack(stack, true).await
+}
+
+async fn open_stack(stack: &StackArgs, with_read_cache: bool) -> Result<Disk> {
+    disk_open::open(
+        &handle(stack, with_read_cache),
+        &disk_open::OpenOptions::default(),
+    )
+    .await
+    .context("opening the disk stack")
 }
 
 /// The baseline's database file name inside the cache directory.
@@ -249,12 +267,17 @@ fn fold(sum: u64, buf: &[u8]) -> u64 {
     })
 }
 
-async fn seq(stack: &StackArgs, request_size: usize, limit: Option<u64>) -> Result<Output> {
+async fn seq(
+    stack: &StackArgs,
+    request_size: usize,
+    limit: Option<u64>,
+    without_read_cache: bool,
+) -> Result<Output> {
     if request_size == 0 || !request_size.is_multiple_of(512) {
         bail!("--request-size must be a non-zero multiple of 512");
     }
     let start = Instant::now();
-    let disk = open(stack).await?;
+    let disk = open_stack(stack, !without_read_cache).await?;
     let open_secs = start.elapsed().as_secs_f64();
     let ss = u64::from(disk.sector_size());
     let total = limit.unwrap_or(u64::MAX).min(disk.size_bytes());

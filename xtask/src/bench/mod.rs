@@ -15,7 +15,8 @@
 //!    one-row-per-sector baseline for the warm random reads; flat and VHD1.
 //!    The cold sequential passes are also reported timed to the close of
 //!    the disk (the cache commits fills behind the reader; at close every
-//!    byte read is in the cache file);
+//!    byte read is in the cache file); and, as context, a cold 1 MiB pass
+//!    with no read cache in the stack (the fetch path alone);
 //! 4. NBD with one client (`nbdcopy` to `null:`): our `disk_nbd` export of
 //!    the stack (cold: fresh cache; warm: a new server process over the same
 //!    cache) and `nbdkit -r curl` with the readahead and cache filters (warm:
@@ -275,6 +276,14 @@ fn targets(r: &mut Report) {
         let label = format!("(context) cold sequential {what} / curl saving to a file");
         r.target(&label, t, Cmp::AtLeast, bar, "x");
     }
+    let t = r.ratio("flat-uncached-seq-1m", "curl");
+    r.target(
+        "(context) sequential 1 MiB without the read cache / curl",
+        t,
+        Cmp::AtLeast,
+        0.7,
+        "x",
+    );
     let t = r.ratio("flat-warm-seq-1m", "cat");
     r.target("warm sequential 1 MiB / cat", t, Cmp::AtLeast, 0.5, "x");
     let t = r.ratio("flat-warm-random", "per-sector-random");
@@ -445,11 +454,22 @@ impl Bench {
     }
 
     fn seq(&self, url: &str, fmt: &str, cache: &Path, request: u64) -> Result<BenchOut> {
+        self.seq_args(url, fmt, cache, request, &[])
+    }
+
+    fn seq_args(
+        &self,
+        url: &str,
+        fmt: &str,
+        cache: &Path,
+        request: u64,
+        extra: &[&str],
+    ) -> Result<BenchOut> {
         let mut a = vec!["seq".to_owned()];
         a.extend(self.stack_args(url, fmt, cache));
         a.extend(["--request-size".to_owned(), request.to_string()]);
-        let out = tools::disk_bench(&self.bin, &a)?;
-        Ok(out)
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        tools::disk_bench(&self.bin, &a)
     }
 
     fn random(&self, url: &str, fmt: &str, cache: &Path) -> Result<BenchOut> {
@@ -484,6 +504,10 @@ impl Bench {
         // The cold passes again, timed until the disk is closed (every
         // byte read committed to the cache file).
         let (mut c64_closed, mut c1m_closed) = (Vec::new(), Vec::new());
+        // Context: the same cold pass with no read cache in the stack (the
+        // fetch path alone), so the report shows what the cache's writes
+        // cost.
+        let mut uncached = Vec::new();
         let mut checksums = Vec::new();
         for _ in 0..self.plan.reps {
             let dir = self.fresh_dir("cache")?;
@@ -497,7 +521,10 @@ impl Bench {
             c1m_closed.push(cold.closed_mbps_sample());
             let warm = self.seq(&url, fmt, &dir, MIB)?;
             w1m.push(warm.mbps_sample());
-            checksums.extend([o.checksum, cold.checksum, warm.checksum]);
+            let dir = self.fresh_dir("cache")?;
+            let bare = self.seq_args(&url, fmt, &dir, MIB, &["--without-read-cache"])?;
+            uncached.push(bare.mbps_sample());
+            checksums.extend([o.checksum, cold.checksum, warm.checksum, bare.checksum]);
 
             let dir = self.fresh_dir("cache")?;
             let cold = self.random(&url, fmt, &dir)?;
@@ -536,6 +563,14 @@ impl Bench {
             &format!("ours {fmt}: cold sequential 1 MiB, timed to close (cache committed)"),
             Unit::MBps,
             c1m_closed,
+        );
+        r.push(
+            &format!("{p}uncached-seq-1m"),
+            &format!(
+                "ours {fmt}: sequential 1 MiB without the read cache (context: fetch path alone)"
+            ),
+            Unit::MBps,
+            uncached,
         );
         r.push(
             &format!("{p}warm-seq-1m"),
