@@ -1475,20 +1475,8 @@ async fn build_client(opts: &HttpBlobOptions) -> Result<HttpClient, BlobError> {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    let mut b = Client::builder(TokioExecutor::new());
-    if let Some(n) = std::env::var("DISK_BLOB_EXP_EXACT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        b.http1_read_buf_exact_size(n);
-    }
-    if let Some(n) = std::env::var("DISK_BLOB_EXP_MAX")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        b.http1_max_buf_size(n);
-    }
-    Ok(b.pool_max_idle_per_host(opts.max_connections.max(1))
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(opts.max_connections.max(1))
         .pool_idle_timeout(opts.pool_idle_timeout)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
