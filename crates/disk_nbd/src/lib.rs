@@ -117,13 +117,21 @@
 //!   buffer, so the copy into the socket ran about three times slower per
 //!   byte than nbdkit's; now the reading task writes its own reply at once.
 //!
-//! DEVNOTE: what remains of the warm gap is below this crate: about half
-//! of the server's CPU is the SQLite read path (B-tree and overflow pages
-//! read through the pager, per-connection page caches filling in a fresh
-//! process, their page faults); the rest is mostly the copy into the
-//! socket, which nbdkit pays too. Cold, the server is CPU-bound on the
-//! cache fill (SQLite WAL writes and checkpoints were ~45% of its CPU),
-//! which nbdkit's plain cache file does not pay.
+//! DEVNOTE: what remains of the warm gap is below this crate. It is not
+//! the fresh process: a second pass in the same server process is only
+//! 4-8% faster than a new one (eight interleaved rounds: 2374 vs 2291
+//! MB/s, nbdkit's second pass 3115). Per pass the server uses 252 ms of
+//! CPU against nbdkit's 210 ms (`perf record -F 10000 -p` on each
+//! server's second pass); both pay the same two copies (file into buffer,
+//! buffer into socket: 83 + 60 ms here, 88 + 51 ms there), and the extra
+//! ~40 ms is SQLite's B-tree and pager work, the `block_in_place`
+//! hand-off of each read and tokio. On two cores shared with the client
+//! the pass is CPU-bound, so that shows as ~25% less throughput. Merged
+//! reads of 256 KiB instead of 1 MiB, or 1-2 parallel reads per
+//! connection instead of 4, made no measurable difference; without the
+//! 4 MiB send buffer it was ~20% slower. Cold, the server is CPU-bound
+//! on the cache fill (SQLite WAL writes and checkpoints were ~45% of its
+//! CPU), which nbdkit's plain cache file does not pay.
 //!
 //! # Example
 //!
