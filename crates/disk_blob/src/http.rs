@@ -241,7 +241,9 @@ struct Transport {
 /// never reported: the reader fetches the piece itself, so errors always
 /// come from a demand read. Prefetched pieces are dropped once read
 /// entirely, or (farthest first) when more than about twice the window per
-/// sequential stream is held.
+/// sequential stream is held. Their buffers are reused: while the blob is
+/// open it keeps up to twice the window plus two pieces of them (10 MiB
+/// with the defaults).
 ///
 /// Counters: `requests` counts every request sent (HEAD, GET, redirect
 /// hops, retries, prefetches); `bytes_fetched` every body byte received
