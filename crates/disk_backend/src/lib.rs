@@ -190,6 +190,22 @@ pub trait DiskIo: Send + Sync + 'static {
         sector: u64,
         buf: &mut [u8],
     ) -> impl Future<Output = Result<(), DiskError>> + Send;
+    /// Reads `buf.len()` bytes starting at `sector` into a buffer the
+    /// caller hands over, and hands it back with the result. The default
+    /// lends the buffer to [`read`](Self::read); a disk whose data comes
+    /// from another thread (the SQLite cache engine) overrides it to fill
+    /// the buffer there and save a copy. A consumer that keeps its own
+    /// buffers (the NBD export's pool) should prefer it.
+    fn read_owned(
+        &self,
+        sector: u64,
+        mut buf: Vec<u8>,
+    ) -> impl Future<Output = (Vec<u8>, Result<(), DiskError>)> + Send {
+        async move {
+            let result = self.read(sector, &mut buf).await;
+            (buf, result)
+        }
+    }
     /// Writes `buf` starting at `sector`. With `fua` the data is durable
     /// when the call returns.
     fn write(
@@ -213,6 +229,7 @@ mod erased {
     use std::pin::Pin;
 
     type BoxFut<'a> = Pin<Box<dyn Future<Output = Result<(), DiskError>> + Send + 'a>>;
+    type OwnedFut<'a> = Pin<Box<dyn Future<Output = (Vec<u8>, Result<(), DiskError>)> + Send + 'a>>;
 
     /// Object-safe mirror of [`DiskIo`], implemented for every `DiskIo`.
     pub(crate) trait DynDiskIo: Send + Sync {
@@ -224,6 +241,7 @@ mod erased {
         fn is_read_only(&self) -> bool;
         fn counters(&self) -> DiskCounters;
         fn read<'a>(&'a self, sector: u64, buf: &'a mut [u8]) -> BoxFut<'a>;
+        fn read_owned(&self, sector: u64, buf: Vec<u8>) -> OwnedFut<'_>;
         fn write<'a>(&'a self, sector: u64, buf: &'a [u8], fua: bool) -> BoxFut<'a>;
         fn sync_cache(&self) -> BoxFut<'_>;
         fn unmap(&self, sector: u64, count: u64) -> BoxFut<'_>;
@@ -253,6 +271,9 @@ mod erased {
         }
         fn read<'a>(&'a self, sector: u64, buf: &'a mut [u8]) -> BoxFut<'a> {
             Box::pin(DiskIo::read(self, sector, buf))
+        }
+        fn read_owned(&self, sector: u64, buf: Vec<u8>) -> OwnedFut<'_> {
+            Box::pin(DiskIo::read_owned(self, sector, buf))
         }
         fn write<'a>(&'a self, sector: u64, buf: &'a [u8], fua: bool) -> BoxFut<'a> {
             Box::pin(DiskIo::write(self, sector, buf, fua))
@@ -337,6 +358,18 @@ impl Disk {
             return Ok(());
         }
         self.0.read(sector, buf).await
+    }
+
+    /// Reads `buf.len()` bytes at `sector` into a buffer handed over and
+    /// back (see [`DiskIo::read_owned`]): for consumers that keep their
+    /// own buffers, this saves a copy on disks whose data comes from
+    /// another thread.
+    pub async fn read_owned(&self, sector: u64, buf: Vec<u8>) -> (Vec<u8>, Result<(), DiskError>) {
+        match check_io_range(sector, buf.len(), self.sector_size(), self.sector_count()) {
+            Err(e) => (buf, Err(e)),
+            Ok(0) => (buf, Ok(())),
+            Ok(_) => self.0.read_owned(sector, buf).await,
+        }
     }
 
     /// Writes `buf` at `sector`.

@@ -147,6 +147,24 @@ pub trait LayerIo: Send + Sync + 'static {
         marker: SectorMarker<'_>,
     ) -> impl Future<Output = Result<(), DiskError>> + Send;
 
+    /// [`read`](Self::read) into a buffer handed over and back with the
+    /// result: the layered disk calls it instead when the layer is asked
+    /// for the whole of a read into an owned buffer
+    /// ([`disk_backend::Disk::read_owned`]). The default lends the buffer
+    /// to `read`; a layer whose data comes from another thread overrides
+    /// it to fill the buffer there and save a copy.
+    fn read_owned(
+        &self,
+        sector: u64,
+        mut buf: Vec<u8>,
+        marker: SectorMarker<'_>,
+    ) -> impl Future<Output = (Vec<u8>, Result<(), DiskError>)> + Send {
+        async move {
+            let result = self.read(sector, &mut buf, marker).await;
+            (buf, result)
+        }
+    }
+
     /// Writes `buf` at `sector`; afterwards those sectors are present. With
     /// `fua` the data is durable when the call returns.
     fn write(
@@ -290,6 +308,18 @@ impl LayerIo for DiskAsLayer {
         marker.set_all();
         Ok(())
     }
+    async fn read_owned(
+        &self,
+        sector: u64,
+        buf: Vec<u8>,
+        mut marker: SectorMarker<'_>,
+    ) -> (Vec<u8>, Result<(), DiskError>) {
+        let (buf, result) = self.0.read_owned(sector, buf).await;
+        if result.is_ok() {
+            marker.set_all();
+        }
+        (buf, result)
+    }
     async fn write(&self, sector: u64, buf: &[u8], fua: bool) -> Result<(), DiskError> {
         self.0.write(sector, buf, fua).await
     }
@@ -381,6 +411,10 @@ impl LayerConfiguration {
 pub(crate) type BoxFut<'a, T = ()> =
     Pin<Box<dyn Future<Output = Result<T, DiskError>> + Send + 'a>>;
 
+/// A read into an owned buffer: the buffer comes back with the result.
+pub(crate) type OwnedFut<'a> =
+    Pin<Box<dyn Future<Output = (Vec<u8>, Result<(), DiskError>)> + Send + 'a>>;
+
 pub(crate) mod erased {
     //! Object-safe mirrors of the layer traits, in their own module so their
     //! method names never shadow the public traits'.
@@ -416,6 +450,8 @@ pub(crate) mod erased {
         fn counters(&self) -> DiskCounters;
         fn supports_write_no_overwrite(&self) -> bool;
         fn read<'a>(&'a self, sector: u64, buf: &'a mut [u8], m: SectorMarker<'a>) -> BoxFut<'a>;
+        fn read_owned<'a>(&'a self, sector: u64, buf: Vec<u8>, m: SectorMarker<'a>)
+        -> OwnedFut<'a>;
         fn write<'a>(&'a self, sector: u64, buf: &'a [u8], fua: bool) -> BoxFut<'a>;
         fn write_no_overwrite<'a>(&'a self, sector: u64, buf: &'a [u8]) -> BoxFut<'a>;
         fn sync_cache(&self) -> BoxFut<'_>;
@@ -452,6 +488,14 @@ pub(crate) mod erased {
         }
         fn read<'a>(&'a self, sector: u64, buf: &'a mut [u8], m: SectorMarker<'a>) -> BoxFut<'a> {
             Box::pin(LayerIo::read(self, sector, buf, m))
+        }
+        fn read_owned<'a>(
+            &'a self,
+            sector: u64,
+            buf: Vec<u8>,
+            m: SectorMarker<'a>,
+        ) -> OwnedFut<'a> {
+            Box::pin(LayerIo::read_owned(self, sector, buf, m))
         }
         fn write<'a>(&'a self, sector: u64, buf: &'a [u8], fua: bool) -> BoxFut<'a> {
             Box::pin(LayerIo::write(self, sector, buf, fua))

@@ -220,6 +220,30 @@ impl std::fmt::Debug for LayeredDisk {
     }
 }
 
+/// The buffer of a read: borrowed, or owned by the reader, in which case
+/// a layer asked for the whole read gets it by value
+/// ([`LayerIo::read_owned`]) and hands it back.
+enum ReadBuf<'a> {
+    Borrowed(&'a mut [u8]),
+    Owned(&'a mut Vec<u8>),
+}
+
+impl ReadBuf<'_> {
+    fn slice(&mut self) -> &mut [u8] {
+        match self {
+            ReadBuf::Borrowed(b) => b,
+            ReadBuf::Owned(v) => v.as_mut_slice(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            ReadBuf::Borrowed(b) => b.len(),
+            ReadBuf::Owned(v) => v.len(),
+        }
+    }
+}
+
 /// Removes an in-flight fill registration (and wakes its waiters by
 /// dropping the sender) when the fill ends, however it ends.
 struct InflightGuard<'a> {
@@ -373,22 +397,34 @@ impl LayeredDisk {
     }
 
     /// Reads `buf` at `sector` as seen from layer `first` downwards.
-    fn read_from<'a>(&'a self, first: usize, sector: u64, buf: &'a mut [u8]) -> BoxFut<'a> {
+    fn read_from<'a>(&'a self, first: usize, sector: u64, buf: ReadBuf<'a>) -> BoxFut<'a> {
         Box::pin(async move {
+            let mut buf = buf;
             let count = (buf.len() / self.sector_size as usize) as u64;
             let mut bitmap = SectorBitmap::new(sector, count);
             for (i, layer) in self.layers.iter().enumerate().skip(first) {
                 let runs: Vec<Range<u64>> = bitmap.unset_runs().collect();
                 for run in runs {
                     let before = bitmap.set_count();
-                    layer
-                        .io
-                        .read(
-                            run.start,
-                            &mut buf[self.span(sector, &run)],
-                            bitmap.marker_for(run.clone()),
-                        )
-                        .await?;
+                    let marker = bitmap.marker_for(run.clone());
+                    match &mut buf {
+                        // No upper layer supplied anything: hand the whole
+                        // owned buffer to this layer.
+                        ReadBuf::Owned(owned) if run.end - run.start == count => {
+                            let (back, result) = layer
+                                .io
+                                .read_owned(run.start, std::mem::take(*owned), marker)
+                                .await;
+                            **owned = back;
+                            result?;
+                        }
+                        _ => {
+                            layer
+                                .io
+                                .read(run.start, &mut buf.slice()[self.span(sector, &run)], marker)
+                                .await?
+                        }
+                    }
                     let Some(cache) = &layer.cache else {
                         continue;
                     };
@@ -400,7 +436,8 @@ impl LayeredDisk {
                         continue;
                     }
                     let misses: Vec<Range<u64>> = bitmap.unset_runs_in(run).collect();
-                    self.fill_misses(i, cache, &misses, sector, buf).await?;
+                    self.fill_misses(i, cache, &misses, sector, buf.slice())
+                        .await?;
                     for m in misses {
                         bitmap.set_range(m);
                     }
@@ -410,7 +447,7 @@ impl LayeredDisk {
                 }
             }
             for run in bitmap.unset_runs() {
-                buf[self.span(sector, &run)].fill(0);
+                buf.slice()[self.span(sector, &run)].fill(0);
             }
             Ok(())
         })
@@ -541,7 +578,8 @@ impl LayeredDisk {
         for m in missing {
             let span = self.span(r.start, &m);
             let part = &mut out[span];
-            self.read_from(i + 1, m.start, part).await?;
+            self.read_from(i + 1, m.start, ReadBuf::Borrowed(part))
+                .await?;
             let len = part.len() as u64;
             cache.miss_bytes.fetch_add(len, Ordering::Relaxed);
             // Fills are best effort: the caller has correct data either
@@ -660,7 +698,16 @@ impl DiskIo for LayeredDisk {
         if n == 0 {
             return Ok(());
         }
-        self.read_from(0, sector, buf).await
+        self.read_from(0, sector, ReadBuf::Borrowed(buf)).await
+    }
+
+    async fn read_owned(&self, sector: u64, mut buf: Vec<u8>) -> (Vec<u8>, Result<(), DiskError>) {
+        let result = match check_io_range(sector, buf.len(), self.sector_size, self.sector_count) {
+            Err(e) => Err(e),
+            Ok(0) => Ok(()),
+            Ok(_) => self.read_from(0, sector, ReadBuf::Owned(&mut buf)).await,
+        };
+        (buf, result)
     }
 
     async fn write(&self, sector: u64, buf: &[u8], fua: bool) -> Result<(), DiskError> {
