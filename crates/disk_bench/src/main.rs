@@ -299,7 +299,7 @@ async fn seq(
         reads += 1;
     }
     let secs = start.elapsed().as_secs_f64();
-    finish(stack, disk, "seq", off, reads, secs, open_secs, sum)
+    finish(stack, disk, "seq", off, reads, secs, open_secs, sum).await
 }
 
 async fn random(
@@ -342,10 +342,11 @@ async fn random(
         open_secs,
         sum,
     )
+    .await
 }
 
 #[expect(clippy::too_many_arguments)]
-fn finish(
+async fn finish(
     stack: &StackArgs,
     disk: Disk,
     workload: &str,
@@ -359,7 +360,7 @@ fn finish(
     let closing = Instant::now();
     drop(disk);
     let close_secs = closing.elapsed().as_secs_f64();
-    let (cache_file_bytes, cached_data_bytes) = cache_usage(&stack.cache_dir)?;
+    let (cache_file_bytes, cached_data_bytes) = cache_usage(&stack.cache_dir).await?;
     let mut out = output(
         workload,
         bytes_read,
@@ -409,7 +410,7 @@ fn output(
 
 /// Total size of the files under `dir`, and the bytes of sectors present in
 /// every SQLite cache file (`*.dbhd`) there.
-fn cache_usage(dir: &Path) -> Result<(u64, u64)> {
+async fn cache_usage(dir: &Path) -> Result<(u64, u64)> {
     let mut files = 0u64;
     let mut data = 0u64;
     let mut stack = vec![dir.to_path_buf()];
@@ -432,8 +433,9 @@ fn cache_usage(dir: &Path) -> Result<(u64, u64)> {
                 data += per_sector::PerSectorLayer::present_sectors(&path)? * 512;
             } else if path.extension().is_some_and(|x| x == "dbhd") {
                 let layer = disklayer_sqlite::SqliteDiskLayer::open(&path, true)
+                    .await
                     .with_context(|| format!("opening cache {}", path.display()))?;
-                let (_rows, sectors) = layer.stats()?;
+                let (_rows, sectors) = layer.stats().await?;
                 data += sectors * u64::from(layer.geometry().sector_size);
             }
         }
@@ -491,6 +493,7 @@ async fn serve_nbd(stack: &StackArgs, socket: &Path) -> Result<Output> {
         open_secs,
         0,
     )
+    .await
 }
 
 /// The same stack as [`open`] with the reference's one-row-per-sector

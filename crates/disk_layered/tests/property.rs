@@ -5,15 +5,16 @@
 //! without chunked fills) over a real temp file; the same with a real
 //! SQLite read cache in the middle; and stacks whose read cache (RAM or
 //! SQLite) is also the write layer. Reads, writes, unmaps, flushes and
-//! batches of concurrent reads are mixed; every read must match the model,
-//! and the file at the bottom must never change.
+//! batches of concurrent reads are mixed; every read (borrowed or owned
+//! buffer) must match the model, and the file at the bottom must never
+//! change.
 
 mod common;
 
 use common::*;
 use disk_backend::Disk;
 use disk_layered::{DiskLayer, LayerConfiguration};
-use disklayer_sqlite::{FormatParams, SqliteDiskLayer};
+use disklayer_sqlite::SqliteDiskLayerConfig;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -141,17 +142,17 @@ fn cache_on_top_file(f: Arc<FileDisk>, _dir: &Path) -> Vec<LayerConfiguration> {
 /// A SQLite layer in `dir`: 8 KiB chunks (16 sectors, so the 777-sector
 /// disk ends in a partial chunk), a logically read-only read cache or a
 /// writable layer.
-fn sqlite(dir: &Path, name: &str, logically_read_only: bool) -> SqliteDiskLayer {
-    let mut params = FormatParams::new(N, SS as u32);
-    params.chunk_size = 8192;
-    params.logically_read_only = logically_read_only;
-    SqliteDiskLayer::create(&dir.join(name), &params).unwrap()
+fn sqlite(dir: &Path, name: &str, logically_read_only: bool) -> DiskLayer {
+    let mut config = SqliteDiskLayerConfig::new(dir.join(name), true, false);
+    config.chunk_size = 8192;
+    config.logically_read_only = logically_read_only;
+    DiskLayer::new(config)
 }
 
 fn ram_sqlite_cache_file(f: Arc<FileDisk>, dir: &Path) -> Vec<LayerConfiguration> {
     vec![
         plain(SharedRam::new(N)),
-        LayerConfiguration::read_cache(DiskLayer::from_layer(sqlite(dir, "c.dbhd", true))),
+        LayerConfiguration::read_cache(sqlite(dir, "c.dbhd", true)),
         file_bottom(f),
     ]
 }
@@ -160,14 +161,14 @@ fn ram_ram_cache_sqlite_cache_file(f: Arc<FileDisk>, dir: &Path) -> Vec<LayerCon
     vec![
         plain(SharedRam::new(N)),
         cache(SharedRam::new(N).with_fill(64)),
-        LayerConfiguration::read_cache(DiskLayer::from_layer(sqlite(dir, "c.dbhd", true))),
+        LayerConfiguration::read_cache(sqlite(dir, "c.dbhd", true)),
         file_bottom(f),
     ]
 }
 
 fn writable_sqlite_cache_file(f: Arc<FileDisk>, dir: &Path) -> Vec<LayerConfiguration> {
     vec![
-        LayerConfiguration::read_cache(DiskLayer::from_layer(sqlite(dir, "w.dbhd", false))),
+        LayerConfiguration::read_cache(sqlite(dir, "w.dbhd", false)),
         file_bottom(f),
     ]
 }
@@ -189,7 +190,15 @@ async fn run(seed: u64, make: StackFn, ops: usize) {
             0..45 => {
                 let (s, n) = rng.range(150);
                 let mut buf = vec![0xcd; n as usize * SS];
-                disk.read(s, &mut buf).await.unwrap();
+                if rng.below(2) == 0 {
+                    disk.read(s, &mut buf).await.unwrap();
+                } else {
+                    // The owned path: a layer asked for the whole read gets
+                    // the buffer by value.
+                    let (back, r) = disk.read_owned(s, buf).await;
+                    r.unwrap();
+                    buf = back;
+                }
                 model.check_read(s, &buf, &what);
             }
             45..80 => {

@@ -6,7 +6,7 @@
 //! Run: `cargo bench -p disklayer_sqlite` (release). `BENCH_DISK_MIB`
 //! changes the disk size (default 512); `BENCH_DIR` the scratch directory
 //! (default: a temporary directory); `BENCH_CASES` (comma-separated:
-//! direct, stack, stack_hot, layer, blocking, base, base_q) limits the warm-read
+//! direct, stack, stack_owned, stack_hot, layer, base, base_q) limits the warm-read
 //! cases, for profiling. Prints a markdown table.
 
 use anyhow::Context;
@@ -187,6 +187,18 @@ async fn disk_read(disk: &Disk, size: u64, io: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn disk_read_owned(disk: &Disk, size: u64, io: usize) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; io];
+    let mut off = 0;
+    while off < size {
+        let (back, r) = disk.read_owned(off / SS, buf).await;
+        r?;
+        buf = std::hint::black_box(back);
+        off += io as u64;
+    }
+    Ok(())
+}
+
 async fn layer_read(layer: &SqliteDiskLayer, size: u64, io: usize) -> anyhow::Result<()> {
     let mut buf = vec![0u8; io];
     let mut off = 0;
@@ -204,18 +216,6 @@ fn baseline_read_per_query(db: &PerSectorDb, size: u64, io: usize) -> anyhow::Re
     let mut off = 0;
     while off < size {
         db.read_per_sector_query(off / SS, &mut buf)?;
-        std::hint::black_box(&buf);
-        off += io as u64;
-    }
-    Ok(())
-}
-
-fn layer_read_blocking(layer: &SqliteDiskLayer, size: u64, io: usize) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; io];
-    let mut off = 0;
-    while off < size {
-        let p = layer.read_sectors_blocking(off / SS, &mut buf)?;
-        anyhow::ensure!(p.all_present(), "cache is not fully populated");
         std::hint::black_box(&buf);
         off += io as u64;
     }
@@ -317,7 +317,7 @@ async fn run() -> anyhow::Result<()> {
     let disk = stack(&cache_dir, &image, sectors).await?;
     let cache_file = AutoCacheSqliteDiskLayer::new(&cache_dir, None, true)
         .cache_file_path(Some(*b"bench-disk-id-01"))?;
-    let layer = SqliteDiskLayer::open(&cache_file, true)?;
+    let layer = SqliteDiskLayer::open(&cache_file, true).await?;
     // And as the filling process sees it right after a fill, with the
     // last fills still in the WAL (a second cache, filled just now).
     let hot_dir = scratch.path().join("cache-hot");
@@ -341,6 +341,11 @@ async fn run() -> anyhow::Result<()> {
             Box::new(move || futures_block(disk_read(disk, size, io))),
         ));
         cases.push((
+            "stack_owned",
+            io,
+            Box::new(move || futures_block(disk_read_owned(disk, size, io))),
+        ));
+        cases.push((
             "stack_hot",
             io,
             Box::new(move || futures_block(disk_read(hot_disk, size, io))),
@@ -349,11 +354,6 @@ async fn run() -> anyhow::Result<()> {
             "layer",
             io,
             Box::new(move || futures_block(layer_read(layer, size, io))),
-        ));
-        cases.push((
-            "blocking",
-            io,
-            Box::new(move || layer_read_blocking(layer, size, io)),
         ));
         cases.push((
             "base",
@@ -415,16 +415,16 @@ async fn run() -> anyhow::Result<()> {
             "stack",
         );
         r(
+            &format!("warm read {label}, stack [cache, file], owned buffer (read_owned)"),
+            "stack_owned",
+        );
+        r(
             &format!("warm read {label}, stack, right after filling (WAL not yet checkpointed)"),
             "stack_hot",
         );
         r(
             &format!("warm read {label}, SQLite layer alone, async"),
             "layer",
-        );
-        r(
-            &format!("warm read {label}, SQLite layer, blocking call"),
-            "blocking",
         );
         r(
             &format!("direct file read {label} (pread, page cache)"),

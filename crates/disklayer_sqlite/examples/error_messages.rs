@@ -1,10 +1,13 @@
 //! Prints the error messages of common failures (for reviewing their
 //! wording): `cargo run -p disklayer_sqlite --example error_messages`.
 
+use disklayer_sqlite::AutoCacheSqliteDiskLayer;
+use disklayer_sqlite::Geometry;
+use disklayer_sqlite::SqliteDiskLayer;
 use disklayer_sqlite::auto_cache::LowerDisk;
-use disklayer_sqlite::{AutoCacheSqliteDiskLayer, Geometry, SqliteDiskLayer};
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let lower = |n| LowerDisk {
         geometry: Geometry {
@@ -23,27 +26,32 @@ fn main() -> anyhow::Result<()> {
         println!("{what}:\n  {msg}");
     };
     let cache = AutoCacheSqliteDiskLayer::new(dir.path().join("cache"), Some("img".into()), false);
-    cache.open_for(&lower(1000))?;
-    if let Err(e) = cache.open_for(&lower(2000)) {
+    cache.open_for(&lower(1000)).await?;
+    if let Err(e) = cache.open_for(&lower(2000)).await {
         show("geometry mismatch", &e);
     }
-    if let Err(e) = AutoCacheSqliteDiskLayer::new(dir.path(), None, false).open_for(&lower(10)) {
+    if let Err(e) = AutoCacheSqliteDiskLayer::new(dir.path(), None, false)
+        .open_for(&lower(10))
+        .await
+    {
         show("no key", &e);
     }
     if let Err(e) = AutoCacheSqliteDiskLayer::new(dir.path().join("c2"), Some("k".into()), true)
         .open_for(&lower(10))
+        .await
     {
         show("read-only, missing", &e);
     }
     let garbage = dir.path().join("garbage.dbhd");
     std::fs::write(&garbage, vec![7u8; 70000])?;
-    if let Err(e) = SqliteDiskLayer::open(&garbage, false) {
+    if let Err(e) = SqliteDiskLayer::open(&garbage, false).await {
         show("garbage file", &e);
     }
     let file = dir.path().join("file");
     std::fs::write(&file, b"x")?;
-    if let Err(e) =
-        AutoCacheSqliteDiskLayer::new(&file, Some("k".into()), false).open_for(&lower(10))
+    if let Err(e) = AutoCacheSqliteDiskLayer::new(&file, Some("k".into()), false)
+        .open_for(&lower(10))
+        .await
     {
         show("cache dir is a file", &e);
     }

@@ -33,7 +33,10 @@
 //! file there removes such directories once they are an hour old (a live
 //! creator needs milliseconds).
 
-use crate::{FormatParams, Geometry, SqliteDiskLayer, SqliteLayerError};
+use crate::FormatParams;
+use crate::Geometry;
+use crate::SqliteDiskLayer;
+use crate::SqliteLayerError;
 use sha2::Digest;
 use std::path::{Path, PathBuf};
 
@@ -172,34 +175,16 @@ impl AutoCacheSqliteDiskLayer {
 
     /// Opens the cache file for `lower`, creating it (atomically, see the
     /// module documentation) unless it exists or the cache is read-only.
-    /// Blocks.
-    pub fn open_for(&self, lower: &LowerDisk) -> Result<SqliteDiskLayer, SqliteLayerError> {
+    pub async fn open_for(&self, lower: &LowerDisk) -> Result<SqliteDiskLayer, SqliteLayerError> {
         let file = self.cache_file_path(lower.disk_id)?;
-        let key_dir = file
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.cache_dir.clone());
-        if !self.read_only {
-            create_private_dir(&self.cache_dir)?;
-            create_private_dir(&key_dir)?;
-        }
-        if !file.exists() {
-            if self.read_only {
-                return Err(SqliteLayerError::ReadOnlyMissing { path: file });
-            }
-            remove_stale_temp_dirs(&key_dir);
-            format_atomically(
-                &file,
-                &FormatParams {
-                    sector_count: lower.geometry.sector_count,
-                    sector_size: lower.geometry.sector_size,
-                    chunk_size: self.chunk_size,
-                    logically_read_only: true,
-                    disk_id: lower.disk_id,
-                },
-            )?;
-        }
-        let layer = SqliteDiskLayer::open(&file, self.read_only)?;
+        let prepare = {
+            let this = self.clone();
+            let file = file.clone();
+            let lower = *lower;
+            move || this.prepare_file(&file, &lower)
+        };
+        crate::engine::off_runtime("finding the cache file", prepare).await?;
+        let layer = SqliteDiskLayer::open(&file, self.read_only).await?;
         let meta = layer.metadata();
         if meta.geometry != lower.geometry {
             return Err(SqliteLayerError::GeometryMismatch {
@@ -218,6 +203,38 @@ impl AutoCacheSqliteDiskLayer {
             });
         }
         Ok(layer)
+    }
+
+    /// Makes sure `file` exists (creating directories and formatting it
+    /// atomically), unless the cache is read-only. Blocks.
+    fn prepare_file(&self, file: &Path, lower: &LowerDisk) -> Result<(), SqliteLayerError> {
+        let key_dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.cache_dir.clone());
+        if !self.read_only {
+            create_private_dir(&self.cache_dir)?;
+            create_private_dir(&key_dir)?;
+        }
+        if !file.exists() {
+            if self.read_only {
+                return Err(SqliteLayerError::ReadOnlyMissing {
+                    path: file.to_path_buf(),
+                });
+            }
+            remove_stale_temp_dirs(&key_dir);
+            format_atomically_blocking(
+                file,
+                &FormatParams {
+                    sector_count: lower.geometry.sector_count,
+                    sector_size: lower.geometry.sector_size,
+                    chunk_size: self.chunk_size,
+                    logically_read_only: true,
+                    disk_id: lower.disk_id,
+                },
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -258,8 +275,25 @@ fn remove_stale_temp_dirs(dir: &Path) {
 /// Formats a layer file at `file` atomically: the file is formatted in a
 /// fresh temporary directory beside it and hard-linked into place, so no
 /// process ever sees a half-formatted file. Returns `false` if another
-/// process linked its file first (that file is left as it is). Blocks.
-pub fn format_atomically(file: &Path, params: &FormatParams) -> Result<bool, SqliteLayerError> {
+/// process linked its file first (that file is left as it is). The work
+/// runs on a thread of its own.
+pub async fn format_atomically(
+    file: &Path,
+    params: &FormatParams,
+) -> Result<bool, SqliteLayerError> {
+    let file = file.to_path_buf();
+    let params = params.clone();
+    crate::engine::off_runtime("formatting", move || {
+        format_atomically_blocking(&file, &params)
+    })
+    .await
+}
+
+/// [`format_atomically`] on the calling thread (an engine thread).
+pub(crate) fn format_atomically_blocking(
+    file: &Path,
+    params: &FormatParams,
+) -> Result<bool, SqliteLayerError> {
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -273,7 +307,7 @@ pub fn format_atomically(file: &Path, params: &FormatParams) -> Result<bool, Sql
             source,
         })?;
     let tmp_file = tmp.path().join(CACHE_FILE_NAME);
-    SqliteDiskLayer::format(&tmp_file, params)?;
+    crate::store::format(&tmp_file, params)?;
     let created = match std::fs::hard_link(&tmp_file, file) {
         Ok(()) => {
             tracing::debug!(path = %file.display(), "created layer file");

@@ -1,9 +1,20 @@
 //! The `disk_layered` traits for the SQLite layer and the auto-cache.
 
-use crate::auto_cache::{AutoCacheSqliteDiskLayer, LowerDisk};
-use crate::{FormatParams, Geometry, SqliteDiskLayer, SqliteLayerError};
-use disk_backend::{DiskCounters, DiskError};
-use disk_layered::{LayerAttach, LayerIo, LowerLayerMetadata, SectorMarker, WriteNoOverwrite};
+use crate::FormatParams;
+use crate::Geometry;
+use crate::ReadTarget;
+use crate::SectorPresence;
+use crate::SqliteDiskLayer;
+use crate::SqliteLayerError;
+use crate::auto_cache::AutoCacheSqliteDiskLayer;
+use crate::auto_cache::LowerDisk;
+use disk_backend::DiskCounters;
+use disk_backend::DiskError;
+use disk_layered::LayerAttach;
+use disk_layered::LayerIo;
+use disk_layered::LowerLayerMetadata;
+use disk_layered::SectorMarker;
+use disk_layered::WriteNoOverwrite;
 use std::path::PathBuf;
 
 impl LayerIo for SqliteDiskLayer {
@@ -35,13 +46,32 @@ impl LayerIo for SqliteDiskLayer {
         &self,
         sector: u64,
         buf: &mut [u8],
-        mut marker: SectorMarker<'_>,
+        marker: SectorMarker<'_>,
     ) -> Result<(), DiskError> {
-        let present = self.read_sectors(sector, buf).await?;
-        for (s, n) in present.present_runs() {
-            marker.set_range(sector + s..sector + s + n);
-        }
+        let present = self
+            .read_into(sector, ReadTarget::Borrowed(buf), false)
+            .await?;
+        mark(sector, &present, marker);
         Ok(())
+    }
+    /// The engine's reader thread fills the buffer directly.
+    async fn read_owned(
+        &self,
+        sector: u64,
+        mut buf: Vec<u8>,
+        marker: SectorMarker<'_>,
+    ) -> (Vec<u8>, Result<(), DiskError>) {
+        let r = self
+            .read_into(sector, ReadTarget::Owned(&mut buf), false)
+            .await;
+        let r = match r {
+            Ok(present) => {
+                mark(sector, &present, marker);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        };
+        (buf, r)
     }
     async fn write(&self, sector: u64, buf: &[u8], fua: bool) -> Result<(), DiskError> {
         self.write_sectors(sector, buf, true, fua).await?;
@@ -81,6 +111,13 @@ impl WriteNoOverwrite for SqliteDiskLayer {
     }
 }
 
+/// Marks the present sectors of a read that started at `sector`.
+fn mark(sector: u64, present: &SectorPresence, mut marker: SectorMarker<'_>) {
+    for (s, n) in present.present_runs() {
+        marker.set_range(sector + s..sector + s + n);
+    }
+}
+
 fn lower_geometry(lower: &LowerLayerMetadata) -> Geometry {
     Geometry {
         sector_count: lower.sector_count,
@@ -107,7 +144,7 @@ impl LayerAttach for AutoCacheSqliteDiskLayer {
             geometry: lower_geometry(&lower),
             disk_id: lower.disk_id,
         };
-        crate::blocking(move || self.open_for(&lower)).await
+        self.open_for(&lower).await
     }
 }
 
@@ -154,36 +191,40 @@ impl LayerAttach for SqliteDiskLayerConfig {
         self,
         lower: Option<LowerLayerMetadata>,
     ) -> Result<SqliteDiskLayer, SqliteLayerError> {
-        crate::blocking(move || {
-            let lower_geo = lower.as_ref().map(lower_geometry);
-            if self.create && !self.read_only && !self.path.exists() {
-                let Some(g) = lower_geo.or(self.geometry) else {
+        let lower_geo = lower.as_ref().map(lower_geometry);
+        if self.create && !self.read_only {
+            let params = lower_geo.or(self.geometry).map(|g| FormatParams {
+                sector_count: g.sector_count,
+                sector_size: g.sector_size,
+                chunk_size: self.chunk_size,
+                logically_read_only: self.logically_read_only,
+                disk_id: lower.and_then(|l| l.disk_id),
+            });
+            let path = self.path.clone();
+            crate::engine::off_runtime("formatting", move || {
+                if path.exists() {
+                    return Ok(());
+                }
+                let Some(params) = params else {
                     return Err(SqliteLayerError::InvalidParams(format!(
                         "cannot format {}: it is the bottom layer and no geometry was given",
-                        self.path.display()
+                        path.display()
                     )));
                 };
-                let params = FormatParams {
-                    sector_count: g.sector_count,
-                    sector_size: g.sector_size,
-                    chunk_size: self.chunk_size,
-                    logically_read_only: self.logically_read_only,
-                    disk_id: lower.and_then(|l| l.disk_id),
-                };
-                crate::auto_cache::format_atomically(&self.path, &params)?;
-            }
-            let layer = SqliteDiskLayer::open(&self.path, self.read_only)?;
-            if let Some(g) = lower_geo
-                && g != layer.geometry()
-            {
-                return Err(SqliteLayerError::GeometryMismatch {
-                    path: self.path.clone(),
-                    file: layer.geometry(),
-                    lower: g,
-                });
-            }
-            Ok(layer)
-        })
-        .await
+                crate::auto_cache::format_atomically_blocking(&path, &params).map(drop)
+            })
+            .await?;
+        }
+        let layer = SqliteDiskLayer::open(&self.path, self.read_only).await?;
+        if let Some(g) = lower_geo
+            && g != layer.geometry()
+        {
+            return Err(SqliteLayerError::GeometryMismatch {
+                path: self.path.clone(),
+                file: layer.geometry(),
+                lower: g,
+            });
+        }
+        Ok(layer)
     }
 }

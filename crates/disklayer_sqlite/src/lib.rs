@@ -42,27 +42,57 @@
 //!   from another process.
 //! - Unmap clears presence bits; a chunk left empty is deleted and its
 //!   pages are given back (`auto_vacuum = INCREMENTAL`).
-//! - Reads report which sectors were present; absent sectors read as zero.
+//! - Reads report which sectors were present; through the public read
+//!   methods absent sectors read as zero.
 //! - Rows are checked against the metadata as they are read (bitmap length,
 //!   data length, index range): a damaged file gives
 //!   [`SqliteLayerError::Corrupt`], never wrong bytes of the wrong length.
 //! - The file is in WAL mode with a busy timeout, so many processes (nextest
 //!   runs every test in its own process) can read and fill it at once.
-//! - Cache fills are write-behind: a fill from the layered disk (its
-//!   `WriteNoOverwrite`) is queued and the guest's read returns at once; a
-//!   writer thread commits queued fills in batches, and reads of the layer
-//!   in this process see a queued fill before it is committed. The queue
-//!   is bounded (64 MiB); every other write, unmap or sync waits for it
-//!   first; dropping the last handle commits it. See `fill_queue.rs`.
-//! - WAL checkpoints run on a thread of their own (the writer turns
-//!   SQLite's automatic checkpoint off), so no write waits for the
-//!   checkpoint's disk syncs; a WAL that falls 512 MiB behind is
-//!   checkpointed inline. See `checkpoint.rs`.
-//! - SQLite calls block, so the async API never runs them plainly on a
-//!   runtime thread: on a multi-thread tokio runtime reads and writes use
-//!   `block_in_place` (the worker's other tasks move to another thread,
-//!   and the caller's buffer is used directly), elsewhere they go to
-//!   tokio's blocking pool with an owned (recycled) buffer.
+//!
+//! # The engine: one boundary between async callers and SQLite
+//!
+//! ```text
+//! async callers (LayeredDisk, NBD tasks)         engine threads (own every connection)
+//!   read / read_owned  ------ job ------>   reader pool (1..=4 threads, mapped and
+//!                                           unmapped connections)
+//!   fill (queue_fill)  ---- message --->   owner thread: the writer connection;
+//!   write, unmap, sync, stats, flush --->    commits fills in batches, runs every
+//!                                           operation in the order it was sent
+//!                                         checkpoint thread: WAL -> file
+//!          <---- oneshot reply (with the job's buffer) ----
+//! ```
+//!
+//! - No SQLite call runs on a caller's thread (a tokio worker in
+//!   particular), and nothing blocks one: every method that touches the
+//!   file is async and awaits a reply from an engine thread. There is one
+//!   code path whatever runtime or executor polls it. (Debug builds assert
+//!   it at every entry into the store.)
+//! - Cache fills are write-behind: a fill (the layered disk's
+//!   `WriteNoOverwrite`) is queued and the guest's read returns at once;
+//!   the owner thread commits queued fills in batches of up to 16 MiB, and
+//!   reads in this process see a queued fill before it is committed.
+//! - **Backpressure is one bound: [`MAX_QUEUED_FILL_BYTES`] (64 MiB) of
+//!   queued fills.** A fill that does not fit waits (awaits) until enough
+//!   queued fills are committed; that is the only point where a guest read
+//!   waits for the cache's disk writes.
+//! - Every other write, unmap, sync, stats and flush runs after the fills
+//!   queued before it; dropping the last handle of a layer commits the
+//!   queue before it returns. A fill batch that fails to commit is logged
+//!   (once at warn level) and dropped, never half-applied: fills are best
+//!   effort.
+//! - WAL checkpoints run on a thread of their own (SQLite's automatic
+//!   checkpoint is off), so no write waits for the checkpoint's disk syncs;
+//!   a WAL that falls 512 MiB behind is checkpointed inline.
+//! - A read lands in a buffer the job owns. With an owned buffer
+//!   ([`SqliteDiskLayer::read_sectors_owned`], `DiskIo::read_owned`, which
+//!   the NBD export uses) the reader thread fills the caller's buffer
+//!   itself; a borrowed buffer costs one copy of the present sectors (safe
+//!   code cannot lend a borrowed buffer to another thread).
+//! - Reads of at least one page (64 KiB) use connections without SQLite's
+//!   memory map, so a pass over a large cache does not leave the file
+//!   mapped into the process; smaller reads use mapped connections, which
+//!   spare them a 64 KiB page copy each.
 //!
 //! # Layers and the auto-cache
 //!
@@ -76,43 +106,10 @@
 //!
 //! # Performance
 //!
-//! `cargo bench -p disklayer_sqlite` compares warm reads and cold fills
-//! with reading the image file directly and with a one-row-per-sector
-//! layout. On the development VM (2 CPUs shared with other builds, so the
-//! figures move by tens of percent between runs), warm sequential reads of
-//! a 512 MiB cache through `[auto-cache, file]` ran at about 0.65-0.8x
-//! (64 KiB) and 0.9-1.0x (1 MiB) of direct `pread` from the page cache,
-//! 3-5x the per-sector layout read with range queries and 7-12x the
-//! per-sector layout read with one query per sector. A full chunk costs
-//! one BLOB read, a memory copy out of SQLite's memory map; on a
-//! multi-thread runtime it lands directly in the caller's buffer. Cold
-//! fills run at about 2-3x the per-sector layout, bounded by SQLite's WAL
-//! and checkpoint writes. The file holds about 1.01x the cached bytes
-//! (64 KiB pages, 1 MiB chunks).
-//!
-//! Reads of at least one page (64 KiB) use connections without SQLite's
-//! memory map (SQLite then reads whole overflow pages straight into the
-//! caller's buffer, as fast as copying out of the map), so a sequential
-//! pass over a large cache does not leave the file mapped into the
-//! process; smaller reads use mapped connections, which spare them a
-//! 64 KiB page copy each (about 2x the IOPS for 4 KiB reads).
-//!
-//! In `cargo xtask bench` (512 MiB image on nginx at 127.0.0.1), taking
-//! the fill and the checkpoint off the reader's path raised cold
-//! sequential 1 MiB reads from about 320-340 MB/s to 690-970 MB/s (two
-//! full runs on an otherwise idle machine). Measured side by side on a
-//! loaded machine, `synchronous=OFF` instead (not used: a power cut could
-//! then damage the file) gave the same 600-670 MB/s as the checkpoint
-//! thread, so the disk syncs are no longer in the reader's way. A new
-//! chunk row is inserted as a zeroblob and its bytes written through
-//! incremental blob I/O: one copy into SQLite's pages (after SQLite zeroes
-//! them) instead of three (binding the bytes copies them, building the
-//! record copies them again),
-//! 677 -> 708 MB/s and 1.61 -> 1.46 CPU-seconds per 512 MiB pass (six
-//! interleaved runs). What remains is the WAL itself: each cached byte is
-//! written twice (WAL, then the file) and checksummed, and the file is
-//! synced at each checkpoint (this machine's disk takes synced writes at
-//! ~460 MB/s: `dd bs=16M conv=fdatasync`).
+//! `cargo bench -p disklayer_sqlite` (warm reads and cold fills against the
+//! image file and a one-row-per-sector layout) and `cargo xtask bench`
+//! (the whole stack); the Guide's performance page has the figures and
+//! what limits them.
 //!
 //! DEVNOTE: a partial write into a partially present chunk rewrites the
 //! chunk's row (read-modify-write of up to `chunk_size` bytes). That is
@@ -128,19 +125,23 @@
 
 pub mod auto_cache;
 mod checkpoint;
-mod fill_queue;
+mod engine;
 mod layer;
 mod store;
 
-use disk_backend::{DiskCounters, DiskError, DiskIo};
-use fill_queue::{Fill, FillWriter, apply_overlay};
+use disk_backend::DiskCounters;
+use disk_backend::DiskError;
+use disk_backend::DiskIo;
+use engine::Engine;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use store::Store;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 pub use auto_cache::AutoCacheSqliteDiskLayer;
+pub use engine::MAX_QUEUED_FILL_BYTES;
 pub use layer::SqliteDiskLayerConfig;
 
 /// Default chunk size of newly formatted files: 1 MiB.
@@ -361,185 +362,182 @@ impl SectorPresence {
     }
 }
 
+/// Where a read lands: a borrowed buffer, or an owned one that the
+/// engine's reader thread fills directly.
+enum ReadTarget<'a> {
+    Borrowed(&'a mut [u8]),
+    Owned(&'a mut Vec<u8>),
+}
+
+impl ReadTarget<'_> {
+    fn slice(&mut self) -> &mut [u8] {
+        match self {
+            ReadTarget::Borrowed(b) => b,
+            ReadTarget::Owned(v) => v.as_mut_slice(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     hit: AtomicU64,
     miss: AtomicU64,
-    fill: AtomicU64,
 }
 
 /// A disk layer backed by one SQLite file.
 ///
-/// Cheap to clone; clones share connections and counters. Also usable
-/// directly as a [`DiskIo`] (absent sectors read as zero).
+/// Cheap to clone; clones share the engine (its threads and connections)
+/// and counters. Dropping the last clone commits queued fills and stops
+/// the engine's threads. Also usable directly as a [`DiskIo`] (absent
+/// sectors read as zero).
+///
+/// Every method that touches the file is async and runs its SQLite work on
+/// the engine's threads (see the crate docs), whatever runtime or executor
+/// polls it.
 #[derive(Clone)]
 pub struct SqliteDiskLayer {
-    store: Arc<Store>,
+    engine: Arc<Engine>,
     counters: Arc<Counters>,
-    buffers: Arc<BufferPool>,
-    /// Write-behind for cache fills (see [`Self::queue_fill`]).
-    fills: Arc<FillWriter>,
-}
-
-/// Recycled read buffers (see [`SqliteDiskLayer::read_sectors`]).
-#[derive(Default)]
-struct BufferPool(parking_lot::Mutex<Vec<Vec<u8>>>);
-
-impl BufferPool {
-    /// Buffers kept for reuse.
-    const KEEP: usize = 8;
-    /// Larger buffers are not kept.
-    const MAX_LEN: usize = 16 << 20;
-
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut v = self.0.lock().pop().unwrap_or_default();
-        v.resize(len, 0);
-        v
-    }
-
-    fn give(&self, v: Vec<u8>) {
-        if v.capacity() <= Self::MAX_LEN {
-            let mut pool = self.0.lock();
-            if pool.len() < Self::KEEP {
-                pool.push(v);
-            }
-        }
-    }
 }
 
 impl fmt::Debug for SqliteDiskLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteDiskLayer")
-            .field("path", &self.store.path())
-            .field("meta", self.store.meta())
-            .field("read_only", &self.store.is_read_only())
+            .field("path", &self.path())
+            .field("meta", self.metadata())
+            .field("read_only", &self.is_opened_read_only())
             .finish()
     }
 }
 
-/// Runs blocking SQLite work off the async runtime's worker threads (on
-/// tokio's blocking pool), or inline when there is no tokio runtime.
-async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, SqliteLayerError> + Send + 'static,
-) -> Result<R, SqliteLayerError> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) => h
-            .spawn_blocking(f)
-            .await
-            .map_err(|e| SqliteLayerError::Disk(DiskError::io("sqlite worker task failed", e)))?,
-        Err(_) => f(),
-    }
-}
-
-/// Whether blocking work may run on the current thread through
-/// [`tokio::task::block_in_place`]: on a multi-thread runtime, which then
-/// hands this worker's other tasks to another thread, so the runtime is
-/// not blocked and borrowed buffers need no copy.
-///
-/// DEVNOTE: `block_in_place` panics on a current-thread runtime; those
-/// (and `#[tokio::test]` without `flavor = "multi_thread"`) take the
-/// `spawn_blocking` path with owned buffers instead.
-fn in_place_allowed() -> bool {
-    matches!(
-        tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread)
-    )
-}
-
 impl SqliteDiskLayer {
-    /// Formats a new layer file at `path` (which must not exist). Blocks.
-    pub fn format(path: &Path, params: &FormatParams) -> Result<(), SqliteLayerError> {
-        Store::format(path, params)
+    /// Formats a new layer file at `path` (which must not exist).
+    pub async fn format(path: &Path, params: &FormatParams) -> Result<(), SqliteLayerError> {
+        let path = path.to_path_buf();
+        let params = params.clone();
+        engine::off_runtime("formatting", move || store::format(&path, &params)).await
     }
 
     /// Opens an existing layer file. With `read_only` the file is opened
-    /// read-only and every write fails. Blocks.
-    pub fn open(path: &Path, read_only: bool) -> Result<Self, SqliteLayerError> {
-        let store = Arc::new(Store::open(path, read_only)?);
+    /// read-only and every write fails.
+    pub async fn open(path: &Path, read_only: bool) -> Result<Self, SqliteLayerError> {
+        let engine = Engine::open(path.to_path_buf(), read_only).await?;
         Ok(SqliteDiskLayer {
-            fills: Arc::new(FillWriter::new(store.clone())),
-            store,
+            engine: Arc::new(engine),
             counters: Arc::default(),
-            buffers: Arc::default(),
         })
     }
 
-    /// Formats a new layer file and opens it read-write. Blocks.
-    pub fn create(path: &Path, params: &FormatParams) -> Result<Self, SqliteLayerError> {
-        Self::format(path, params)?;
-        Self::open(path, false)
+    /// Formats a new layer file and opens it read-write.
+    pub async fn create(path: &Path, params: &FormatParams) -> Result<Self, SqliteLayerError> {
+        Self::format(path, params).await?;
+        Self::open(path, false).await
+    }
+
+    fn store(&self) -> &store::Store {
+        self.engine.store()
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
-        self.store.path()
+        self.store().path()
     }
 
     /// The file's metadata.
     pub fn metadata(&self) -> &LayerMetadata {
-        self.store.meta()
+        self.store().meta()
     }
 
     /// The disk's geometry.
     pub fn geometry(&self) -> Geometry {
-        self.store.meta().geometry
+        self.metadata().geometry
     }
 
     /// Chunk size in bytes: the natural fill granularity.
     pub fn chunk_size(&self) -> u32 {
-        self.store.meta().chunk_size
+        self.metadata().chunk_size
     }
 
     /// Whether the file was opened read-only (no write of any kind).
     pub fn is_opened_read_only(&self) -> bool {
-        self.store.is_read_only()
+        self.store().is_read_only()
     }
 
     /// Whether ordinary (overwriting) writes are refused: the file was
     /// opened read-only or is logically read-only.
     pub fn refuses_writes(&self) -> bool {
-        self.store.is_read_only() || self.store.meta().logically_read_only
+        self.is_opened_read_only() || self.metadata().logically_read_only
+    }
+
+    fn check_io(&self, sector: u64, len: usize) -> Result<u64, SqliteLayerError> {
+        let g = self.geometry();
+        disk_backend::check_io_range(sector, len, g.sector_size, g.sector_count)
+            .map_err(SqliteLayerError::Disk)
     }
 
     /// Reads `buf.len()` bytes at `sector`; absent sectors read as zero.
-    /// Returns which sectors were present.
+    /// Returns which sectors were present. Fills queued but not yet
+    /// committed are seen.
     pub async fn read_sectors(
         &self,
         sector: u64,
         buf: &mut [u8],
     ) -> Result<SectorPresence, SqliteLayerError> {
-        let ss = self.geometry().sector_size;
-        let count =
-            disk_backend::check_io_range(sector, buf.len(), ss, self.geometry().sector_count)
-                .map_err(SqliteLayerError::Disk)?;
-        let len = buf.len();
-        // Before the file is read: a fill that leaves the queue after this
-        // is committed by the time the file is read.
-        let queued = self.fills.queue.overlapping(sector, count, ss as usize);
-        let mut bits = if in_place_allowed() {
-            // Straight into the caller's buffer, no hand-off.
-            tokio::task::block_in_place(|| self.store.read(sector, buf))?
+        self.read_into(sector, ReadTarget::Borrowed(buf), true)
+            .await
+    }
+
+    /// [`read_sectors`](Self::read_sectors) into a buffer handed over and
+    /// back: the engine's reader thread fills it directly, which saves the
+    /// copy a borrowed buffer costs.
+    pub async fn read_sectors_owned(
+        &self,
+        sector: u64,
+        mut buf: Vec<u8>,
+    ) -> (Vec<u8>, Result<SectorPresence, SqliteLayerError>) {
+        let r = self
+            .read_into(sector, ReadTarget::Owned(&mut buf), true)
+            .await;
+        (buf, r)
+    }
+
+    /// The one read path: checks the range, reads through the engine
+    /// (straight into an owned buffer, or into the engine's buffer and then
+    /// the present runs into a borrowed one), zeroes the absent sectors if
+    /// asked (a layer of a stack need not: the layers below overwrite
+    /// them) and counts hits and misses.
+    async fn read_into(
+        &self,
+        sector: u64,
+        mut target: ReadTarget<'_>,
+        zero_absent: bool,
+    ) -> Result<SectorPresence, SqliteLayerError> {
+        let len = target.slice().len();
+        let count = self.check_io(sector, len)?;
+        let bits = if count == 0 {
+            Vec::new()
         } else {
-            // The blocking pool needs owned memory; one copy back is
-            // cheaper than blocking a runtime thread. Buffers are recycled,
-            // so a read costs no allocation or zeroing (the engine writes
-            // every byte).
-            let store = self.store.clone();
-            let mut data = self.buffers.take(len);
-            let (data, bits) = blocking(move || {
-                let bits = store.read(sector, &mut data)?;
-                Ok((data, bits))
-            })
-            .await?;
-            buf.copy_from_slice(&data);
-            self.buffers.give(data);
-            bits
+            match &mut target {
+                ReadTarget::Borrowed(buf) => self.engine.read(sector, buf).await?,
+                ReadTarget::Owned(owned) => {
+                    let (back, r) = self.engine.read_owned(sector, std::mem::take(*owned)).await;
+                    **owned = back;
+                    r?
+                }
+            }
         };
-        if !queued.is_empty() {
-            apply_overlay(&queued, sector, buf, &mut bits, ss as usize);
-        }
         let p = SectorPresence { count, bits };
-        let hit = p.present_count() * u64::from(ss);
+        let ss = self.geometry().sector_size as usize;
+        if zero_absent && !p.all_present() {
+            let buf = target.slice();
+            let mut at = 0;
+            for (from, to) in engine::present_runs(&p.bits, count) {
+                buf[at * ss..from as usize * ss].fill(0);
+                at = to as usize;
+            }
+            buf[at * ss..].fill(0);
+        }
+        let hit = p.present_count() * ss as u64;
         self.counters.hit.fetch_add(hit, Ordering::Relaxed);
         self.counters
             .miss
@@ -547,38 +545,11 @@ impl SqliteDiskLayer {
         Ok(p)
     }
 
-    /// Like [`read_sectors`](Self::read_sectors), but blocks the calling
-    /// thread and reads straight into `buf` (no hand-off, no copy). For
-    /// callers on their own threads (an NBD server thread, a tool); never
-    /// call it from an async task.
-    pub fn read_sectors_blocking(
-        &self,
-        sector: u64,
-        buf: &mut [u8],
-    ) -> Result<SectorPresence, SqliteLayerError> {
-        let ss = self.geometry().sector_size;
-        let count =
-            disk_backend::check_io_range(sector, buf.len(), ss, self.geometry().sector_count)
-                .map_err(SqliteLayerError::Disk)?;
-        let queued = self.fills.queue.overlapping(sector, count, ss as usize);
-        let mut bits = self.store.read(sector, buf)?;
-        if !queued.is_empty() {
-            apply_overlay(&queued, sector, buf, &mut bits, ss as usize);
-        }
-        let p = SectorPresence { count, bits };
-        let hit = p.present_count() * u64::from(ss);
-        self.counters.hit.fetch_add(hit, Ordering::Relaxed);
-        self.counters
-            .miss
-            .fetch_add(buf.len() as u64 - hit, Ordering::Relaxed);
-        Ok(p)
-    }
-
-    /// Writes `buf` at `sector` in one transaction. With `overwrite` every
-    /// sector is written (refused on a logically read-only layer);
-    /// without it only sectors not yet present are (a cache fill). With
-    /// `fua` the data is durable on return. Returns the number of sectors
-    /// written.
+    /// Writes `buf` at `sector` in one transaction, after every fill queued
+    /// before it. With `overwrite` every sector is written (refused on a
+    /// logically read-only layer); without it only sectors not yet present
+    /// are (a cache fill). With `fua` the data is durable on return.
+    /// Returns the number of sectors written.
     pub async fn write_sectors(
         &self,
         sector: u64,
@@ -586,127 +557,73 @@ impl SqliteDiskLayer {
         overwrite: bool,
         fua: bool,
     ) -> Result<u64, SqliteLayerError> {
-        let g = self.geometry();
-        disk_backend::check_io_range(sector, buf.len(), g.sector_size, g.sector_count)
-            .map_err(SqliteLayerError::Disk)?;
-        if self.store.is_read_only() || (overwrite && self.store.meta().logically_read_only) {
+        self.check_io(sector, buf.len())?;
+        if self.is_opened_read_only() || (overwrite && self.metadata().logically_read_only) {
             return Err(SqliteLayerError::Disk(DiskError::ReadOnly));
         }
-        let written = if in_place_allowed() {
-            tokio::task::block_in_place(|| {
-                // Queued fills come first: operations keep their order.
-                self.fills.queue.drain();
-                let n = self.store.write(sector, buf, overwrite)?;
-                if fua {
-                    self.store.sync()?;
-                }
-                Ok::<_, SqliteLayerError>(n)
-            })?
-        } else {
-            let store = self.store.clone();
-            let queue = self.fills.queue.clone();
-            let data = buf.to_vec();
-            blocking(move || {
-                queue.drain();
-                let n = store.write(sector, &data, overwrite)?;
-                if fua {
-                    store.sync()?;
-                }
-                Ok(n)
-            })
-            .await?
-        };
-        if !overwrite {
-            self.counters
-                .fill
-                .fetch_add(written * u64::from(g.sector_size), Ordering::Relaxed);
-        }
-        Ok(written)
+        self.engine
+            .write(sector, buf.to_vec(), overwrite, fua)
+            .await
     }
 
-    /// Marks `count` sectors at `sector` absent.
+    /// Marks `count` sectors at `sector` absent, after every fill queued
+    /// before it.
     pub async fn unmap_sectors(&self, sector: u64, count: u64) -> Result<(), SqliteLayerError> {
+        disk_backend::check_sector_range(sector, count, self.geometry().sector_count)
+            .map_err(SqliteLayerError::Disk)?;
         if self.refuses_writes() {
             return Err(SqliteLayerError::Disk(DiskError::ReadOnly));
         }
-        let store = self.store.clone();
-        let queue = self.fills.queue.clone();
-        blocking(move || {
-            queue.drain();
-            store.unmap(sector, count)
-        })
-        .await
+        self.engine.unmap(sector, count).await
     }
 
-    /// Queues a cache fill (write-no-overwrite) and returns without
-    /// waiting for SQLite: a writer thread commits queued fills in
-    /// batches, and reads of this layer see them at once. Blocks only
-    /// while 64 MiB of fills are already queued. Every other write,
-    /// unmap and sync waits for the queue first, and dropping the last
-    /// handle of the layer commits what is queued. A fill that fails to
-    /// commit is logged and dropped (fills are best effort).
+    /// Queues a cache fill (write-no-overwrite) and returns without waiting
+    /// for SQLite: the engine's owner thread commits queued fills in
+    /// batches, and reads of this layer see them at once. Waits only while
+    /// [`MAX_QUEUED_FILL_BYTES`] of fills are already queued. Every other
+    /// write, unmap, sync and stats runs after the fills queued before it,
+    /// and dropping the last handle of the layer commits what is queued. A
+    /// fill that fails to commit is logged and dropped (fills are best
+    /// effort).
     ///
     /// Fails at once on a file opened read-only.
     pub async fn queue_fill(&self, sector: u64, buf: &[u8]) -> Result<(), SqliteLayerError> {
-        let g = self.geometry();
-        disk_backend::check_io_range(sector, buf.len(), g.sector_size, g.sector_count)
-            .map_err(SqliteLayerError::Disk)?;
-        if self.store.is_read_only() {
+        self.check_io(sector, buf.len())?;
+        if self.is_opened_read_only() {
             return Err(SqliteLayerError::Disk(DiskError::ReadOnly));
         }
         if buf.is_empty() {
             return Ok(());
         }
-        let fill = Fill {
-            sector,
-            data: self.fills.queue.copy_of(buf),
-        };
-        if in_place_allowed() {
-            tokio::task::block_in_place(|| self.fills.push(fill));
-        } else {
-            let fills = self.fills.clone();
-            blocking(move || {
-                fills.push(fill);
-                Ok(())
-            })
-            .await?;
-        }
-        Ok(())
+        self.engine.queue_fill(sector, buf).await
     }
 
-    /// Commits every queued fill (see [`queue_fill`](Self::queue_fill))
-    /// before returning. Blocks.
-    pub fn flush_fills(&self) {
-        self.fills.queue.drain();
+    /// Returns once every fill queued before the call is committed (or
+    /// dropped after an error).
+    pub async fn flush_fills(&self) -> Result<(), SqliteLayerError> {
+        self.engine.flush().await
     }
 
     /// Makes all completed writes (and queued fills) durable.
     pub async fn sync(&self) -> Result<(), SqliteLayerError> {
-        let store = self.store.clone();
-        let queue = self.fills.queue.clone();
-        blocking(move || {
-            queue.drain();
-            store.sync()
-        })
-        .await
+        self.engine.sync().await
     }
 
     /// Number of chunk rows and of present sectors in the file, after
-    /// queued fills are committed. Blocks.
-    pub fn stats(&self) -> Result<(u64, u64), SqliteLayerError> {
-        self.fills.queue.drain();
-        self.store.stats()
+    /// queued fills are committed.
+    pub async fn stats(&self) -> Result<(u64, u64), SqliteLayerError> {
+        self.engine.stats().await
     }
 
     /// Counters kept by the layer itself (when it is used as a layer of a
-    /// `LayeredDisk`, the layered disk keeps its own): bytes read that were present (hits), absent
-    /// (misses), and bytes written by write-no-overwrite fills.
+    /// `LayeredDisk`, the layered disk keeps its own): bytes read that
+    /// were present (hits), absent (misses), and bytes committed by
+    /// write-no-overwrite fills.
     pub fn cache_counters(&self) -> DiskCounters {
         DiskCounters {
             cache_hit_bytes: self.counters.hit.load(Ordering::Relaxed),
             cache_miss_bytes: self.counters.miss.load(Ordering::Relaxed),
-            cache_fill_bytes: self.counters.fill.load(Ordering::Relaxed)
-                + self.fills.queue.committed_bytes.load(Ordering::Relaxed),
+            cache_fill_bytes: self.engine.committed_fill_bytes(),
             ..Default::default()
         }
     }
@@ -734,6 +651,10 @@ impl DiskIo for SqliteDiskLayer {
     async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.read_sectors(sector, buf).await?;
         Ok(())
+    }
+    async fn read_owned(&self, sector: u64, buf: Vec<u8>) -> (Vec<u8>, Result<(), DiskError>) {
+        let (buf, r) = self.read_sectors_owned(sector, buf).await;
+        (buf, r.map(drop).map_err(DiskError::from))
     }
     async fn write(&self, sector: u64, buf: &[u8], fua: bool) -> Result<(), DiskError> {
         self.write_sectors(sector, buf, true, fua).await?;

@@ -121,8 +121,8 @@ async fn child_persistence() {
 }
 
 /// 16 processes race to create and fill the same auto-cache.
-#[test]
-fn sixteen_processes_race_on_one_cache() {
+#[tokio::test]
+async fn sixteen_processes_race_on_one_cache() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
     let cache_dir = dir.path().join("cache");
@@ -184,12 +184,11 @@ fn sixteen_processes_race_on_one_cache() {
         "{entries:?}"
     );
 
-    let layer = SqliteDiskLayer::open(&cache_dir.join(ID_HEX).join(CACHE_FILE_NAME), true).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
+    let layer = SqliteDiskLayer::open(&cache_dir.join(ID_HEX).join(CACHE_FILE_NAME), true)
+        .await
         .unwrap();
     let mut buf = vec![0u8; data.len()];
-    let p = rt.block_on(layer.read_sectors(0, &mut buf)).unwrap();
+    let p = layer.read_sectors(0, &mut buf).await.unwrap();
     assert!(p.all_present());
     assert!(buf == data, "cache contents differ from the image");
 }
@@ -222,8 +221,8 @@ async fn child_race() {
 async fn geometry_mismatch_names_both_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let cache = AutoCacheSqliteDiskLayer::new(dir.path(), Some("img".into()), false);
-    cache.open_for(&lower(1000, None)).unwrap();
-    let err = cache.open_for(&lower(2000, None)).unwrap_err();
+    cache.open_for(&lower(1000, None)).await.unwrap();
+    let err = cache.open_for(&lower(2000, None)).await.unwrap_err();
     let msg = err.to_string();
     assert!(
         matches!(err, SqliteLayerError::GeometryMismatch { .. }),
@@ -244,10 +243,13 @@ async fn geometry_mismatch_names_both_and_the_file() {
 
     // Same key, other disk id: also refused.
     let with_id = AutoCacheSqliteDiskLayer::new(dir.path(), Some("img2".into()), false);
-    with_id.open_for(&lower(1000, Some(ID))).unwrap();
+    with_id.open_for(&lower(1000, Some(ID))).await.unwrap();
     let mut other = ID;
     other[0] = 0x77;
-    let err = with_id.open_for(&lower(1000, Some(other))).unwrap_err();
+    let err = with_id
+        .open_for(&lower(1000, Some(other)))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, SqliteLayerError::DiskIdMismatch { .. }),
         "{err}"
@@ -274,22 +276,22 @@ async fn geometry_mismatch_names_both_and_the_file() {
     assert!(err.to_string().contains("needs a layer below"), "{err}");
 }
 
-#[test]
-fn no_key_and_no_disk_id_is_an_error() {
+#[tokio::test]
+async fn no_key_and_no_disk_id_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let cache = AutoCacheSqliteDiskLayer::new(dir.path().join("c"), None, false);
-    let err = cache.open_for(&lower(100, None)).unwrap_err();
+    let err = cache.open_for(&lower(100, None)).await.unwrap_err();
     assert!(matches!(err, SqliteLayerError::NoCacheKey));
     assert!(err.to_string().contains("no disk id"), "{err}");
     assert!(!dir.path().join("c").exists(), "nothing created");
 }
 
-#[test]
-fn read_only_never_creates() {
+#[tokio::test]
+async fn read_only_never_creates() {
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = dir.path().join("c");
     let ro = AutoCacheSqliteDiskLayer::new(&cache_dir, None, true);
-    let err = ro.open_for(&lower(100, Some(ID))).unwrap_err();
+    let err = ro.open_for(&lower(100, Some(ID))).await.unwrap_err();
     assert!(
         matches!(err, SqliteLayerError::ReadOnlyMissing { .. }),
         "{err}"
@@ -299,17 +301,19 @@ fn read_only_never_creates() {
 
     AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
         .open_for(&lower(100, Some(ID)))
+        .await
         .unwrap();
-    let layer = ro.open_for(&lower(100, Some(ID))).unwrap();
+    let layer = ro.open_for(&lower(100, Some(ID))).await.unwrap();
     assert!(layer.is_opened_read_only());
 }
 
-#[test]
-fn directories_are_private() {
+#[tokio::test]
+async fn directories_are_private() {
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = dir.path().join("a").join("cache");
     AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
         .open_for(&lower(100, Some(ID)))
+        .await
         .unwrap();
     for d in [cache_dir.clone(), cache_dir.join(ID_HEX)] {
         let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
@@ -323,8 +327,8 @@ fn directories_are_private() {
     assert_eq!(mode & 0o077, 0, "cache file mode {mode:o}");
 }
 
-#[test]
-fn unusable_directories_give_clear_errors() {
+#[tokio::test]
+async fn unusable_directories_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     // The cache directory is a regular file (tests run as root, so
     // permission bits would not stop us).
@@ -332,6 +336,7 @@ fn unusable_directories_give_clear_errors() {
     std::fs::write(&file, b"x").unwrap();
     let err = AutoCacheSqliteDiskLayer::new(&file, None, false)
         .open_for(&lower(100, Some(ID)))
+        .await
         .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, SqliteLayerError::Io { .. }), "{msg}");
@@ -346,6 +351,7 @@ fn unusable_directories_give_clear_errors() {
     std::fs::write(cache_dir.join(ID_HEX), b"x").unwrap();
     let err = AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
         .open_for(&lower(100, Some(ID)))
+        .await
         .unwrap_err();
     assert!(err.to_string().contains(ID_HEX), "{err}");
 
@@ -354,6 +360,7 @@ fn unusable_directories_give_clear_errors() {
     std::fs::create_dir_all(cache_dir.join(ID_HEX).join(CACHE_FILE_NAME)).unwrap();
     let err = AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
         .open_for(&lower(100, Some(ID)))
+        .await
         .unwrap_err();
     assert!(err.to_string().contains(CACHE_FILE_NAME), "{err}");
 
@@ -367,6 +374,7 @@ fn unusable_directories_give_clear_errors() {
     .unwrap();
     let err = AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
         .open_for(&lower(100, Some(ID)))
+        .await
         .unwrap_err();
     assert!(matches!(err, SqliteLayerError::Corrupt { .. }), "{err}");
 }
@@ -419,6 +427,7 @@ async fn hostile_keys_stay_inside_the_cache_dir() {
     // An empty key is an error.
     let err = AutoCacheSqliteDiskLayer::new(&cache_dir, Some(String::new()), false)
         .open_for(&lower(2048, None))
+        .await
         .unwrap_err();
     assert!(matches!(err, SqliteLayerError::InvalidKey(_)), "{err}");
 
@@ -443,8 +452,8 @@ async fn atomic_format_keeps_the_winners_file() {
     let file = dir.path().join("layer.dbhd");
     let mut params = disklayer_sqlite::FormatParams::new(64, 512);
     params.chunk_size = 8192;
-    assert!(format_atomically(&file, &params).unwrap());
-    let winner = SqliteDiskLayer::open(&file, false).unwrap();
+    assert!(format_atomically(&file, &params).await.unwrap());
+    let winner = SqliteDiskLayer::open(&file, false).await.unwrap();
     winner
         .write_sectors(0, &[0x11; 512], true, false)
         .await
@@ -452,8 +461,8 @@ async fn atomic_format_keeps_the_winners_file() {
     // A second creator with other parameters loses and changes nothing.
     let mut other = params.clone();
     other.sector_count = 128;
-    assert!(!format_atomically(&file, &other).unwrap());
-    let layer = SqliteDiskLayer::open(&file, true).unwrap();
+    assert!(!format_atomically(&file, &other).await.unwrap());
+    let layer = SqliteDiskLayer::open(&file, true).await.unwrap();
     assert_eq!(layer.geometry().sector_count, 64);
     let mut buf = [0u8; 512];
     assert!(layer.read_sectors(0, &mut buf).await.unwrap().all_present());
@@ -471,23 +480,25 @@ async fn atomic_format_keeps_the_winners_file() {
     );
 }
 
-/// Threads of one process racing to create the same auto-cache.
-#[test]
-fn threads_race_to_create() {
+/// Tasks of one process racing to create the same auto-cache (each open
+/// prepares the file on a thread of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_race_to_create() {
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = dir.path().join("cache");
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let cache_dir = cache_dir.clone();
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
                     .open_for(&lower(4096, Some(ID)))
+                    .await
                     .map(|l| l.geometry())
             })
         })
         .collect();
     for h in handles {
-        assert_eq!(h.join().unwrap().unwrap().sector_count, 4096);
+        assert_eq!(h.await.unwrap().unwrap().sector_count, 4096);
     }
     let entries = list_files(&cache_dir);
     assert!(
@@ -500,8 +511,8 @@ fn threads_race_to_create() {
 
 /// Temporary directories left by a crashed creator are removed once old;
 /// fresh ones (a creator at work) are left alone.
-#[test]
-fn stale_temp_dirs_are_removed() {
+#[tokio::test]
+async fn stale_temp_dirs_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = dir.path().join("cache");
     let key_dir = cache_dir.join(ID_HEX);
@@ -515,6 +526,7 @@ fn stale_temp_dirs_are_removed() {
         .unwrap();
     AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
         .open_for(&lower(100, Some(ID)))
+        .await
         .unwrap();
     assert!(!key_dir.join(".tmp-crashed").exists());
     assert!(key_dir.join(".tmp-busy").exists());

@@ -26,7 +26,9 @@ async fn round_trip_and_presence() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
     // 100 sectors, 16-sector (8 KiB) chunks: the last chunk has 4 sectors.
-    let layer = SqliteDiskLayer::create(&path, &params(100, 8192)).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &params(100, 8192))
+        .await
+        .unwrap();
 
     let mut buf = vec![0xffu8; 100 * SS];
     let p = layer.read_sectors(0, &mut buf).await.unwrap();
@@ -54,7 +56,7 @@ async fn round_trip_and_presence() {
     assert_eq!(b4, tail);
     // Sectors 32..40 of chunk 2 plus the full tail chunk are rows; chunk 0
     // (10..16) and chunk 1 (16..32, full) too.
-    assert_eq!(layer.stats().unwrap(), (4, 34));
+    assert_eq!(layer.stats().await.unwrap(), (4, 34));
 
     // Overwrite inside a full chunk (in-place BLOB write) and inside a
     // partial chunk (read-modify-write).
@@ -88,7 +90,9 @@ async fn round_trip_and_presence() {
 async fn write_no_overwrite_never_clobbers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
-    let layer = SqliteDiskLayer::create(&path, &params(64, 8192)).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &params(64, 8192))
+        .await
+        .unwrap();
     let newer = pattern(10, 3 * SS);
     layer.write_sectors(5, &newer, true, false).await.unwrap();
     // A full chunk too.
@@ -110,14 +114,16 @@ async fn write_no_overwrite_never_clobbers() {
     assert!(buf[..5 * SS].iter().all(|&b| b == 0xee));
     assert!(buf[32 * SS..].iter().all(|&b| b == 0xee));
     // Every chunk is now full and stored compactly.
-    assert_eq!(layer.stats().unwrap(), (4, 64));
+    assert_eq!(layer.stats().await.unwrap(), (4, 64));
 }
 
 #[tokio::test]
 async fn unmap_clears_presence_and_deletes_empty_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
-    let layer = SqliteDiskLayer::create(&path, &params(64, 8192)).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &params(64, 8192))
+        .await
+        .unwrap();
     let data = pattern(20, 64 * SS);
     layer.write_sectors(0, &data, true, false).await.unwrap();
     layer.unmap_sectors(4, 8).await.unwrap(); // part of chunk 0
@@ -129,13 +135,13 @@ async fn unmap_clears_presence_and_deletes_empty_chunks() {
     assert_eq!(&buf[..4 * SS], &data[..4 * SS]);
     assert_eq!(&buf[12 * SS..16 * SS], &data[12 * SS..16 * SS]);
     assert!(buf[4 * SS..12 * SS].iter().all(|&b| b == 0));
-    assert_eq!(layer.stats().unwrap(), (3, 40));
+    assert_eq!(layer.stats().await.unwrap(), (3, 40));
 
     // Through the layer trait: dropping only when the layers below are zero.
     LayerIo::unmap(&layer, 0, 4, false).await.unwrap();
-    assert_eq!(layer.stats().unwrap(), (3, 40));
+    assert_eq!(layer.stats().await.unwrap(), (3, 40));
     LayerIo::unmap(&layer, 0, 16, true).await.unwrap();
-    assert_eq!(layer.stats().unwrap(), (2, 32));
+    assert_eq!(layer.stats().await.unwrap(), (2, 32));
 }
 
 #[tokio::test]
@@ -144,7 +150,7 @@ async fn logically_read_only_layer_takes_fills_only() {
     let path = dir.path().join("l.dbhd");
     let mut p = params(64, 8192);
     p.logically_read_only = true;
-    let layer = SqliteDiskLayer::create(&path, &p).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &p).await.unwrap();
     assert!(layer.is_logically_read_only());
     let data = pattern(30, 8 * SS);
     assert!(matches!(
@@ -155,7 +161,7 @@ async fn logically_read_only_layer_takes_fills_only() {
     drop(layer);
 
     // Opened read-only, even fills are refused.
-    let ro = SqliteDiskLayer::open(&path, true).unwrap();
+    let ro = SqliteDiskLayer::open(&path, true).await.unwrap();
     assert!(matches!(
         WriteNoOverwrite::write_no_overwrite(&ro, 8, &data).await,
         Err(DiskError::ReadOnly)
@@ -173,7 +179,9 @@ async fn logically_read_only_layer_takes_fills_only() {
 async fn concurrent_tasks_share_a_layer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
-    let layer = SqliteDiskLayer::create(&path, &params(4096, 65536)).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &params(4096, 65536))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for t in 0..8u64 {
         let layer = layer.clone();
@@ -197,7 +205,7 @@ async fn concurrent_tasks_share_a_layer() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(layer.stats().unwrap(), (32, 4096));
+    assert_eq!(layer.stats().await.unwrap(), (32, 4096));
 }
 
 /// The file holds the data compactly: full chunks cost little more than
@@ -207,7 +215,9 @@ async fn file_size_close_to_data_size() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
     let sectors = 64 * 2048; // 64 MiB
-    let layer = SqliteDiskLayer::create(&path, &FormatParams::new(sectors, 512)).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &FormatParams::new(sectors, 512))
+        .await
+        .unwrap();
     let chunk = pattern(40, 1 << 20);
     for i in 0..64u64 {
         layer
@@ -252,10 +262,12 @@ async fn large_reads_do_not_map_the_file_small_reads_do() {
     let sectors = 8 * 2048; // 8 MiB
     let data = pattern(41, 8 << 20);
     {
-        let layer = SqliteDiskLayer::create(&path, &FormatParams::new(sectors, 512)).unwrap();
+        let layer = SqliteDiskLayer::create(&path, &FormatParams::new(sectors, 512))
+            .await
+            .unwrap();
         layer.write_sectors(0, &data, false, false).await.unwrap();
     }
-    let layer = SqliteDiskLayer::open(&path, false).unwrap();
+    let layer = SqliteDiskLayer::open(&path, false).await.unwrap();
     let mut big = vec![0u8; 1 << 20];
     for i in 0..8u64 {
         let p = layer.read_sectors(i * 2048, &mut big).await.unwrap();
@@ -275,13 +287,13 @@ async fn large_reads_do_not_map_the_file_small_reads_do() {
 }
 
 /// Random reads, writes, fills and unmaps against a plain model, on a
-/// current-thread runtime (the `spawn_blocking` path)...
+/// current-thread runtime...
 #[tokio::test]
 async fn random_ops_match_a_model() {
     random_ops(7).await;
 }
 
-/// ...and on a multi-thread runtime (the `block_in_place` path).
+/// ...and on a multi-thread runtime (the same engine path, other seeds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_ops_match_a_model_multi_thread() {
     random_ops(8).await;
@@ -291,7 +303,9 @@ async fn random_ops(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
     let sectors = 300u64; // 16-sector chunks, the last one short
-    let layer = SqliteDiskLayer::create(&path, &params(sectors, 8192)).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &params(sectors, 8192))
+        .await
+        .unwrap();
     let mut model: Vec<Option<Vec<u8>>> = vec![None; sectors as usize];
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for step in 0..600 {
@@ -343,7 +357,7 @@ async fn random_ops(seed: u64) {
     }
     // And after reopening.
     drop(layer);
-    let layer = SqliteDiskLayer::open(&path, true).unwrap();
+    let layer = SqliteDiskLayer::open(&path, true).await.unwrap();
     let mut buf = vec![0u8; sectors as usize * SS];
     let p = layer.read_sectors(0, &mut buf).await.unwrap();
     for (i, m) in model.iter().enumerate() {
@@ -416,7 +430,7 @@ async fn ram_over_cache_over_file() {
     drop(disk);
 
     // The cache holds only image bytes, never the guest's writes.
-    let cache = SqliteDiskLayer::open(&cache_path, true).unwrap();
+    let cache = SqliteDiskLayer::open(&cache_path, true).await.unwrap();
     let mut buf = vec![0u8; sectors as usize * SS];
     let p = cache.read_sectors(0, &mut buf).await.unwrap();
     assert!(p.present_count() > 0);
@@ -437,7 +451,9 @@ async fn ram_over_cache_over_file() {
 async fn sqlite_config_checks_geometry() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
-    SqliteDiskLayer::format(&path, &FormatParams::new(100, 512)).unwrap();
+    SqliteDiskLayer::format(&path, &FormatParams::new(100, 512))
+        .await
+        .unwrap();
     let image = dir.path().join("image.raw");
     common::make_image(&image, 1, 200 * SS).unwrap();
     let (lower, _) = FileLayer::open(&image, None).unwrap();
@@ -459,7 +475,11 @@ async fn sqlite_config_checks_geometry() {
     );
 
     // A second format of the same path fails instead of clobbering it.
-    assert!(SqliteDiskLayer::format(&path, &FormatParams::new(100, 512)).is_err());
+    assert!(
+        SqliteDiskLayer::format(&path, &FormatParams::new(100, 512))
+            .await
+            .is_err()
+    );
     // Nonsense parameters are refused before anything is created.
     let bad = dir.path().join("bad.dbhd");
     for p in [
@@ -472,7 +492,7 @@ async fn sqlite_config_checks_geometry() {
         FormatParams::new(u64::MAX / 2, 512),
     ] {
         assert!(matches!(
-            SqliteDiskLayer::format(&bad, &p),
+            SqliteDiskLayer::format(&bad, &p).await,
             Err(SqliteLayerError::InvalidParams(_))
         ));
         assert!(!bad.exists());
@@ -480,7 +500,9 @@ async fn sqlite_config_checks_geometry() {
 }
 
 async fn fill(path: &std::path::Path, sectors: u64) -> Vec<u8> {
-    let layer = SqliteDiskLayer::create(path, &params(sectors, 65536)).unwrap();
+    let layer = SqliteDiskLayer::create(path, &params(sectors, 65536))
+        .await
+        .unwrap();
     let data = pattern(60, sectors as usize * SS);
     layer.write_sectors(0, &data, true, false).await.unwrap();
     data
@@ -498,24 +520,27 @@ async fn garbage_and_foreign_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.dbhd");
     std::fs::write(&garbage, pattern(1, 100_000)).unwrap();
-    let msg = expect_corrupt(SqliteDiskLayer::open(&garbage, false), "garbage");
+    let msg = expect_corrupt(SqliteDiskLayer::open(&garbage, false).await, "garbage");
     assert!(msg.contains("garbage.dbhd"), "{msg}");
 
     // A valid SQLite database that is not a layer file.
     let foreign = dir.path().join("foreign.db");
     rusqlite_free_db(&foreign);
-    let msg = expect_corrupt(SqliteDiskLayer::open(&foreign, true), "foreign");
+    let msg = expect_corrupt(SqliteDiskLayer::open(&foreign, true).await, "foreign");
     assert!(msg.contains("application id"), "{msg}");
 
     let empty = dir.path().join("empty.dbhd");
     std::fs::write(&empty, b"").unwrap();
-    expect_corrupt(SqliteDiskLayer::open(&empty, true), "empty");
+    expect_corrupt(SqliteDiskLayer::open(&empty, true).await, "empty");
 
     assert!(matches!(
-        SqliteDiskLayer::open(&dir.path().join("missing"), false),
+        SqliteDiskLayer::open(&dir.path().join("missing"), false).await,
         Err(SqliteLayerError::NotFound { .. })
     ));
-    expect_corrupt(SqliteDiskLayer::open(dir.path(), false), "a directory");
+    expect_corrupt(
+        SqliteDiskLayer::open(dir.path(), false).await,
+        "a directory",
+    );
 }
 
 fn rusqlite_free_db(path: &std::path::Path) {
@@ -541,7 +566,7 @@ async fn truncated_file_is_an_error_not_wrong_bytes() {
             .set_len(cut)
             .unwrap();
         let r = async {
-            let layer = SqliteDiskLayer::open(&p, true)?;
+            let layer = SqliteDiskLayer::open(&p, true).await?;
             let mut buf = vec![0u8; sectors as usize * SS];
             layer.read_sectors(0, &mut buf).await?;
             Ok::<_, SqliteLayerError>(buf)
@@ -583,7 +608,7 @@ async fn damaged_rows_and_metadata_are_detected() {
     let smashed = dir.path().join("smashed.dbhd");
     std::fs::write(&smashed, &bytes).unwrap();
     let r = async {
-        let layer = SqliteDiskLayer::open(&smashed, true)?;
+        let layer = SqliteDiskLayer::open(&smashed, true).await?;
         let mut buf = vec![0u8; 256 * SS];
         layer.read_sectors(0, &mut buf).await?;
         Ok::<_, SqliteLayerError>(())
@@ -632,7 +657,9 @@ async fn tampered_metadata_and_rows_are_detected() {
     for (name, sql) in cases {
         let path = dir.path().join(format!("{name}.dbhd"));
         // 200 sectors with 128-sector chunks: chunk 1 has 72 sectors.
-        let layer = SqliteDiskLayer::create(&path, &params(200, 65536)).unwrap();
+        let layer = SqliteDiskLayer::create(&path, &params(200, 65536))
+            .await
+            .unwrap();
         layer
             .write_sectors(0, &pattern(1, 200 * SS), true, false)
             .await
@@ -643,7 +670,7 @@ async fn tampered_metadata_and_rows_are_detected() {
             .execute_batch(sql)
             .unwrap();
         let r = async {
-            let layer = SqliteDiskLayer::open(&path, false)?;
+            let layer = SqliteDiskLayer::open(&path, false).await?;
             let mut buf = vec![0u8; 200 * SS];
             layer.read_sectors(0, &mut buf).await?;
             // Writes check shapes too.
@@ -665,9 +692,11 @@ async fn concurrent_fills_never_clobber_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
     let sectors = 2048u64;
-    SqliteDiskLayer::format(&path, &params(sectors, 16384)).unwrap();
-    let writer = SqliteDiskLayer::open(&path, false).unwrap();
-    let filler = SqliteDiskLayer::open(&path, false).unwrap();
+    SqliteDiskLayer::format(&path, &params(sectors, 16384))
+        .await
+        .unwrap();
+    let writer = SqliteDiskLayer::open(&path, false).await.unwrap();
+    let filler = SqliteDiskLayer::open(&path, false).await.unwrap();
     let fill_task = tokio::spawn(async move {
         let stale = vec![0x5au8; 64 * SS];
         for round in 0..3u64 {
@@ -714,7 +743,12 @@ async fn concurrent_fills_never_clobber_writes() {
 async fn standalone_disk() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
-    let disk = Disk::new(SqliteDiskLayer::create(&path, &params(64, 8192)).unwrap()).unwrap();
+    let disk = Disk::new(
+        SqliteDiskLayer::create(&path, &params(64, 8192))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(disk.disk_type(), "sqlite");
     assert_eq!(disk.size_bytes(), 64 * 512);
     let data = pattern(8, 4 * SS);
@@ -733,30 +767,31 @@ async fn standalone_disk() {
 /// Reads see a consistent snapshot of a chunk's bitmap and compact data,
 /// while another connection keeps changing the chunk's layout (present
 /// sectors shift the offsets of the ones after them).
-#[test]
-fn reads_are_consistent_while_layout_changes() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_consistent_while_layout_changes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.dbhd");
-    SqliteDiskLayer::format(&path, &params(64, 16384)).unwrap();
+    SqliteDiskLayer::format(&path, &params(64, 16384))
+        .await
+        .unwrap();
     // Sector s holds bytes equal to s, always.
     let sector = |s: u64| vec![s as u8; SS];
-    let writer = SqliteDiskLayer::open(&path, false).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let writer = SqliteDiskLayer::open(&path, false).await.unwrap();
     for s in 8..32 {
-        rt.block_on(writer.write_sectors(s, &sector(s), true, false))
+        writer
+            .write_sectors(s, &sector(s), true, false)
+            .await
             .unwrap();
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let stop = stop.clone();
-        let layer = SqliteDiskLayer::open(&path, true).unwrap();
-        std::thread::spawn(move || {
+        let layer = SqliteDiskLayer::open(&path, true).await.unwrap();
+        tokio::spawn(async move {
             let mut reads = 0u64;
             let mut buf = vec![0u8; 24 * SS];
             while !stop.load(Ordering::SeqCst) || reads < 100 {
-                let p = layer.read_sectors_blocking(8, &mut buf).unwrap();
+                let p = layer.read_sectors(8, &mut buf).await.unwrap();
                 for i in 0..24u64 {
                     let got = &buf[i as usize * SS..(i as usize + 1) * SS];
                     if p.is_present(i) {
@@ -772,12 +807,14 @@ fn reads_are_consistent_while_layout_changes() {
     // the row each time.
     for round in 0..200u64 {
         let s = 8 + round % 8;
-        rt.block_on(writer.unmap_sectors(s, 1)).unwrap();
-        rt.block_on(writer.write_sectors(s, &sector(s), false, false))
+        writer.unmap_sectors(s, 1).await.unwrap();
+        writer
+            .write_sectors(s, &sector(s), false, false)
+            .await
             .unwrap();
     }
     stop.store(true, Ordering::SeqCst);
-    assert!(reader.join().unwrap() >= 100);
+    assert!(reader.await.unwrap() >= 100);
 }
 
 /// 4 KiB sectors: the bitmap, compact data and reads work in sectors of
@@ -790,11 +827,11 @@ async fn four_kib_sectors() {
         chunk_size: 65536,
         ..FormatParams::new(40, 4096)
     };
-    let layer = SqliteDiskLayer::create(&path, &p).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &p).await.unwrap();
     let data = pattern(44, 5 * 4096);
     layer.write_sectors(14, &data, true, false).await.unwrap();
     drop(layer);
-    let layer = SqliteDiskLayer::open(&path, true).unwrap();
+    let layer = SqliteDiskLayer::open(&path, true).await.unwrap();
     assert_eq!(layer.geometry().sector_size, 4096);
     assert_eq!(layer.preferred_fill_sectors(), Some(16));
     let mut buf = vec![0u8; 40 * 4096];

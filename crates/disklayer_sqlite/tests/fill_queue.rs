@@ -35,7 +35,9 @@ fn committed_rows(path: &Path) -> i64 {
 async fn queued_fill_is_read_before_commit_and_is_in_the_file_after_close() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q.dbhd");
-    let layer = SqliteDiskLayer::create(&path, &FormatParams::new(4 * 2048, 512)).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &FormatParams::new(4 * 2048, 512))
+        .await
+        .unwrap();
     let data = pattern(7, 2 << 20);
 
     let lock = hold_write_lock(&path);
@@ -63,7 +65,7 @@ async fn queued_fill_is_read_before_commit_and_is_in_the_file_after_close() {
     // Closing commits the queue before it returns.
     drop(layer);
     assert_eq!(committed_rows(&path), 2);
-    let layer = SqliteDiskLayer::open(&path, false).unwrap();
+    let layer = SqliteDiskLayer::open(&path, false).await.unwrap();
     let p = layer.read_sectors(1024, &mut buf).await.unwrap();
     assert_eq!(p.present_runs(), vec![(1024, 4096)]);
     assert!(buf[1024 * SS..5120 * SS] == data[..]);
@@ -75,7 +77,9 @@ async fn queued_fill_is_read_before_commit_and_is_in_the_file_after_close() {
 async fn unmap_waits_for_queued_fills() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("u.dbhd");
-    let layer = SqliteDiskLayer::create(&path, &FormatParams::new(2048, 512)).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &FormatParams::new(2048, 512))
+        .await
+        .unwrap();
     let data = pattern(9, 1 << 20);
 
     let lock = hold_write_lock(&path);
@@ -90,7 +94,7 @@ async fn unmap_waits_for_queued_fills() {
     let mut buf = vec![0u8; 1 << 20];
     let p = layer.read_sectors(0, &mut buf).await.unwrap();
     assert_eq!(p.present_count(), 0, "the unmap came last");
-    assert_eq!(layer.stats().unwrap(), (0, 0));
+    assert_eq!(layer.stats().await.unwrap(), (0, 0));
 }
 
 /// `stats` and `sync` see every fill queued before them.
@@ -98,7 +102,9 @@ async fn unmap_waits_for_queued_fills() {
 async fn sync_and_stats_include_queued_fills_on_a_current_thread_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.dbhd");
-    let layer = SqliteDiskLayer::create(&path, &FormatParams::new(8 * 2048, 512)).unwrap();
+    let layer = SqliteDiskLayer::create(&path, &FormatParams::new(8 * 2048, 512))
+        .await
+        .unwrap();
     for i in 0..8u64 {
         layer
             .write_no_overwrite(i * 2048, &pattern(i, 1 << 20))
@@ -107,7 +113,7 @@ async fn sync_and_stats_include_queued_fills_on_a_current_thread_runtime() {
     }
     layer.sync().await.unwrap();
     assert_eq!(committed_rows(&path), 8);
-    assert_eq!(layer.stats().unwrap(), (8, 8 * 2048));
+    assert_eq!(layer.stats().await.unwrap(), (8, 8 * 2048));
     assert_eq!(layer.cache_counters().cache_fill_bytes, 8 << 20);
 }
 
@@ -117,8 +123,10 @@ async fn sync_and_stats_include_queued_fills_on_a_current_thread_runtime() {
 async fn read_only_layer_refuses_fills_immediately() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.dbhd");
-    SqliteDiskLayer::format(&path, &FormatParams::new(2048, 512)).unwrap();
-    let layer = SqliteDiskLayer::open(&path, true).unwrap();
+    SqliteDiskLayer::format(&path, &FormatParams::new(2048, 512))
+        .await
+        .unwrap();
+    let layer = SqliteDiskLayer::open(&path, true).await.unwrap();
     let err = layer
         .write_no_overwrite(0, &pattern(1, 4096))
         .await

@@ -1,0 +1,172 @@
+//! SQLite connections of a layer file: how they are opened and tuned, and
+//! how SQLite's errors become this crate's.
+//!
+//! Connections are owned by the engine's threads (see `engine.rs`); this
+//! module only makes them.
+
+use crate::SqliteLayerError;
+use rusqlite::Connection;
+use rusqlite::OpenFlags;
+use rusqlite::params;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a connection waits for another connection's (or process's)
+/// lock before failing with SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// SQLite page size of newly formatted files. Large pages keep a 1 MiB
+/// chunk to 16 overflow pages, so a chunk read is a handful of page reads.
+pub(crate) const PAGE_SIZE: u32 = 65536;
+
+/// Memory-map window of the connections that serve small reads (SQLite
+/// caps it at its compile-time maximum, about 2 GiB): a 4 KiB read of a
+/// mapped file copies 4 KiB and needs no syscall, where an unmapped one
+/// reads the whole 64 KiB page that holds it (and the overflow pages it
+/// walks through) into SQLite's page cache first.
+///
+/// Large reads use unmapped connections instead (see
+/// [`MAPPED_READ_LIMIT`]): SQLite reads whole overflow pages of an
+/// unmapped file straight into the caller's buffer, one `pread` per
+/// 64 KiB, which is as fast as a copy out of the map, and the pages do not
+/// stay mapped into the process. With one kind of connection for all
+/// reads, a sequential pass over a 1 GiB cache left 1 GiB of the file
+/// mapped and resident in the process (`VmHWM` 1052 MiB); unmapped large
+/// reads keep it at a few tens of MiB.
+///
+/// DEVNOTE: with memory-mapped reads, a device I/O error while reading the
+/// cache file arrives as SIGBUS instead of an error return (SQLite's
+/// documented trade-off). For a local cache file that is acceptable; set
+/// this to 0 if caches ever live on unreliable storage.
+const MMAP_SIZE: u64 = 0x7fff_0000;
+
+/// Reads of at least this many bytes use unmapped connections (see
+/// [`MMAP_SIZE`]): one SQLite page, below which the unmapped path would
+/// copy more than it returns.
+pub(crate) const MAPPED_READ_LIMIT: usize = PAGE_SIZE as usize;
+
+/// Which kind of connection (see [`MMAP_SIZE`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnKind {
+    /// With SQLite's memory map: small reads.
+    Mapped,
+    /// Without it: large reads, writes, checkpoints, metadata.
+    Plain,
+}
+
+/// Opens a connection to the layer file at `path`.
+pub(crate) fn open_conn(
+    path: &Path,
+    read_only: bool,
+    kind: ConnKind,
+) -> Result<Connection, SqliteLayerError> {
+    // NO_MUTEX: each connection is used by one thread at a time (its
+    // owner), so SQLite's own per-connection mutex is pure overhead.
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| sql_err(path, "opening the database", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| sql_err(path, "setting the busy timeout", e))?;
+    conn.set_prepared_statement_cache_capacity(32);
+    // `synchronous=NORMAL` in WAL mode keeps the file consistent on a
+    // crash; durability on demand comes from the store's `sync`.
+    let mmap_size = match kind {
+        ConnKind::Mapped => MMAP_SIZE,
+        ConnKind::Plain => 0,
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous=NORMAL; PRAGMA mmap_size={mmap_size}; PRAGMA cache_size=-16384;"
+    ))
+    .map_err(|e| sql_err(path, "opening the database", e))?;
+    Ok(conn)
+}
+
+/// Maps a SQLite error to [`SqliteLayerError`]: damage (a corrupt page, a
+/// file that is not a database, a value of the wrong type) becomes
+/// [`SqliteLayerError::Corrupt`], everything else
+/// [`SqliteLayerError::Sqlite`] with `context` saying what was being done.
+pub(crate) fn sql_err(path: &Path, context: &str, source: rusqlite::Error) -> SqliteLayerError {
+    use rusqlite::ErrorCode;
+    let bad_value = matches!(
+        source,
+        rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..)
+    );
+    match source.sqlite_error_code() {
+        _ if bad_value => corrupt(path, format!("{context}: {source}")),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            corrupt(path, format!("{context}: {source}"))
+        }
+        _ => SqliteLayerError::Sqlite {
+            path: path.to_path_buf(),
+            context: context.to_string(),
+            source,
+        },
+    }
+}
+
+/// A [`SqliteLayerError::Corrupt`] for `path`.
+pub(crate) fn corrupt(path: &Path, reason: impl Into<String>) -> SqliteLayerError {
+    SqliteLayerError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// A [`SqliteLayerError::Io`] for `path`.
+pub(crate) fn io_err(path: &Path, context: &str, source: std::io::Error) -> SqliteLayerError {
+    SqliteLayerError::Io {
+        path: path.to_path_buf(),
+        context: context.to_string(),
+        source,
+    }
+}
+
+/// Runs one `PASSIVE` checkpoint; whether it copied the whole WAL.
+/// A failure is logged at debug level and retried by a later checkpoint.
+pub(crate) fn checkpoint(conn: &Connection, path: &Path) -> bool {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    }) {
+        // (busy, frames in the WAL, frames checkpointed)
+        Ok((busy, log, done)) => busy == 0 && log == done,
+        Err(err) => {
+            tracing::debug!(
+                path = %path.display(),
+                error = &err as &dyn std::error::Error,
+                "WAL checkpoint failed; it is retried later"
+            );
+            false
+        }
+    }
+}
+
+/// A stored chunk's index and presence bitmap (`None`: fully present).
+pub(crate) type ChunkPresence = (i64, Option<Vec<u8>>);
+
+/// The [`ChunkPresence`] of every stored chunk in `first..=last`, in order,
+/// read inside the caller's write transaction.
+pub(crate) fn chunk_presence_rows(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    first: u64,
+    last: u64,
+) -> Result<Vec<ChunkPresence>, SqliteLayerError> {
+    let mut stmt = tx
+        .prepare_cached("SELECT idx, present FROM chunks WHERE idx BETWEEN ?1 AND ?2 ORDER BY idx")
+        .map_err(|e| sql_err(path, "preparing a chunk query", e))?;
+    let rows = stmt
+        .query_map(params![first as i64, last as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(|e| sql_err(path, "reading chunk rows", e))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| sql_err(path, "reading chunk rows", e))
+}
