@@ -920,32 +920,33 @@ where
 /// A pool of request buffers shared by all connections, so steady-state
 /// requests neither allocate nor fault in fresh pages.
 ///
-/// Buffers are sized in powers of two (at least [`POOL_MIN_BUF`]) and are
-/// never shrunk or re-zeroed: a [`PooledBuf`] hands out the first `len`
-/// bytes of one. Their contents are stale data of earlier requests, so
-/// every user overwrites the bytes it uses before sending any of them (a
-/// disk read fills its whole slice or fails; a payload read is exact).
+/// Buffers are matched by capacity, in powers of two (at least
+/// [`POOL_MIN_BUF`]), and keep the length their last user gave them: a
+/// [`PooledBuf`] is resized to the length asked for, which writes zeroes
+/// only where it grows past that. Their contents are stale data of earlier
+/// requests, so every user overwrites the bytes it uses before sending any
+/// of them (a disk read fills its whole buffer or fails; a payload read is
+/// exact). A whole buffer can be lent by value (a disk's `read_owned`).
 #[derive(Default)]
 struct BufPool {
     bufs: parking_lot::Mutex<Vec<Vec<u8>>>,
 }
 
-/// A buffer borrowed from a [`BufPool`]; derefs to its first `len` bytes.
+/// A buffer taken from a [`BufPool`], exactly as long as asked for.
 struct PooledBuf {
     buf: Vec<u8>,
-    len: usize,
 }
 
 impl std::ops::Deref for PooledBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf
     }
 }
 
 impl std::ops::DerefMut for PooledBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[..self.len]
+        &mut self.buf
     }
 }
 
@@ -957,20 +958,25 @@ impl BufPool {
             // The most recently returned buffer of the class: it is the
             // likeliest to still be in the CPU cache.
             bufs.iter()
-                .rposition(|b| b.len() == class)
+                .rposition(|b| b.capacity() == class)
                 .map(|i| bufs.swap_remove(i))
         };
-        PooledBuf {
-            buf: reused.unwrap_or_else(|| vec![0; class]),
-            len,
-        }
+        let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(class));
+        buf.resize(len, 0);
+        PooledBuf { buf }
     }
 
     fn put(&self, buf: PooledBuf) {
         let buf = buf.buf;
+        let class = buf.capacity();
+        // Only buffers of a class (not one a disk handed back in another
+        // shape) are kept.
+        if !class.is_power_of_two() || class < POOL_MIN_BUF {
+            return;
+        }
         let mut bufs = self.bufs.lock();
-        let held: usize = bufs.iter().map(Vec::len).sum();
-        if held + buf.len() <= POOL_MAX_BYTES {
+        let held: usize = bufs.iter().map(Vec::capacity).sum();
+        if held + class <= POOL_MAX_BYTES {
             bufs.push(buf);
         }
     }
@@ -1438,9 +1444,12 @@ impl Conn {
         let aligned_end = end.div_ceil(ss) * ss;
         // Never closed, so this always gets a slot.
         let slot = self.read_slots.acquire().await.ok();
-        let mut buf = export.pool.get((aligned_end - start) as usize);
+        let buf = export.pool.get((aligned_end - start) as usize);
         export.stats.disk_reads.fetch_add(1, Ordering::Relaxed);
-        let res = export.disk.read(start / ss, &mut buf).await;
+        // Lent by value: a disk whose data comes from another thread fills
+        // it there instead of copying.
+        let (buf, res) = export.disk.read_owned(start / ss, buf.buf).await;
+        let buf = PooledBuf { buf };
         match res {
             Ok(()) => {
                 export.stats.bytes_read.fetch_add(total, Ordering::Relaxed);
@@ -1640,20 +1649,24 @@ mod tests {
         let mut a = pool.get(100);
         assert_eq!(a.len(), 100);
         a.fill(7);
-        let cap = a.buf.len();
-        assert_eq!(cap, POOL_MIN_BUF);
+        assert_eq!(a.buf.capacity(), POOL_MIN_BUF);
         pool.put(a);
         // Same class: the same buffer comes back, stale bytes and all,
-        // but only the requested length is visible.
+        // resized to the requested length (zeroes only where it grew).
         let b = pool.get(5000);
         assert_eq!(b.len(), 5000);
-        assert_eq!(b.buf.len(), cap);
-        assert!(b.iter().all(|&x| x == 7 || x == 0));
+        assert_eq!(b.buf.capacity(), POOL_MIN_BUF);
+        assert!(b[..100].iter().all(|&x| x == 7));
+        assert!(b[100..].iter().all(|&x| x == 0));
         // A bigger class is a new buffer.
         let c = pool.get(POOL_MIN_BUF + 1);
-        assert_eq!(c.buf.len(), 2 * POOL_MIN_BUF);
+        assert_eq!(c.buf.capacity(), 2 * POOL_MIN_BUF);
         pool.put(b);
         pool.put(c);
+        assert_eq!(pool.bufs.lock().len(), 2);
+        // A buffer of no class (a disk handed back another shape) is not
+        // kept.
+        pool.put(PooledBuf { buf: vec![0; 3000] });
         assert_eq!(pool.bufs.lock().len(), 2);
     }
 }
