@@ -86,6 +86,13 @@ pub struct BenchArgs {
     /// qemu-utils, qemu-system-x86) with apt-get.
     #[arg(long)]
     install: bool,
+    /// A `disk-bench` binary built from another tree (for example the
+    /// commit before a change: `git worktree add /tmp/base REV` and
+    /// `cargo build --release -p disk_bench` there). Its stack and NBD
+    /// workloads run interleaved with ours, rep by rep, and are reported
+    /// as `base-*` rows next to ours: before and after in one run.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
 }
 
 /// Sizes of one run.
@@ -158,8 +165,14 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     }
     let nginx = NginxServer::serve_dir(&www).context("starting nginx")?;
 
+    if let Some(base) = &args.baseline_bin
+        && !base.is_file()
+    {
+        bail!("--baseline-bin {}: no such file", base.display());
+    }
     let mut b = Bench {
         bin,
+        baseline: args.baseline_bin.clone(),
         work: work.clone(),
         www: www.clone(),
         plan,
@@ -323,6 +336,25 @@ fn targets(r: &mut Report) {
         2.0,
         "x",
     );
+    // With --baseline-bin: ours against the baseline build, side by side.
+    for key in [
+        "flat-warm-seq-1m",
+        "flat-warm-random",
+        "flat-cold-seq-1m",
+        "vhd1-warm-seq-1m",
+        "nbd-ours-warm",
+        "nbd-ours-cold",
+    ] {
+        let base = match key.strip_prefix("nbd-ours-") {
+            Some(rest) => format!("nbd-base-{rest}"),
+            None => format!("base-{key}"),
+        };
+        if r.row(&base).is_some() {
+            let t = r.ratio(key, &base);
+            let label = format!("(context) {key}: ours / baseline build");
+            r.target(&label, t, Cmp::AtLeast, 1.0, "x");
+        }
+    }
     for (key, what) in [("rss-1g", "cold"), ("rss-1g-warm", "warm")] {
         let t = r.get(key, Field::PeakRss).map(|v| v / MIB as f64);
         let label = format!("peak RSS reading 1 GiB sequentially, {what} (VmHWM)");
@@ -330,8 +362,28 @@ fn targets(r: &mut Report) {
     }
 }
 
+/// The samples of the in-process workloads of one binary.
+#[derive(Default)]
+struct InProcessRows {
+    c64: Vec<Sample>,
+    c1m: Vec<Sample>,
+    w1m: Vec<Sample>,
+    crand: Vec<Sample>,
+    wrand: Vec<Sample>,
+    /// The cold passes again, timed until the disk is closed (every byte
+    /// read committed to the cache file).
+    c64_closed: Vec<Sample>,
+    c1m_closed: Vec<Sample>,
+    /// Context: the same cold pass with no read cache in the stack (the
+    /// fetch path alone), so the report shows what the cache's writes
+    /// cost.
+    uncached: Vec<Sample>,
+}
+
 struct Bench {
     bin: PathBuf,
+    /// `--baseline-bin`: measured beside `bin` in the stack and NBD groups.
+    baseline: Option<PathBuf>,
     work: PathBuf,
     www: PathBuf,
     plan: Plan,
@@ -454,11 +506,12 @@ impl Bench {
     }
 
     fn seq(&self, url: &str, fmt: &str, cache: &Path, request: u64) -> Result<BenchOut> {
-        self.seq_args(url, fmt, cache, request, &[])
+        self.seq_args(&self.bin, url, fmt, cache, request, &[])
     }
 
     fn seq_args(
         &self,
+        bin: &Path,
         url: &str,
         fmt: &str,
         cache: &Path,
@@ -469,14 +522,21 @@ impl Bench {
         a.extend(self.stack_args(url, fmt, cache));
         a.extend(["--request-size".to_owned(), request.to_string()]);
         a.extend(extra.iter().map(|s| (*s).to_owned()));
-        tools::disk_bench(&self.bin, &a)
+        tools::disk_bench(bin, &a)
     }
 
-    fn random(&self, url: &str, fmt: &str, cache: &Path) -> Result<BenchOut> {
-        self.random_layout(url, fmt, cache, "chunked")
+    fn random(&self, bin: &Path, url: &str, fmt: &str, cache: &Path) -> Result<BenchOut> {
+        self.random_layout(bin, url, fmt, cache, "chunked")
     }
 
-    fn random_layout(&self, url: &str, fmt: &str, cache: &Path, layout: &str) -> Result<BenchOut> {
+    fn random_layout(
+        &self,
+        bin: &Path,
+        url: &str,
+        fmt: &str,
+        cache: &Path,
+        layout: &str,
+    ) -> Result<BenchOut> {
         let mut a = vec![
             "random".to_owned(),
             "--layout".to_owned(),
@@ -489,7 +549,17 @@ impl Bench {
             "--seed".to_owned(),
             RANDOM_SEED.to_string(),
         ]);
-        tools::disk_bench(&self.bin, &a)
+        tools::disk_bench(bin, &a)
+    }
+
+    /// The binaries to measure in the stack and NBD groups, with the key
+    /// prefix of their rows: ours, then `--baseline-bin` if given.
+    fn bins(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut bins = vec![("", self.bin.clone())];
+        if let Some(base) = &self.baseline {
+            bins.push(("base-", base.clone()));
+        }
+        bins
     }
 
     fn in_process(&mut self, nginx: &NginxServer, fmt: &str) -> Result<()> {
@@ -499,98 +569,119 @@ impl Bench {
         } else {
             "/image.vhd"
         });
-        let (mut c64, mut c1m, mut w1m, mut crand, mut wrand) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        // The cold passes again, timed until the disk is closed (every
-        // byte read committed to the cache file).
-        let (mut c64_closed, mut c1m_closed) = (Vec::new(), Vec::new());
-        // Context: the same cold pass with no read cache in the stack (the
-        // fetch path alone), so the report shows what the cache's writes
-        // cost.
-        let mut uncached = Vec::new();
+        let bins = self.bins();
+        let mut rows: Vec<InProcessRows> = bins.iter().map(|_| InProcessRows::default()).collect();
         let mut checksums = Vec::new();
+        // Reps outside, binaries inside: load from other processes hits
+        // ours and the baseline alike.
         for _ in 0..self.plan.reps {
-            let dir = self.fresh_dir("cache")?;
-            let o = self.seq(&url, fmt, &dir, 64 * 1024)?;
-            c64.push(o.mbps_sample());
-            c64_closed.push(o.closed_mbps_sample());
-
-            let dir = self.fresh_dir("cache")?;
-            let cold = self.seq(&url, fmt, &dir, MIB)?;
-            c1m.push(cold.mbps_sample());
-            c1m_closed.push(cold.closed_mbps_sample());
-            let warm = self.seq(&url, fmt, &dir, MIB)?;
-            w1m.push(warm.mbps_sample());
-            let dir = self.fresh_dir("cache")?;
-            let bare = self.seq_args(&url, fmt, &dir, MIB, &["--without-read-cache"])?;
-            uncached.push(bare.mbps_sample());
-            checksums.extend([o.checksum, cold.checksum, warm.checksum, bare.checksum]);
-
-            let dir = self.fresh_dir("cache")?;
-            let cold = self.random(&url, fmt, &dir)?;
-            crand.push(cold.iops_sample());
-            let warm = self.random(&url, fmt, &dir)?;
-            wrand.push(warm.iops_sample());
-            if cold.checksum != warm.checksum {
-                bail!("random reads returned different data cold and warm ({fmt})");
+            for ((_, bin), r) in bins.iter().zip(&mut rows) {
+                self.in_process_rep(bin, &url, fmt, r, &mut checksums)?;
             }
         }
         if checksums.windows(2).any(|w| w[0] != w[1]) {
             bail!("sequential passes returned different data ({fmt})");
         }
-        let p = format!("{fmt}-");
+        for ((prefix, _), rows) in bins.iter().zip(rows) {
+            let who = if prefix.is_empty() {
+                "ours"
+            } else {
+                "baseline build"
+            };
+            self.push_in_process(prefix, who, fmt, rows);
+        }
+        Ok(())
+    }
+
+    /// One repetition of every in-process workload with `bin`.
+    fn in_process_rep(
+        &mut self,
+        bin: &Path,
+        url: &str,
+        fmt: &str,
+        r: &mut InProcessRows,
+        checksums: &mut Vec<u64>,
+    ) -> Result<()> {
+        let dir = self.fresh_dir("cache")?;
+        let o = self.seq_args(bin, url, fmt, &dir, 64 * 1024, &[])?;
+        r.c64.push(o.mbps_sample());
+        r.c64_closed.push(o.closed_mbps_sample());
+
+        let dir = self.fresh_dir("cache")?;
+        let cold = self.seq_args(bin, url, fmt, &dir, MIB, &[])?;
+        r.c1m.push(cold.mbps_sample());
+        r.c1m_closed.push(cold.closed_mbps_sample());
+        let warm = self.seq_args(bin, url, fmt, &dir, MIB, &[])?;
+        r.w1m.push(warm.mbps_sample());
+        let dir = self.fresh_dir("cache")?;
+        let bare = self.seq_args(bin, url, fmt, &dir, MIB, &["--without-read-cache"])?;
+        r.uncached.push(bare.mbps_sample());
+        checksums.extend([o.checksum, cold.checksum, warm.checksum, bare.checksum]);
+
+        let dir = self.fresh_dir("cache")?;
+        let cold = self.random(bin, url, fmt, &dir)?;
+        r.crand.push(cold.iops_sample());
+        let warm = self.random(bin, url, fmt, &dir)?;
+        r.wrand.push(warm.iops_sample());
+        if cold.checksum != warm.checksum {
+            bail!("random reads returned different data cold and warm ({fmt})");
+        }
+        Ok(())
+    }
+
+    fn push_in_process(&mut self, prefix: &str, who: &str, fmt: &str, rows: InProcessRows) {
+        let p = format!("{prefix}{fmt}-");
         let r = &mut self.report;
         r.push(
             &format!("{p}cold-seq-64k"),
-            &format!("ours {fmt}: cold sequential 64 KiB"),
+            &format!("{who} {fmt}: cold sequential 64 KiB"),
             Unit::MBps,
-            c64,
+            rows.c64,
         );
         r.push(
             &format!("{p}cold-seq-1m"),
-            &format!("ours {fmt}: cold sequential 1 MiB"),
+            &format!("{who} {fmt}: cold sequential 1 MiB"),
             Unit::MBps,
-            c1m,
+            rows.c1m,
         );
         r.push(
             &format!("{p}cold-seq-64k-closed"),
-            &format!("ours {fmt}: cold sequential 64 KiB, timed to close (cache committed)"),
+            &format!("{who} {fmt}: cold sequential 64 KiB, timed to close (cache committed)"),
             Unit::MBps,
-            c64_closed,
+            rows.c64_closed,
         );
         r.push(
             &format!("{p}cold-seq-1m-closed"),
-            &format!("ours {fmt}: cold sequential 1 MiB, timed to close (cache committed)"),
+            &format!("{who} {fmt}: cold sequential 1 MiB, timed to close (cache committed)"),
             Unit::MBps,
-            c1m_closed,
+            rows.c1m_closed,
         );
         r.push(
             &format!("{p}uncached-seq-1m"),
             &format!(
-                "ours {fmt}: sequential 1 MiB without the read cache (context: fetch path alone)"
+                "{who} {fmt}: sequential 1 MiB without the read cache (context: fetch path alone)"
             ),
             Unit::MBps,
-            uncached,
+            rows.uncached,
         );
         r.push(
             &format!("{p}warm-seq-1m"),
-            &format!("ours {fmt}: warm sequential 1 MiB (new process)"),
+            &format!("{who} {fmt}: warm sequential 1 MiB (new process)"),
             Unit::MBps,
-            w1m,
+            rows.w1m,
         );
         r.push(
             &format!("{p}cold-random"),
-            &format!("ours {fmt}: cold random 4 KiB"),
+            &format!("{who} {fmt}: cold random 4 KiB"),
             Unit::Iops,
-            crand,
+            rows.crand,
         );
         r.push(
             &format!("{p}warm-random"),
-            &format!("ours {fmt}: warm random 4 KiB (new process)"),
+            &format!("{who} {fmt}: warm random 4 KiB (new process)"),
             Unit::Iops,
-            wrand,
+            rows.wrand,
         );
-        Ok(())
     }
 
     /// The same stack with the reference's one-row-per-sector cache layout
@@ -603,7 +694,7 @@ impl Bench {
         for _ in 0..self.plan.reps {
             let dir = self.fresh_dir("per-sector")?;
             for v in [&mut cold, &mut warm] {
-                let o = self.random_layout(&url, "flat", &dir, "per-sector")?;
+                let o = self.random_layout(&self.bin, &url, "flat", &dir, "per-sector")?;
                 v.push(o.iops_sample());
             }
             let _ = std::fs::remove_dir_all(&dir);
@@ -665,20 +756,27 @@ impl Bench {
             return Ok(());
         }
         let url = nginx.url("/image.raw");
-        let (mut oc, mut ow, mut kc, mut kw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let bins = self.bins();
+        // Cold and warm samples of each binary.
+        let mut ours: Vec<(Vec<Sample>, Vec<Sample>)> =
+            bins.iter().map(|_| (Vec::new(), Vec::new())).collect();
+        let (mut kc, mut kw) = (Vec::new(), Vec::new());
         let mut inactive_readahead = false;
         for _ in 0..self.plan.reps {
-            let dir = self.fresh_dir("cache")?;
-            let sock = self.work.join("ours.sock");
-            for (v, _warm) in [(&mut oc, false), (&mut ow, true)] {
-                let server = tools::NbdServerProc::start(
-                    &self.bin,
-                    &self.stack_args(&url, "flat", &dir),
-                    &sock,
-                )?;
-                let secs = tools::nbdcopy(server.uri())?;
-                let o = server.stop()?;
-                v.push(o.sample(mbps(self.plan.image_size as f64, secs)));
+            for ((_, bin), (oc, ow)) in bins.iter().zip(&mut ours) {
+                let dir = self.fresh_dir("cache")?;
+                let sock = self.work.join("ours.sock");
+                for (v, _warm) in [(&mut *oc, false), (&mut *ow, true)] {
+                    let server = tools::NbdServerProc::start(
+                        bin,
+                        &self.stack_args(&url, "flat", &dir),
+                        &sock,
+                    )?;
+                    let secs = tools::nbdcopy(server.uri())?;
+                    let o = server.stop()?;
+                    v.push(o.sample(mbps(self.plan.image_size as f64, secs)));
+                }
+                let _ = std::fs::remove_dir_all(&dir);
             }
             let kdir = self.fresh_dir("nbdkit")?;
             let nbdkit = tools::Nbdkit::start(&url, &kdir)?;
@@ -697,22 +795,28 @@ impl Bench {
             }
             inactive_readahead |= nbdkit.readahead_inactive();
             drop(nbdkit);
-            let _ = std::fs::remove_dir_all(&dir);
             let _ = std::fs::remove_dir_all(&kdir);
         }
         let r = &mut self.report;
-        r.push(
-            "nbd-ours-cold",
-            "NBD: ours (disk_nbd over the stack), cold",
-            Unit::MBps,
-            oc,
-        );
-        r.push(
-            "nbd-ours-warm",
-            "NBD: ours, warm (new server process, same cache)",
-            Unit::MBps,
-            ow,
-        );
+        for ((prefix, _), (oc, ow)) in bins.iter().zip(ours) {
+            let (key, who) = if prefix.is_empty() {
+                ("nbd-ours", "ours")
+            } else {
+                ("nbd-base", "baseline build")
+            };
+            r.push(
+                &format!("{key}-cold"),
+                &format!("NBD: {who} (disk_nbd over the stack), cold"),
+                Unit::MBps,
+                oc,
+            );
+            r.push(
+                &format!("{key}-warm"),
+                &format!("NBD: {who}, warm (new server process, same cache)"),
+                Unit::MBps,
+                ow,
+            );
+        }
         r.push(
             "nbd-nbdkit-cold",
             "NBD: nbdkit curl+readahead+cache, cold",
