@@ -100,6 +100,9 @@ pub struct DiskCounters {
     pub cache_miss_bytes: u64,
     /// Bytes written into a read cache by fills.
     pub cache_fill_bytes: u64,
+    /// Read-cache chunks found damaged (their bytes did not match their
+    /// checksums); each was served from below instead and cached again.
+    pub cache_damaged_chunks: u64,
 }
 
 impl std::ops::Add for DiskCounters {
@@ -114,6 +117,7 @@ impl std::ops::Add for DiskCounters {
             cache_hit_bytes: self.cache_hit_bytes + o.cache_hit_bytes,
             cache_miss_bytes: self.cache_miss_bytes + o.cache_miss_bytes,
             cache_fill_bytes: self.cache_fill_bytes + o.cache_fill_bytes,
+            cache_damaged_chunks: self.cache_damaged_chunks + o.cache_damaged_chunks,
         }
     }
 }

@@ -177,14 +177,41 @@ impl AutoCacheSqliteDiskLayer {
     /// module documentation) unless it exists or the cache is read-only.
     pub async fn open_for(&self, lower: &LowerDisk) -> Result<SqliteDiskLayer, SqliteLayerError> {
         let file = self.cache_file_path(lower.disk_id)?;
-        let prepare = {
-            let this = self.clone();
-            let file = file.clone();
-            let lower = *lower;
-            move || this.prepare_file(&file, &lower)
+        let mut set_aside_once = false;
+        let layer = loop {
+            let prepare = {
+                let this = self.clone();
+                let file = file.clone();
+                let lower = *lower;
+                move || this.prepare_file(&file, &lower)
+            };
+            crate::engine::off_runtime("finding the cache file", prepare).await?;
+            let identity = file_identity(&file);
+            let hook: crate::engine::DamagedFileHook = {
+                let read_only = self.read_only;
+                Box::new(move |path: &Path, err: &SqliteLayerError| {
+                    if !read_only {
+                        set_aside(path, identity, err);
+                    }
+                })
+            };
+            match SqliteDiskLayer::open_with_hook(&file, self.read_only, Some(hook)).await {
+                Ok(layer) => break layer,
+                // A damaged, foreign or outdated file in our own cache
+                // directory: move it aside and create a fresh one (once;
+                // a second failure is reported).
+                Err(err) if is_replaceable(&err) && !self.read_only && !set_aside_once => {
+                    set_aside_once = true;
+                    let path = file.clone();
+                    crate::engine::off_runtime("moving a damaged cache file aside", move || {
+                        set_aside(&path, identity, &err);
+                        Ok(())
+                    })
+                    .await?;
+                }
+                Err(err) => return Err(err),
+            }
         };
-        crate::engine::off_runtime("finding the cache file", prepare).await?;
-        let layer = SqliteDiskLayer::open(&file, self.read_only).await?;
         let meta = layer.metadata();
         if meta.geometry != lower.geometry {
             return Err(SqliteLayerError::GeometryMismatch {
@@ -236,6 +263,161 @@ impl AutoCacheSqliteDiskLayer {
         }
         Ok(())
     }
+}
+
+/// Whether an error opening an auto-cache file means the file itself is
+/// unusable (and can be replaced), rather than that the directory, the
+/// disk or the request is.
+fn is_replaceable(err: &SqliteLayerError) -> bool {
+    matches!(
+        err,
+        SqliteLayerError::Corrupt { .. } | SqliteLayerError::OutdatedFormat { .. }
+    )
+}
+
+/// Which file a path named when it was opened (device and inode), so a
+/// file is only moved aside if it is still the one found damaged: another
+/// process may have replaced it with a fresh one meanwhile.
+type FileIdentity = Option<(u64, u64)>;
+
+fn file_identity(path: &Path) -> FileIdentity {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Name of the lock file, in each key directory, that serialises moving a
+/// damaged cache file aside and creating its replacement among processes.
+const REPLACE_LOCK_NAME: &str = "replace.lock";
+
+/// Moves the damaged (or outdated) cache file `file` aside, best effort:
+/// to `<file>.corrupt-<UTC time>` (with its `-wal` and `-shm` files), kept
+/// for inspection; an outdated file of the format before checksums is
+/// simply removed. Done under the key directory's replace lock and only if
+/// `file` is still the file that was found damaged (`identity`), so a
+/// fresh file another process created meanwhile is left alone. Processes
+/// that have the old file open keep reading it (from their own open
+/// handles) or, once it is found damaged, from the layer below. Logs what
+/// it did once, at warn level.
+fn set_aside(file: &Path, identity: FileIdentity, why: &SqliteLayerError) {
+    let Some(dir) = file.parent() else {
+        return;
+    };
+    let lock = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(REPLACE_LOCK_NAME))
+    {
+        Ok(f) => f,
+        Err(err) => {
+            tracing::warn!(path = %file.display(), error = %err, "cannot lock the cache entry to replace a damaged cache file");
+            return;
+        }
+    };
+    if let Err(err) = lock.lock() {
+        tracing::warn!(path = %file.display(), error = %err, "cannot lock the cache entry to replace a damaged cache file");
+        return;
+    }
+    if identity.is_some() && file_identity(file) != identity {
+        // Already replaced by another process.
+        return;
+    }
+    let outdated = matches!(why, SqliteLayerError::OutdatedFormat { .. });
+    let companions = |base: &Path| -> Vec<(PathBuf, PathBuf)> {
+        ["-wal", "-shm"]
+            .iter()
+            .map(|suffix| {
+                let mut from = file.as_os_str().to_owned();
+                from.push(suffix);
+                let mut to = base.as_os_str().to_owned();
+                to.push(suffix);
+                (PathBuf::from(from), PathBuf::from(to))
+            })
+            .collect()
+    };
+    if outdated {
+        for p in
+            std::iter::once(file.to_path_buf()).chain(companions(file).into_iter().map(|(f, _)| f))
+        {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::warn!(
+            path = %file.display(),
+            "removed a read-cache file of the format before checksums; a new one is created"
+        );
+        return;
+    }
+    let aside = aside_name(file);
+    match std::fs::rename(file, &aside) {
+        Ok(()) => {
+            for (from, to) in companions(&aside) {
+                let _ = std::fs::rename(from, to);
+            }
+            tracing::warn!(
+                path = %file.display(),
+                moved_to = %aside.display(),
+                error = why as &dyn std::error::Error,
+                "the read-cache file is damaged; it was moved aside (kept for inspection, \
+                 removed by `petri-tool cache prune`) and a new one is created"
+            );
+        }
+        Err(err) => tracing::warn!(
+            path = %file.display(),
+            error = %err,
+            "the read-cache file is damaged and could not be moved aside; delete it"
+        ),
+    }
+}
+
+/// `<file>.corrupt-<UTC time as YYYYMMDDTHHMMSSZ>`, with a counter if that
+/// name is taken.
+fn aside_name(file: &Path) -> PathBuf {
+    let stamp = utc_stamp(std::time::SystemTime::now());
+    let mut n = 0;
+    loop {
+        let mut name = file.as_os_str().to_owned();
+        name.push(format!(".corrupt-{stamp}"));
+        if n > 0 {
+            name.push(format!("-{n}"));
+        }
+        let p = PathBuf::from(name);
+        if !p.exists() {
+            return p;
+        }
+        n += 1;
+    }
+}
+
+/// `t` as `YYYYMMDDTHHMMSSZ` (UTC), for file names.
+pub(crate) fn utc_stamp(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Age after which a `.tmp-*` directory is taken to be left over by a
@@ -337,6 +519,16 @@ pub(crate) fn format_atomically_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_stamps() {
+        let at = |s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        assert_eq!(utc_stamp(at(0)), "19700101T000000Z");
+        // 2000-02-29 12:34:56 UTC (a leap day).
+        assert_eq!(utc_stamp(at(951_827_696)), "20000229T123456Z");
+        // 2026-12-04 13:16:46 UTC.
+        assert_eq!(utc_stamp(at(1_796_390_206)), "20261204T131646Z");
+    }
 
     #[test]
     fn key_names() {

@@ -42,6 +42,7 @@
 //!   a borrowed buffer to another thread.
 
 use crate::SqliteLayerError;
+use crate::VerifyReport;
 use crate::store::ConnKind;
 use crate::store::MAPPED_READ_LIMIT;
 use crate::store::Store;
@@ -169,8 +170,16 @@ enum Op {
     Stats {
         reply: oneshot::Sender<Result<(u64, u64), SqliteLayerError>>,
     },
+    Verify {
+        reply: oneshot::Sender<Result<VerifyReport, SqliteLayerError>>,
+    },
     /// Answered once everything queued before it is committed.
     Flush { reply: oneshot::Sender<()> },
+    /// A reader found this chunk's bytes not matching their checksums:
+    /// drop the row if it still does not match (a fill then rewrites it).
+    /// Sent before the read's reply, so it is handled before the fill that
+    /// the read's caller queues next.
+    DropDamaged { chunk: u64 },
 }
 
 /// What a read job answers: its buffer, and the presence bits or an error.
@@ -195,7 +204,25 @@ struct Shared {
     committed_fill_bytes: AtomicU64,
     /// A fill batch has failed (logged once at warn level).
     fill_failed: AtomicBool,
+    /// Chunks reads found not matching their checksums (each counted,
+    /// logged and dropped once: a read and the fill's re-read of the same
+    /// chunk both see the damage before the owner thread drops the row).
+    damaged_chunks: AtomicU64,
+    damaged_seen: Mutex<std::collections::HashSet<u64>>,
+    /// A damaged chunk has been logged at warn level.
+    damage_logged: AtomicBool,
+    /// SQLite found the read cache's file damaged: reads report every
+    /// sector absent (the layer below serves them) and fills are dropped,
+    /// for as long as this engine lives.
+    broken: AtomicBool,
+    /// Called once when the file is found damaged (the auto-cache moves
+    /// it aside so that the next open creates a fresh one).
+    on_damaged_file: Option<DamagedFileHook>,
 }
+
+/// What the engine calls, once, when SQLite reports a read cache's file as
+/// damaged: the path and what was found.
+pub(crate) type DamagedFileHook = Box<dyn Fn(&Path, &SqliteLayerError) + Send + Sync>;
 
 impl Shared {
     fn fill_buffer(&self, data: &[u8]) -> Vec<u8> {
@@ -255,13 +282,22 @@ impl Engine {
     /// Opens the layer file at `path` on a new owner thread (which keeps
     /// the first connection as its writer) and returns once the file's
     /// metadata is validated.
-    pub(crate) async fn open(path: PathBuf, read_only: bool) -> Result<Engine, SqliteLayerError> {
+    pub(crate) async fn open(
+        path: PathBuf,
+        read_only: bool,
+        on_damaged_file: Option<DamagedFileHook>,
+    ) -> Result<Engine, SqliteLayerError> {
         let shared = Arc::new(Shared {
             overlay: Mutex::default(),
             spare_fills: Mutex::default(),
             read_buffers: Mutex::default(),
             committed_fill_bytes: AtomicU64::new(0),
             fill_failed: AtomicBool::new(false),
+            damaged_chunks: AtomicU64::new(0),
+            damaged_seen: Mutex::default(),
+            damage_logged: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
+            on_damaged_file,
         });
         let (ops_tx, ops_rx) = std::sync::mpsc::channel::<Op>();
         let (opened_tx, opened_rx) = oneshot::channel();
@@ -363,6 +399,9 @@ impl Engine {
     ) -> (Vec<u8>, Result<Vec<u64>, SqliteLayerError>) {
         let ss = self.store.meta().geometry.sector_size as usize;
         let count = (buf.len() / ss) as u64;
+        if self.shared.broken.load(Ordering::Relaxed) {
+            return (buf, Ok(vec![0; count.div_ceil(64) as usize]));
+        }
         // Before the file is read: a fill that leaves the overlay after
         // this is committed by the time the reader thread reads.
         let queued = self.overlapping_fills(sector, count, ss);
@@ -403,11 +442,15 @@ impl Engine {
             )));
         }
         if st.idle == 0 && st.threads < MAX_READERS {
-            let pool = self.readers.clone();
-            let store = self.store.clone();
+            let reader = Reader {
+                store: self.store.clone(),
+                pool: self.readers.clone(),
+                shared: self.shared.clone(),
+                ops: self.ops.lock().clone(),
+            };
             let spawned = std::thread::Builder::new()
                 .name("sqlite-reader".into())
-                .spawn(move || run_reader(&store, &pool));
+                .spawn(move || reader.run());
             match spawned {
                 Ok(h) => {
                     st.threads += 1;
@@ -455,6 +498,12 @@ impl Engine {
         sector: u64,
         data: &[u8],
     ) -> Result<(), SqliteLayerError> {
+        if self.shared.broken.load(Ordering::Relaxed) {
+            return Err(SqliteLayerError::Disk(DiskError::io(
+                "the read-cache file is damaged; fills are off for this process",
+                std::io::Error::other("damaged cache file"),
+            )));
+        }
         let want = data.len().min(MAX_QUEUED_FILL_BYTES) as u32;
         let permit = self
             .fill_permits
@@ -512,6 +561,10 @@ impl Engine {
         self.ask(|reply| Op::Stats { reply }).await
     }
 
+    pub(crate) async fn verify(&self) -> Result<VerifyReport, SqliteLayerError> {
+        self.ask(|reply| Op::Verify { reply }).await
+    }
+
     /// Returns once every fill queued before the call is committed (or
     /// dropped after an error).
     pub(crate) async fn flush(&self) -> Result<(), SqliteLayerError> {
@@ -524,6 +577,11 @@ impl Engine {
     /// Sector bytes of fills committed so far.
     pub(crate) fn committed_fill_bytes(&self) -> u64 {
         self.shared.committed_fill_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Chunks that reads found not matching their checksums so far.
+    pub(crate) fn damaged_chunks(&self) -> u64 {
+        self.shared.damaged_chunks.load(Ordering::Relaxed)
     }
 }
 
@@ -547,58 +605,126 @@ impl Drop for Engine {
     }
 }
 
-/// A reader thread: serves jobs with its own connections until the pool
-/// closes.
-fn run_reader(store: &Store, pool: &ReaderPool) {
-    enter_engine_thread();
-    let mut mapped: Option<Connection> = None;
-    let mut plain: Option<Connection> = None;
-    loop {
-        let job = {
-            let mut st = pool.state.lock();
-            loop {
-                if let Some(job) = st.jobs.pop_front() {
-                    break job;
-                }
-                if st.closed {
-                    st.threads -= 1;
-                    return;
-                }
-                st.idle += 1;
-                pool.work.wait(&mut st);
-                st.idle -= 1;
-            }
-        };
-        let ReadJob {
+/// What a reader thread works with.
+struct Reader {
+    store: Arc<Store>,
+    pool: Arc<ReaderPool>,
+    shared: Arc<Shared>,
+    /// Where damaged chunks are reported (`None` once the engine closes).
+    ops: Option<std::sync::mpsc::Sender<Op>>,
+}
+
+impl Reader {
+    /// Serves jobs with the thread's own connections until the pool
+    /// closes.
+    fn run(self) {
+        enter_engine_thread();
+        let mut mapped: Option<Connection> = None;
+        let mut plain: Option<Connection> = None;
+        // Whole checksum pieces of reads that are not aligned to them.
+        let mut scratch = Vec::new();
+        while let Some(ReadJob {
             sector,
             mut buf,
             reply,
-        } = job;
-        let slot = if buf.len() < MAPPED_READ_LIMIT {
-            &mut mapped
-        } else {
-            &mut plain
-        };
-        let kind = if buf.len() < MAPPED_READ_LIMIT {
-            ConnKind::Mapped
-        } else {
-            ConnKind::Plain
-        };
-        let result = catch(|| {
-            if slot.is_none() {
-                *slot = Some(open_conn(store.path(), store.is_read_only(), kind)?);
+        }) = self.next_job()
+        {
+            let (slot, kind) = if buf.len() < MAPPED_READ_LIMIT {
+                (&mut mapped, ConnKind::Mapped)
+            } else {
+                (&mut plain, ConnKind::Plain)
+            };
+            let store = &self.store;
+            let result = catch(|| {
+                if slot.is_none() {
+                    *slot = Some(open_conn(store.path(), store.is_read_only(), kind)?);
+                }
+                let conn = slot
+                    .as_ref()
+                    .ok_or_else(|| thread_error("reading", "no connection"))?;
+                store.read(conn, sector, &mut buf, &mut scratch)
+            });
+            // A connection left inside a transaction by an error is dropped
+            // rather than reused.
+            if slot.as_ref().is_some_and(|c| !c.is_autocommit()) {
+                *slot = None;
             }
-            let conn = slot
-                .as_ref()
-                .ok_or_else(|| thread_error("reading", "no connection"))?;
-            store.read(conn, sector, &mut buf)
-        });
-        // A connection left inside a transaction by an error is dropped
-        // rather than reused.
-        if slot.as_ref().is_some_and(|c| !c.is_autocommit()) {
-            *slot = None;
+            let result = match result {
+                Ok(outcome) => {
+                    for &chunk in &outcome.damaged {
+                        self.report_damage(chunk);
+                    }
+                    Ok(outcome.presence)
+                }
+                // A read cache whose file SQLite (or a row check) finds
+                // damaged is abandoned for the rest of this engine's life:
+                // this read and every later one come from the layer below.
+                Err(err @ SqliteLayerError::Corrupt { .. }) if store.meta().logically_read_only => {
+                    self.abandon_file(&err);
+                    let count = (buf.len() / store.meta().geometry.sector_size as usize) as u64;
+                    Ok(vec![0; count.div_ceil(64) as usize])
+                }
+                Err(err) => Err(err),
+            };
+            let _ = reply.send((buf, result));
         }
-        let _ = reply.send((buf, result));
+    }
+
+    fn next_job(&self) -> Option<ReadJob> {
+        let mut st = self.pool.state.lock();
+        loop {
+            if let Some(job) = st.jobs.pop_front() {
+                return Some(job);
+            }
+            if st.closed {
+                st.threads -= 1;
+                return None;
+            }
+            st.idle += 1;
+            self.pool.work.wait(&mut st);
+            st.idle -= 1;
+        }
+    }
+
+    /// Stops using a damaged read-cache file (once): warns, and calls the
+    /// owner's hook (the auto-cache moves the file aside).
+    fn abandon_file(&self, err: &SqliteLayerError) {
+        if self.shared.broken.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let path = self.store.path();
+        tracing::warn!(
+            path = %path.display(),
+            error = err as &dyn std::error::Error,
+            "the read-cache file is damaged; this process reads from the layer below from now on"
+        );
+        if let Some(hook) = &self.shared.on_damaged_file {
+            hook(path, err);
+        }
+    }
+
+    /// Counts and logs a chunk whose bytes did not match their checksums,
+    /// and asks the owner thread to drop it.
+    fn report_damage(&self, chunk: u64) {
+        if !self.shared.damaged_seen.lock().insert(chunk) {
+            return;
+        }
+        self.shared.damaged_chunks.fetch_add(1, Ordering::Relaxed);
+        let path = self.store.path();
+        if !self.shared.damage_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                path = %path.display(),
+                chunk,
+                "read-cache chunk does not match its checksums (damaged on disk); \
+                 it is read from the layer below and cached again \
+                 (further damaged chunks are logged at debug level)"
+            );
+        } else {
+            tracing::debug!(path = %path.display(), chunk, "damaged read-cache chunk");
+        }
+        if let Some(ops) = &self.ops {
+            let _ = ops.send(Op::DropDamaged { chunk });
+        }
     }
 }
 
@@ -669,9 +795,20 @@ fn run_owner(
             Op::Stats { reply } => {
                 let _ = reply.send(catch(|| store.stats(&conn)));
             }
+            Op::Verify { reply } => {
+                let _ = reply.send(catch(|| store.verify(&conn)));
+            }
             Op::Flush { reply } => {
                 let _ = reply.send(());
             }
+            Op::DropDamaged { chunk } => match catch(|| store.drop_if_damaged(&mut conn, chunk)) {
+                Ok(dropped) => tracing::debug!(chunk, dropped, "damaged chunk checked"),
+                Err(err) => tracing::debug!(
+                    chunk,
+                    error = &err as &dyn std::error::Error,
+                    "could not drop a damaged chunk"
+                ),
+            },
         }
     }
 }
@@ -688,7 +825,13 @@ fn commit_fills(
         .iter()
         .map(|(f, _)| (f.sector, f.data.as_slice()))
         .collect();
-    match catch(|| store.write_batch(conn, &pieces, false)) {
+    let result = if shared.broken.load(Ordering::Relaxed) {
+        // The file is abandoned: queued fills are dropped.
+        Ok(0)
+    } else {
+        catch(|| store.write_batch(conn, &pieces, false))
+    };
+    match result {
         Ok(sectors) => {
             let ss = u64::from(store.meta().geometry.sector_size);
             shared

@@ -38,9 +38,13 @@ impl LayerIo for SqliteDiskLayer {
     fn preferred_fill_sectors(&self) -> Option<u64> {
         Some(u64::from(self.chunk_size() / self.geometry().sector_size))
     }
-    /// The layered disk counts cache hits, misses and fills itself.
+    /// The layered disk counts cache hits, misses and fills itself; the
+    /// layer adds the damaged chunks its reads found.
     fn counters(&self) -> DiskCounters {
-        DiskCounters::default()
+        DiskCounters {
+            cache_damaged_chunks: self.cache_counters().cache_damaged_chunks,
+            ..DiskCounters::default()
+        }
     }
     async fn read(
         &self,

@@ -232,6 +232,20 @@ pub enum SqliteLayerError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The file is a layer file of the format before chunk checksums. A
+    /// writable layer is upgraded in place when it is opened read-write; a
+    /// read cache is recreated by the auto-cache.
+    #[error(
+        "{} is a disk layer file of format version {version}, without checksums; \
+         open it read-write once to upgrade it (a read cache is recreated instead)",
+        path.display()
+    )]
+    OutdatedFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its format version.
+        version: i64,
+    },
     /// A SQLite call failed.
     #[error("SQLite error on {} while {context}", path.display())]
     Sqlite {
@@ -310,6 +324,25 @@ impl From<SqliteLayerError> for DiskError {
             SqliteLayerError::Disk(d) => d,
             e => DiskError::io("sqlite disk layer", e),
         }
+    }
+}
+
+/// What [`SqliteDiskLayer::verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Chunk rows checked.
+    pub chunks: u64,
+    /// Chunks whose bytes do not match their checksums.
+    pub damaged_chunks: Vec<u64>,
+    /// What SQLite's `PRAGMA integrity_check` reported, if not "ok" (then
+    /// the chunks were not checked).
+    pub sqlite_problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether nothing is damaged.
+    pub fn is_ok(&self) -> bool {
+        self.damaged_chunks.is_empty() && self.sqlite_problems.is_empty()
     }
 }
 
@@ -421,7 +454,18 @@ impl SqliteDiskLayer {
     /// Opens an existing layer file. With `read_only` the file is opened
     /// read-only and every write fails.
     pub async fn open(path: &Path, read_only: bool) -> Result<Self, SqliteLayerError> {
-        let engine = Engine::open(path.to_path_buf(), read_only).await?;
+        Self::open_with_hook(path, read_only, None).await
+    }
+
+    /// [`open`](Self::open) with a hook called (once, on an engine thread)
+    /// when SQLite finds the file of this read cache damaged during a
+    /// read; the layer then serves every read from below.
+    pub(crate) async fn open_with_hook(
+        path: &Path,
+        read_only: bool,
+        on_damaged_file: Option<engine::DamagedFileHook>,
+    ) -> Result<Self, SqliteLayerError> {
+        let engine = Engine::open(path.to_path_buf(), read_only, on_damaged_file).await?;
         Ok(SqliteDiskLayer {
             engine: Arc::new(engine),
             counters: Arc::default(),
@@ -615,6 +659,12 @@ impl SqliteDiskLayer {
         self.engine.stats().await
     }
 
+    /// Checks the whole file: SQLite's structure and every chunk's bytes
+    /// against their checksums. Reads the whole file.
+    pub async fn verify(&self) -> Result<VerifyReport, SqliteLayerError> {
+        self.engine.verify().await
+    }
+
     /// Counters kept by the layer itself (when it is used as a layer of a
     /// `LayeredDisk`, the layered disk keeps its own): bytes read that
     /// were present (hits), absent (misses), and bytes committed by
@@ -624,6 +674,7 @@ impl SqliteDiskLayer {
             cache_hit_bytes: self.counters.hit.load(Ordering::Relaxed),
             cache_miss_bytes: self.counters.miss.load(Ordering::Relaxed),
             cache_fill_bytes: self.engine.committed_fill_bytes(),
+            cache_damaged_chunks: self.engine.damaged_chunks(),
             ..Default::default()
         }
     }

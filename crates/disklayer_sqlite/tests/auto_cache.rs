@@ -355,28 +355,39 @@ async fn unusable_directories_give_clear_errors() {
         .unwrap_err();
     assert!(err.to_string().contains(ID_HEX), "{err}");
 
-    // The cache file is a directory.
-    let cache_dir = dir.path().join("cache2");
-    std::fs::create_dir_all(cache_dir.join(ID_HEX).join(CACHE_FILE_NAME)).unwrap();
-    let err = AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
-        .open_for(&lower(100, Some(ID)))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains(CACHE_FILE_NAME), "{err}");
-
-    // A garbage cache file is reported, not replaced or served.
-    let cache_dir = dir.path().join("cache3");
-    std::fs::create_dir_all(cache_dir.join(ID_HEX)).unwrap();
-    std::fs::write(
-        cache_dir.join(ID_HEX).join(CACHE_FILE_NAME),
-        vec![7u8; 70000],
-    )
-    .unwrap();
-    let err = AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
-        .open_for(&lower(100, Some(ID)))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, SqliteLayerError::Corrupt { .. }), "{err}");
+    // A cache "file" that is a directory, or a garbage file: not served;
+    // moved aside (kept for inspection) and replaced by a fresh cache.
+    for (name, make) in [
+        (
+            "cache2",
+            Box::new(|p: &Path| std::fs::create_dir_all(p).unwrap()) as Box<dyn Fn(&Path)>,
+        ),
+        (
+            "cache3",
+            Box::new(|p: &Path| std::fs::write(p, vec![7u8; 70000]).unwrap()),
+        ),
+    ] {
+        let cache_dir = dir.path().join(name);
+        std::fs::create_dir_all(cache_dir.join(ID_HEX)).unwrap();
+        make(&cache_dir.join(ID_HEX).join(CACHE_FILE_NAME));
+        let layer = AutoCacheSqliteDiskLayer::new(&cache_dir, None, false)
+            .open_for(&lower(100, Some(ID)))
+            .await
+            .unwrap();
+        assert_eq!(
+            layer.stats().await.unwrap(),
+            (0, 0),
+            "{name}: a fresh cache"
+        );
+        let aside: Vec<_> = list_files(&cache_dir.join(ID_HEX))
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("cache.dbhd.corrupt-"))
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "{name}: the old one is kept aside");
+    }
 }
 
 #[tokio::test]

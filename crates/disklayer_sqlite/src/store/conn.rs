@@ -148,23 +148,34 @@ pub(crate) fn checkpoint(conn: &Connection, path: &Path) -> bool {
     }
 }
 
-/// A stored chunk's index and presence bitmap (`None`: fully present).
-pub(crate) type ChunkPresence = (i64, Option<Vec<u8>>);
+/// What a write needs to know of a stored chunk before touching its data:
+/// its index, presence bitmap (`None`: fully present) and checksums.
+pub(crate) struct ChunkHead {
+    pub(crate) idx: i64,
+    pub(crate) present: Option<Vec<u8>>,
+    pub(crate) sums: Vec<u8>,
+}
 
-/// The [`ChunkPresence`] of every stored chunk in `first..=last`, in order,
+/// The [`ChunkHead`] of every stored chunk in `first..=last`, in order,
 /// read inside the caller's write transaction.
-pub(crate) fn chunk_presence_rows(
+pub(crate) fn chunk_heads(
     tx: &rusqlite::Transaction<'_>,
     path: &Path,
     first: u64,
     last: u64,
-) -> Result<Vec<ChunkPresence>, SqliteLayerError> {
+) -> Result<Vec<ChunkHead>, SqliteLayerError> {
     let mut stmt = tx
-        .prepare_cached("SELECT idx, present FROM chunks WHERE idx BETWEEN ?1 AND ?2 ORDER BY idx")
+        .prepare_cached(
+            "SELECT idx, present, sums FROM chunks WHERE idx BETWEEN ?1 AND ?2 ORDER BY idx",
+        )
         .map_err(|e| sql_err(path, "preparing a chunk query", e))?;
     let rows = stmt
         .query_map(params![first as i64, last as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok(ChunkHead {
+                idx: r.get(0)?,
+                present: r.get(1)?,
+                sums: r.get(2)?,
+            })
         })
         .map_err(|e| sql_err(path, "reading chunk rows", e))?;
     rows.collect::<Result<_, _>>()

@@ -1,6 +1,7 @@
 //! The file's schema and metadata: formatting a new layer file and
 //! reading (and validating) an existing one's metadata.
 
+use super::checksum;
 use super::conn::PAGE_SIZE;
 use super::conn::corrupt;
 use super::conn::io_err;
@@ -17,8 +18,13 @@ use std::path::Path;
 
 /// `PRAGMA application_id` of every file this crate formats ("DLSQ").
 pub(crate) const APPLICATION_ID: i32 = 0x444c_5351;
-/// Version of the schema below. A file with another version is refused.
-pub(crate) const FORMAT_VERSION: i64 = 1;
+/// Version of the schema below. A file with another version is refused,
+/// except [`UNCHECKSUMMED_VERSION`], which can be upgraded.
+pub(crate) const FORMAT_VERSION: i64 = 2;
+/// The version before chunk checksums: the same schema without `sums`.
+/// Its data is never trusted as is: a read cache of this version is
+/// recreated, a writable layer is upgraded in place ([`upgrade`]).
+pub(crate) const UNCHECKSUMMED_VERSION: i64 = 1;
 /// Value of the `magic` metadata row.
 const MAGIC: &str = "disklayer_sqlite";
 
@@ -30,6 +36,7 @@ CREATE TABLE meta (
 CREATE TABLE chunks (
     idx INTEGER PRIMARY KEY,
     present BLOB,
+    sums BLOB NOT NULL,
     data BLOB NOT NULL
 );
 ";
@@ -113,6 +120,7 @@ pub(crate) fn format(path: &Path, params: &FormatParams) -> Result<(), SqliteLay
         ins.execute(params!["chunk_size", meta.chunk_size])?;
         ins.execute(params!["logically_read_only", meta.logically_read_only])?;
         ins.execute(params!["disk_id", disk_id])?;
+        ins.execute(params!["checksum", checksum::SCHEME])?;
         drop(ins);
         conn.execute_batch("COMMIT")?;
         // WAL is a persistent property of the file; switching now, with
@@ -161,6 +169,12 @@ pub(crate) fn read_meta(path: &Path, conn: &Connection) -> Result<LayerMetadata,
         v => return Err(corrupt(path, format!("metadata magic is {v:?}"))),
     }
     let version = int("format_version")?;
+    if version == UNCHECKSUMMED_VERSION {
+        return Err(SqliteLayerError::OutdatedFormat {
+            path: path.to_path_buf(),
+            version,
+        });
+    }
     if version != FORMAT_VERSION {
         return Err(corrupt(
             path,
@@ -168,6 +182,15 @@ pub(crate) fn read_meta(path: &Path, conn: &Connection) -> Result<LayerMetadata,
                 "format version {version} is not supported (this build reads version {FORMAT_VERSION})"
             ),
         ));
+    }
+    match get("checksum")? {
+        Value::Text(t) if t == checksum::SCHEME => {}
+        v => {
+            return Err(corrupt(
+                path,
+                format!("checksum scheme {v:?} is not {:?}", checksum::SCHEME),
+            ));
+        }
     }
     let to_u32 = |key: &str, v: i64| -> Result<u32, SqliteLayerError> {
         u32::try_from(v).map_err(|_| {
@@ -220,4 +243,69 @@ pub(crate) fn read_meta(path: &Path, conn: &Connection) -> Result<LayerMetadata,
         ));
     }
     Ok(meta)
+}
+
+/// Upgrades a file of [`UNCHECKSUMMED_VERSION`] in place, in one
+/// transaction: every chunk's data is checksummed as it is now (a writable
+/// layer's data has no other copy to check it against) and the rows move
+/// to the current schema. Returns the number of chunks upgraded.
+pub(crate) fn upgrade(path: &Path, conn: &mut Connection) -> Result<u64, SqliteLayerError> {
+    crate::engine::debug_assert_engine_thread();
+    let err = |e| sql_err(path, "upgrading the layer file to checksummed chunks", e);
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let version: i64 = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'format_version'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if version != UNCHECKSUMMED_VERSION {
+        // Another process upgraded it first.
+        return Ok(0);
+    }
+    tx.execute_batch(
+        "CREATE TABLE chunks_v2 (
+            idx INTEGER PRIMARY KEY,
+            present BLOB,
+            sums BLOB NOT NULL,
+            data BLOB NOT NULL
+        );",
+    )
+    .map_err(err)?;
+    let mut n = 0u64;
+    {
+        let mut read = tx
+            .prepare("SELECT idx, present, data FROM chunks ORDER BY idx")
+            .map_err(err)?;
+        let mut insert = tx
+            .prepare("INSERT INTO chunks_v2 (idx, present, sums, data) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(err)?;
+        let mut rows = read.query([]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            let idx: i64 = row.get(0).map_err(err)?;
+            let present: Option<Vec<u8>> = row.get(1).map_err(err)?;
+            let data = row
+                .get_ref(2)
+                .and_then(|v| v.as_blob().map_err(Into::into))
+                .map_err(err)?;
+            insert
+                .execute(params![idx, present, checksum::sums_of(data), data])
+                .map_err(err)?;
+            n += 1;
+        }
+    }
+    tx.execute_batch(&format!(
+        "DROP TABLE chunks;
+         ALTER TABLE chunks_v2 RENAME TO chunks;
+         UPDATE meta SET value = {FORMAT_VERSION} WHERE key = 'format_version';
+         INSERT INTO meta (key, value) VALUES ('checksum', '{}');
+         PRAGMA user_version = {FORMAT_VERSION};",
+        checksum::SCHEME
+    ))
+    .map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(n)
 }
