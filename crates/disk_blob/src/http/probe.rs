@@ -3,8 +3,6 @@
 //! length.
 
 use super::headers::header_str;
-use super::headers::parse_content_range;
-use super::headers::parse_content_range_total;
 use super::headers::validators_of;
 use super::range_read::Precondition;
 use super::transport::Failure;
@@ -17,6 +15,8 @@ use http::StatusCode;
 use http::Uri;
 use http::header;
 use http_body_util::BodyExt;
+use http_ranges::ContentRange;
+use http_ranges::content_range::unsatisfied_total;
 use std::sync::atomic::Ordering;
 use url_redact::redact_url;
 
@@ -85,8 +85,8 @@ impl Transport {
         let len = match status {
             StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE => {
                 let cr = header_str(headers, header::CONTENT_RANGE);
-                let total = cr.and_then(parse_content_range_total);
-                match (status, cr.and_then(parse_content_range), total) {
+                let total = cr.and_then(unsatisfied_total);
+                match (status, cr.and_then(ContentRange::parse), total) {
                     (StatusCode::PARTIAL_CONTENT, Some(r), Some(total))
                         if r.start == 0 && r.end == 0 =>
                     {

@@ -4,11 +4,7 @@
 //! buffer.
 
 use super::Inner;
-use super::headers::ContentRange;
-use super::headers::etag_weak_eq;
 use super::headers::header_str;
-use super::headers::parse_content_range;
-use super::headers::parse_content_range_total;
 use super::transport::Failure;
 use super::transport::status_failure;
 use crate::BlobError;
@@ -19,6 +15,8 @@ use http::Method;
 use http::StatusCode;
 use http::header;
 use http_body_util::BodyExt;
+use http_ranges::ContentRange;
+use http_ranges::content_range::unsatisfied_total;
 use std::sync::atomic::Ordering;
 use url_redact::redact_url;
 
@@ -106,11 +104,11 @@ impl Inner {
             }
             StatusCode::RANGE_NOT_SATISFIABLE
                 if header_str(headers, header::CONTENT_RANGE)
-                    .and_then(parse_content_range_total)
+                    .and_then(unsatisfied_total)
                     .is_some_and(|total| total != self.len) =>
             {
                 let total = header_str(headers, header::CONTENT_RANGE)
-                    .and_then(parse_content_range_total)
+                    .and_then(unsatisfied_total)
                     .unwrap_or_default();
                 return Err(Failure::fatal(BlobError::ImageChanged {
                     url,
@@ -129,7 +127,7 @@ impl Inner {
         let cr = headers.get(header::CONTENT_RANGE);
         match cr
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_content_range)
+            .and_then(ContentRange::parse)
         {
             Some(ContentRange {
                 start,
@@ -256,7 +254,7 @@ pub(super) fn precondition_for(v: &BlobValidators) -> Precondition {
 /// evidence of a change.
 fn changed_validators(pinned: &BlobValidators, headers: &HeaderMap) -> Option<String> {
     if let (Some(pinned), Some(now)) = (&pinned.etag, header_str(headers, header::ETAG))
-        && !etag_weak_eq(pinned, now)
+        && !http_ranges::etag::same_version(pinned, now)
     {
         return Some(format!("its ETag is now {now}, it was {pinned} at open"));
     }

@@ -5,7 +5,6 @@
 use super::HttpBlobOptions;
 use super::HttpClient;
 use super::headers::header_str;
-use super::headers::parse_imf_fixdate;
 use super::range_read::Precondition;
 use super::urls::resolve_location;
 use crate::BlobCounters;
@@ -227,14 +226,14 @@ pub(super) fn status_failure(
     }
 }
 
-/// Parses `Retry-After`: delay-seconds, or an IMF-fixdate (the delay is
-/// the time until then, zero if it is past).
+/// Parses `Retry-After`: delay-seconds, or an HTTP date (the delay is the
+/// time until then, zero if it is past).
 fn parse_retry_after(s: &str) -> Option<Duration> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = parse_imf_fixdate(s)?;
+    let at = http_ranges::date::parse(s)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
@@ -301,25 +300,17 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+        // The obsolete date forms count too.
         assert_eq!(
-            parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777)
+            parse_retry_after("Wednesday, 21-Oct-15 07:28:00 GMT"),
+            Some(Duration::ZERO)
         );
-        assert_eq!(parse_imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(
-            parse_imf_fixdate("Tue, 29 Feb 2000 12:00:00 GMT"),
-            Some(951_825_600)
-        );
-        assert_eq!(parse_imf_fixdate("Wed, 29 Feb 2001 12:00:00 GMT"), None);
-        assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 PST"), None);
-        assert_eq!(parse_imf_fixdate("Sunday, 06-Nov-94 08:49:37 GMT"), None);
-        assert_eq!(parse_imf_fixdate("Sun, 06 Foo 1994 08:49:37 GMT"), None);
         let future = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
             + 3600;
-        let d = parse_retry_after(&blob_test_servers::http_date(future)).unwrap();
+        let d = parse_retry_after(&http_ranges::date::format(future)).unwrap();
         assert!(d > Duration::from_secs(3000) && d <= Duration::from_secs(3600));
     }
 }
