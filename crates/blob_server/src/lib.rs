@@ -28,15 +28,16 @@
 //! - `Accept-Ranges: bytes`, `Content-Length`, and
 //!   `Content-Type: application/octet-stream`.
 //!
-//! Conditional requests follow RFC 9110 section 13.2.2, in order:
-//! `If-Match` (strong comparison; `412` on mismatch), else
-//! `If-Unmodified-Since` (`412`); `If-None-Match` (weak comparison, `304`),
-//! else `If-Modified-Since` (`304`); then `If-Range` (an entity tag compared
-//! strongly, or a date equal to `Last-Modified`), which drops the range and
-//! sends the whole file when the client's version is not current. Ranges:
-//! one `bytes=` range per request (`a-b`, `a-`, `-n`) gets `206` with
-//! `Content-Range`; a range starting past the end gets `416` with
-//! `Content-Range: bytes */<length>`.
+//! Conditional requests and ranges are decided by `http_ranges::decide`
+//! (the same rules the test servers use), which follows RFC 9110 section
+//! 13.2.2, in order: `If-Match` (strong comparison; `412` on mismatch),
+//! else `If-Unmodified-Since` (`412`); `If-None-Match` (weak comparison,
+//! `304`), else `If-Modified-Since` (`304`); then `If-Range` (an entity tag
+//! compared strongly, or a date equal to `Last-Modified`), which drops the
+//! range and sends the whole file when the client's version is not current.
+//! Ranges: a `bytes=` range (`a-b`, `a-`, `-n`; several that overlap or
+//! touch are merged into one) gets `206` with `Content-Range`; if no range
+//! is satisfiable, `416` with `Content-Range: bytes */<length>`.
 //!
 //! Connections are HTTP/1.1 keep-alive; each runs on its own task of the
 //! tokio runtime that called [`BlobServer::serve_dir`]. Bodies are streamed
@@ -53,9 +54,9 @@
 //!   ignored (the RFC allows it) and a malformed date is treated as absent.
 //! - [`BlobServerStats`] counters only grow.
 //!
-//! DEVNOTE: a request with several ranges (`bytes=0-1,5-6`) gets the whole
-//! file (`200`), which RFC 9110 allows; `multipart/byteranges` is not
-//! implemented because no disk client sends one.
+//! DEVNOTE: a request for several separate ranges (`bytes=0-1,5-6`) gets
+//! the whole file (`200`), which RFC 9110 allows; `multipart/byteranges` is
+//! not implemented because no disk client sends one.
 //!
 //! DEVNOTE: a file replaced by renaming a new one over it is seen at the
 //! next request (new ETag). A file rewritten in place while a response is
@@ -66,8 +67,7 @@
 
 #![forbid(unsafe_code)]
 
-mod http_date;
-mod rules;
+mod request_path;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -82,11 +82,11 @@ use http_body_util::Empty;
 use http_body_util::Full;
 use http_body_util::StreamBody;
 use http_body_util::combinators::BoxBody;
+use http_ranges::Conditions;
+use http_ranges::Decision;
+use http_ranges::Version;
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
-use rules::Conditions;
-use rules::Decision;
-use rules::Version;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -444,7 +444,7 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
             return resp;
         }
     };
-    let segments = match rules::request_segments(req.uri().path()) {
+    let segments = match request_path::request_segments(req.uri().path()) {
         Ok(s) => s,
         Err(_) => return text(StatusCode::BAD_REQUEST, "bad request path\n"),
     };
@@ -490,7 +490,7 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
         if_range: header_str(h, header::IF_RANGE),
         range: header_str(h, header::RANGE),
     };
-    let decision = rules::decide(&conditions, &version);
+    let decision = http_ranges::decide(&conditions, &version);
     let (status, start, count) = match decision {
         Decision::Full => (StatusCode::OK, 0, version.len),
         Decision::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
@@ -518,21 +518,29 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
         }
     };
     set(header::ETAG, version.etag.clone());
-    set(header::LAST_MODIFIED, http_date::format(version.modified));
+    set(
+        header::LAST_MODIFIED,
+        http_ranges::date::format(version.modified),
+    );
     set(header::ACCEPT_RANGES, "bytes".into());
     match decision {
         Decision::Full | Decision::Partial { .. } => {
             set(header::CONTENT_LENGTH, count.to_string());
             set(header::CONTENT_TYPE, "application/octet-stream".into());
             if let Decision::Partial { start, end } = decision {
-                set(
-                    header::CONTENT_RANGE,
-                    format!("bytes {start}-{end}/{}", version.len),
-                );
+                let content_range = http_ranges::ContentRange {
+                    start,
+                    end,
+                    total: Some(version.len),
+                };
+                set(header::CONTENT_RANGE, content_range.to_string());
             }
         }
         Decision::RangeNotSatisfiable => {
-            set(header::CONTENT_RANGE, format!("bytes */{}", version.len));
+            set(
+                header::CONTENT_RANGE,
+                http_ranges::content_range::unsatisfied(version.len),
+            );
             set(header::CONTENT_LENGTH, "0".into());
         }
         Decision::PreconditionFailed => set(header::CONTENT_LENGTH, "0".into()),

@@ -129,6 +129,10 @@ async fn ranges_are_exact_and_out_of_range_is_416() {
         ("bytes=9000-", 9000, 9999),
         ("bytes=-512", 9488, 9999),
         ("bytes=9999-20000", 9999, 9999),
+        // A last position too large for u64 still means "to the end".
+        ("bytes=9999-99999999999999999999999", 9999, 9999),
+        // Overlapping ranges are served as one part.
+        ("bytes=10-19, 0-14", 0, 19),
     ] {
         let r = send(&c, "GET", &url, &[("range", range)]).await;
         assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{range}");
@@ -142,7 +146,9 @@ async fn ranges_are_exact_and_out_of_range_is_416() {
     let r = send(&c, "GET", &url, &[("range", "bytes=10000-")]).await;
     assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.header("content-range"), Some("bytes */10000"));
-    // Several ranges: the whole file, which the RFC allows.
+    let r = send(&c, "GET", &url, &[("range", "bytes=20000-, -0")]).await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    // Several separate ranges: the whole file, which the RFC allows.
     let r = send(&c, "GET", &url, &[("range", "bytes=0-1,5-6")]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, data);
@@ -152,8 +158,8 @@ async fn ranges_are_exact_and_out_of_range_is_416() {
     assert_eq!(r.header("content-length"), Some("10"));
     assert!(r.body.is_empty());
     let stats = server.stats();
-    assert_eq!(stats.range_requests, 6);
-    assert_eq!(stats.range_not_satisfiable, 1);
+    assert_eq!(stats.range_requests, 8);
+    assert_eq!(stats.range_not_satisfiable, 2);
 }
 
 #[tokio::test]
