@@ -27,6 +27,7 @@ use http::header;
 use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use http_body_util::combinators::BoxBody;
+use http_ranges::Decision;
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
@@ -374,7 +375,7 @@ impl Shared {
             len,
             etag: etag.clone(),
             last_modified_secs,
-            last_modified: http_date(last_modified_secs),
+            last_modified: http_ranges::date::format(last_modified_secs),
         };
         state.blobs.insert(path.to_string(), Arc::new(blob));
         etag
@@ -436,13 +437,16 @@ impl FaultServerBuilder {
 /// Semantics of a normal response:
 /// - `GET`/`HEAD` only (others: 405). `Accept-Ranges: bytes`, a strong
 ///   `ETag` (changes whenever the blob is replaced), `Last-Modified`.
-/// - `If-Match` that matches no current ETag: 412. `If-None-Match` that
-///   matches: 304.
-/// - A single range `bytes=a-b`, `bytes=a-` or `bytes=-n`: 206 with
-///   `Content-Range`; unsatisfiable: 416 with `Content-Range: bytes */len`;
-///   a syntactically invalid or multi-range header is ignored (200), as
-///   RFC 9110 allows. `If-Range` (ETag or Last-Modified) that does not match
-///   turns the answer into a 200 with the whole blob.
+/// - Conditional requests and `Range` are decided by `http_ranges::decide`,
+///   the rules `blob_server` uses too (RFC 9110 section 13.2.2): `If-Match`
+///   that matches no current ETag (strong comparison): 412; `If-None-Match`
+///   that matches: 304; the date conditions likewise.
+/// - A `bytes=` range (`a-b`, `a-`, `-n`; several that overlap or touch
+///   merge into one): 206 with `Content-Range`; none satisfiable: 416 with
+///   `Content-Range: bytes */len`; a malformed header, or several separate
+///   ranges, is ignored (200), as RFC 9110 allows. `If-Range` (ETag or
+///   Last-Modified) that does not match turns the answer into a 200 with
+///   the whole blob.
 pub struct FaultServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -792,65 +796,6 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The outcome of evaluating a `Range` header against a blob length.
-#[derive(Debug, PartialEq, Eq)]
-enum RangeReq {
-    /// No (usable) range: serve the whole blob.
-    Whole,
-    /// Serve bytes `start..=end`.
-    Part(u64, u64),
-    /// 416.
-    Unsatisfiable,
-}
-
-fn parse_range(value: &str, len: u64) -> RangeReq {
-    let value = value.trim();
-    let Some((unit, spec)) = value.split_once('=') else {
-        return RangeReq::Whole;
-    };
-    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
-        return RangeReq::Whole;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return RangeReq::Whole;
-    };
-    let (first, last) = (first.trim(), last.trim());
-    if first.is_empty() {
-        let Ok(n) = last.parse::<u64>() else {
-            return RangeReq::Whole;
-        };
-        if n == 0 || len == 0 {
-            return RangeReq::Unsatisfiable;
-        }
-        return RangeReq::Part(len.saturating_sub(n), len - 1);
-    }
-    let Ok(start) = first.parse::<u64>() else {
-        return RangeReq::Whole;
-    };
-    let end = if last.is_empty() {
-        u64::MAX
-    } else {
-        match last.parse::<u64>() {
-            Ok(e) => e,
-            Err(_) => return RangeReq::Whole,
-        }
-    };
-    if end < start {
-        return RangeReq::Whole;
-    }
-    if start >= len {
-        return RangeReq::Unsatisfiable;
-    }
-    RangeReq::Part(start, end.min(len - 1))
-}
-
-/// Whether an `If-Match`/`If-None-Match` list names `etag` (`*` matches).
-fn etag_list_matches(list: &str, etag: &str, weak_ok: bool) -> bool {
-    list.split(',').map(str::trim).any(|t| {
-        t == "*" || t == etag || (weak_ok && t.strip_prefix("W/").is_some_and(|t| t == etag))
-    })
-}
-
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
     let seq = shared.requests.fetch_add(1, Ordering::Relaxed);
     let mut in_flight = Some(InFlight::new(&shared));
@@ -979,52 +924,47 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     };
 
-    if let Some(if_match) = header_str(&req, header::IF_MATCH) {
-        // If-Match uses the strong comparison.
-        if !etag_list_matches(if_match, &blob.etag, false) {
+    let conditions = http_ranges::Conditions {
+        if_match: header_str(&req, header::IF_MATCH),
+        if_none_match: header_str(&req, header::IF_NONE_MATCH),
+        if_modified_since: header_str(&req, header::IF_MODIFIED_SINCE),
+        if_unmodified_since: header_str(&req, header::IF_UNMODIFIED_SINCE),
+        if_range: header_str(&req, header::IF_RANGE),
+        range: header_str(&req, header::RANGE),
+    };
+    let version = http_ranges::Version {
+        len: blob.len,
+        etag: blob.etag.clone(),
+        modified: blob.last_modified_secs,
+    };
+    let mut decision = http_ranges::decide(&conditions, &version);
+    if matches!(modifier, Some(Fault::IgnoreRange))
+        && matches!(
+            decision,
+            Decision::Partial { .. } | Decision::RangeNotSatisfiable
+        )
+    {
+        decision = Decision::Full;
+    }
+
+    let (status, mut start, len) = match decision {
+        Decision::Full => (StatusCode::OK, 0, blob.len),
+        Decision::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        Decision::PreconditionFailed => {
             let mut r = status_response(412, "precondition failed\n");
             validators(&mut r);
             return finish(record, r);
         }
-    }
-    if let Some(inm) = header_str(&req, header::IF_NONE_MATCH)
-        && etag_list_matches(inm, &blob.etag, true)
-    {
-        let mut r = status_response(304, "");
-        validators(&mut r);
-        return finish(record, r);
-    }
-
-    let mut range = match header_str(&req, header::RANGE) {
-        Some(v) => parse_range(v, blob.len),
-        None => RangeReq::Whole,
-    };
-    if range != RangeReq::Whole
-        && let Some(if_range) = header_str(&req, header::IF_RANGE)
-    {
-        let if_range = if_range.trim();
-        let matches = if if_range.starts_with('"') {
-            if_range == blob.etag
-        } else if if_range.starts_with("W/") {
-            false
-        } else {
-            if_range == blob.last_modified
-        };
-        if !matches {
-            range = RangeReq::Whole;
+        Decision::NotModified => {
+            let mut r = status_response(304, "");
+            validators(&mut r);
+            return finish(record, r);
         }
-    }
-    if matches!(modifier, Some(Fault::IgnoreRange)) {
-        range = RangeReq::Whole;
-    }
-
-    let (status, mut start, len) = match range {
-        RangeReq::Whole => (StatusCode::OK, 0, blob.len),
-        RangeReq::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-        RangeReq::Unsatisfiable => {
+        Decision::RangeNotSatisfiable => {
             let mut r = status_response(416, "");
             validators(&mut r);
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", blob.len)) {
+            if let Ok(v) = HeaderValue::from_str(&http_ranges::content_range::unsatisfied(blob.len))
+            {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
             return finish(record, r);
@@ -1089,7 +1029,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .insert(header::CONTENT_LENGTH, HeaderValue::from(content_length));
     if status == StatusCode::PARTIAL_CONTENT {
         let (s, l) = claimed;
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", s, s + l - 1, blob.len)) {
+        let content_range = http_ranges::ContentRange {
+            start: s,
+            end: s + l - 1,
+            total: Some(blob.len),
+        };
+        if let Ok(v) = HeaderValue::from_str(&content_range.to_string()) {
             r.headers_mut().insert(header::CONTENT_RANGE, v);
         }
     }
@@ -1187,74 +1132,5 @@ impl hyper::body::Body for ChanBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-/// Formats seconds since the Unix epoch as an IMF-fixdate
-/// (`Sun, 06 Nov 1994 08:49:37 GMT`).
-pub fn http_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86400;
-    let rem = secs % 86400;
-    let weekday = DAYS[(days % 7) as usize];
-    // Civil date from days since 1970-01-01 (proleptic Gregorian), using
-    // 400-year eras starting on March 1st.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn range_parsing() {
-        assert_eq!(parse_range("bytes=0-9", 100), RangeReq::Part(0, 9));
-        assert_eq!(parse_range("bytes=90-", 100), RangeReq::Part(90, 99));
-        assert_eq!(parse_range("bytes=90-1000", 100), RangeReq::Part(90, 99));
-        assert_eq!(parse_range("bytes=-10", 100), RangeReq::Part(90, 99));
-        assert_eq!(parse_range("bytes=-1000", 100), RangeReq::Part(0, 99));
-        assert_eq!(parse_range("bytes=100-", 100), RangeReq::Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 100), RangeReq::Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-0", 0), RangeReq::Unsatisfiable);
-        assert_eq!(parse_range("bytes=9-0", 100), RangeReq::Whole);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeReq::Whole);
-        assert_eq!(parse_range("items=0-1", 100), RangeReq::Whole);
-        assert_eq!(parse_range("bytes=x-1", 100), RangeReq::Whole);
-        assert_eq!(parse_range("garbage", 100), RangeReq::Whole);
-    }
-
-    #[test]
-    fn http_dates() {
-        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
-        assert_eq!(http_date(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
-    }
-
-    #[test]
-    fn etag_lists() {
-        assert!(etag_list_matches("\"a\", \"b\"", "\"b\"", false));
-        assert!(etag_list_matches("*", "\"b\"", false));
-        assert!(!etag_list_matches("W/\"b\"", "\"b\"", false));
-        assert!(etag_list_matches("W/\"b\"", "\"b\"", true));
-        assert!(!etag_list_matches("\"c\"", "\"b\"", true));
     }
 }

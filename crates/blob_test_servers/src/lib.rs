@@ -25,8 +25,9 @@
 //! *inject* latency or slowness.
 //!
 //! Known limits:
-//! - FUTURE: multi-range requests (`bytes=0-1,5-6`) are answered with the
-//!   whole blob (allowed by RFC 9110) rather than `multipart/byteranges`.
+//! - FUTURE: requests for several separate ranges (`bytes=0-1,5-6`) are
+//!   answered with the whole blob (allowed by RFC 9110) rather than
+//!   `multipart/byteranges`.
 //! - DEVNOTE: the request log keeps the full query string (tests assert on
 //!   SAS-like tokens); it is test data and is never printed by this crate.
 //! - DEVNOTE: [`NginxServer`] access log lines are written by nginx just
@@ -48,7 +49,6 @@ pub use fault_server::FaultServer;
 pub use fault_server::FaultServerBuilder;
 pub use fault_server::RequestRecord;
 pub use fault_server::Times;
-pub use fault_server::http_date;
 pub use nginx::NginxConfig;
 pub use nginx::NginxLogEntry;
 pub use nginx::NginxServer;

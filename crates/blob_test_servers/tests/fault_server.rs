@@ -104,6 +104,63 @@ async fn range_semantics() {
     assert!(s.requests().is_empty());
 }
 
+/// The edge cases of `Range` over the wire; the rules are
+/// `http_ranges::select_range`, the same as `blob_server`'s.
+#[tokio::test]
+async fn range_edge_cases() {
+    let (s, data) = server_with_blob();
+    let c = Client::new(None);
+    let url = s.url("/disk.img");
+    for (range, start, end) in [
+        // A last position too large for u64 means "to the end".
+        ("bytes=299999-99999999999999999999999", 299_999, 299_999),
+        // A suffix longer than the blob is the whole blob.
+        ("bytes=-99999999999999999999999", 0, LEN - 1),
+        // Overlapping or touching ranges are one part.
+        ("bytes=10-19,0-14", 0, 19),
+        ("bytes=0-9, 10-19", 0, 19),
+        // Unsatisfiable ranges are dropped.
+        ("bytes=0-9,400000-", 0, 9),
+    ] {
+        let r = c.get(&url, &[("range", range)]).await;
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {start}-{end}/{LEN}").as_str()),
+            "{range}"
+        );
+        assert_eq!(r.body(), &data[start..=end], "{range}");
+    }
+    for range in ["bytes=99999999999999999999999-", "bytes=400000-,-0"] {
+        let r = c.get(&url, &[("range", range)]).await;
+        assert_eq!(r.status, 416, "{range}");
+        assert_eq!(r.header("content-range"), Some("bytes */300000"));
+    }
+    for range in ["bytes=0-1,5-6", "bytes=5-4", "bytes = 0-1", "items=0-1"] {
+        let r = c.get(&url, &[("range", range)]).await;
+        assert_eq!(r.status, 200, "{range}");
+        assert_eq!(r.body(), &data[..], "{range}");
+    }
+    // Entity-tag lists: a weak tag fails If-Match, passes If-None-Match.
+    let etag = s.etag("/disk.img").unwrap();
+    let weak = format!("W/{etag}");
+    let list = format!("\"other\", {etag}");
+    let r = c
+        .get(&url, &[("range", "bytes=0-0"), ("if-match", &list)])
+        .await;
+    assert_eq!(r.status, 206);
+    let r = c
+        .get(&url, &[("range", "bytes=0-0"), ("if-match", &weak)])
+        .await;
+    assert_eq!(r.status, 412);
+    let r = c
+        .get(&url, &[("range", "bytes=0-0"), ("if-match", "*")])
+        .await;
+    assert_eq!(r.status, 206);
+    let r = c.get(&url, &[("if-none-match", &weak)]).await;
+    assert_eq!(r.status, 304);
+}
+
 #[tokio::test]
 async fn file_backed_blob() {
     let dir = tempfile::tempdir().unwrap();
