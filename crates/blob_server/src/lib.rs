@@ -39,6 +39,24 @@
 //! touch are merged into one) gets `206` with `Content-Range`; if no range
 //! is satisfiable, `416` with `Content-Range: bytes */<length>`.
 //!
+//! # Latency
+//!
+//! A store on loopback answers in microseconds; a real one is a round trip
+//! or more away. [`Latency`] (in [`BlobServerOptions`], or changed while
+//! running with [`BlobServer::set_latency`]) adds, in user space (no
+//! `netem` needed):
+//! - `per_request`: a wait before each request is answered (one round
+//!   trip), whatever the answer;
+//! - `per_connection`: a wait before the first request of a new connection
+//!   is read (the TCP and TLS handshakes a real store costs), so a client
+//!   that opens a connection per request pays it every time and one that
+//!   keeps connections alive pays it once per connection.
+//!
+//! [`BlobServerStats::delayed_requests`] and
+//! [`BlobServerStats::delayed_connections`] count what was delayed. A
+//! latency change applies to requests and connections that arrive after
+//! it.
+//!
 //! Connections are HTTP/1.1 keep-alive; each runs on its own task of the
 //! tokio runtime that called [`BlobServer::serve_dir`]. Bodies are streamed
 //! from the file in 256 KiB pieces, so memory does not grow with the range.
@@ -159,6 +177,28 @@ pub struct BlobServerStats {
     pub errors: u64,
     /// Body bytes handed to connections.
     pub bytes_sent: u64,
+    /// Requests that waited the per-request latency ([`Latency`]).
+    pub delayed_requests: u64,
+    /// Connections that waited the per-connection latency ([`Latency`]).
+    pub delayed_connections: u64,
+}
+
+/// Simulated network latency (see the crate doc, "Latency"). Zero (the
+/// default) adds nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Waited before each request is answered: one round trip.
+    pub per_request: Duration,
+    /// Waited once per new connection, before its first request is read:
+    /// the TCP (and, for a real store, TLS) handshakes.
+    pub per_connection: Duration,
+}
+
+/// How a [`BlobServer`] behaves beyond its root and address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobServerOptions {
+    /// Simulated network latency; none by default.
+    pub latency: Latency,
 }
 
 #[derive(Default)]
@@ -173,6 +213,8 @@ struct Counters {
     range_not_satisfiable: AtomicU64,
     errors: AtomicU64,
     bytes_sent: AtomicU64,
+    delayed_requests: AtomicU64,
+    delayed_connections: AtomicU64,
 }
 
 impl Counters {
@@ -189,6 +231,8 @@ impl Counters {
             range_not_satisfiable: get(&self.range_not_satisfiable),
             errors: get(&self.errors),
             bytes_sent: get(&self.bytes_sent),
+            delayed_requests: get(&self.delayed_requests),
+            delayed_connections: get(&self.delayed_connections),
         }
     }
 }
@@ -201,6 +245,32 @@ struct State {
     /// The canonical root.
     root: PathBuf,
     counters: Counters,
+    /// [`Latency::per_request`] in microseconds.
+    request_latency_us: AtomicU64,
+    /// [`Latency::per_connection`] in microseconds.
+    connection_latency_us: AtomicU64,
+}
+
+impl State {
+    fn request_latency(&self) -> Duration {
+        Duration::from_micros(self.request_latency_us.load(Ordering::Relaxed))
+    }
+
+    fn connection_latency(&self) -> Duration {
+        Duration::from_micros(self.connection_latency_us.load(Ordering::Relaxed))
+    }
+
+    fn set_latency(&self, latency: Latency) {
+        self.request_latency_us
+            .store(micros(latency.per_request), Ordering::Relaxed);
+        self.connection_latency_us
+            .store(micros(latency.per_connection), Ordering::Relaxed);
+    }
+}
+
+/// A duration in whole microseconds, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A running blob server. Stop it with [`BlobServer::shutdown`]; dropping
@@ -230,6 +300,15 @@ impl BlobServer {
         dir: impl AsRef<Path>,
         addr: SocketAddr,
     ) -> Result<BlobServer, BlobServerError> {
+        Self::serve_dir_with(dir, addr, BlobServerOptions::default()).await
+    }
+
+    /// [`Self::serve_dir`] with options (e.g. a simulated [`Latency`]).
+    pub async fn serve_dir_with(
+        dir: impl AsRef<Path>,
+        addr: SocketAddr,
+        options: BlobServerOptions,
+    ) -> Result<BlobServer, BlobServerError> {
         let dir = dir.as_ref();
         if !addr.ip().is_loopback() {
             return Err(BlobServerError::NotLoopback(addr));
@@ -256,7 +335,10 @@ impl BlobServer {
         let state = Arc::new(State {
             root,
             counters: Counters::default(),
+            request_latency_us: AtomicU64::new(0),
+            connection_latency_us: AtomicU64::new(0),
         });
+        state.set_latency(options.latency);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, state.clone(), stop_rx));
         tracing::debug!(%addr, root = %state.root.display(), "blob server started");
@@ -300,6 +382,20 @@ impl BlobServer {
     /// The directory served (canonical form).
     pub fn root(&self) -> &Path {
         &self.state.root
+    }
+
+    /// Changes the simulated latency for requests and connections that
+    /// arrive from now on.
+    pub fn set_latency(&self, latency: Latency) {
+        self.state.set_latency(latency);
+    }
+
+    /// The simulated latency in force.
+    pub fn latency(&self) -> Latency {
+        Latency {
+            per_request: self.state.request_latency(),
+            per_connection: self.state.connection_latency(),
+        }
     }
 
     /// The counters so far.
@@ -370,6 +466,15 @@ async fn serve_connection(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The handshakes of a far-away store: nothing is read before this.
+    let handshake = state.connection_latency();
+    if !handshake.is_zero() {
+        bump(&state.counters.delayed_connections);
+        tokio::select! {
+            _ = tokio::time::sleep(handshake) => {}
+            _ = stop.changed() => return,
+        }
+    }
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(&state, req).await) }
@@ -414,6 +519,11 @@ fn text(status: StatusCode, message: &'static str) -> Response<Body> {
 async fn handle(state: &Arc<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let c = &state.counters;
     bump(&c.requests);
+    let round_trip = state.request_latency();
+    if !round_trip.is_zero() {
+        bump(&c.delayed_requests);
+        tokio::time::sleep(round_trip).await;
+    }
     let resp = respond(state, &req).await;
     match resp.status() {
         StatusCode::OK if req.method() == Method::HEAD => bump(&c.head_requests),

@@ -4,6 +4,8 @@
 
 use blob_server::BlobServer;
 use blob_server::BlobServerError;
+use blob_server::BlobServerOptions;
+use blob_server::Latency;
 use bytes::Bytes;
 use disk_blob::Blob;
 use disk_blob::HttpBlob;
@@ -16,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::path::Path;
+use std::time::Duration;
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -260,6 +263,79 @@ async fn http_blob_reads_match_the_file_over_reused_connections() {
         stats.connections,
         stats.requests
     );
+}
+
+#[tokio::test]
+async fn latency_delays_every_request_and_each_new_connection_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(1 << 20, 7);
+    std::fs::write(dir.path().join("img.raw"), &data).unwrap();
+    let latency = Latency {
+        per_request: Duration::from_millis(2),
+        per_connection: Duration::from_millis(5),
+    };
+    let server = BlobServer::serve_dir_with(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        BlobServerOptions { latency },
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.latency(), latency);
+    let url = server.url("img.raw");
+
+    // Five requests over one keep-alive connection: five round trips, one
+    // handshake.
+    let c = client();
+    for i in 0..5usize {
+        let range = format!("bytes={}-{}", i * 1000, i * 1000 + 99);
+        let r = send(&c, "GET", &url, &[("range", &range)]).await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.body, &data[i * 1000..i * 1000 + 100]);
+    }
+    let s = server.stats();
+    assert_eq!((s.requests, s.delayed_requests), (5, 5));
+    assert_eq!((s.connections, s.delayed_connections), (1, 1));
+
+    // Another client opens another connection and pays the handshake again.
+    let r = send(&client(), "HEAD", &url, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let s = server.stats();
+    assert_eq!((s.requests, s.delayed_requests), (6, 6));
+    assert_eq!((s.connections, s.delayed_connections), (2, 2));
+
+    // The product's reader: every request it sends waits, and so does each
+    // connection it opens.
+    let opts = HttpBlobOptions {
+        max_request_size: 128 * 1024,
+        max_connections: 4,
+        ..Default::default()
+    };
+    let blob = HttpBlob::open(&url, opts).await.unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    blob.read(&mut buf, 0).await.unwrap();
+    assert_eq!(buf, data);
+    let after = server.stats();
+    assert_eq!(
+        after.delayed_requests - s.delayed_requests,
+        blob.counters().requests
+    );
+    assert_eq!(after.requests - s.requests, blob.counters().requests);
+    assert_eq!(
+        after.delayed_connections - s.delayed_connections,
+        after.connections - s.connections
+    );
+    assert!(after.connections - s.connections >= 1);
+
+    // Zero turns it off for what arrives next.
+    server.set_latency(Latency::default());
+    let r = send(&client(), "HEAD", &url, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let last = server.stats();
+    assert_eq!(last.requests, after.requests + 1);
+    assert_eq!(last.connections, after.connections + 1);
+    assert_eq!(last.delayed_requests, after.delayed_requests);
+    assert_eq!(last.delayed_connections, after.delayed_connections);
 }
 
 #[tokio::test]
