@@ -252,6 +252,12 @@ pub struct RequestRecord {
     /// The status sent, or `None` if the connection was dropped without a
     /// response.
     pub status: Option<u16>,
+    /// The connection the request came on: its number in order of accept,
+    /// 0-based (not reset by [`FaultServer::reset_stats`]).
+    pub connection: u64,
+    /// The per-request latency this request waited
+    /// ([`FaultServer::set_latency`]; zero if none).
+    pub latency: Duration,
 }
 
 impl RequestRecord {
@@ -327,6 +333,11 @@ struct Shared {
     connections: AtomicU64,
     faults_fired: AtomicU64,
     latency_us: AtomicU64,
+    connection_latency_us: AtomicU64,
+    delayed_requests: AtomicU64,
+    delayed_connections: AtomicU64,
+    /// Connections accepted since start (numbers them; never reset).
+    accepted: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     etag_seed: u64,
@@ -401,6 +412,7 @@ impl Shared {
 pub struct FaultServerBuilder {
     tls: bool,
     latency: Duration,
+    connection_latency: Duration,
 }
 
 impl FaultServerBuilder {
@@ -413,6 +425,13 @@ impl FaultServerBuilder {
     /// Delay every request by this much (see [`FaultServer::set_latency`]).
     pub fn latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Delay every new connection by this much before its first request is
+    /// read (see [`FaultServer::set_connection_latency`]).
+    pub fn connection_latency(mut self, latency: Duration) -> Self {
+        self.connection_latency = latency;
         self
     }
 
@@ -433,6 +452,16 @@ impl FaultServerBuilder {
 /// Routing: the request path (without query) selects a blob. Before that,
 /// in order: the per-request latency, the first matching fault rule, the
 /// required query token (403), and the redirect table.
+///
+/// Latency (a store a round trip away, simulated in user space): the
+/// per-request latency ([`FaultServer::set_latency`]) is waited before
+/// each request is handled; the per-connection latency
+/// ([`FaultServer::set_connection_latency`]) once per new connection,
+/// before its TLS handshake and its first request are read, as a real
+/// store's TCP and TLS handshakes cost. [`FaultServer::delayed_requests`],
+/// [`FaultServer::delayed_connections`] and the request log
+/// ([`RequestRecord::connection`], [`RequestRecord::latency`]) show what
+/// was delayed.
 ///
 /// Semantics of a normal response:
 /// - `GET`/`HEAD` only (others: 405). `Accept-Ranges: bytes`, a strong
@@ -513,6 +542,10 @@ impl FaultServer {
             connections: AtomicU64::new(0),
             faults_fired: AtomicU64::new(0),
             latency_us: AtomicU64::new(duration_us(opts.latency)),
+            connection_latency_us: AtomicU64::new(duration_us(opts.connection_latency)),
+            delayed_requests: AtomicU64::new(0),
+            delayed_connections: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             etag_seed: seed,
@@ -641,12 +674,32 @@ impl FaultServer {
         self.shared.lock().rules.clear();
     }
 
-    /// Delays every request by `latency` before it is handled (a simple
-    /// model of network latency, for benchmarks). Zero turns it off.
+    /// Delays every request by `latency` before it is handled (one round
+    /// trip of a far-away store). Zero turns it off. Applies to requests
+    /// that arrive from now on.
     pub fn set_latency(&self, latency: Duration) {
         self.shared
             .latency_us
             .store(duration_us(latency), Ordering::Relaxed);
+    }
+
+    /// Delays every new connection by `latency` before its TLS handshake
+    /// and first request are read (the handshakes of a far-away store).
+    /// Zero turns it off. Applies to connections accepted from now on.
+    pub fn set_connection_latency(&self, latency: Duration) {
+        self.shared
+            .connection_latency_us
+            .store(duration_us(latency), Ordering::Relaxed);
+    }
+
+    /// Requests that waited the per-request latency.
+    pub fn delayed_requests(&self) -> u64 {
+        self.shared.delayed_requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections that waited the per-connection latency.
+    pub fn delayed_connections(&self) -> u64 {
+        self.shared.delayed_connections.load(Ordering::Relaxed)
     }
 
     /// Requests received so far (including ones answered with a fault).
@@ -696,8 +749,8 @@ impl FaultServer {
         self.shared.lock().log.clone()
     }
 
-    /// Clears the request log and zeroes the request, byte, connection and
-    /// fault counters.
+    /// Clears the request log and zeroes the request, byte, connection,
+    /// fault and delay counters.
     pub fn reset_stats(&self) {
         let mut state = self.shared.lock();
         state.log.clear();
@@ -705,6 +758,8 @@ impl FaultServer {
         self.shared.bytes_served.store(0, Ordering::Relaxed);
         self.shared.connections.store(0, Ordering::Relaxed);
         self.shared.faults_fired.store(0, Ordering::Relaxed);
+        self.shared.delayed_requests.store(0, Ordering::Relaxed);
+        self.shared.delayed_connections.store(0, Ordering::Relaxed);
         self.shared.max_in_flight.store(
             self.shared.in_flight.load(Ordering::SeqCst),
             Ordering::SeqCst,
@@ -740,11 +795,19 @@ async fn accept_loop(
             }
         };
         shared.connections.fetch_add(1, Ordering::Relaxed);
+        let connection = shared.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            let handshake =
+                Duration::from_micros(shared.connection_latency_us.load(Ordering::Relaxed));
+            if !handshake.is_zero() {
+                shared.delayed_connections.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(handshake).await;
+            }
+            let service =
+                hyper::service::service_fn(move |req| handle(shared.clone(), connection, req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match tls {
                 Some(acceptor) => {
@@ -796,7 +859,11 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
+async fn handle(
+    shared: Arc<Shared>,
+    connection: u64,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, io::Error> {
     let seq = shared.requests.fetch_add(1, Ordering::Relaxed);
     let mut in_flight = Some(InFlight::new(&shared));
     let mut record = RequestRecord {
@@ -819,6 +886,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             .collect(),
         fault: None,
         status: None,
+        connection,
+        latency: Duration::ZERO,
     };
     let finish = |mut record: RequestRecord, response: Response<Body>| {
         record.status = Some(response.status().as_u16());
@@ -826,9 +895,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         Ok(response)
     };
 
-    let latency = shared.latency_us.load(Ordering::Relaxed);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_micros(latency)).await;
+    let latency = Duration::from_micros(shared.latency_us.load(Ordering::Relaxed));
+    if !latency.is_zero() {
+        shared.delayed_requests.fetch_add(1, Ordering::Relaxed);
+        record.latency = latency;
+        tokio::time::sleep(latency).await;
     }
 
     let path = req.uri().path().to_string();

@@ -10,8 +10,9 @@
 //! - [`FaultServer`]: an in-process hyper 1 server (HTTP/1.1 and HTTP/2,
 //!   optionally TLS with a runtime-made CA, see [`TestCa`]) serving
 //!   in-memory or file-backed blobs with Range, HEAD, ETag, Last-Modified,
-//!   If-Match, If-Range and keep-alive; counters and a request log; and
-//!   injectable [`Fault`]s settable at runtime.
+//!   If-Match, If-Range and keep-alive; counters and a request log;
+//!   injectable [`Fault`]s settable at runtime; and a simulated latency per
+//!   request and per new connection.
 //! - [`NginxServer`]: a real nginx child process with its own config, as a
 //!   static file server or a caching reverse proxy (slice module).
 //! - [`require_tool`]: the workspace rule for tests that need an external

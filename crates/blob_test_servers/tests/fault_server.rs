@@ -476,6 +476,59 @@ async fn required_query_token() {
 }
 
 #[tokio::test]
+async fn latency_per_request_and_per_new_connection_is_logged() {
+    let ms = Duration::from_millis;
+    for tls in [false, true] {
+        let s = FaultServer::builder()
+            .tls(tls)
+            .latency(ms(1))
+            .connection_latency(ms(3))
+            .start()
+            .unwrap();
+        let data = random_bytes(5, 10_000);
+        s.put_blob("/disk.img", data.clone());
+        let url = s.url("/disk.img");
+
+        // Four requests on one keep-alive connection: four round trips, one
+        // handshake (before the TLS handshake, which still works).
+        let c = Client::new(s.ca_cert_der());
+        for i in 0..4usize {
+            let range = format!("bytes={}-{}", i * 100, i * 100 + 9);
+            let r = c.get(&url, &[("range", &range)]).await;
+            assert_eq!(r.status, 206);
+            assert_eq!(r.body(), &data[i * 100..i * 100 + 10]);
+        }
+        assert_eq!(s.delayed_requests(), 4);
+        assert_eq!(s.delayed_connections(), 1);
+        assert_eq!(s.connection_count(), 1);
+        let log = s.requests();
+        assert!(log.iter().all(|r| r.connection == log[0].connection));
+        assert!(log.iter().all(|r| r.latency == ms(1)));
+
+        // A new client, a new connection: the handshake again.
+        s.set_latency(ms(2));
+        let r = Client::new(s.ca_cert_der()).head(&url).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(s.delayed_requests(), 5);
+        assert_eq!(s.delayed_connections(), 2);
+        let last = s.requests().pop().unwrap();
+        assert_ne!(last.connection, log[0].connection);
+        assert_eq!(last.latency, ms(2));
+
+        // Zero turns both off.
+        s.set_latency(Duration::ZERO);
+        s.set_connection_latency(Duration::ZERO);
+        let r = Client::new(s.ca_cert_der()).head(&url).await;
+        assert_eq!(r.status, 200);
+        assert_eq!((s.delayed_requests(), s.delayed_connections()), (5, 2));
+        assert_eq!(s.connection_count(), 3);
+        assert_eq!(s.requests().pop().unwrap().latency, Duration::ZERO);
+        s.reset_stats();
+        assert_eq!((s.delayed_requests(), s.delayed_connections()), (0, 0));
+    }
+}
+
+#[tokio::test]
 async fn tls_with_custom_ca_only() {
     let s = FaultServer::start_tls().unwrap();
     let data = random_bytes(4, 5000);
