@@ -330,6 +330,46 @@ async fn not_found_is_not_retried() {
 
 /// Opens a blob, injects `fault` for every request, reads, and returns the
 /// error and how many requests the read made.
+#[tokio::test]
+async fn refused_credentials_at_open_are_access_refused() {
+    let (server, _) = server_with(1000, 12);
+    server.set_required_query_token(Some("sig=GOOD"));
+    // HEAD is refused with 403, so the ranged GET is tried, and refused too.
+    let err = HttpBlob::open(&server.url(&format!("{PATH}?sig=EXPIRED")), fast_opts())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlobError::AccessRefused {
+                status: 403,
+                method: "GET",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(disk_blob::ACCESS_REFUSED_ADVICE));
+    assert!(!full_chain(&err).contains("EXPIRED"));
+    assert_eq!(server.request_count(), 2);
+    // 401 is the same class.
+    server.set_required_query_token(None);
+    server.set_fault(
+        Fault::Status {
+            status: 401,
+            retry_after: None,
+        },
+        Times::Always,
+    );
+    let err = HttpBlob::open(&server.url(PATH), fast_opts())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BlobError::AccessRefused { status: 401, .. }),
+        "{err:?}"
+    );
+}
+
 async fn read_with_fault(fault: Fault) -> (BlobError, u64, BlobCounters) {
     let (server, _) = server_with(200_000, 12);
     let blob = HttpBlob::open(&server.url(PATH), fast_opts())

@@ -203,7 +203,8 @@ fn is_redirect(s: StatusCode) -> bool {
     matches!(s.as_u16(), 301 | 302 | 303 | 307 | 308)
 }
 
-/// A failure for an unexpected status: transient for 408, 429 and 5xx.
+/// A failure for an unexpected status: transient for 408, 429 and 5xx;
+/// 401 and 403 are refused credentials (see [`BlobError::AccessRefused`]).
 pub(super) fn status_failure(
     status: StatusCode,
     headers: &HeaderMap,
@@ -211,11 +212,20 @@ pub(super) fn status_failure(
     method: &'static str,
 ) -> Failure {
     let retry = status.is_server_error() || matches!(status.as_u16(), 408 | 429);
+    let status = status.as_u16();
     Failure {
-        error: BlobError::HttpStatus {
-            url,
-            method,
-            status: status.as_u16(),
+        error: if matches!(status, 401 | 403) {
+            BlobError::AccessRefused {
+                url,
+                method,
+                status,
+            }
+        } else {
+            BlobError::HttpStatus {
+                url,
+                method,
+                status,
+            }
         },
         retry,
         retry_after: if retry {
