@@ -60,7 +60,9 @@ pub enum Fault {
     },
     /// Close the connection without sending any response.
     DropConnection,
-    /// Answer 200 with the whole blob even if a `Range` was asked.
+    /// Answer 200 with the whole blob even if a `Range` was asked, and do
+    /// not send `Accept-Ranges: bytes` (also on `HEAD`): a server that does
+    /// not support ranges.
     IgnoreRange,
     /// Send `by` fewer body bytes than the range asked for. `Content-Length`
     /// matches the (short) body; `Content-Range` still claims the range that
@@ -978,6 +980,7 @@ async fn handle(
         return finish(record, r);
     }
 
+    let ranges_supported = !matches!(modifier, Some(Fault::IgnoreRange));
     let validators = |r: &mut Response<Body>| {
         let h = r.headers_mut();
         if let Some(v) = send_etag
@@ -992,7 +995,9 @@ async fn handle(
         {
             h.insert(header::LAST_MODIFIED, v);
         }
-        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if ranges_supported {
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        }
     };
 
     let conditions = http_ranges::Conditions {

@@ -334,7 +334,12 @@ async fn body_shape_faults() {
     let r = c.get(&url, &range).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-range"), None);
+    assert_eq!(r.header("accept-ranges"), None);
     assert_eq!(r.body(), &data[..]);
+    s.set_fault(Fault::IgnoreRange, Times::Next(1));
+    let r = c.head(&url).await;
+    assert_eq!(r.header("accept-ranges"), None);
+    assert_eq!(c.head(&url).await.header("accept-ranges"), Some("bytes"));
 
     s.set_fault(Fault::ShortBody { by: 10 }, Times::Next(1));
     let r = c.get(&url, &range).await;
@@ -376,7 +381,7 @@ async fn body_shape_faults() {
     let r = c.get(&url, &[]).await;
     assert!(t.elapsed() >= Duration::from_millis(50));
     assert_eq!(r.body(), &data[..]);
-    assert_eq!(s.faults_fired(), 7);
+    assert_eq!(s.faults_fired(), 8);
 }
 
 #[tokio::test]

@@ -370,6 +370,39 @@ async fn refused_credentials_at_open_are_access_refused() {
     );
 }
 
+/// A flat image on a server that ignores `Range` is refused at open with
+/// the error a first read would give, not opened to fail every read.
+#[tokio::test]
+async fn a_server_that_ignores_ranges_is_refused_at_open() {
+    let (server, _) = server_with(64 * 512, 13);
+    server.set_fault(Fault::IgnoreRange, Times::Always);
+    let err = HttpBlob::open(&server.url(PATH), fast_opts())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlobError::Unexpected200 {
+                start: 0,
+                end: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("the server ignores range requests"),
+        "{err}"
+    );
+    // HEAD (no Accept-Ranges), then one ranged probe; not retried.
+    let log = server.requests();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].method, "HEAD");
+    assert_eq!(log[1].range.as_deref(), Some("bytes=0-0"));
+    assert_eq!(log[1].status, Some(200));
+}
+
 async fn read_with_fault(fault: Fault) -> (BlobError, u64, BlobCounters) {
     let (server, _) = server_with(200_000, 12);
     let blob = HttpBlob::open(&server.url(PATH), fast_opts())

@@ -138,6 +138,14 @@ pub fn select_range(value: &str, len: u64) -> RangeSelection {
     RangeSelection::Bytes { start, end }
 }
 
+/// Whether an `Accept-Ranges` value (a list of range units, or `none`)
+/// includes `bytes` (case-insensitive, RFC 9110 section 14.3).
+pub fn accepts_byte_ranges(value: &str) -> bool {
+    value
+        .split(',')
+        .any(|unit| unit.trim_matches(is_ows).eq_ignore_ascii_case("bytes"))
+}
+
 /// Optional whitespace (RFC 9110 section 5.6.3).
 fn is_ows(c: char) -> bool {
     c == ' ' || c == '\t'
@@ -268,6 +276,16 @@ mod tests {
         ] {
             assert_eq!(sel(ignored), RangeSelection::Ignore, "{ignored:?}");
         }
+    }
+
+    #[test]
+    fn accept_ranges() {
+        assert!(accepts_byte_ranges("bytes"));
+        assert!(accepts_byte_ranges(" Bytes "));
+        assert!(accepts_byte_ranges("items, bytes"));
+        assert!(!accepts_byte_ranges("none"));
+        assert!(!accepts_byte_ranges(""));
+        assert!(!accepts_byte_ranges("bytesx"));
     }
 
     #[test]

@@ -44,9 +44,15 @@ use urls::parse_url;
 ///
 /// Wire rules:
 /// - Open: `HEAD` gives the length (`Content-Length`) and the validators
-///   (`ETag`, `Last-Modified`). If `HEAD` is refused (400, 403, 405, 501)
-///   or gives no length, a `GET` with `Range: bytes=0-0` is sent instead
-///   and the length is taken from the total in its `Content-Range`.
+///   (`ETag`, `Last-Modified`). If `HEAD` is refused (400, 403, 405, 501),
+///   gives no length, or does not advertise `Accept-Ranges: bytes` (for a
+///   non-empty blob), a `GET` with `Range: bytes=0-0` is sent instead and
+///   the length and validators are taken from its `206` (the length from
+///   the total in its `Content-Range`). A server that answers that probe
+///   with `200` ignores ranges and is refused at open with
+///   [`BlobError::Unexpected200`], the error its first read would give.
+///   (DEVNOTE: a server that advertises byte ranges and then ignores them
+///   is found only at the first read.)
 /// - Redirects (301, 302, 303, 307, 308, absolute or relative `Location`)
 ///   are followed, at most [`HttpBlobOptions::max_redirects`] hops per
 ///   request; https -> http is refused. Reads go to the URL the open's

@@ -53,14 +53,28 @@ impl Transport {
         if status == StatusCode::OK {
             let len = header_str(headers, header::CONTENT_LENGTH)
                 .and_then(|s| s.trim().parse::<u64>().ok());
-            if let Some(len) = len {
-                return Ok(Probe {
-                    len,
-                    validators: validators_of(headers),
-                    uri: final_uri,
-                });
+            let advertised = header_str(headers, header::ACCEPT_RANGES)
+                .is_some_and(http_ranges::range::accepts_byte_ranges);
+            match len {
+                Some(len) if advertised || len == 0 => {
+                    return Ok(Probe {
+                        len,
+                        validators: validators_of(headers),
+                        uri: final_uri,
+                    });
+                }
+                // A server that does not say it serves ranges is asked for
+                // one now: one that ignores them is refused at open with
+                // the error its first read would give, instead of opening
+                // and failing every read.
+                Some(_) => tracing::debug!(
+                    url = %self.url,
+                    "HEAD does not advertise Accept-Ranges: bytes, probing with a ranged GET"
+                ),
+                None => {
+                    tracing::debug!(url = %self.url, "HEAD gave no length, trying a ranged GET")
+                }
             }
-            tracing::debug!(url = %self.url, "HEAD gave no length, trying a ranged GET");
         } else if matches!(status.as_u16(), 400 | 403 | 405 | 501) {
             tracing::debug!(url = %self.url, %status, "HEAD refused, trying a ranged GET");
         } else {
