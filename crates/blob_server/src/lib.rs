@@ -22,8 +22,11 @@
 //!
 //! Each response describes the version of the file it was opened at (the
 //! metadata of the open file handle):
-//! - `ETag`: strong, `"<length hex>-<mtime ns hex>"`, so a rewritten file
-//!   gets a new tag;
+//! - `ETag`: strong, `"<length hex>-<mtime ns hex>-<device and inode
+//!   hex>"`, so a rewritten file gets a new tag (a new mtime), and so does
+//!   a new version renamed over the old one even when it has the old one's
+//!   length and mtime (copied with its timestamp, or written within one
+//!   tick of the filesystem clock): it is another inode (on Unix);
 //! - `Last-Modified`: the modification time in whole seconds;
 //! - `Accept-Ranges: bytes`, `Content-Length`, and
 //!   `Content-Type: application/octet-stream`.
@@ -588,7 +591,12 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
         .unwrap_or_default();
     let version = Version {
         len: meta.len(),
-        etag: format!("\"{:x}-{:x}\"", meta.len(), mtime.as_nanos()),
+        etag: format!(
+            "\"{:x}-{:x}-{:x}\"",
+            meta.len(),
+            mtime.as_nanos(),
+            file_identity(&meta)
+        ),
         modified: mtime.as_secs(),
     };
     let h = req.headers();
@@ -657,6 +665,23 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
         Decision::NotModified => {}
     }
     resp
+}
+
+/// What tells two files with the same length and modification time apart
+/// (see the `ETag` rule in the crate doc): on Unix, the device and inode
+/// numbers, so a new version renamed over the old one always gets a new
+/// tag. Elsewhere nothing (0).
+fn file_identity(meta: &std::fs::Metadata) -> u128 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (u128::from(meta.dev()) << 64) | u128::from(meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
+    }
 }
 
 /// Streams `count` bytes of `file` from its current position. A file that

@@ -358,6 +358,36 @@ async fn a_replaced_file_is_an_image_change_not_mixed_bytes() {
     assert_eq!(server.stats().precondition_failed, 1);
 }
 
+/// A new version renamed over the old one with the same length and the
+/// same modification time (copied with its timestamp, or written within
+/// one tick of a coarse filesystem clock) is still another version.
+#[tokio::test]
+async fn a_replacement_with_the_same_length_and_mtime_is_an_image_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img.raw");
+    let old = pattern(1 << 20, 8);
+    std::fs::write(&path, &old).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let server = start(dir.path()).await;
+    let blob = HttpBlob::open(&server.url("img.raw"), HttpBlobOptions::default())
+        .await
+        .unwrap();
+    let tmp = dir.path().join("img.raw.new");
+    std::fs::write(&tmp, pattern(1 << 20, 9)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+    let mut buf = vec![0u8; 4096];
+    let err = blob.read(&mut buf, 0).await.unwrap_err();
+    assert!(err.is_image_changed(), "{err}");
+    assert_eq!(server.stats().precondition_failed, 1);
+}
+
 #[tokio::test]
 async fn nothing_outside_the_root_and_only_get_and_head() {
     let outer = tempfile::tempdir().unwrap();
