@@ -22,11 +22,14 @@
 //!
 //! Each response describes the version of the file it was opened at (the
 //! metadata of the open file handle):
-//! - `ETag`: strong, `"<length hex>-<mtime ns hex>-<device and inode
-//!   hex>"`, so a rewritten file gets a new tag (a new mtime), and so does
-//!   a new version renamed over the old one even when it has the old one's
-//!   length and mtime (copied with its timestamp, or written within one
-//!   tick of the filesystem clock): it is another inode (on Unix);
+//! - `ETag`: strong, `"<length>-<mtime ns>-<device>-<inode>-<ctime ns>"`
+//!   in hex (on Unix; elsewhere only length and mtime), so every new
+//!   version gets a new tag, also one with the old one's length and mtime
+//!   (copied with its timestamp, or written within one tick of the
+//!   filesystem clock): it is another inode, or the same inode number
+//!   reused at a later change time. A read cache keyed on the tag can rely
+//!   on that. (The tag also changes on a metadata-only change such as
+//!   `chmod`, which costs a cache refetch, never wrong bytes.)
 //! - `Last-Modified`: the modification time in whole seconds;
 //! - `Accept-Ranges: bytes`, `Content-Length`, and
 //!   `Content-Type: application/octet-stream`.
@@ -592,7 +595,7 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
     let version = Version {
         len: meta.len(),
         etag: format!(
-            "\"{:x}-{:x}-{:x}\"",
+            "\"{:x}-{:x}{}\"",
             meta.len(),
             mtime.as_nanos(),
             file_identity(&meta)
@@ -667,20 +670,24 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
     resp
 }
 
-/// What tells two files with the same length and modification time apart
-/// (see the `ETag` rule in the crate doc): on Unix, the device and inode
-/// numbers, so a new version renamed over the old one always gets a new
-/// tag. Elsewhere nothing (0).
-fn file_identity(meta: &std::fs::Metadata) -> u128 {
+/// What tells two versions of a file with the same length and
+/// modification time apart (see the `ETag` rule in the crate doc): on
+/// Unix, the device and inode numbers (a new version renamed over the old
+/// one is another inode) and the inode's change time, which the kernel
+/// sets on every write, rename or metadata change and nobody can set back
+/// (an inode number freed by an old version and reused by a later one
+/// still gets a new change time). Elsewhere nothing.
+fn file_identity(meta: &std::fs::Metadata) -> String {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        (u128::from(meta.dev()) << 64) | u128::from(meta.ino())
+        let ctime_ns = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+        format!("-{:x}-{:x}-{:x}", meta.dev(), meta.ino(), ctime_ns)
     }
     #[cfg(not(unix))]
     {
         let _ = meta;
-        0
+        String::new()
     }
 }
 
