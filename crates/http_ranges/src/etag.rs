@@ -98,14 +98,7 @@ enum TagList<'a> {
 /// malformed value, or a `current` that is not an entity tag, matches
 /// nothing.
 pub fn if_match(value: &str, current: &str) -> bool {
-    let Some(current) = EntityTag::parse(current) else {
-        return false;
-    };
-    match tag_list(value) {
-        Some(TagList::Any) => true,
-        Some(TagList::Tags(tags)) => tags.iter().any(|t| t.strong_eq(&current)),
-        None => false,
-    }
+    list_names(value, current, |a, b| a.strong_eq(b))
 }
 
 /// Whether an `If-None-Match` value names the representation whose `ETag`
@@ -113,12 +106,17 @@ pub fn if_match(value: &str, current: &str) -> bool {
 /// to `current` under the weak comparison. A malformed value names
 /// nothing.
 pub fn if_none_match(value: &str, current: &str) -> bool {
+    list_names(value, current, |a, b| a.weak_eq(b))
+}
+
+/// Whether a tag list names `current` under the comparison `eq`.
+fn list_names(value: &str, current: &str, eq: fn(&EntityTag<'_>, &EntityTag<'_>) -> bool) -> bool {
     let Some(current) = EntityTag::parse(current) else {
         return false;
     };
     match tag_list(value) {
         Some(TagList::Any) => true,
-        Some(TagList::Tags(tags)) => tags.iter().any(|t| t.weak_eq(&current)),
+        Some(TagList::Tags(tags)) => tags.iter().any(|t| eq(t, &current)),
         None => false,
     }
 }
