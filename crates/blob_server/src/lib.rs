@@ -22,21 +22,46 @@
 //!
 //! Each response describes the version of the file it was opened at (the
 //! metadata of the open file handle):
-//! - `ETag`: strong, `"<length hex>-<mtime ns hex>"`, so a rewritten file
-//!   gets a new tag;
+//! - `ETag`: strong, `"<length>-<mtime ns>-<device>-<inode>-<ctime ns>"`
+//!   in hex (on Unix; elsewhere only length and mtime), so every new
+//!   version gets a new tag, also one with the old one's length and mtime
+//!   (copied with its timestamp, or written within one tick of the
+//!   filesystem clock): it is another inode, or the same inode number
+//!   reused at a later change time. A read cache keyed on the tag can rely
+//!   on that. (The tag also changes on a metadata-only change such as
+//!   `chmod`, which costs a cache refetch, never wrong bytes.)
 //! - `Last-Modified`: the modification time in whole seconds;
 //! - `Accept-Ranges: bytes`, `Content-Length`, and
 //!   `Content-Type: application/octet-stream`.
 //!
-//! Conditional requests follow RFC 9110 section 13.2.2, in order:
-//! `If-Match` (strong comparison; `412` on mismatch), else
-//! `If-Unmodified-Since` (`412`); `If-None-Match` (weak comparison, `304`),
-//! else `If-Modified-Since` (`304`); then `If-Range` (an entity tag compared
-//! strongly, or a date equal to `Last-Modified`), which drops the range and
-//! sends the whole file when the client's version is not current. Ranges:
-//! one `bytes=` range per request (`a-b`, `a-`, `-n`) gets `206` with
-//! `Content-Range`; a range starting past the end gets `416` with
-//! `Content-Range: bytes */<length>`.
+//! Conditional requests and ranges are decided by `http_ranges::decide`
+//! (the same rules the test servers use), which follows RFC 9110 section
+//! 13.2.2, in order: `If-Match` (strong comparison; `412` on mismatch),
+//! else `If-Unmodified-Since` (`412`); `If-None-Match` (weak comparison,
+//! `304`), else `If-Modified-Since` (`304`); then `If-Range` (an entity tag
+//! compared strongly, or a date equal to `Last-Modified`), which drops the
+//! range and sends the whole file when the client's version is not current.
+//! Ranges: a `bytes=` range (`a-b`, `a-`, `-n`; several that overlap or
+//! touch are merged into one) gets `206` with `Content-Range`; if no range
+//! is satisfiable, `416` with `Content-Range: bytes */<length>`.
+//!
+//! # Latency
+//!
+//! A store on loopback answers in microseconds; a real one is a round trip
+//! or more away. [`Latency`] (in [`BlobServerOptions`], or changed while
+//! running with [`BlobServer::set_latency`]) adds, in user space (no
+//! `netem` needed):
+//! - `per_request`: a wait before each request is answered (one round
+//!   trip), whatever the answer;
+//! - `per_connection`: a wait before the first request of a new connection
+//!   is read (the TCP and TLS handshakes a real store costs), so a client
+//!   that opens a connection per request pays it every time and one that
+//!   keeps connections alive pays it once per connection.
+//!
+//! [`BlobServerStats::delayed_requests`] and
+//! [`BlobServerStats::delayed_connections`] count what was delayed. A
+//! latency change applies to requests and connections that arrive after
+//! it.
 //!
 //! Connections are HTTP/1.1 keep-alive; each runs on its own task of the
 //! tokio runtime that called [`BlobServer::serve_dir`]. Bodies are streamed
@@ -53,9 +78,9 @@
 //!   ignored (the RFC allows it) and a malformed date is treated as absent.
 //! - [`BlobServerStats`] counters only grow.
 //!
-//! DEVNOTE: a request with several ranges (`bytes=0-1,5-6`) gets the whole
-//! file (`200`), which RFC 9110 allows; `multipart/byteranges` is not
-//! implemented because no disk client sends one.
+//! DEVNOTE: a request for several separate ranges (`bytes=0-1,5-6`) gets
+//! the whole file (`200`), which RFC 9110 allows; `multipart/byteranges` is
+//! not implemented because no disk client sends one.
 //!
 //! DEVNOTE: a file replaced by renaming a new one over it is seen at the
 //! next request (new ETag). A file rewritten in place while a response is
@@ -66,8 +91,7 @@
 
 #![forbid(unsafe_code)]
 
-mod http_date;
-mod rules;
+mod request_path;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -82,11 +106,11 @@ use http_body_util::Empty;
 use http_body_util::Full;
 use http_body_util::StreamBody;
 use http_body_util::combinators::BoxBody;
+use http_ranges::Conditions;
+use http_ranges::Decision;
+use http_ranges::Version;
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
-use rules::Conditions;
-use rules::Decision;
-use rules::Version;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -159,6 +183,28 @@ pub struct BlobServerStats {
     pub errors: u64,
     /// Body bytes handed to connections.
     pub bytes_sent: u64,
+    /// Requests that waited the per-request latency ([`Latency`]).
+    pub delayed_requests: u64,
+    /// Connections that waited the per-connection latency ([`Latency`]).
+    pub delayed_connections: u64,
+}
+
+/// Simulated network latency (see the crate doc, "Latency"). Zero (the
+/// default) adds nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Waited before each request is answered: one round trip.
+    pub per_request: Duration,
+    /// Waited once per new connection, before its first request is read:
+    /// the TCP (and, for a real store, TLS) handshakes.
+    pub per_connection: Duration,
+}
+
+/// How a [`BlobServer`] behaves beyond its root and address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobServerOptions {
+    /// Simulated network latency; none by default.
+    pub latency: Latency,
 }
 
 #[derive(Default)]
@@ -173,6 +219,8 @@ struct Counters {
     range_not_satisfiable: AtomicU64,
     errors: AtomicU64,
     bytes_sent: AtomicU64,
+    delayed_requests: AtomicU64,
+    delayed_connections: AtomicU64,
 }
 
 impl Counters {
@@ -189,6 +237,8 @@ impl Counters {
             range_not_satisfiable: get(&self.range_not_satisfiable),
             errors: get(&self.errors),
             bytes_sent: get(&self.bytes_sent),
+            delayed_requests: get(&self.delayed_requests),
+            delayed_connections: get(&self.delayed_connections),
         }
     }
 }
@@ -201,6 +251,32 @@ struct State {
     /// The canonical root.
     root: PathBuf,
     counters: Counters,
+    /// [`Latency::per_request`] in microseconds.
+    request_latency_us: AtomicU64,
+    /// [`Latency::per_connection`] in microseconds.
+    connection_latency_us: AtomicU64,
+}
+
+impl State {
+    fn request_latency(&self) -> Duration {
+        Duration::from_micros(self.request_latency_us.load(Ordering::Relaxed))
+    }
+
+    fn connection_latency(&self) -> Duration {
+        Duration::from_micros(self.connection_latency_us.load(Ordering::Relaxed))
+    }
+
+    fn set_latency(&self, latency: Latency) {
+        self.request_latency_us
+            .store(micros(latency.per_request), Ordering::Relaxed);
+        self.connection_latency_us
+            .store(micros(latency.per_connection), Ordering::Relaxed);
+    }
+}
+
+/// A duration in whole microseconds, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A running blob server. Stop it with [`BlobServer::shutdown`]; dropping
@@ -230,6 +306,15 @@ impl BlobServer {
         dir: impl AsRef<Path>,
         addr: SocketAddr,
     ) -> Result<BlobServer, BlobServerError> {
+        Self::serve_dir_with(dir, addr, BlobServerOptions::default()).await
+    }
+
+    /// [`Self::serve_dir`] with options (e.g. a simulated [`Latency`]).
+    pub async fn serve_dir_with(
+        dir: impl AsRef<Path>,
+        addr: SocketAddr,
+        options: BlobServerOptions,
+    ) -> Result<BlobServer, BlobServerError> {
         let dir = dir.as_ref();
         if !addr.ip().is_loopback() {
             return Err(BlobServerError::NotLoopback(addr));
@@ -256,7 +341,10 @@ impl BlobServer {
         let state = Arc::new(State {
             root,
             counters: Counters::default(),
+            request_latency_us: AtomicU64::new(0),
+            connection_latency_us: AtomicU64::new(0),
         });
+        state.set_latency(options.latency);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, state.clone(), stop_rx));
         tracing::debug!(%addr, root = %state.root.display(), "blob server started");
@@ -300,6 +388,20 @@ impl BlobServer {
     /// The directory served (canonical form).
     pub fn root(&self) -> &Path {
         &self.state.root
+    }
+
+    /// Changes the simulated latency for requests and connections that
+    /// arrive from now on.
+    pub fn set_latency(&self, latency: Latency) {
+        self.state.set_latency(latency);
+    }
+
+    /// The simulated latency in force.
+    pub fn latency(&self) -> Latency {
+        Latency {
+            per_request: self.state.request_latency(),
+            per_connection: self.state.connection_latency(),
+        }
     }
 
     /// The counters so far.
@@ -370,6 +472,15 @@ async fn serve_connection(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The handshakes of a far-away store: nothing is read before this.
+    let handshake = state.connection_latency();
+    if !handshake.is_zero() {
+        bump(&state.counters.delayed_connections);
+        tokio::select! {
+            _ = tokio::time::sleep(handshake) => {}
+            _ = stop.changed() => return,
+        }
+    }
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(&state, req).await) }
@@ -414,6 +525,11 @@ fn text(status: StatusCode, message: &'static str) -> Response<Body> {
 async fn handle(state: &Arc<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let c = &state.counters;
     bump(&c.requests);
+    let round_trip = state.request_latency();
+    if !round_trip.is_zero() {
+        bump(&c.delayed_requests);
+        tokio::time::sleep(round_trip).await;
+    }
     let resp = respond(state, &req).await;
     match resp.status() {
         StatusCode::OK if req.method() == Method::HEAD => bump(&c.head_requests),
@@ -444,7 +560,7 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
             return resp;
         }
     };
-    let segments = match rules::request_segments(req.uri().path()) {
+    let segments = match request_path::request_segments(req.uri().path()) {
         Ok(s) => s,
         Err(_) => return text(StatusCode::BAD_REQUEST, "bad request path\n"),
     };
@@ -478,7 +594,12 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
         .unwrap_or_default();
     let version = Version {
         len: meta.len(),
-        etag: format!("\"{:x}-{:x}\"", meta.len(), mtime.as_nanos()),
+        etag: format!(
+            "\"{:x}-{:x}{}\"",
+            meta.len(),
+            mtime.as_nanos(),
+            file_identity(&meta)
+        ),
         modified: mtime.as_secs(),
     };
     let h = req.headers();
@@ -490,7 +611,7 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
         if_range: header_str(h, header::IF_RANGE),
         range: header_str(h, header::RANGE),
     };
-    let decision = rules::decide(&conditions, &version);
+    let decision = http_ranges::decide(&conditions, &version);
     let (status, start, count) = match decision {
         Decision::Full => (StatusCode::OK, 0, version.len),
         Decision::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
@@ -518,27 +639,56 @@ async fn respond(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Re
         }
     };
     set(header::ETAG, version.etag.clone());
-    set(header::LAST_MODIFIED, http_date::format(version.modified));
+    set(
+        header::LAST_MODIFIED,
+        http_ranges::date::format(version.modified),
+    );
     set(header::ACCEPT_RANGES, "bytes".into());
     match decision {
         Decision::Full | Decision::Partial { .. } => {
             set(header::CONTENT_LENGTH, count.to_string());
             set(header::CONTENT_TYPE, "application/octet-stream".into());
             if let Decision::Partial { start, end } = decision {
-                set(
-                    header::CONTENT_RANGE,
-                    format!("bytes {start}-{end}/{}", version.len),
-                );
+                let content_range = http_ranges::ContentRange {
+                    start,
+                    end,
+                    total: Some(version.len),
+                };
+                set(header::CONTENT_RANGE, content_range.to_string());
             }
         }
         Decision::RangeNotSatisfiable => {
-            set(header::CONTENT_RANGE, format!("bytes */{}", version.len));
+            set(
+                header::CONTENT_RANGE,
+                http_ranges::content_range::unsatisfied(version.len),
+            );
             set(header::CONTENT_LENGTH, "0".into());
         }
         Decision::PreconditionFailed => set(header::CONTENT_LENGTH, "0".into()),
         Decision::NotModified => {}
     }
     resp
+}
+
+/// What tells two versions of a file with the same length and
+/// modification time apart (see the `ETag` rule in the crate doc): on
+/// Unix, the device and inode numbers (a new version renamed over the old
+/// one is another inode) and the inode's change time, which the kernel
+/// sets on every write, rename or metadata change and nobody can set back
+/// (an inode number freed by an old version and reused by a later one
+/// still gets a new change time). Elsewhere nothing.
+fn file_identity(meta: &std::fs::Metadata) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let ctime_ns = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+        format!("-{:x}-{:x}-{:x}", meta.dev(), meta.ino(), ctime_ns)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        String::new()
+    }
 }
 
 /// Streams `count` bytes of `file` from its current position. A file that

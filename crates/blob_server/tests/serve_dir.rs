@@ -4,6 +4,8 @@
 
 use blob_server::BlobServer;
 use blob_server::BlobServerError;
+use blob_server::BlobServerOptions;
+use blob_server::Latency;
 use bytes::Bytes;
 use disk_blob::Blob;
 use disk_blob::HttpBlob;
@@ -16,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::path::Path;
+use std::time::Duration;
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -129,6 +132,10 @@ async fn ranges_are_exact_and_out_of_range_is_416() {
         ("bytes=9000-", 9000, 9999),
         ("bytes=-512", 9488, 9999),
         ("bytes=9999-20000", 9999, 9999),
+        // A last position too large for u64 still means "to the end".
+        ("bytes=9999-99999999999999999999999", 9999, 9999),
+        // Overlapping ranges are served as one part.
+        ("bytes=10-19, 0-14", 0, 19),
     ] {
         let r = send(&c, "GET", &url, &[("range", range)]).await;
         assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{range}");
@@ -142,7 +149,9 @@ async fn ranges_are_exact_and_out_of_range_is_416() {
     let r = send(&c, "GET", &url, &[("range", "bytes=10000-")]).await;
     assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.header("content-range"), Some("bytes */10000"));
-    // Several ranges: the whole file, which the RFC allows.
+    let r = send(&c, "GET", &url, &[("range", "bytes=20000-, -0")]).await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    // Several separate ranges: the whole file, which the RFC allows.
     let r = send(&c, "GET", &url, &[("range", "bytes=0-1,5-6")]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, data);
@@ -152,8 +161,8 @@ async fn ranges_are_exact_and_out_of_range_is_416() {
     assert_eq!(r.header("content-length"), Some("10"));
     assert!(r.body.is_empty());
     let stats = server.stats();
-    assert_eq!(stats.range_requests, 6);
-    assert_eq!(stats.range_not_satisfiable, 1);
+    assert_eq!(stats.range_requests, 8);
+    assert_eq!(stats.range_not_satisfiable, 2);
 }
 
 #[tokio::test]
@@ -257,6 +266,79 @@ async fn http_blob_reads_match_the_file_over_reused_connections() {
 }
 
 #[tokio::test]
+async fn latency_delays_every_request_and_each_new_connection_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(1 << 20, 7);
+    std::fs::write(dir.path().join("img.raw"), &data).unwrap();
+    let latency = Latency {
+        per_request: Duration::from_millis(2),
+        per_connection: Duration::from_millis(5),
+    };
+    let server = BlobServer::serve_dir_with(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        BlobServerOptions { latency },
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.latency(), latency);
+    let url = server.url("img.raw");
+
+    // Five requests over one keep-alive connection: five round trips, one
+    // handshake.
+    let c = client();
+    for i in 0..5usize {
+        let range = format!("bytes={}-{}", i * 1000, i * 1000 + 99);
+        let r = send(&c, "GET", &url, &[("range", &range)]).await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.body, &data[i * 1000..i * 1000 + 100]);
+    }
+    let s = server.stats();
+    assert_eq!((s.requests, s.delayed_requests), (5, 5));
+    assert_eq!((s.connections, s.delayed_connections), (1, 1));
+
+    // Another client opens another connection and pays the handshake again.
+    let r = send(&client(), "HEAD", &url, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let s = server.stats();
+    assert_eq!((s.requests, s.delayed_requests), (6, 6));
+    assert_eq!((s.connections, s.delayed_connections), (2, 2));
+
+    // The product's reader: every request it sends waits, and so does each
+    // connection it opens.
+    let opts = HttpBlobOptions {
+        max_request_size: 128 * 1024,
+        max_connections: 4,
+        ..Default::default()
+    };
+    let blob = HttpBlob::open(&url, opts).await.unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    blob.read(&mut buf, 0).await.unwrap();
+    assert_eq!(buf, data);
+    let after = server.stats();
+    assert_eq!(
+        after.delayed_requests - s.delayed_requests,
+        blob.counters().requests
+    );
+    assert_eq!(after.requests - s.requests, blob.counters().requests);
+    assert_eq!(
+        after.delayed_connections - s.delayed_connections,
+        after.connections - s.connections
+    );
+    assert!(after.connections - s.connections >= 1);
+
+    // Zero turns it off for what arrives next.
+    server.set_latency(Latency::default());
+    let r = send(&client(), "HEAD", &url, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let last = server.stats();
+    assert_eq!(last.requests, after.requests + 1);
+    assert_eq!(last.connections, after.connections + 1);
+    assert_eq!(last.delayed_requests, after.delayed_requests);
+    assert_eq!(last.delayed_connections, after.delayed_connections);
+}
+
+#[tokio::test]
 async fn a_replaced_file_is_an_image_change_not_mixed_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("img.raw");
@@ -270,6 +352,36 @@ async fn a_replaced_file_is_an_image_change_not_mixed_bytes() {
     let tmp = dir.path().join("img.raw.new");
     std::fs::write(&tmp, pattern((1 << 20) + 512, 6)).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = blob.read(&mut buf, 0).await.unwrap_err();
+    assert!(err.is_image_changed(), "{err}");
+    assert_eq!(server.stats().precondition_failed, 1);
+}
+
+/// A new version renamed over the old one with the same length and the
+/// same modification time (copied with its timestamp, or written within
+/// one tick of a coarse filesystem clock) is still another version.
+#[tokio::test]
+async fn a_replacement_with_the_same_length_and_mtime_is_an_image_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img.raw");
+    let old = pattern(1 << 20, 8);
+    std::fs::write(&path, &old).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let server = start(dir.path()).await;
+    let blob = HttpBlob::open(&server.url("img.raw"), HttpBlobOptions::default())
+        .await
+        .unwrap();
+    let tmp = dir.path().join("img.raw.new");
+    std::fs::write(&tmp, pattern(1 << 20, 9)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
     let mut buf = vec![0u8; 4096];
     let err = blob.read(&mut buf, 0).await.unwrap_err();
     assert!(err.is_image_changed(), "{err}");

@@ -27,6 +27,7 @@ use http::header;
 use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use http_body_util::combinators::BoxBody;
+use http_ranges::Decision;
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
@@ -59,7 +60,9 @@ pub enum Fault {
     },
     /// Close the connection without sending any response.
     DropConnection,
-    /// Answer 200 with the whole blob even if a `Range` was asked.
+    /// Answer 200 with the whole blob even if a `Range` was asked, and do
+    /// not send `Accept-Ranges: bytes` (also on `HEAD`): a server that does
+    /// not support ranges.
     IgnoreRange,
     /// Send `by` fewer body bytes than the range asked for. `Content-Length`
     /// matches the (short) body; `Content-Range` still claims the range that
@@ -251,6 +254,12 @@ pub struct RequestRecord {
     /// The status sent, or `None` if the connection was dropped without a
     /// response.
     pub status: Option<u16>,
+    /// The connection the request came on: its number in order of accept,
+    /// 0-based (not reset by [`FaultServer::reset_stats`]).
+    pub connection: u64,
+    /// The per-request latency this request waited
+    /// ([`FaultServer::set_latency`]; zero if none).
+    pub latency: Duration,
 }
 
 impl RequestRecord {
@@ -326,6 +335,11 @@ struct Shared {
     connections: AtomicU64,
     faults_fired: AtomicU64,
     latency_us: AtomicU64,
+    connection_latency_us: AtomicU64,
+    delayed_requests: AtomicU64,
+    delayed_connections: AtomicU64,
+    /// Connections accepted since start (numbers them; never reset).
+    accepted: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     etag_seed: u64,
@@ -374,7 +388,7 @@ impl Shared {
             len,
             etag: etag.clone(),
             last_modified_secs,
-            last_modified: http_date(last_modified_secs),
+            last_modified: http_ranges::date::format(last_modified_secs),
         };
         state.blobs.insert(path.to_string(), Arc::new(blob));
         etag
@@ -400,6 +414,7 @@ impl Shared {
 pub struct FaultServerBuilder {
     tls: bool,
     latency: Duration,
+    connection_latency: Duration,
 }
 
 impl FaultServerBuilder {
@@ -412,6 +427,13 @@ impl FaultServerBuilder {
     /// Delay every request by this much (see [`FaultServer::set_latency`]).
     pub fn latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Delay every new connection by this much before its first request is
+    /// read (see [`FaultServer::set_connection_latency`]).
+    pub fn connection_latency(mut self, latency: Duration) -> Self {
+        self.connection_latency = latency;
         self
     }
 
@@ -433,16 +455,29 @@ impl FaultServerBuilder {
 /// in order: the per-request latency, the first matching fault rule, the
 /// required query token (403), and the redirect table.
 ///
+/// Latency (a store a round trip away, simulated in user space): the
+/// per-request latency ([`FaultServer::set_latency`]) is waited before
+/// each request is handled; the per-connection latency
+/// ([`FaultServer::set_connection_latency`]) once per new connection,
+/// before its TLS handshake and its first request are read, as a real
+/// store's TCP and TLS handshakes cost. [`FaultServer::delayed_requests`],
+/// [`FaultServer::delayed_connections`] and the request log
+/// ([`RequestRecord::connection`], [`RequestRecord::latency`]) show what
+/// was delayed.
+///
 /// Semantics of a normal response:
 /// - `GET`/`HEAD` only (others: 405). `Accept-Ranges: bytes`, a strong
 ///   `ETag` (changes whenever the blob is replaced), `Last-Modified`.
-/// - `If-Match` that matches no current ETag: 412. `If-None-Match` that
-///   matches: 304.
-/// - A single range `bytes=a-b`, `bytes=a-` or `bytes=-n`: 206 with
-///   `Content-Range`; unsatisfiable: 416 with `Content-Range: bytes */len`;
-///   a syntactically invalid or multi-range header is ignored (200), as
-///   RFC 9110 allows. `If-Range` (ETag or Last-Modified) that does not match
-///   turns the answer into a 200 with the whole blob.
+/// - Conditional requests and `Range` are decided by `http_ranges::decide`,
+///   the rules `blob_server` uses too (RFC 9110 section 13.2.2): `If-Match`
+///   that matches no current ETag (strong comparison): 412; `If-None-Match`
+///   that matches: 304; the date conditions likewise.
+/// - A `bytes=` range (`a-b`, `a-`, `-n`; several that overlap or touch
+///   merge into one): 206 with `Content-Range`; none satisfiable: 416 with
+///   `Content-Range: bytes */len`; a malformed header, or several separate
+///   ranges, is ignored (200), as RFC 9110 allows. `If-Range` (ETag or
+///   Last-Modified) that does not match turns the answer into a 200 with
+///   the whole blob.
 pub struct FaultServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -509,6 +544,10 @@ impl FaultServer {
             connections: AtomicU64::new(0),
             faults_fired: AtomicU64::new(0),
             latency_us: AtomicU64::new(duration_us(opts.latency)),
+            connection_latency_us: AtomicU64::new(duration_us(opts.connection_latency)),
+            delayed_requests: AtomicU64::new(0),
+            delayed_connections: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             etag_seed: seed,
@@ -637,12 +676,32 @@ impl FaultServer {
         self.shared.lock().rules.clear();
     }
 
-    /// Delays every request by `latency` before it is handled (a simple
-    /// model of network latency, for benchmarks). Zero turns it off.
+    /// Delays every request by `latency` before it is handled (one round
+    /// trip of a far-away store). Zero turns it off. Applies to requests
+    /// that arrive from now on.
     pub fn set_latency(&self, latency: Duration) {
         self.shared
             .latency_us
             .store(duration_us(latency), Ordering::Relaxed);
+    }
+
+    /// Delays every new connection by `latency` before its TLS handshake
+    /// and first request are read (the handshakes of a far-away store).
+    /// Zero turns it off. Applies to connections accepted from now on.
+    pub fn set_connection_latency(&self, latency: Duration) {
+        self.shared
+            .connection_latency_us
+            .store(duration_us(latency), Ordering::Relaxed);
+    }
+
+    /// Requests that waited the per-request latency.
+    pub fn delayed_requests(&self) -> u64 {
+        self.shared.delayed_requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections that waited the per-connection latency.
+    pub fn delayed_connections(&self) -> u64 {
+        self.shared.delayed_connections.load(Ordering::Relaxed)
     }
 
     /// Requests received so far (including ones answered with a fault).
@@ -692,8 +751,8 @@ impl FaultServer {
         self.shared.lock().log.clone()
     }
 
-    /// Clears the request log and zeroes the request, byte, connection and
-    /// fault counters.
+    /// Clears the request log and zeroes the request, byte, connection,
+    /// fault and delay counters.
     pub fn reset_stats(&self) {
         let mut state = self.shared.lock();
         state.log.clear();
@@ -701,6 +760,8 @@ impl FaultServer {
         self.shared.bytes_served.store(0, Ordering::Relaxed);
         self.shared.connections.store(0, Ordering::Relaxed);
         self.shared.faults_fired.store(0, Ordering::Relaxed);
+        self.shared.delayed_requests.store(0, Ordering::Relaxed);
+        self.shared.delayed_connections.store(0, Ordering::Relaxed);
         self.shared.max_in_flight.store(
             self.shared.in_flight.load(Ordering::SeqCst),
             Ordering::SeqCst,
@@ -736,11 +797,19 @@ async fn accept_loop(
             }
         };
         shared.connections.fetch_add(1, Ordering::Relaxed);
+        let connection = shared.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            let handshake =
+                Duration::from_micros(shared.connection_latency_us.load(Ordering::Relaxed));
+            if !handshake.is_zero() {
+                shared.delayed_connections.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(handshake).await;
+            }
+            let service =
+                hyper::service::service_fn(move |req| handle(shared.clone(), connection, req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match tls {
                 Some(acceptor) => {
@@ -792,66 +861,11 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The outcome of evaluating a `Range` header against a blob length.
-#[derive(Debug, PartialEq, Eq)]
-enum RangeReq {
-    /// No (usable) range: serve the whole blob.
-    Whole,
-    /// Serve bytes `start..=end`.
-    Part(u64, u64),
-    /// 416.
-    Unsatisfiable,
-}
-
-fn parse_range(value: &str, len: u64) -> RangeReq {
-    let value = value.trim();
-    let Some((unit, spec)) = value.split_once('=') else {
-        return RangeReq::Whole;
-    };
-    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
-        return RangeReq::Whole;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return RangeReq::Whole;
-    };
-    let (first, last) = (first.trim(), last.trim());
-    if first.is_empty() {
-        let Ok(n) = last.parse::<u64>() else {
-            return RangeReq::Whole;
-        };
-        if n == 0 || len == 0 {
-            return RangeReq::Unsatisfiable;
-        }
-        return RangeReq::Part(len.saturating_sub(n), len - 1);
-    }
-    let Ok(start) = first.parse::<u64>() else {
-        return RangeReq::Whole;
-    };
-    let end = if last.is_empty() {
-        u64::MAX
-    } else {
-        match last.parse::<u64>() {
-            Ok(e) => e,
-            Err(_) => return RangeReq::Whole,
-        }
-    };
-    if end < start {
-        return RangeReq::Whole;
-    }
-    if start >= len {
-        return RangeReq::Unsatisfiable;
-    }
-    RangeReq::Part(start, end.min(len - 1))
-}
-
-/// Whether an `If-Match`/`If-None-Match` list names `etag` (`*` matches).
-fn etag_list_matches(list: &str, etag: &str, weak_ok: bool) -> bool {
-    list.split(',').map(str::trim).any(|t| {
-        t == "*" || t == etag || (weak_ok && t.strip_prefix("W/").is_some_and(|t| t == etag))
-    })
-}
-
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
+async fn handle(
+    shared: Arc<Shared>,
+    connection: u64,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, io::Error> {
     let seq = shared.requests.fetch_add(1, Ordering::Relaxed);
     let mut in_flight = Some(InFlight::new(&shared));
     let mut record = RequestRecord {
@@ -874,6 +888,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             .collect(),
         fault: None,
         status: None,
+        connection,
+        latency: Duration::ZERO,
     };
     let finish = |mut record: RequestRecord, response: Response<Body>| {
         record.status = Some(response.status().as_u16());
@@ -881,9 +897,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         Ok(response)
     };
 
-    let latency = shared.latency_us.load(Ordering::Relaxed);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_micros(latency)).await;
+    let latency = Duration::from_micros(shared.latency_us.load(Ordering::Relaxed));
+    if !latency.is_zero() {
+        shared.delayed_requests.fetch_add(1, Ordering::Relaxed);
+        record.latency = latency;
+        tokio::time::sleep(latency).await;
     }
 
     let path = req.uri().path().to_string();
@@ -962,6 +980,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         return finish(record, r);
     }
 
+    let ranges_supported = !matches!(modifier, Some(Fault::IgnoreRange));
     let validators = |r: &mut Response<Body>| {
         let h = r.headers_mut();
         if let Some(v) = send_etag
@@ -976,55 +995,52 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         {
             h.insert(header::LAST_MODIFIED, v);
         }
-        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if ranges_supported {
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        }
     };
 
-    if let Some(if_match) = header_str(&req, header::IF_MATCH) {
-        // If-Match uses the strong comparison.
-        if !etag_list_matches(if_match, &blob.etag, false) {
+    let conditions = http_ranges::Conditions {
+        if_match: header_str(&req, header::IF_MATCH),
+        if_none_match: header_str(&req, header::IF_NONE_MATCH),
+        if_modified_since: header_str(&req, header::IF_MODIFIED_SINCE),
+        if_unmodified_since: header_str(&req, header::IF_UNMODIFIED_SINCE),
+        if_range: header_str(&req, header::IF_RANGE),
+        range: header_str(&req, header::RANGE),
+    };
+    let version = http_ranges::Version {
+        len: blob.len,
+        etag: blob.etag.clone(),
+        modified: blob.last_modified_secs,
+    };
+    let mut decision = http_ranges::decide(&conditions, &version);
+    if matches!(modifier, Some(Fault::IgnoreRange))
+        && matches!(
+            decision,
+            Decision::Partial { .. } | Decision::RangeNotSatisfiable
+        )
+    {
+        decision = Decision::Full;
+    }
+
+    let (status, mut start, len) = match decision {
+        Decision::Full => (StatusCode::OK, 0, blob.len),
+        Decision::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        Decision::PreconditionFailed => {
             let mut r = status_response(412, "precondition failed\n");
             validators(&mut r);
             return finish(record, r);
         }
-    }
-    if let Some(inm) = header_str(&req, header::IF_NONE_MATCH)
-        && etag_list_matches(inm, &blob.etag, true)
-    {
-        let mut r = status_response(304, "");
-        validators(&mut r);
-        return finish(record, r);
-    }
-
-    let mut range = match header_str(&req, header::RANGE) {
-        Some(v) => parse_range(v, blob.len),
-        None => RangeReq::Whole,
-    };
-    if range != RangeReq::Whole
-        && let Some(if_range) = header_str(&req, header::IF_RANGE)
-    {
-        let if_range = if_range.trim();
-        let matches = if if_range.starts_with('"') {
-            if_range == blob.etag
-        } else if if_range.starts_with("W/") {
-            false
-        } else {
-            if_range == blob.last_modified
-        };
-        if !matches {
-            range = RangeReq::Whole;
+        Decision::NotModified => {
+            let mut r = status_response(304, "");
+            validators(&mut r);
+            return finish(record, r);
         }
-    }
-    if matches!(modifier, Some(Fault::IgnoreRange)) {
-        range = RangeReq::Whole;
-    }
-
-    let (status, mut start, len) = match range {
-        RangeReq::Whole => (StatusCode::OK, 0, blob.len),
-        RangeReq::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-        RangeReq::Unsatisfiable => {
+        Decision::RangeNotSatisfiable => {
             let mut r = status_response(416, "");
             validators(&mut r);
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", blob.len)) {
+            if let Ok(v) = HeaderValue::from_str(&http_ranges::content_range::unsatisfied(blob.len))
+            {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
             return finish(record, r);
@@ -1089,7 +1105,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .insert(header::CONTENT_LENGTH, HeaderValue::from(content_length));
     if status == StatusCode::PARTIAL_CONTENT {
         let (s, l) = claimed;
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", s, s + l - 1, blob.len)) {
+        let content_range = http_ranges::ContentRange {
+            start: s,
+            end: s + l - 1,
+            total: Some(blob.len),
+        };
+        if let Ok(v) = HeaderValue::from_str(&content_range.to_string()) {
             r.headers_mut().insert(header::CONTENT_RANGE, v);
         }
     }
@@ -1187,74 +1208,5 @@ impl hyper::body::Body for ChanBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-/// Formats seconds since the Unix epoch as an IMF-fixdate
-/// (`Sun, 06 Nov 1994 08:49:37 GMT`).
-pub fn http_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86400;
-    let rem = secs % 86400;
-    let weekday = DAYS[(days % 7) as usize];
-    // Civil date from days since 1970-01-01 (proleptic Gregorian), using
-    // 400-year eras starting on March 1st.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn range_parsing() {
-        assert_eq!(parse_range("bytes=0-9", 100), RangeReq::Part(0, 9));
-        assert_eq!(parse_range("bytes=90-", 100), RangeReq::Part(90, 99));
-        assert_eq!(parse_range("bytes=90-1000", 100), RangeReq::Part(90, 99));
-        assert_eq!(parse_range("bytes=-10", 100), RangeReq::Part(90, 99));
-        assert_eq!(parse_range("bytes=-1000", 100), RangeReq::Part(0, 99));
-        assert_eq!(parse_range("bytes=100-", 100), RangeReq::Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 100), RangeReq::Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-0", 0), RangeReq::Unsatisfiable);
-        assert_eq!(parse_range("bytes=9-0", 100), RangeReq::Whole);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeReq::Whole);
-        assert_eq!(parse_range("items=0-1", 100), RangeReq::Whole);
-        assert_eq!(parse_range("bytes=x-1", 100), RangeReq::Whole);
-        assert_eq!(parse_range("garbage", 100), RangeReq::Whole);
-    }
-
-    #[test]
-    fn http_dates() {
-        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
-        assert_eq!(http_date(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
-    }
-
-    #[test]
-    fn etag_lists() {
-        assert!(etag_list_matches("\"a\", \"b\"", "\"b\"", false));
-        assert!(etag_list_matches("*", "\"b\"", false));
-        assert!(!etag_list_matches("W/\"b\"", "\"b\"", false));
-        assert!(etag_list_matches("W/\"b\"", "\"b\"", true));
-        assert!(!etag_list_matches("\"c\"", "\"b\"", true));
     }
 }

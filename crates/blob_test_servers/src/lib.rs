@@ -10,8 +10,9 @@
 //! - [`FaultServer`]: an in-process hyper 1 server (HTTP/1.1 and HTTP/2,
 //!   optionally TLS with a runtime-made CA, see [`TestCa`]) serving
 //!   in-memory or file-backed blobs with Range, HEAD, ETag, Last-Modified,
-//!   If-Match, If-Range and keep-alive; counters and a request log; and
-//!   injectable [`Fault`]s settable at runtime.
+//!   If-Match, If-Range and keep-alive; counters and a request log;
+//!   injectable [`Fault`]s settable at runtime; and a simulated latency per
+//!   request and per new connection.
 //! - [`NginxServer`]: a real nginx child process with its own config, as a
 //!   static file server or a caching reverse proxy (slice module).
 //! - [`require_tool`]: the workspace rule for tests that need an external
@@ -25,8 +26,9 @@
 //! *inject* latency or slowness.
 //!
 //! Known limits:
-//! - FUTURE: multi-range requests (`bytes=0-1,5-6`) are answered with the
-//!   whole blob (allowed by RFC 9110) rather than `multipart/byteranges`.
+//! - FUTURE: requests for several separate ranges (`bytes=0-1,5-6`) are
+//!   answered with the whole blob (allowed by RFC 9110) rather than
+//!   `multipart/byteranges`.
 //! - DEVNOTE: the request log keeps the full query string (tests assert on
 //!   SAS-like tokens); it is test data and is never printed by this crate.
 //! - DEVNOTE: [`NginxServer`] access log lines are written by nginx just
@@ -48,7 +50,6 @@ pub use fault_server::FaultServer;
 pub use fault_server::FaultServerBuilder;
 pub use fault_server::RequestRecord;
 pub use fault_server::Times;
-pub use fault_server::http_date;
 pub use nginx::NginxConfig;
 pub use nginx::NginxLogEntry;
 pub use nginx::NginxServer;

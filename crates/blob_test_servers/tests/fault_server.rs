@@ -104,6 +104,63 @@ async fn range_semantics() {
     assert!(s.requests().is_empty());
 }
 
+/// The edge cases of `Range` over the wire; the rules are
+/// `http_ranges::select_range`, the same as `blob_server`'s.
+#[tokio::test]
+async fn range_edge_cases() {
+    let (s, data) = server_with_blob();
+    let c = Client::new(None);
+    let url = s.url("/disk.img");
+    for (range, start, end) in [
+        // A last position too large for u64 means "to the end".
+        ("bytes=299999-99999999999999999999999", 299_999, 299_999),
+        // A suffix longer than the blob is the whole blob.
+        ("bytes=-99999999999999999999999", 0, LEN - 1),
+        // Overlapping or touching ranges are one part.
+        ("bytes=10-19,0-14", 0, 19),
+        ("bytes=0-9, 10-19", 0, 19),
+        // Unsatisfiable ranges are dropped.
+        ("bytes=0-9,400000-", 0, 9),
+    ] {
+        let r = c.get(&url, &[("range", range)]).await;
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {start}-{end}/{LEN}").as_str()),
+            "{range}"
+        );
+        assert_eq!(r.body(), &data[start..=end], "{range}");
+    }
+    for range in ["bytes=99999999999999999999999-", "bytes=400000-,-0"] {
+        let r = c.get(&url, &[("range", range)]).await;
+        assert_eq!(r.status, 416, "{range}");
+        assert_eq!(r.header("content-range"), Some("bytes */300000"));
+    }
+    for range in ["bytes=0-1,5-6", "bytes=5-4", "bytes = 0-1", "items=0-1"] {
+        let r = c.get(&url, &[("range", range)]).await;
+        assert_eq!(r.status, 200, "{range}");
+        assert_eq!(r.body(), &data[..], "{range}");
+    }
+    // Entity-tag lists: a weak tag fails If-Match, passes If-None-Match.
+    let etag = s.etag("/disk.img").unwrap();
+    let weak = format!("W/{etag}");
+    let list = format!("\"other\", {etag}");
+    let r = c
+        .get(&url, &[("range", "bytes=0-0"), ("if-match", &list)])
+        .await;
+    assert_eq!(r.status, 206);
+    let r = c
+        .get(&url, &[("range", "bytes=0-0"), ("if-match", &weak)])
+        .await;
+    assert_eq!(r.status, 412);
+    let r = c
+        .get(&url, &[("range", "bytes=0-0"), ("if-match", "*")])
+        .await;
+    assert_eq!(r.status, 206);
+    let r = c.get(&url, &[("if-none-match", &weak)]).await;
+    assert_eq!(r.status, 304);
+}
+
 #[tokio::test]
 async fn file_backed_blob() {
     let dir = tempfile::tempdir().unwrap();
@@ -277,7 +334,12 @@ async fn body_shape_faults() {
     let r = c.get(&url, &range).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-range"), None);
+    assert_eq!(r.header("accept-ranges"), None);
     assert_eq!(r.body(), &data[..]);
+    s.set_fault(Fault::IgnoreRange, Times::Next(1));
+    let r = c.head(&url).await;
+    assert_eq!(r.header("accept-ranges"), None);
+    assert_eq!(c.head(&url).await.header("accept-ranges"), Some("bytes"));
 
     s.set_fault(Fault::ShortBody { by: 10 }, Times::Next(1));
     let r = c.get(&url, &range).await;
@@ -319,7 +381,7 @@ async fn body_shape_faults() {
     let r = c.get(&url, &[]).await;
     assert!(t.elapsed() >= Duration::from_millis(50));
     assert_eq!(r.body(), &data[..]);
-    assert_eq!(s.faults_fired(), 7);
+    assert_eq!(s.faults_fired(), 8);
 }
 
 #[tokio::test]
@@ -416,6 +478,59 @@ async fn required_query_token() {
     assert_eq!(s.requests().last().unwrap().path(), "/disk.img");
     s.set_required_query_token(None);
     assert_eq!(c.get(&s.url("/disk.img"), &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn latency_per_request_and_per_new_connection_is_logged() {
+    let ms = Duration::from_millis;
+    for tls in [false, true] {
+        let s = FaultServer::builder()
+            .tls(tls)
+            .latency(ms(1))
+            .connection_latency(ms(3))
+            .start()
+            .unwrap();
+        let data = random_bytes(5, 10_000);
+        s.put_blob("/disk.img", data.clone());
+        let url = s.url("/disk.img");
+
+        // Four requests on one keep-alive connection: four round trips, one
+        // handshake (before the TLS handshake, which still works).
+        let c = Client::new(s.ca_cert_der());
+        for i in 0..4usize {
+            let range = format!("bytes={}-{}", i * 100, i * 100 + 9);
+            let r = c.get(&url, &[("range", &range)]).await;
+            assert_eq!(r.status, 206);
+            assert_eq!(r.body(), &data[i * 100..i * 100 + 10]);
+        }
+        assert_eq!(s.delayed_requests(), 4);
+        assert_eq!(s.delayed_connections(), 1);
+        assert_eq!(s.connection_count(), 1);
+        let log = s.requests();
+        assert!(log.iter().all(|r| r.connection == log[0].connection));
+        assert!(log.iter().all(|r| r.latency == ms(1)));
+
+        // A new client, a new connection: the handshake again.
+        s.set_latency(ms(2));
+        let r = Client::new(s.ca_cert_der()).head(&url).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(s.delayed_requests(), 5);
+        assert_eq!(s.delayed_connections(), 2);
+        let last = s.requests().pop().unwrap();
+        assert_ne!(last.connection, log[0].connection);
+        assert_eq!(last.latency, ms(2));
+
+        // Zero turns both off.
+        s.set_latency(Duration::ZERO);
+        s.set_connection_latency(Duration::ZERO);
+        let r = Client::new(s.ca_cert_der()).head(&url).await;
+        assert_eq!(r.status, 200);
+        assert_eq!((s.delayed_requests(), s.delayed_connections()), (5, 2));
+        assert_eq!(s.connection_count(), 3);
+        assert_eq!(s.requests().pop().unwrap().latency, Duration::ZERO);
+        s.reset_stats();
+        assert_eq!((s.delayed_requests(), s.delayed_connections()), (0, 0));
+    }
 }
 
 #[tokio::test]
@@ -550,9 +665,17 @@ async fn http2_over_tls_ranges_and_reset() {
     assert_eq!(r.body(), &data[5..200_005]);
 
     s.set_fault(Fault::ResetMidBody { after: None }, Times::Next(1));
-    let r = c.get(&url, &[("range", "bytes=0-199999")]).await;
-    assert_eq!(r.status, 206);
-    assert!(r.body.is_err());
+    // HTTP/2 drops a stream's queued frames when it is reset, so the client
+    // sees either the 206 and then a failed body, or (when the reset
+    // overtakes the queued headers) a reset stream and no response.
+    match c.request("GET", &url, &[("range", "bytes=0-199999")]).await {
+        Ok(r) => {
+            assert_eq!(r.status, 206);
+            assert!(r.body.is_err());
+        }
+        Err(e) => assert!(e.contains("Reset"), "{e}"),
+    }
+    assert_eq!(s.requests().last().unwrap().fault, Some("reset_mid_body"));
     // The connection survives a reset stream; the next request succeeds.
     let r = c.get(&url, &[("range", "bytes=0-9")]).await;
     assert_eq!(r.body(), &data[..10]);

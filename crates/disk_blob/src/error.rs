@@ -9,6 +9,14 @@ use std::time::Duration;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// What [`BlobError::AccessRefused`] says about the cause and the remedy.
+/// Front ends that know where the URL came from (a command-line option, an
+/// environment variable) add that.
+pub const ACCESS_REFUSED_ADVICE: &str = "the store refused the URL's credentials: \
+    the SAS token or signature in its query has expired, was revoked, lacks read permission, \
+    or was cut short (quote the whole URL for the shell); \
+    get a fresh one and pass the whole URL, query included";
+
 /// Why a blob operation failed. Each failure class is its own variant so
 /// callers (and tests) can tell them apart.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +30,23 @@ pub enum BlobError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The server answered with a status this client does not accept.
+    /// The server refused the credentials the URL carries (`401` or
+    /// `403`): with a store such as Azure blob storage, the SAS token or
+    /// signature in its query expired, was revoked, or lacks read
+    /// permission. The message says so and what to do
+    /// ([`ACCESS_REFUSED_ADVICE`]).
+    #[error("{method} {url} was refused (HTTP {status}): {ACCESS_REFUSED_ADVICE}")]
+    AccessRefused {
+        /// The redacted URL.
+        url: String,
+        /// The request method (`HEAD` or `GET`).
+        method: &'static str,
+        /// The status code (401 or 403).
+        status: u16,
+    },
+    /// The server answered with a status this client does not accept
+    /// (other than the refused credentials of
+    /// [`BlobError::AccessRefused`]).
     #[error("{method} {url} failed: HTTP status {status}")]
     HttpStatus {
         /// The redacted URL.
@@ -205,5 +229,10 @@ impl BlobError {
     /// Whether this error says the blob changed since it was opened.
     pub fn is_image_changed(&self) -> bool {
         matches!(self, BlobError::ImageChanged { .. })
+    }
+
+    /// Whether this error says the server refused the URL's credentials.
+    pub fn is_access_refused(&self) -> bool {
+        matches!(self, BlobError::AccessRefused { .. })
     }
 }

@@ -49,6 +49,7 @@ mod http;
 pub use disk::BlobDisk;
 pub use disk::BlobDiskError;
 pub use disk::BlobDiskFormat;
+pub use error::ACCESS_REFUSED_ADVICE;
 pub use error::BlobError;
 pub use file::FileBlob;
 pub use http::HttpBlob;

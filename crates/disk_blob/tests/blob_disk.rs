@@ -263,3 +263,59 @@ async fn tiny_or_unreadable_vhd() {
         "{e:?}"
     );
 }
+
+/// An expired or revoked SAS while a disk is being served: the error a
+/// read returns (and its sources, which the NBD server logs) says the
+/// URL's credentials were refused and what to do, never the token.
+#[tokio::test]
+async fn revoked_sas_under_a_disk_read_says_what_to_do() {
+    let server = FaultServer::start().unwrap();
+    let data = random_bytes(3, 64 * 512);
+    server.put_blob("/flat.img", data.clone());
+    server.set_required_query_token(Some("sig=GOODSECRET"));
+    let url = server.url("/flat.img?sv=1&sig=GOODSECRET");
+    let blob: Arc<dyn Blob> = Arc::new(
+        HttpBlob::open(&url, HttpBlobOptions::default())
+            .await
+            .unwrap(),
+    );
+    let disk = Disk::new(BlobDisk::new_flat(blob).unwrap()).unwrap();
+    assert!(read_sectors(&disk, 0, 1).await.unwrap() == data[..512]);
+
+    // The store now wants another token: the one in the URL is revoked.
+    server.set_required_query_token(Some("sig=NEWSECRET"));
+    server.reset_stats();
+    let err = read_sectors(&disk, 8, 1).await.unwrap_err();
+    let DiskError::Io { source, .. } = &err else {
+        panic!("{err:?}")
+    };
+    let blob_err = source.downcast_ref::<BlobError>().unwrap();
+    assert!(blob_err.is_access_refused(), "{blob_err:?}");
+    assert!(matches!(
+        blob_err,
+        BlobError::AccessRefused {
+            status: 403,
+            method: "GET",
+            ..
+        }
+    ));
+    // Not retried: it would not heal.
+    assert_eq!(server.request_count(), 1);
+    let mut chain = err.to_string();
+    let mut cur = std::error::Error::source(&err);
+    while let Some(e) = cur {
+        chain.push_str(&format!(": {e}"));
+        cur = e.source();
+    }
+    for needle in [
+        "HTTP 403",
+        "refused the URL's credentials",
+        "SAS token",
+        "expired",
+        "get a fresh one",
+        "/flat.img?<redacted>",
+    ] {
+        assert!(chain.contains(needle), "{needle:?} not in {chain}");
+    }
+    assert!(!chain.contains("SECRET"), "{chain}");
+}

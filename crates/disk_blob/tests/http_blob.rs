@@ -330,6 +330,79 @@ async fn not_found_is_not_retried() {
 
 /// Opens a blob, injects `fault` for every request, reads, and returns the
 /// error and how many requests the read made.
+#[tokio::test]
+async fn refused_credentials_at_open_are_access_refused() {
+    let (server, _) = server_with(1000, 12);
+    server.set_required_query_token(Some("sig=GOOD"));
+    // HEAD is refused with 403, so the ranged GET is tried, and refused too.
+    let err = HttpBlob::open(&server.url(&format!("{PATH}?sig=EXPIRED")), fast_opts())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlobError::AccessRefused {
+                status: 403,
+                method: "GET",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(disk_blob::ACCESS_REFUSED_ADVICE));
+    assert!(!full_chain(&err).contains("EXPIRED"));
+    assert_eq!(server.request_count(), 2);
+    // 401 is the same class.
+    server.set_required_query_token(None);
+    server.set_fault(
+        Fault::Status {
+            status: 401,
+            retry_after: None,
+        },
+        Times::Always,
+    );
+    let err = HttpBlob::open(&server.url(PATH), fast_opts())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BlobError::AccessRefused { status: 401, .. }),
+        "{err:?}"
+    );
+}
+
+/// A flat image on a server that ignores `Range` is refused at open with
+/// the error a first read would give, not opened to fail every read.
+#[tokio::test]
+async fn a_server_that_ignores_ranges_is_refused_at_open() {
+    let (server, _) = server_with(64 * 512, 13);
+    server.set_fault(Fault::IgnoreRange, Times::Always);
+    let err = HttpBlob::open(&server.url(PATH), fast_opts())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlobError::Unexpected200 {
+                start: 0,
+                end: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("the server ignores range requests"),
+        "{err}"
+    );
+    // HEAD (no Accept-Ranges), then one ranged probe; not retried.
+    let log = server.requests();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].method, "HEAD");
+    assert_eq!(log[1].range.as_deref(), Some("bytes=0-0"));
+    assert_eq!(log[1].status, Some(200));
+}
+
 async fn read_with_fault(fault: Fault) -> (BlobError, u64, BlobCounters) {
     let (server, _) = server_with(200_000, 12);
     let blob = HttpBlob::open(&server.url(PATH), fast_opts())

@@ -99,7 +99,7 @@ async fn huge_claimed_length_is_handled_without_overflow() {
     let server = CannedServer::start(|head| {
         if head.starts_with("HEAD") {
             return format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\nETag: \"big\"\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\nAccept-Ranges: bytes\r\nETag: \"big\"\r\nConnection: close\r\n\r\n"
             )
             .into_bytes();
         }
@@ -183,7 +183,7 @@ async fn empty_blob_via_ranged_get_416() {
 async fn server_with_range_headers(extra: &'static str) -> CannedServer {
     CannedServer::start(move |head| {
         if head.starts_with("HEAD") {
-            return b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nETag: \"v1\"\r\nLast-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\nConnection: close\r\n\r\n".to_vec();
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nAccept-Ranges: bytes\r\nETag: \"v1\"\r\nLast-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\nConnection: close\r\n\r\n".to_vec();
         }
         let (a, b) = requested_range(head).unwrap_or((0, 0));
         let body: Vec<u8> = (a..=b).map(byte_at).collect();
@@ -266,7 +266,7 @@ async fn bad_redirects_are_errors() {
 async fn shrunk_blob_416_is_image_changed() {
     let server = CannedServer::start(|head| {
         if head.starts_with("HEAD") {
-            return b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n"
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n"
                 .to_vec();
         }
         b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */50000\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
@@ -277,4 +277,80 @@ async fn shrunk_blob_416_is_image_changed() {
     let e = blob.read(&mut buf, 60_000).await.unwrap_err();
     assert!(e.is_image_changed(), "{e:?}");
     assert!(e.to_string().contains("50000"), "{e}");
+}
+
+/// A server like `python3 -m http.server`: HEAD has a length but no
+/// `Accept-Ranges`, and every GET gets the whole file with 200.
+async fn range_ignoring_server(len: u64) -> CannedServer {
+    CannedServer::start(move |head| {
+        let mut r = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nLast-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        if head.starts_with("GET") {
+            r.extend((0..len).map(byte_at));
+        }
+        r
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_ranges_is_refused_at_open() {
+    let server = range_ignoring_server(8192).await;
+    let e = HttpBlob::open(&server.url, opts()).await.unwrap_err();
+    // The error the first read gave before open probed.
+    assert!(
+        matches!(
+            e,
+            BlobError::Unexpected200 {
+                start: 0,
+                end: 0,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .ends_with("was answered 200 instead of 206: the server ignores range requests"),
+        "{e}"
+    );
+    let heads = server.requests();
+    assert_eq!(heads.len(), 2);
+    assert!(heads[0].starts_with("HEAD"));
+    assert_eq!(requested_range(&heads[1]), Some((0, 0)));
+}
+
+#[tokio::test]
+async fn unadvertised_ranges_are_probed_once_then_used() {
+    // Serves ranges but never says so (no Accept-Ranges anywhere).
+    let server = CannedServer::start(|head| {
+        if head.starts_with("HEAD") {
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n".to_vec();
+        }
+        let (a, b) = requested_range(head).unwrap_or((0, 0));
+        let body: Vec<u8> = (a..=b).map(byte_at).collect();
+        let mut r = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/5000\r\nETag: \"v1\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(&body);
+        r
+    })
+    .await;
+    let blob = HttpBlob::open(&server.url, opts()).await.unwrap();
+    assert_eq!(blob.len(), 5000);
+    assert_eq!(blob.validators().etag.as_deref(), Some("\"v1\""));
+    assert_eq!(blob.counters().requests, 2);
+    let mut buf = vec![0u8; 100];
+    blob.read(&mut buf, 4900).await.unwrap();
+    assert!(buf.iter().zip(4900..).all(|(b, o)| *b == byte_at(o)));
+    assert_eq!(blob.counters().requests, 3);
+
+    // An advertising server costs no probe.
+    let server = server_with_range_headers("Content-Range: bytes 0-0/100000\r\n").await;
+    let blob = HttpBlob::open(&server.url, opts()).await.unwrap();
+    assert_eq!(blob.counters().requests, 1);
 }

@@ -658,9 +658,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn blob_advice(a: KnownTestArtifacts, e: &BlobError) -> Option<String> {
     const BASE: &str = "--base-url / PETRI_ARTIFACT_BASE_URL";
     Some(match e {
-        BlobError::HttpStatus { status: 401 | 403, .. } => format!(
-            "the store refused access (HTTP 403): check the SAS token or signature in the query of {BASE} \
-             (expired? read permission? the whole query must be passed, quoted for the shell)"
+        // The error itself says what a refused SAS means (the wording is
+        // disk_blob's, shared with serve-nbd); this adds where it comes from.
+        BlobError::AccessRefused { .. } => format!(
+            "put the fresh SAS token or signature in the query of {BASE}, the whole base URL in single quotes"
         ),
         BlobError::HttpStatus { status: 404, .. } => format!(
             "{} is not at that URL (HTTP 404): check the base URL ({BASE}; default {}) and that the store holds this file",

@@ -384,6 +384,8 @@ fn stats_delta(b: &BlobServerStats, a: &BlobServerStats) -> BlobServerStats {
         range_not_satisfiable: a.range_not_satisfiable - b.range_not_satisfiable,
         errors: a.errors - b.errors,
         bytes_sent: a.bytes_sent - b.bytes_sent,
+        delayed_requests: a.delayed_requests - b.delayed_requests,
+        delayed_connections: a.delayed_connections - b.delayed_connections,
     }
 }
 
