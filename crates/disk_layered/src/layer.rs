@@ -130,6 +130,15 @@ pub trait LayerIo: Send + Sync + 'static {
         None
     }
 
+    /// For a read-cache layer: whether it takes fills right now. A cache
+    /// that cannot store them (opened read-only, its file system full, its
+    /// file damaged) says `false`; the layered disk then reads its misses
+    /// from below exactly as asked (no widening, no fill), so nothing is
+    /// fetched that cannot be kept. Default `true`.
+    fn accepts_fills(&self) -> bool {
+        true
+    }
+
     /// The layer's own counters (remote requests, bytes fetched, ...).
     /// Leave the cache hit/miss/fill fields zero: the layered disk counts
     /// those.
@@ -447,6 +456,7 @@ pub(crate) mod erased {
         fn disk_id(&self) -> Option<[u8; 16]>;
         fn is_logically_read_only(&self) -> bool;
         fn preferred_fill_sectors(&self) -> Option<u64>;
+        fn accepts_fills(&self) -> bool;
         fn counters(&self) -> DiskCounters;
         fn supports_write_no_overwrite(&self) -> bool;
         fn read<'a>(&'a self, sector: u64, buf: &'a mut [u8], m: SectorMarker<'a>) -> BoxFut<'a>;
@@ -479,6 +489,9 @@ pub(crate) mod erased {
         }
         fn preferred_fill_sectors(&self) -> Option<u64> {
             LayerIo::preferred_fill_sectors(self)
+        }
+        fn accepts_fills(&self) -> bool {
+            LayerIo::accepts_fills(self)
         }
         fn counters(&self) -> DiskCounters {
             LayerIo::counters(self)

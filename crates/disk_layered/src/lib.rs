@@ -61,7 +61,10 @@
 //! A failed read of any layer fails the request. A failed *fill* does not:
 //! the reader already has correct data from below, so the failure is
 //! logged (once at warn level, then at debug level) and the next read of
-//! those sectors simply misses again.
+//! those sectors simply misses again. A cache that knows it cannot keep
+//! fills (read-only, full, damaged) says so ([`LayerIo::accepts_fills`]);
+//! its misses are then read from below exactly as asked, not widened, so
+//! nothing is fetched that cannot be kept.
 //!
 //! FUTURE: a miss that spans several separate fill chunks fetches each
 //! merged run from below one after the other; a lower layer that wants
@@ -480,6 +483,19 @@ impl LayeredDisk {
         buf: &mut [u8],
     ) -> Result<(), DiskError> {
         let layer = &self.layers[i];
+        if !layer.io.accepts_fills() {
+            // The cache cannot keep what is fetched now: fetch exactly the
+            // misses, nothing ahead, and do not offer fills.
+            for m in misses {
+                let part = &mut buf[self.span(base, m)];
+                self.read_from(i + 1, m.start, ReadBuf::Borrowed(part))
+                    .await?;
+                cache
+                    .miss_bytes
+                    .fetch_add(part.len() as u64, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
         let widened = self.widen(layer, misses);
         let direct = widened.as_slice() == misses;
         for w in widened {

@@ -204,6 +204,11 @@ struct Shared {
     committed_fill_bytes: AtomicU64,
     /// A fill batch has failed (logged once at warn level).
     fill_failed: AtomicBool,
+    /// After a failed fill batch (a full file system, a read-only or
+    /// failing disk), fills pause until this time, and the pause doubles
+    /// with each failure (see [`FILL_PAUSE`]): a cache that cannot keep
+    /// data must not make every later miss fetch again in vain.
+    fill_pause: Mutex<FillPause>,
     /// Chunks reads found not matching their checksums (each counted,
     /// logged and dropped once: a read and the fill's re-read of the same
     /// chunk both see the damage before the owner thread drops the row).
@@ -218,6 +223,47 @@ struct Shared {
     /// Called once when the file is found damaged (the auto-cache moves
     /// it aside so that the next open creates a fresh one).
     on_damaged_file: Option<DamagedFileHook>,
+}
+
+/// The first and the longest pause of fills after a failed fill batch.
+const FILL_PAUSE: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(60),
+    std::time::Duration::from_secs(600),
+);
+
+#[derive(Default)]
+struct FillPause {
+    until: Option<std::time::Instant>,
+    last: Option<std::time::Duration>,
+}
+
+impl Shared {
+    /// Whether fills are paused now.
+    fn fills_paused(&self) -> bool {
+        self.fill_pause
+            .lock()
+            .until
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    /// A fill batch failed: pause fills (doubling the last pause); returns
+    /// the pause.
+    fn pause_fills(&self) -> std::time::Duration {
+        let mut p = self.fill_pause.lock();
+        let next = p.last.map_or(FILL_PAUSE.0, |d| (d * 2).min(FILL_PAUSE.1));
+        p.last = Some(next);
+        p.until = Some(std::time::Instant::now() + next);
+        next
+    }
+
+    /// A fill batch committed: the next failure starts with the shortest
+    /// pause again.
+    fn fills_work(&self) {
+        let mut p = self.fill_pause.lock();
+        if p.last.is_some() && p.until.is_none_or(|t| std::time::Instant::now() >= t) {
+            *p = FillPause::default();
+        }
+    }
 }
 
 /// What the engine calls, once, when SQLite reports a read cache's file as
@@ -293,6 +339,7 @@ impl Engine {
             read_buffers: Mutex::default(),
             committed_fill_bytes: AtomicU64::new(0),
             fill_failed: AtomicBool::new(false),
+            fill_pause: Mutex::default(),
             damaged_chunks: AtomicU64::new(0),
             damaged_seen: Mutex::default(),
             damage_logged: AtomicBool::new(false),
@@ -504,6 +551,10 @@ impl Engine {
                 std::io::Error::other("damaged cache file"),
             )));
         }
+        if self.shared.fills_paused() {
+            // Best effort, and the pause was logged when it began.
+            return Ok(());
+        }
         let want = data.len().min(MAX_QUEUED_FILL_BYTES) as u32;
         let permit = self
             .fill_permits
@@ -572,6 +623,14 @@ impl Engine {
         self.send(Op::Flush { reply: tx })?;
         rx.await
             .map_err(|_| thread_error("flushing", "the owner thread exited"))
+    }
+
+    /// Whether fills are taken now: not when the file is damaged or fills
+    /// are paused after a failure.
+    pub(crate) fn accepts_fills(&self) -> bool {
+        !self.store.is_read_only()
+            && !self.shared.broken.load(Ordering::Relaxed)
+            && !self.shared.fills_paused()
     }
 
     /// Sector bytes of fills committed so far.
@@ -833,12 +892,23 @@ fn commit_fills(
     };
     match result {
         Ok(sectors) => {
+            shared.fills_work();
             let ss = u64::from(store.meta().geometry.sector_size);
             shared
                 .committed_fill_bytes
                 .fetch_add(sectors * ss, Ordering::Relaxed);
         }
-        Err(err) => log_fill_failure(store.path(), shared, &err),
+        Err(err) => {
+            let busy = matches!(
+                &err,
+                SqliteLayerError::Sqlite { source, .. }
+                    if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+            );
+            // Another process holding the lock for two minutes is
+            // contention, not a cache that cannot keep data.
+            let pause = (!busy).then(|| shared.pause_fills());
+            log_fill_failure(store.path(), shared, &err, pause);
+        }
     }
     drop(pieces);
     shared
@@ -858,13 +928,29 @@ fn commit_fills(
     }
 }
 
-fn log_fill_failure(path: &Path, shared: &Shared, err: &SqliteLayerError) {
+fn log_fill_failure(
+    path: &Path,
+    shared: &Shared,
+    err: &SqliteLayerError,
+    pause: Option<std::time::Duration>,
+) {
     if !shared.fill_failed.swap(true, Ordering::Relaxed) {
-        tracing::warn!(
-            path = %path.display(),
-            error = err as &dyn std::error::Error,
-            "read-cache fill failed; those sectors will be fetched again (further failures are logged at debug level)"
-        );
+        match pause {
+            Some(pause) => tracing::warn!(
+                path = %path.display(),
+                error = err as &dyn std::error::Error,
+                pause_secs = pause.as_secs(),
+                "read-cache fills failed (is its file system full or read-only?); \
+                 filling is paused and misses are read from below as asked, \
+                 nothing more (further failures are logged at debug level)"
+            ),
+            None => tracing::warn!(
+                path = %path.display(),
+                error = err as &dyn std::error::Error,
+                "read-cache fill failed; those sectors will be fetched again \
+                 (further failures are logged at debug level)"
+            ),
+        }
     } else {
         tracing::debug!(
             path = %path.display(),

@@ -38,6 +38,10 @@ impl LayerIo for SqliteDiskLayer {
     fn preferred_fill_sectors(&self) -> Option<u64> {
         Some(u64::from(self.chunk_size() / self.geometry().sector_size))
     }
+    /// See [`SqliteDiskLayer::accepts_fills`].
+    fn accepts_fills(&self) -> bool {
+        SqliteDiskLayer::accepts_fills(self)
+    }
     /// The layered disk counts cache hits, misses and fills itself; the
     /// layer adds the damaged chunks its reads found.
     fn counters(&self) -> DiskCounters {

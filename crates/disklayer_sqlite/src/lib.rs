@@ -642,6 +642,14 @@ impl SqliteDiskLayer {
         self.engine.queue_fill(sector, buf).await
     }
 
+    /// Whether the layer takes fills now: not when it is opened read-only,
+    /// its file was found damaged, or fills are paused after a failed fill
+    /// (a full or read-only file system: the pause starts at a minute and
+    /// doubles with each failure, up to ten).
+    pub fn accepts_fills(&self) -> bool {
+        self.engine.accepts_fills()
+    }
+
     /// Returns once every fill queued before the call is committed (or
     /// dropped after an error).
     pub async fn flush_fills(&self) -> Result<(), SqliteLayerError> {

@@ -478,3 +478,87 @@ async fn damage_found_during_a_read_switches_to_the_layer_below() {
     assert!(read_all(&disk).await == data);
     assert_eq!(lower_reads.load(Ordering::SeqCst), 0, "a fresh, full cache");
 }
+
+/// A small tmpfs mounted for one test (root only), unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (with the reason printed) where mounting is not possible
+    /// outside CI; under `CI=true` a failure to mount fails the test.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs { dir }),
+            other => {
+                let why = format!("cannot mount a tmpfs (needs root): {other:?}");
+                if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                    panic!("{why}");
+                }
+                eprintln!("skipped: {why}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A cache on a file system that fills up: once a fill fails, fills pause
+/// and misses are read from below exactly as asked (no widened chunks that
+/// could not be kept), so a pass fetches about what it reads; every byte
+/// is still right.
+#[tokio::test]
+async fn a_full_file_system_pauses_fills_instead_of_refetching() {
+    let Some(fs) = Tmpfs::mount("6m") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.raw");
+    let data = make_image(&image, 36, 24 * MIB).unwrap();
+    let cache_dir = fs.path().join("cache");
+    let (disk, lower_reads) = cached_stack(
+        AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
+        &image,
+        Some(ID),
+    )
+    .await
+    .unwrap();
+    // 64 KiB reads: with widened 1 MiB fills that fail, every read would
+    // fetch a whole chunk again.
+    let mut got = vec![0u8; data.len()];
+    for (i, piece) in got.chunks_mut(64 * 1024).enumerate() {
+        disk.read((i * 64 * 1024 / 512) as u64, piece)
+            .await
+            .unwrap();
+    }
+    assert!(got == data);
+    let c = disk.counters();
+    // At most the ~6 MiB that fit (in whole chunks) plus the 64 KiB reads
+    // after the pause began, and one chunk in flight when the fill failed.
+    assert!(
+        c.cache_miss_bytes <= data.len() as u64 + 4 * MIB as u64,
+        "fetched {} for {} read",
+        c.cache_miss_bytes,
+        data.len()
+    );
+    assert!(
+        lower_reads.load(Ordering::SeqCst) > 24,
+        "misses were read as asked, not in chunks"
+    );
+}
