@@ -25,6 +25,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod io_hints;
+
 use std::future::Future;
 
 use std::sync::Arc;
@@ -103,6 +105,14 @@ pub struct DiskCounters {
     /// Read-cache chunks found damaged (their bytes did not match their
     /// checksums); each was served from below instead and cached again.
     pub cache_damaged_chunks: u64,
+    /// Bytes a prefetch fetched into a read cache ahead of the guest.
+    pub prefetched_bytes: u64,
+    /// Bytes of prefetched chunks the guest then read (each chunk once);
+    /// `prefetched_bytes - prefetch_used_bytes` were fetched in vain (so
+    /// far).
+    pub prefetch_used_bytes: u64,
+    /// Guest reads that touched a prefetched chunk.
+    pub prefetch_hit_reads: u64,
 }
 
 impl std::ops::Add for DiskCounters {
@@ -118,6 +128,9 @@ impl std::ops::Add for DiskCounters {
             cache_miss_bytes: self.cache_miss_bytes + o.cache_miss_bytes,
             cache_fill_bytes: self.cache_fill_bytes + o.cache_fill_bytes,
             cache_damaged_chunks: self.cache_damaged_chunks + o.cache_damaged_chunks,
+            prefetched_bytes: self.prefetched_bytes + o.prefetched_bytes,
+            prefetch_used_bytes: self.prefetch_used_bytes + o.prefetch_used_bytes,
+            prefetch_hit_reads: self.prefetch_hit_reads + o.prefetch_hit_reads,
         }
     }
 }

@@ -174,6 +174,21 @@ pub trait LayerIo: Send + Sync + 'static {
         }
     }
 
+    /// Marks, through `marker`, which sectors of `sector..sector + count`
+    /// the layer has, without reading their data, if it can tell that
+    /// cheaply; returns whether it did. The default cannot (`false`), and
+    /// a caller then has to read to know. A prefetch uses it to skip what a
+    /// read cache already holds.
+    fn presence(
+        &self,
+        sector: u64,
+        count: u64,
+        marker: SectorMarker<'_>,
+    ) -> impl Future<Output = Result<bool, DiskError>> + Send {
+        let _ = (sector, count, marker);
+        std::future::ready(Ok(false))
+    }
+
     /// Writes `buf` at `sector`; afterwards those sectors are present. With
     /// `fua` the data is durable when the call returns.
     fn write(
@@ -462,6 +477,8 @@ pub(crate) mod erased {
         fn read<'a>(&'a self, sector: u64, buf: &'a mut [u8], m: SectorMarker<'a>) -> BoxFut<'a>;
         fn read_owned<'a>(&'a self, sector: u64, buf: Vec<u8>, m: SectorMarker<'a>)
         -> OwnedFut<'a>;
+        fn presence<'a>(&'a self, sector: u64, count: u64, m: SectorMarker<'a>)
+        -> BoxFut<'a, bool>;
         fn write<'a>(&'a self, sector: u64, buf: &'a [u8], fua: bool) -> BoxFut<'a>;
         fn write_no_overwrite<'a>(&'a self, sector: u64, buf: &'a [u8]) -> BoxFut<'a>;
         fn sync_cache(&self) -> BoxFut<'_>;
@@ -509,6 +526,14 @@ pub(crate) mod erased {
             m: SectorMarker<'a>,
         ) -> OwnedFut<'a> {
             Box::pin(LayerIo::read_owned(self, sector, buf, m))
+        }
+        fn presence<'a>(
+            &'a self,
+            sector: u64,
+            count: u64,
+            m: SectorMarker<'a>,
+        ) -> BoxFut<'a, bool> {
+            Box::pin(LayerIo::presence(self, sector, count, m))
         }
         fn write<'a>(&'a self, sector: u64, buf: &'a [u8], fua: bool) -> BoxFut<'a> {
             Box::pin(LayerIo::write(self, sector, buf, fua))

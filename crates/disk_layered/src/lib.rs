@@ -83,12 +83,16 @@
 
 mod bitmap;
 mod layer;
+mod prefetch;
 
 pub use bitmap::{SectorBitmap, SectorMarker};
 pub use layer::{
     Attached, DiskAsLayer, DiskLayer, LayerAttach, LayerConfiguration, LayerIo, LowerLayerMetadata,
     NoWriteNoOverwrite, WriteNoOverwrite,
 };
+pub use prefetch::FirstTouches;
+pub use prefetch::PrefetchOptions;
+pub use prefetch::PrefetchReport;
 
 use disk_backend::{DiskCounters, DiskError, DiskIo, check_io_range, check_sector_range};
 use layer::BoxFut;
@@ -209,6 +213,9 @@ pub struct LayeredDisk {
     sector_size: u32,
     physical_sector_size: u32,
     disk_id: Option<[u8; 16]>,
+    /// The guest's first read of each chunk of the top read cache (`None`
+    /// without a read cache): what a prefetch list is recorded from.
+    access: Option<prefetch::AccessLog>,
 }
 
 impl std::fmt::Debug for LayeredDisk {
@@ -344,7 +351,7 @@ impl LayeredDisk {
 
         let physical_sector_size = bottom.physical_sector_size();
         let disk_id = bottom.disk_id();
-        let layers = attached
+        let layers: Vec<Layer> = attached
             .into_iter()
             .enumerate()
             .map(|(i, (io, write_through, read_cache))| {
@@ -358,8 +365,13 @@ impl LayeredDisk {
                 }
             })
             .collect();
+        let access = layers
+            .iter()
+            .find(|l| l.cache.is_some())
+            .map(|l| prefetch::AccessLog::new(sector_count, l.fill_sectors));
         Ok(LayeredDisk {
             layers,
+            access,
             spare: Mutex::default(),
             read_only,
             sector_count,
@@ -559,6 +571,8 @@ impl LayeredDisk {
                 .await?;
             drop(guard);
         }
+        // Waiting for another task's fetch: a demand read waits at most for
+        // that one fetch (demand or prefetch), never behind a queue.
         for (r, mut rx) in waits {
             // Err means the leader finished (its sender is gone): that is
             // the signal, whether it succeeded or not.
@@ -578,25 +592,28 @@ impl LayeredDisk {
     }
 
     /// Reads `r` from cache layer `i`, fetches what it lacks from below,
-    /// and fills the cache with write-no-overwrite.
+    /// and fills the cache with write-no-overwrite. Returns the bytes
+    /// fetched from below.
     async fn lead_fill(
         &self,
         i: usize,
         cache: &CacheState,
         r: &Range<u64>,
         out: &mut [u8],
-    ) -> Result<(), DiskError> {
+    ) -> Result<u64, DiskError> {
         let layer = &self.layers[i];
         let mut bm = SectorBitmap::new(r.start, r.end - r.start);
         // Another task may have filled part of `r` since our first look.
         layer.io.read(r.start, out, bm.marker()).await?;
         let missing: Vec<Range<u64>> = bm.unset_runs().collect();
+        let mut fetched = 0;
         for m in missing {
             let span = self.span(r.start, &m);
             let part = &mut out[span];
             self.read_from(i + 1, m.start, ReadBuf::Borrowed(part))
                 .await?;
             let len = part.len() as u64;
+            fetched += len;
             cache.miss_bytes.fetch_add(len, Ordering::Relaxed);
             // Fills are best effort: the caller has correct data either
             // way, and a cache that cannot take it (full, busy, opened
@@ -623,7 +640,7 @@ impl LayeredDisk {
                 }
             }
         }
-        Ok(())
+        Ok(fetched)
     }
 
     /// Splits `w` into the parts this task leads (registered as in flight,
@@ -703,16 +720,24 @@ impl DiskIo for LayeredDisk {
     }
 
     fn counters(&self) -> DiskCounters {
-        self.layers
+        let mut c = self
+            .layers
             .iter()
             .map(Self::one_layer_counters)
-            .fold(DiskCounters::default(), |a, b| a + b)
+            .fold(DiskCounters::default(), |a, b| a + b);
+        if let Some(access) = &self.access {
+            access.add_counters(&mut c);
+        }
+        c
     }
 
     async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         let n = check_io_range(sector, buf.len(), self.sector_size, self.sector_count)?;
         if n == 0 {
             return Ok(());
+        }
+        if let Some(access) = &self.access {
+            access.note_read(sector, n, self.sector_size);
         }
         self.read_from(0, sector, ReadBuf::Borrowed(buf)).await
     }
@@ -721,7 +746,12 @@ impl DiskIo for LayeredDisk {
         let result = match check_io_range(sector, buf.len(), self.sector_size, self.sector_count) {
             Err(e) => Err(e),
             Ok(0) => Ok(()),
-            Ok(_) => self.read_from(0, sector, ReadBuf::Owned(&mut buf)).await,
+            Ok(n) => {
+                if let Some(access) = &self.access {
+                    access.note_read(sector, n, self.sector_size);
+                }
+                self.read_from(0, sector, ReadBuf::Owned(&mut buf)).await
+            }
         };
         (buf, result)
     }

@@ -173,6 +173,11 @@ enum Op {
     Verify {
         reply: oneshot::Sender<Result<VerifyReport, SqliteLayerError>>,
     },
+    Presence {
+        sector: u64,
+        count: u64,
+        reply: oneshot::Sender<Result<Vec<u64>, SqliteLayerError>>,
+    },
     /// Answered once everything queued before it is committed.
     Flush { reply: oneshot::Sender<()> },
     /// A reader found this chunk's bytes not matching their checksums:
@@ -612,6 +617,40 @@ impl Engine {
         self.ask(|reply| Op::Stats { reply }).await
     }
 
+    /// Which sectors of `sector..sector + count` are present (queued fills
+    /// included), without reading data: bit `i` is sector `sector + i`.
+    pub(crate) async fn presence(
+        &self,
+        sector: u64,
+        count: u64,
+    ) -> Result<Vec<u64>, SqliteLayerError> {
+        if self.shared.broken.load(Ordering::Relaxed) {
+            return Ok(vec![0; count.div_ceil(64) as usize]);
+        }
+        let ss = self.store.meta().geometry.sector_size as usize;
+        // Before the query: a fill that leaves the overlay after this is
+        // committed by the time the owner thread runs the query.
+        let queued = self.overlapping_fills(sector, count, ss);
+        let mut bits = self
+            .ask(|reply| Op::Presence {
+                sector,
+                count,
+                reply,
+            })
+            .await?;
+        for f in &queued {
+            let f_count = (f.data.len() / ss) as u64;
+            let lo = f.sector.max(sector) - sector;
+            let hi = (f.sector + f_count)
+                .min(sector + count)
+                .saturating_sub(sector);
+            if lo < hi {
+                set_bits(&mut bits, lo, hi);
+            }
+        }
+        Ok(bits)
+    }
+
     pub(crate) async fn verify(&self) -> Result<VerifyReport, SqliteLayerError> {
         self.ask(|reply| Op::Verify { reply }).await
     }
@@ -856,6 +895,13 @@ fn run_owner(
             }
             Op::Verify { reply } => {
                 let _ = reply.send(catch(|| store.verify(&conn)));
+            }
+            Op::Presence {
+                sector,
+                count,
+                reply,
+            } => {
+                let _ = reply.send(catch(|| store.presence(&conn, sector, count)));
             }
             Op::Flush { reply } => {
                 let _ = reply.send(());

@@ -38,6 +38,20 @@ impl LayerIo for SqliteDiskLayer {
     fn preferred_fill_sectors(&self) -> Option<u64> {
         Some(u64::from(self.chunk_size() / self.geometry().sector_size))
     }
+    /// From the chunk index (and queued fills) alone: no data is read.
+    async fn presence(
+        &self,
+        sector: u64,
+        count: u64,
+        mut marker: SectorMarker<'_>,
+    ) -> Result<bool, DiskError> {
+        disk_backend::check_sector_range(sector, count, self.geometry().sector_count)?;
+        let bits = self.engine_presence(sector, count).await?;
+        for (from, to) in crate::engine::present_runs(&bits, count) {
+            marker.set_range(sector + from..sector + to);
+        }
+        Ok(true)
+    }
     /// See [`SqliteDiskLayer::accepts_fills`].
     fn accepts_fills(&self) -> bool {
         SqliteDiskLayer::accepts_fills(self)

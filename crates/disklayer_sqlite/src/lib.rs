@@ -667,6 +667,10 @@ impl SqliteDiskLayer {
         self.engine.stats().await
     }
 
+    async fn engine_presence(&self, sector: u64, count: u64) -> Result<Vec<u64>, SqliteLayerError> {
+        self.engine.presence(sector, count).await
+    }
+
     /// Checks the whole file: SQLite's structure and every chunk's bytes
     /// against their checksums. Reads the whole file.
     pub async fn verify(&self) -> Result<VerifyReport, SqliteLayerError> {

@@ -392,6 +392,57 @@ impl Store {
         Ok(out)
     }
 
+    /// Which sectors of `sector..sector + count` are present, from the
+    /// chunk index alone (no data is read): bit `i` is sector
+    /// `sector + i`.
+    pub(crate) fn presence(
+        &self,
+        conn: &Connection,
+        sector: u64,
+        count: u64,
+    ) -> Result<Vec<u64>, SqliteLayerError> {
+        debug_assert_engine_thread();
+        self.check_range(sector, count)?;
+        let mut bits = vec![0u64; count.div_ceil(64) as usize];
+        if count == 0 {
+            return Ok(bits);
+        }
+        let end = sector + count;
+        let spc = u64::from(self.spc);
+        let path = &self.path;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT idx, present, length(sums) FROM chunks WHERE idx BETWEEN ?1 AND ?2 ORDER BY idx",
+            )
+            .map_err(|e| sql_err(path, "preparing a presence query", e))?;
+        let mut rows = stmt
+            .query(params![(sector / spc) as i64, ((end - 1) / spc) as i64])
+            .map_err(|e| sql_err(path, "reading chunk rows", e))?;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| sql_err(path, "reading chunk rows", e))?
+        {
+            let row_err = |e| sql_err(path, "reading chunk rows", e);
+            let idx: i64 = row.get(0).map_err(row_err)?;
+            let present: Option<Vec<u8>> = row.get(1).map_err(row_err)?;
+            let sums_len: i64 = row.get(2).map_err(row_err)?;
+            let (bm, full, _) = self.row_shape(idx, present, sums_len.max(0) as usize)?;
+            let cstart = idx as u64 * spc;
+            let lo = sector.max(cstart);
+            let hi = end.min(cstart + spc);
+            if full {
+                set_bits(&mut bits, lo - sector, hi - sector);
+                continue;
+            }
+            for s in lo..hi {
+                if bm.get((s - cstart) as u32) {
+                    set_bits(&mut bits, s - sector, s - sector + 1);
+                }
+            }
+        }
+        Ok(bits)
+    }
+
     /// A read found chunk `idx`'s bytes not matching their checksums: a
     /// read cache reports the chunk (its sectors stay absent, so they are
     /// served from below and the chunk is repaired); a writable layer's
