@@ -322,6 +322,9 @@ struct State {
     redirects: HashMap<String, Redirect>,
     rules: Vec<FaultRule>,
     log: Vec<RequestRecord>,
+    /// Every request as it arrived (before any latency or fault), in
+    /// order of arrival; `status` is `None` in these copies.
+    arrivals: Vec<RequestRecord>,
     required_token: Option<String>,
     generation: u64,
     no_etag: bool,
@@ -751,11 +754,19 @@ impl FaultServer {
         self.shared.lock().log.clone()
     }
 
+    /// Every request as it arrived, before its latency or fault, in order
+    /// of arrival (`status` is `None`): with latency set, what is in flight
+    /// shows here before it shows in [`requests`](Self::requests).
+    pub fn arrivals(&self) -> Vec<RequestRecord> {
+        self.shared.lock().arrivals.clone()
+    }
+
     /// Clears the request log and zeroes the request, byte, connection,
     /// fault and delay counters.
     pub fn reset_stats(&self) {
         let mut state = self.shared.lock();
         state.log.clear();
+        state.arrivals.clear();
         self.shared.requests.store(0, Ordering::Relaxed);
         self.shared.bytes_served.store(0, Ordering::Relaxed);
         self.shared.connections.store(0, Ordering::Relaxed);
@@ -891,6 +902,7 @@ async fn handle(
         connection,
         latency: Duration::ZERO,
     };
+    shared.lock().arrivals.push(record.clone());
     let finish = |mut record: RequestRecord, response: Response<Body>| {
         record.status = Some(response.status().as_u16());
         shared.lock().log.push(record);

@@ -36,6 +36,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod prefetch;
+
 use disk_backend::Disk;
 use disk_backend::DiskError;
 use disk_backend_resources::BlobFormat;
@@ -64,14 +66,29 @@ use url_redact::RedactedUrl;
 use url_redact::strip_query;
 
 /// How to open the parts of a stack that need settings beyond the
-/// description (HTTP client options, cache chunk size).
-#[derive(Debug, Clone, Default)]
+/// description (HTTP client options, cache chunk size, prefetch).
+#[derive(Debug, Clone)]
 pub struct OpenOptions {
     /// Options for HTTP blobs (timeouts, retries, TLS roots, parallelism).
     pub http: HttpBlobOptions,
     /// Chunk size of auto-caches this open creates, in bytes; `None` uses
     /// the SQLite layer's default.
     pub cache_chunk_size: Option<u32>,
+    /// How a prefetch list is replayed for a remote image with a read
+    /// cache (see [`prefetch`]); `None` turns replay off (as
+    /// `PETRI_PREFETCH=0` does). The guest's first reads are recorded
+    /// beside the cache entry either way.
+    pub prefetch: Option<disk_layered::PrefetchOptions>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            http: HttpBlobOptions::default(),
+            cache_chunk_size: None,
+            prefetch: Some(disk_layered::PrefetchOptions::default()),
+        }
+    }
 }
 
 /// Why a stack could not be opened.
@@ -249,6 +266,13 @@ fn store_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
 /// know about it.
 struct Bottom {
     disk: Disk,
+    /// The HTTP blob, for a remote image (its store may hold a prefetch
+    /// list).
+    http: Option<Arc<HttpBlob>>,
+    /// What a prefetch list of this image must name: a fixed VHD1's id,
+    /// else the URL path and validator of a flat blob (`None` without
+    /// either).
+    identity: Option<String>,
     /// Whether the bottom is a flat HTTP blob (no disk id to key a cache).
     flat_http: bool,
     /// For a flat HTTP blob: the key its auto-cache must use, or `None`
@@ -261,6 +285,7 @@ async fn open_bottom(
     options: &OpenOptions,
     cache_dir: Option<&Path>,
 ) -> Result<Bottom, OpenError> {
+    let mut http = None;
     let (blob, format, flat_http): (Arc<dyn Blob>, BlobFormat, bool) = match kind {
         LayerKind::File { path, format } => {
             let blob = FileBlob::open(path)
@@ -278,7 +303,9 @@ async fn open_bottom(
                     url: RedactedUrl(url).to_string(),
                     source,
                 })?;
-            let mut blob: Arc<dyn Blob> = Arc::new(blob);
+            let blob = Arc::new(blob);
+            http = Some(blob.clone());
+            let mut blob: Arc<dyn Blob> = blob;
             if let (BlobFormat::FixedVhd1, Some(dir)) = (format, cache_dir)
                 && let Some(path) = footer_cache_path(dir, url, &*blob)
             {
@@ -310,6 +337,11 @@ async fn open_bottom(
     } else {
         None
     };
+    let flat_identity = match (kind, flat_http) {
+        (LayerKind::Blob { url, .. }, true) => validator_string(&blob.validators(), blob.len())
+            .map(|v| format!("flat:{};{v}", url_path(url))),
+        _ => None,
+    };
     let blob_disk = match format {
         BlobFormat::Flat => BlobDisk::new_flat(blob),
         BlobFormat::FixedVhd1 => BlobDisk::new_fixed_vhd1(blob).await,
@@ -318,11 +350,29 @@ async fn open_bottom(
         what: what.clone(),
         source,
     })?;
+    let disk = Disk::new(blob_disk).map_err(OpenError::Disk)?;
+    let identity = match format {
+        BlobFormat::FixedVhd1 => disk
+            .disk_id()
+            .map(|id| format!("vhd1-id:{}", disklayer_sqlite::auto_cache::hex(&id))),
+        BlobFormat::Flat => flat_identity,
+    };
     Ok(Bottom {
-        disk: Disk::new(blob_disk).map_err(OpenError::Disk)?,
+        disk,
+        http,
+        identity,
         flat_http_key,
         flat_http,
     })
+}
+
+/// The path of `url` (no scheme, host or query): what a flat image's
+/// prefetch identity names, so a list works from any mirror and never
+/// carries a SAS token.
+fn url_path(url: &str) -> &str {
+    let no_query = strip_query(url);
+    let after_scheme = no_query.split_once("://").map_or(no_query, |(_, r)| r);
+    after_scheme.find('/').map_or("/", |i| &after_scheme[i..])
 }
 
 fn layer_name(kind: &LayerKind) -> &'static str {
@@ -352,6 +402,7 @@ pub async fn open(handle: &LayeredDiskHandle, options: &OpenOptions) -> Result<D
     let bottom = open_bottom(&bottom_desc.layer, options, cache_dir).await?;
 
     let mut layers = Vec::with_capacity(handle.layers.len());
+    let mut plan = None;
     for desc in upper {
         let layer = match &desc.layer {
             LayerKind::Ram { len } => DiskLayer::new(RamDiskLayer::lazy(*len)),
@@ -374,6 +425,22 @@ pub async fn open(handle: &LayeredDiskHandle, options: &OpenOptions) -> Result<D
                 if let Some(chunk) = options.cache_chunk_size {
                     cache = cache.with_chunk_size(chunk);
                 }
+                // The topmost read cache of a remote image records (and
+                // replays) the prefetch list.
+                if plan.is_none()
+                    && desc.read_cache
+                    && let (Some(identity), Some(http)) = (&bottom.identity, &bottom.http)
+                    && let Ok(file) = cache.cache_file_path(bottom.disk.disk_id())
+                    && let Some(entry) = file.parent()
+                {
+                    plan = Some(prefetch::PrefetchPlan {
+                        identity: identity.clone(),
+                        record_path: entry.join(prefetch::RECORD_FILE_NAME),
+                        store: Some(http.clone()),
+                        replay: options.prefetch.is_some() && prefetch::prefetch_allowed_by_env(),
+                        options: options.prefetch.unwrap_or_default(),
+                    });
+                }
                 DiskLayer::new(cache)
             }
             other @ (LayerKind::File { .. } | LayerKind::Blob { .. }) => {
@@ -395,5 +462,5 @@ pub async fn open(handle: &LayeredDiskHandle, options: &OpenOptions) -> Result<D
     let layered = LayeredDisk::new(handle.read_only, layers)
         .await
         .map_err(OpenError::Layers)?;
-    Disk::new(layered).map_err(OpenError::Disk)
+    prefetch::wrap(layered, plan).map_err(OpenError::Disk)
 }

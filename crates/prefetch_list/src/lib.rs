@@ -108,6 +108,22 @@ pub enum ParseError {
     TooManyRanges,
 }
 
+/// Each chunk's first touch: `(ms after open, sequence)`, earliest kept.
+struct FirstTouches(BTreeMap<u64, (u64, u64)>);
+
+impl FirstTouches {
+    fn new() -> Self {
+        FirstTouches(BTreeMap::new())
+    }
+
+    fn note(&mut self, chunk: u64, ms: u64, seq: u64) {
+        self.0
+            .entry(chunk)
+            .and_modify(|t| *t = (*t).min((ms, seq)))
+            .or_insert((ms, seq));
+    }
+}
+
 impl PrefetchList {
     /// Parses a list.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
@@ -185,37 +201,33 @@ impl PrefetchList {
         s
     }
 
-    /// A list from first touches `(chunk index, ms after open)` in any
-    /// order; chunks are `chunk_size` bytes (the last one clipped to
-    /// `disk_size`).
+    /// A list from touches `(chunk index, ms after open)` in the order
+    /// they happened (times may tie: the order breaks ties); chunks are
+    /// `chunk_size` bytes (the last one clipped to `disk_size`).
     pub fn from_touches(
         identity: &str,
         disk_size: u64,
         chunk_size: u64,
         touches: impl IntoIterator<Item = (u64, u64)>,
     ) -> Self {
-        let mut first: BTreeMap<u64, u64> = BTreeMap::new();
-        for (chunk, ms) in touches {
+        let mut first = FirstTouches::new();
+        for (seq, (chunk, ms)) in touches.into_iter().enumerate() {
             if chunk.saturating_mul(chunk_size) < disk_size {
-                first
-                    .entry(chunk)
-                    .and_modify(|t| *t = (*t).min(ms))
-                    .or_insert(ms);
+                first.note(chunk, ms, seq as u64);
             }
         }
         Self::from_first(identity, disk_size, chunk_size, first)
     }
 
-    fn from_first(
-        identity: &str,
-        disk_size: u64,
-        chunk_size: u64,
-        first: BTreeMap<u64, u64>,
-    ) -> Self {
-        let mut order: Vec<(u64, u64)> = first.into_iter().map(|(c, t)| (t, c)).collect();
+    fn from_first(identity: &str, disk_size: u64, chunk_size: u64, first: FirstTouches) -> Self {
+        let mut order: Vec<(u64, u64, u64)> = first
+            .0
+            .into_iter()
+            .map(|(c, (t, seq))| (t, seq, c))
+            .collect();
         order.sort_unstable();
         let mut ranges: Vec<PrefetchRange> = Vec::new();
-        for (at_ms, chunk) in order {
+        for (at_ms, _, chunk) in order {
             let offset = chunk * chunk_size;
             let len = chunk_size.min(disk_size - offset);
             match ranges.last_mut() {
@@ -234,20 +246,18 @@ impl PrefetchList {
     }
 
     /// The chunks (of this list's chunk size) each range touches, with
-    /// when they were first read.
-    fn first_touches(&self) -> BTreeMap<u64, u64> {
-        let mut first = BTreeMap::new();
+    /// when they were first read; `seq_base` orders ties after another
+    /// list's.
+    fn first_touches(&self, into: &mut FirstTouches, seq_base: u64) {
+        let mut seq = seq_base;
         for r in &self.ranges {
             let from = r.offset / self.chunk_size;
             let to = (r.offset + r.len).div_ceil(self.chunk_size);
             for c in from..to {
-                first
-                    .entry(c)
-                    .and_modify(|t: &mut u64| *t = (*t).min(r.at_ms))
-                    .or_insert(r.at_ms);
+                into.note(c, r.at_ms, seq);
+                seq += 1;
             }
         }
-        first
     }
 
     /// This list merged with `other`, a list of the same image: every chunk
@@ -257,15 +267,15 @@ impl PrefetchList {
         if other.identity != self.identity || other.disk_size != self.disk_size {
             return None;
         }
-        let mut first = self.first_touches();
-        // Re-cut the other list at this list's chunk size.
+        let mut first = FirstTouches::new();
+        self.first_touches(&mut first, 0);
+        // Re-cut the other list at this list's chunk size; on equal times
+        // this list's chunks come first.
         let other = PrefetchList {
             chunk_size: self.chunk_size,
             ..other.clone()
         };
-        for (c, t) in other.first_touches() {
-            first.entry(c).and_modify(|x| *x = (*x).min(t)).or_insert(t);
-        }
+        other.first_touches(&mut first, u64::MAX / 2);
         Some(Self::from_first(
             &self.identity,
             self.disk_size,
@@ -353,6 +363,14 @@ mod tests {
         );
         let other = PrefetchList::from_touches("flat:/a;etag:\"2\"", 8 * MIB, MIB, [(5, 0)]);
         assert!(a.merge(&other).is_none(), "another version of the image");
+    }
+
+    #[test]
+    fn equal_times_keep_the_order_of_the_touches() {
+        let l = PrefetchList::from_touches("x", 64 * MIB, MIB, [(9, 0), (2, 0), (3, 0), (1, 0)]);
+        let starts: Vec<u64> = l.ranges.iter().map(|r| r.offset / MIB).collect();
+        assert_eq!(starts, vec![9, 2, 1]);
+        assert_eq!(l.ranges[1].len, 2 * MIB, "2 and 3 follow each other");
     }
 
     #[test]

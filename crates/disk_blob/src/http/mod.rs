@@ -18,6 +18,7 @@ mod piece_pool;
 mod probe;
 mod range_read;
 mod readahead;
+mod sibling;
 mod transport;
 mod urls;
 
@@ -138,6 +139,8 @@ struct Inner {
     t: Transport,
     /// Where reads go (after the open's redirects).
     read_uri: Uri,
+    /// The URL given to `open` (with its query): where siblings are.
+    open_uri: Uri,
     len: u64,
     validators: BlobValidators,
     precondition: Precondition,
@@ -177,6 +180,7 @@ impl HttpBlob {
             url: redacted,
         };
         let probe = t.probe(&uri).await?;
+        let open_uri = uri;
         let precondition = precondition_for(&probe.validators);
         tracing::debug!(
             url = %t.url,
@@ -189,6 +193,7 @@ impl HttpBlob {
             inner: Arc::new(Inner {
                 t,
                 read_uri: probe.uri,
+                open_uri,
                 len: probe.len,
                 validators: probe.validators,
                 precondition,

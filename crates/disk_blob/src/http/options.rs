@@ -17,7 +17,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct HttpBlobOptions {
     /// Most requests in flight at once (and most idle pooled connections
-    /// kept). Default 8. Zero is treated as one.
+    /// kept). Default 16: a prefetch (`disk_layered`) keeps at most 12 in
+    /// flight, which leaves 4 for the guest's own reads. Zero is treated as
+    /// one.
     pub max_connections: usize,
     /// Largest range one GET asks for; longer reads are split into pieces
     /// aligned to this size and fetched in parallel. Default 1 MiB; zero
@@ -63,7 +65,7 @@ pub struct HttpBlobOptions {
 impl Default for HttpBlobOptions {
     fn default() -> Self {
         HttpBlobOptions {
-            max_connections: 8,
+            max_connections: 16,
             max_request_size: 1 << 20,
             readahead: 4 << 20,
             max_retries: 5,
@@ -170,7 +172,7 @@ mod tests {
     #[test]
     fn default_options_are_sane() {
         let o = HttpBlobOptions::default();
-        assert!((4..=8).contains(&o.max_connections));
+        assert!((4..=16).contains(&o.max_connections));
         assert_eq!(o.max_redirects, 5);
         assert!(o.webpki_roots && !o.native_roots);
     }

@@ -20,6 +20,9 @@ use http_ranges::content_range::unsatisfied_total;
 use std::sync::atomic::Ordering;
 use url_redact::redact_url;
 
+/// Largest single request of a background read.
+const MAX_BACKGROUND_REQUEST: usize = 8 << 20;
+
 /// How reads are pinned to the version seen at open.
 #[derive(Debug, Clone)]
 pub(super) enum Precondition {
@@ -51,6 +54,26 @@ impl Inner {
             off += n as u64;
         }
         futures::future::try_join_all(pieces).await?;
+        Ok(())
+    }
+
+    /// A background read (a prefetch, see `disk_backend::io_hints`): one
+    /// range request for up to [`MAX_BACKGROUND_REQUEST`] bytes, so a run
+    /// of adjacent chunks costs one round trip, not one per piece.
+    pub(super) async fn read_background(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<(), BlobError> {
+        let mut rest = buf;
+        let mut off = offset;
+        while !rest.is_empty() {
+            let n = rest.len().min(MAX_BACKGROUND_REQUEST);
+            let (head, tail) = rest.split_at_mut(n);
+            self.read_range(head, off).await?;
+            rest = tail;
+            off += n as u64;
+        }
         Ok(())
     }
 

@@ -134,6 +134,11 @@ impl HttpBlob {
         if buf.is_empty() {
             return Ok(());
         }
+        if disk_backend::io_hints::current().background {
+            // A prefetch: it is not a sequential reader to fetch ahead
+            // for, and it already asks for whole runs; one request each.
+            return inner.read_background(buf, offset).await;
+        }
         let Some(ra) = &self.readahead else {
             return inner.read_pieces(buf, offset).await;
         };
