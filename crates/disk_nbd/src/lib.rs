@@ -209,18 +209,25 @@
 
 #![forbid(unsafe_code)]
 
+mod handshake;
+mod listener;
+mod options;
+mod pool;
 pub mod protocol;
 mod server;
+mod stats;
+mod transmission;
+mod writes;
 
-pub use server::BlockSizes;
-pub use server::DEFAULT_MAX_IN_FLIGHT_BYTES;
-pub use server::DEFAULT_MAX_MERGED_READ_BYTES;
-pub use server::DEFAULT_MAX_PARALLEL_READS;
-pub use server::DEFAULT_MAX_REQUEST_BYTES;
-pub use server::DEFAULT_SHUTDOWN_GRACE;
+pub use listener::NbdListener;
+pub use listener::serve_unix;
+pub use options::BlockSizes;
+pub use options::DEFAULT_MAX_IN_FLIGHT_BYTES;
+pub use options::DEFAULT_MAX_MERGED_READ_BYTES;
+pub use options::DEFAULT_MAX_PARALLEL_READS;
+pub use options::DEFAULT_MAX_REQUEST_BYTES;
+pub use options::DEFAULT_SHUTDOWN_GRACE;
+pub use options::NbdServerOptions;
 pub use server::NbdError;
-pub use server::NbdListener;
 pub use server::NbdServer;
-pub use server::NbdServerOptions;
-pub use server::NbdStats;
-pub use server::serve_unix;
+pub use stats::NbdStats;
