@@ -21,18 +21,25 @@ use tokio::sync::watch;
 
 use crate::handshake::Negotiated;
 use crate::handshake::handshake;
+use crate::memory::MAX_MERGED_PARTS;
+use crate::memory::MemoryCap;
+use crate::memory::fits;
+use crate::memory::read_cost;
+use crate::memory::write_cost;
 use crate::options::BlockSizes;
 use crate::options::NbdServerOptions;
 use crate::pool::BufPool;
 use crate::protocol::*;
 use crate::stats::NbdStats;
 use crate::stats::Stats;
-use crate::transmission::PERMIT_UNIT;
 use crate::transmission::transmission;
 use crate::writes::ZERO_CHUNK;
 
-/// Buffer size of the socket reader and of the handshake's writer.
+/// Buffer size of the socket reader.
 const IO_BUF: usize = 256 << 10;
+/// Buffer size of the handshake's writer (option replies are small; it is
+/// dropped when transmission starts).
+const HANDSHAKE_WRITE_BUF: usize = 8 << 10;
 
 /// Errors of the NBD server.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +68,14 @@ pub enum NbdError {
     /// A request task ended without replying (it panicked).
     #[error("an NBD request task failed: {0}")]
     TaskFailed(String),
+    /// The client took too long (see the timeouts of [`NbdServerOptions`]);
+    /// the connection was closed.
+    #[error("the NBD client {0}; closed the connection")]
+    TimedOut(String),
+    /// [`NbdServerOptions::max_connections`] connections were open; this one
+    /// was closed at once.
+    #[error("refused an NBD client: {0} connections are open already (the limit)")]
+    TooManyConnections(usize),
 }
 
 /// One exported disk and everything every connection to it shares.
@@ -73,7 +88,15 @@ pub(crate) struct Export {
     pub(crate) sector_size: u64,
     pub(crate) block_sizes: BlockSizes,
     pub(crate) transmission_flags: u16,
-    pub(crate) budget_units: u32,
+    /// [`NbdServerOptions::max_in_flight_bytes`].
+    pub(crate) connection_budget: usize,
+    /// The server-wide cap on what requests in flight hold.
+    pub(crate) memory: Arc<MemoryCap>,
+    /// One permit per connection that may be open.
+    pub(crate) connection_slots: Arc<Semaphore>,
+    pub(crate) max_connections: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) stalled_reply_timeout: Duration,
     pub(crate) max_parallel_reads: usize,
     pub(crate) max_merged_read: u64,
     pub(crate) shutdown_grace: Duration,
@@ -145,20 +168,38 @@ impl NbdServer {
                  and at least the preferred block size {preferred}"
             )));
         }
-        if options.max_in_flight_bytes < maximum as usize {
-            return Err(NbdError::InvalidOptions(format!(
-                "max_in_flight_bytes {} is smaller than max_request_bytes {maximum}",
-                options.max_in_flight_bytes
-            )));
+        // What the largest request holds: a read of the largest size (or
+        // merged size) widened by a sector at each end, or a write of the
+        // largest size with a partial sector at each end.
+        let ss = u64::from(sector_size);
+        let largest_read = u64::from(maximum.max(options.max_merged_read_bytes)) + 2 * ss;
+        let largest_cost =
+            read_cost(largest_read, MAX_MERGED_PARTS).max(write_cost(1, u64::from(maximum), ss));
+        for (what, budget) in [
+            ("max_in_flight_bytes", options.max_in_flight_bytes),
+            (
+                "max_total_in_flight_bytes",
+                options.max_total_in_flight_bytes,
+            ),
+        ] {
+            if !fits(largest_cost, budget) {
+                return Err(NbdError::InvalidOptions(format!(
+                    "{what} {budget} cannot hold the largest request ({largest_cost} bytes: \
+                     its buffer as allocated, read-modify-write sectors and task); \
+                     raise it or lower max_request_bytes {maximum}"
+                )));
+            }
         }
         if options.max_parallel_reads == 0 {
             return Err(NbdError::InvalidOptions(
                 "max_parallel_reads must be at least 1".into(),
             ));
         }
-        let budget_units = u32::try_from(options.max_in_flight_bytes / PERMIT_UNIT)
-            .unwrap_or(u32::MAX)
-            .min(Semaphore::MAX_PERMITS as u32);
+        if options.max_connections == 0 || options.max_connections > Semaphore::MAX_PERMITS {
+            return Err(NbdError::InvalidOptions(
+                "max_connections must be at least 1".into(),
+            ));
+        }
 
         let read_only = options.read_only || disk.is_read_only();
         let mut transmission_flags =
@@ -188,7 +229,12 @@ impl NbdServer {
                     maximum,
                 },
                 transmission_flags,
-                budget_units,
+                connection_budget: options.max_in_flight_bytes,
+                memory: MemoryCap::new(options.max_total_in_flight_bytes),
+                connection_slots: Arc::new(Semaphore::new(options.max_connections)),
+                max_connections: options.max_connections,
+                handshake_timeout: options.handshake_timeout,
+                stalled_reply_timeout: options.stalled_reply_timeout,
                 shutdown_grace: options.shutdown_grace,
                 rmw: RwLock::new(()),
                 zeroes,
@@ -228,7 +274,7 @@ impl NbdServer {
 
     /// A snapshot of the server's counters.
     pub fn stats(&self) -> NbdStats {
-        self.export.stats.snapshot()
+        self.export.stats.snapshot(&self.export.memory)
     }
 
     /// Asks every listener and connection of this server to stop: listeners
@@ -259,19 +305,39 @@ impl NbdServer {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let export = self.export.clone();
+        let Ok(slot) = export.connection_slots.clone().try_acquire_owned() else {
+            export
+                .stats
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            let mut writer = writer;
+            let _ = writer.shutdown().await;
+            return Err(NbdError::TooManyConnections(export.max_connections));
+        };
         export.stats.connections.fetch_add(1, Ordering::Relaxed);
         export
             .stats
             .active_connections
             .fetch_add(1, Ordering::Relaxed);
-        let _active = ActiveGuard(export.clone());
+        let _active = ActiveGuard {
+            export: export.clone(),
+            _slot: slot,
+        };
         let mut shutdown = export.shutdown.subscribe();
         let mut reader = BufReader::with_capacity(IO_BUF, reader);
-        let mut writer = BufWriter::with_capacity(IO_BUF, writer);
+        let mut writer = BufWriter::with_capacity(HANDSHAKE_WRITE_BUF, writer);
+        let timeout = export.handshake_timeout;
         let negotiated = tokio::select! {
             biased;
             _ = shutdown_signalled(&mut shutdown) => return Ok(()),
-            r = handshake(&export, &mut reader, &mut writer) => r,
+            r = tokio::time::timeout(timeout, handshake(&export, &mut reader, &mut writer)) => {
+                r.unwrap_or_else(|_| {
+                    export.stats.timed_out_connections.fetch_add(1, Ordering::Relaxed);
+                    Err(NbdError::TimedOut(format!(
+                        "did not finish the handshake within {timeout:?}"
+                    )))
+                })
+            }
         };
         match negotiated {
             Ok(Negotiated::Transmit) => transmission(export, reader, writer, shutdown).await,
@@ -288,14 +354,24 @@ impl NbdServer {
     }
 }
 
-struct ActiveGuard(Arc<Export>);
+/// Counts the connection as active and holds its connection slot.
+struct ActiveGuard {
+    export: Arc<Export>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0
+        let was = self
+            .export
             .stats
             .active_connections
             .fetch_sub(1, Ordering::Relaxed);
+        if was == 1 {
+            // The last client left: give the idle buffers back instead of
+            // keeping them for clients that may never come.
+            self.export.pool.clear();
+        }
     }
 }
 
@@ -310,6 +386,15 @@ pub(crate) async fn shutdown_signalled(rx: &mut watch::Receiver<bool>) {
 impl Export {
     pub(crate) fn in_range(&self, offset: u64, len: u64) -> bool {
         offset.checked_add(len).is_some_and(|end| end <= self.size)
+    }
+
+    /// The byte range of whole sectors that covers `len` bytes at
+    /// `offset` (a range-checked request): what a read has to fetch.
+    pub(crate) fn widen_to_sectors(&self, offset: u64, len: u64) -> (u64, u64) {
+        let ss = self.sector_size;
+        let start = offset - offset % ss;
+        let end = (offset + len).div_ceil(ss) * ss;
+        (start, end)
     }
 }
 

@@ -2,9 +2,11 @@
 //! them as tasks within the connection's budget and read slots, and
 //! writing their replies.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use disk_backend::DiskError;
 use tokio::io::AsyncBufRead;
@@ -14,20 +16,25 @@ use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::io::BufReader;
 use tokio::io::BufWriter;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::memory::Charge;
+use crate::memory::MAX_MERGED_PARTS;
+use crate::memory::TASK_FUTURE_BYTES;
+use crate::memory::bufferless_cost;
+use crate::memory::charge;
+use crate::memory::connection_budget;
+use crate::memory::partial_sector_bytes;
+use crate::memory::read_cost;
+use crate::memory::write_cost;
 use crate::pool::PooledBuf;
 use crate::protocol::*;
 use crate::server::Export;
 use crate::server::NbdError;
 use crate::server::drain;
 use crate::server::shutdown_signalled;
-
-/// Granularity of the per-connection in-flight budget.
-pub(crate) const PERMIT_UNIT: usize = 4096;
 
 /// State of one connection in transmission, shared by its request tasks.
 struct Conn {
@@ -45,6 +52,8 @@ struct Conn {
     write_error: parking_lot::Mutex<Option<io::Error>>,
     /// Wakes the reader when a write failed.
     write_failed_notify: tokio::sync::Notify,
+    /// What this connection's requests in flight may hold
+    /// ([`NbdServerOptions::max_in_flight_bytes`]).
     budget: Arc<Semaphore>,
     /// [`NbdServerOptions::max_parallel_reads`] slots.
     read_slots: Semaphore,
@@ -73,7 +82,7 @@ where
     // buffer and go out with vectored writes.
     let writer: ReplyStream = Box::new(writer.into_inner());
     let conn = Arc::new(Conn {
-        budget: Arc::new(Semaphore::new(export.budget_units as usize)),
+        budget: connection_budget(export.connection_budget),
         read_slots: Semaphore::new(export.max_parallel_reads),
         export,
         writer: tokio::sync::Mutex::new(writer),
@@ -155,13 +164,16 @@ where
 }
 
 /// Writes every byte of `slices`, as few system calls as the stream
-/// allows.
+/// allows. Fails with `TimedOut` if the stream takes nothing for `stall`.
 async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
     w: &mut W,
     mut slices: &mut [io::IoSlice<'_>],
+    stall: Duration,
 ) -> io::Result<()> {
     while !slices.is_empty() {
-        let n = w.write_vectored(slices).await?;
+        let n = tokio::time::timeout(stall, w.write_vectored(slices))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -215,12 +227,24 @@ impl Conn {
         if self.write_failed.load(Ordering::Acquire) {
             return;
         }
-        let mut res = write_all_vectored(&mut *w, slices).await;
+        let stall = self.export.stalled_reply_timeout;
+        let mut res = write_all_vectored(&mut *w, slices, stall).await;
         if res.is_ok() {
             // A no-op on sockets; other streams may buffer.
             res = w.flush().await;
         }
         if let Err(e) = res {
+            if e.kind() == io::ErrorKind::TimedOut {
+                // The client stopped taking replies: close the connection
+                // so what its requests hold goes back to the server.
+                self.export
+                    .stats
+                    .timed_out_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "NBD client took none of its replies for {stall:?}; closing the connection"
+                );
+            }
             self.write_failed.store(true, Ordering::Release);
             self.write_error.lock().get_or_insert(e);
             self.write_failed_notify.notify_one();
@@ -238,20 +262,19 @@ impl Conn {
         error: u32,
         tasks: &mut JoinSet<()>,
     ) -> Result<(), NbdError> {
-        let permit = self.acquire(0).await?;
+        let permit = self.acquire(bufferless_cost(0)).await?;
         let conn = self.clone();
-        tasks.spawn(async move {
+        spawn_request(tasks, async move {
             conn.reply(cookie, error, &[]).await;
             drop(permit);
         });
         Ok(())
     }
 
-    async fn acquire(&self, len: u64) -> Result<OwnedSemaphorePermit, NbdError> {
-        let units = (len / PERMIT_UNIT as u64 + 1).min(u64::from(self.export.budget_units)) as u32;
-        self.budget
-            .clone()
-            .acquire_many_owned(units)
+    /// Charges a request `bytes` (see [`crate::memory`]), waiting until
+    /// the connection's budget and the server-wide cap have room.
+    async fn acquire(&self, bytes: u64) -> Result<Charge, NbdError> {
+        charge(&self.budget, &self.export.memory, bytes)
             .await
             .map_err(|_| NbdError::TaskFailed("request budget closed".into()))
     }
@@ -310,9 +333,10 @@ impl Conn {
                     len: req.length,
                 }];
                 let total = self.merge_reads(req.offset + len, &mut parts, reader);
-                let permit = self.acquire(total).await?;
+                let (start, end) = export.widen_to_sectors(req.offset, total);
+                let permit = self.acquire(read_cost(end - start, parts.len())).await?;
                 let conn = self.clone();
-                tasks.spawn(async move {
+                spawn_request(tasks, async move {
                     conn.do_read(req.offset, total, parts, permit).await;
                 });
                 Ok(Flow::Continue)
@@ -334,11 +358,12 @@ impl Conn {
                     self.reply_now(req.cookie, error, tasks).await?;
                     return Ok(Flow::Continue);
                 }
-                let permit = self.acquire(len).await?;
+                let cost = write_cost(req.offset, len, export.sector_size);
+                let permit = self.acquire(cost).await?;
                 let mut buf = self.export.pool.get(req.length as usize);
                 reader.read_exact(&mut buf).await?;
                 let conn = self.clone();
-                tasks.spawn(async move {
+                spawn_request(tasks, async move {
                     let res = conn.export.write_bytes(req.offset, &buf, fua).await;
                     conn.export.pool.put(buf);
                     let error = match res {
@@ -361,9 +386,9 @@ impl Conn {
                     self.reply_now(req.cookie, EINVAL, tasks).await?;
                     return Ok(Flow::Continue);
                 }
-                let permit = self.acquire(0).await?;
+                let permit = self.acquire(bufferless_cost(0)).await?;
                 let conn = self.clone();
-                tasks.spawn(async move {
+                spawn_request(tasks, async move {
                     let error = match conn.export.disk.sync_cache().await {
                         Ok(()) => 0,
                         Err(e) => log_disk_error(&e, "flush", true),
@@ -388,9 +413,14 @@ impl Conn {
                     self.reply_now(req.cookie, error, tasks).await?;
                     return Ok(Flow::Continue);
                 }
-                let permit = self.acquire(0).await?;
+                let rmw = if zero {
+                    partial_sector_bytes(req.offset, len, export.sector_size)
+                } else {
+                    0
+                };
+                let permit = self.acquire(bufferless_cost(rmw)).await?;
                 let conn = self.clone();
-                tasks.spawn(async move {
+                spawn_request(tasks, async move {
                     let res = if zero {
                         conn.export.write_zeroes(req.offset, len, fua).await
                     } else {
@@ -420,9 +450,10 @@ impl Conn {
     /// Takes the read requests that follow at once in the reader's buffer
     /// and continue the one just read (same command, no flags, starting
     /// where the previous one ends, valid on their own), up to
-    /// [`MAX_MERGED_READ`] bytes in all and not past a multiple of it, and
-    /// adds them to `parts`. Never
-    /// waits for more input. Returns the merged length in bytes.
+    /// [`NbdServerOptions::max_merged_read_bytes`] bytes in all and not past
+    /// a multiple of it, and at most [`MAX_MERGED_PARTS`] requests, and
+    /// adds them to `parts`. Never waits for more input. Returns the merged
+    /// length in bytes.
     fn merge_reads<R: AsyncRead + Unpin>(
         &self,
         mut end: u64,
@@ -439,6 +470,7 @@ impl Conn {
             };
             let len = u64::from(next.length);
             if next.command != CMD_READ
+                || parts.len() >= MAX_MERGED_PARTS
                 || next.flags != 0
                 || next.offset != end
                 || len == 0
@@ -471,13 +503,7 @@ impl Conn {
     /// Serves `parts`, read requests that cover `total` bytes from
     /// `offset` back to back, with one disk read and one vectored write of
     /// all their replies.
-    async fn do_read(
-        &self,
-        offset: u64,
-        total: u64,
-        parts: Vec<ReadPart>,
-        permit: OwnedSemaphorePermit,
-    ) {
+    async fn do_read(&self, offset: u64, total: u64, parts: Vec<ReadPart>, permit: Charge) {
         let export = &self.export;
         if total == 0 {
             self.reply_parts(&parts, 0, None).await;
@@ -485,10 +511,8 @@ impl Conn {
             return;
         }
         let ss = export.sector_size;
-        let head = offset % ss;
-        let start = offset - head;
-        let end = offset + total;
-        let aligned_end = end.div_ceil(ss) * ss;
+        let (start, aligned_end) = export.widen_to_sectors(offset, total);
+        let head = offset - start;
         // Never closed, so this always gets a slot.
         let slot = self.read_slots.acquire().await.ok();
         let buf = export.pool.get((aligned_end - start) as usize);
@@ -539,6 +563,20 @@ impl Conn {
         }
         self.write_reply_slices(&mut slices).await;
     }
+}
+
+/// Spawns a request's task. Its future is part of what the request was
+/// charged (see [`crate::memory::TASK_OVERHEAD`]).
+fn spawn_request<F>(tasks: &mut JoinSet<()>, task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    debug_assert!(
+        size_of_val(&task) <= TASK_FUTURE_BYTES,
+        "a request task's future is {} bytes, more than the {TASK_FUTURE_BYTES} it is charged",
+        size_of_val(&task)
+    );
+    tasks.spawn(task);
 }
 
 /// One request of a merged read.
