@@ -69,6 +69,13 @@
 //! of `petri-tool disk serve-nbd` under such clients (figures in the
 //! Guide's performance page).
 //!
+//! Counters ([`NbdServer::stats`]): connections, requests, errors, the
+//! memory charged, and the client's reads as the export saw them: read
+//! requests, bytes read and the disk-wait time, the wall time during which
+//! at least one read request was outstanding (header received, reply not
+//! yet written), whatever the disk below was doing. Each connection logs
+//! its own share at debug level when it ends.
+//!
 //! Reads: read requests that arrive back to back and continue each other
 //! (each starts where the previous one ends, no flags) are merged into one
 //! disk read of up to [`NbdServerOptions::max_merged_read_bytes`] (1 MiB);

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use crate::server::Export;
 use crate::server::NbdError;
 use crate::server::drain;
 use crate::server::shutdown_signalled;
+use crate::stats::ReadWait;
 
 /// State of one connection in transmission, shared by its request tasks.
 struct Conn {
@@ -57,6 +59,10 @@ struct Conn {
     budget: Arc<Semaphore>,
     /// [`NbdServerOptions::max_parallel_reads`] slots.
     read_slots: Semaphore,
+    /// This connection's share of the read counters, logged when it ends.
+    read_requests: AtomicU64,
+    bytes_read: AtomicU64,
+    read_wait: ReadWait,
 }
 
 /// The sending half of a connection, type-erased so that [`Conn`] is not
@@ -89,6 +95,9 @@ where
         write_failed: Default::default(),
         write_error: Default::default(),
         write_failed_notify: Default::default(),
+        read_requests: Default::default(),
+        bytes_read: Default::default(),
+        read_wait: Default::default(),
     });
     let mut tasks = JoinSet::new();
     let mut header = [0u8; REQUEST_HEADER_LEN];
@@ -157,6 +166,12 @@ where
     {
         result = Err(e.into());
     }
+    tracing::debug!(
+        read_requests = conn.read_requests.load(Ordering::Relaxed),
+        bytes_read = conn.bytes_read.load(Ordering::Relaxed),
+        read_wait = ?conn.read_wait.total(),
+        "NBD connection's reads"
+    );
     match result {
         Err(NbdError::Io(e)) if is_disconnect(&e) => Ok(()),
         r => r,
@@ -328,16 +343,20 @@ impl Conn {
                     self.reply_now(req.cookie, error, tasks).await?;
                     return Ok(Flow::Continue);
                 }
+                // The client waits for this read from now on.
+                let mut outstanding = ReadsOutstanding::begin(self, 1);
                 let mut parts = vec![ReadPart {
                     cookie: req.cookie,
                     len: req.length,
                 }];
                 let total = self.merge_reads(req.offset + len, &mut parts, reader);
+                outstanding.add(parts.len() as u64 - 1);
                 let (start, end) = export.widen_to_sectors(req.offset, total);
                 let permit = self.acquire(read_cost(end - start, parts.len())).await?;
                 let conn = self.clone();
                 spawn_request(tasks, async move {
-                    conn.do_read(req.offset, total, parts, permit).await;
+                    conn.do_read(req.offset, total, parts, permit, outstanding)
+                        .await;
                 });
                 Ok(Flow::Continue)
             }
@@ -503,10 +522,18 @@ impl Conn {
     /// Serves `parts`, read requests that cover `total` bytes from
     /// `offset` back to back, with one disk read and one vectored write of
     /// all their replies.
-    async fn do_read(&self, offset: u64, total: u64, parts: Vec<ReadPart>, permit: Charge) {
+    async fn do_read(
+        &self,
+        offset: u64,
+        total: u64,
+        parts: Vec<ReadPart>,
+        permit: Charge,
+        outstanding: ReadsOutstanding,
+    ) {
         let export = &self.export;
         if total == 0 {
             self.reply_parts(&parts, 0, None).await;
+            drop(outstanding);
             drop(permit);
             return;
         }
@@ -524,6 +551,7 @@ impl Conn {
         match res {
             Ok(()) => {
                 export.stats.bytes_read.fetch_add(total, Ordering::Relaxed);
+                self.bytes_read.fetch_add(total, Ordering::Relaxed);
                 let head = head as usize;
                 self.reply_parts(&parts, 0, Some(&buf[head..head + total as usize]))
                     .await;
@@ -533,6 +561,8 @@ impl Conn {
                 self.reply_parts(&parts, error, None).await;
             }
         }
+        // Replies written: the client no longer waits for these reads.
+        drop(outstanding);
         drop(slot);
         export.pool.put(buf);
         drop(permit);
@@ -577,6 +607,41 @@ where
         size_of_val(&task)
     );
     tasks.spawn(task);
+}
+
+/// Read requests whose replies are not written yet, on the server's and
+/// the connection's disk-wait clocks; dropping it (the replies written, or
+/// the task ended without them) stops their share of the clocks.
+struct ReadsOutstanding {
+    conn: Arc<Conn>,
+    n: u64,
+}
+
+impl ReadsOutstanding {
+    fn begin(conn: &Arc<Conn>, n: u64) -> Self {
+        let mut r = ReadsOutstanding {
+            conn: conn.clone(),
+            n: 0,
+        };
+        r.add(n);
+        r
+    }
+
+    fn add(&mut self, n: u64) {
+        let stats = &self.conn.export.stats;
+        stats.read_wait.begin(n);
+        stats.read_requests.fetch_add(n, Ordering::Relaxed);
+        self.conn.read_wait.begin(n);
+        self.conn.read_requests.fetch_add(n, Ordering::Relaxed);
+        self.n += n;
+    }
+}
+
+impl Drop for ReadsOutstanding {
+    fn drop(&mut self) {
+        self.conn.export.stats.read_wait.end(self.n);
+        self.conn.read_wait.end(self.n);
+    }
 }
 
 /// One request of a merged read.

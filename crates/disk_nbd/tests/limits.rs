@@ -13,9 +13,9 @@ use common::GatedDisk;
 use common::RawClient;
 use common::VecDisk;
 use common::pattern_bytes;
+use common::wait_for_stats;
 use disk_nbd::NbdListener;
 use disk_nbd::NbdServerOptions;
-use disk_nbd::NbdStats;
 use disk_nbd::protocol::*;
 use disk_nbd::serve_unix;
 use tokio::io::AsyncReadExt;
@@ -49,26 +49,6 @@ fn small(in_flight: usize, total: usize) -> NbdServerOptions {
         max_in_flight_bytes: in_flight,
         max_total_in_flight_bytes: total,
         ..Default::default()
-    }
-}
-
-/// Waits (up to 30 s) until the server's counters satisfy `done`.
-async fn wait_for_stats(f: &Fixture, what: &str, done: impl Fn(&NbdStats) -> bool) -> NbdStats {
-    let wait = async {
-        loop {
-            let stats = f.listener.server().stats();
-            if done(&stats) {
-                return stats;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(30), wait).await {
-        Ok(stats) => stats,
-        Err(_) => panic!(
-            "timed out waiting for {what}; counters: {:?}",
-            f.listener.server().stats()
-        ),
     }
 }
 
@@ -124,9 +104,11 @@ async fn tiny_unaligned_writes_on_many_connections_stay_under_the_server_wide_ca
 
     // Some connection had to wait for the server-wide cap: the requests
     // the server has taken in fill it.
-    let stats = wait_for_stats(&f, "a request to wait for the server-wide cap", |s| {
-        s.memory_cap_waits > 0
-    })
+    let stats = wait_for_stats(
+        f.listener.server(),
+        "a request to wait for the server-wide cap",
+        |s| s.memory_cap_waits > 0,
+    )
     .await;
     assert!(stats.in_flight_bytes <= CAP as u64, "{stats:?}");
     assert!(stats.peak_in_flight_bytes <= CAP as u64, "{stats:?}");
@@ -145,7 +127,7 @@ async fn tiny_unaligned_writes_on_many_connections_stay_under_the_server_wide_ca
         c.await.unwrap();
     }
     assert!(data.lock()[..] == model[..], "the disk holds every write");
-    let stats = wait_for_stats(&f, "every charge to be given back", |s| {
+    let stats = wait_for_stats(f.listener.server(), "every charge to be given back", |s| {
         s.in_flight_bytes == 0
     })
     .await;
@@ -215,9 +197,11 @@ async fn a_client_that_takes_no_replies_is_closed_and_frees_the_cap() {
     }
     stalled.stream.write_all(&requests).await.unwrap();
 
-    let stats = wait_for_stats(&f, "the stalled client to be closed", |s| {
-        s.timed_out_connections == 1 && s.in_flight_bytes == 0
-    })
+    let stats = wait_for_stats(
+        f.listener.server(),
+        "the stalled client to be closed",
+        |s| s.timed_out_connections == 1 && s.in_flight_bytes == 0,
+    )
     .await;
     assert!(stats.peak_in_flight_bytes <= CAP as u64, "{stats:?}");
     assert!(stats.requests < 1024, "{stats:?}");
@@ -251,7 +235,10 @@ async fn connections_past_the_limit_are_refused() {
     assert_eq!(a.read(0, 512).await, (0, vec![7; 512]));
     // Once one leaves, a new client gets its slot.
     drop(b);
-    wait_for_stats(&f, "the connection to close", |s| s.active_connections == 1).await;
+    wait_for_stats(f.listener.server(), "the connection to close", |s| {
+        s.active_connections == 1
+    })
+    .await;
     let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
     assert_eq!(c.read(512, 512).await, (0, vec![7; 512]));
 }

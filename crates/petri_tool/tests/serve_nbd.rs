@@ -173,6 +173,22 @@ fn remote_flat_image_streams_once_and_the_warm_run_fetches_nothing() {
         "{}",
         cold.counters
     );
+    // qemu-img's reads, and the time they kept it waiting.
+    assert!(
+        n(&cold.counters, "nbd_read_requests") > 0,
+        "{}",
+        cold.counters
+    );
+    assert!(
+        cold.counters["nbd_read_wait_seconds"].as_f64().unwrap() > 0.0,
+        "{}",
+        cold.counters
+    );
+    assert!(
+        cold.stdout.contains("with a read waiting"),
+        "{}",
+        cold.stdout
+    );
     assert!(!socket.exists(), "the socket file is removed at exit");
 
     // Warm, same cache: only the validating HEAD goes to the server.

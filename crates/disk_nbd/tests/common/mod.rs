@@ -211,6 +211,31 @@ impl DiskIo for GatedDisk {
     }
 }
 
+/// Waits (up to 30 s) until the server's counters satisfy `done`, polling
+/// them; panics naming `what` and the last counters if they never do.
+pub async fn wait_for_stats(
+    server: &disk_nbd::NbdServer,
+    what: &str,
+    done: impl Fn(&disk_nbd::NbdStats) -> bool,
+) -> disk_nbd::NbdStats {
+    let wait = async {
+        loop {
+            let stats = server.stats();
+            if done(&stats) {
+                return stats;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), wait).await {
+        Ok(stats) => stats,
+        Err(_) => panic!(
+            "timed out waiting for {what}; counters: {:?}",
+            server.stats()
+        ),
+    }
+}
+
 /// A disk over a real file (positional I/O), optionally read-only.
 pub struct FileDisk {
     file: std::fs::File,
