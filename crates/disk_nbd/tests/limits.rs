@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::Gated;
@@ -13,32 +12,14 @@ use common::GatedDisk;
 use common::RawClient;
 use common::VecDisk;
 use common::pattern_bytes;
+use common::serve;
 use common::wait_for_stats;
-use disk_nbd::NbdListener;
 use disk_nbd::NbdServerOptions;
 use disk_nbd::protocol::*;
-use disk_nbd::serve_unix;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
 const DISK_BYTES: usize = 1 << 20;
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    listener: NbdListener,
-}
-
-async fn serve(disk: disk_backend::Disk, options: NbdServerOptions) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nbd.sock");
-    let listener = serve_unix(&socket, disk, options).await.unwrap();
-    Fixture {
-        _dir: dir,
-        socket,
-        listener,
-    }
-}
 
 /// Small limits, so a test reaches them with little data: requests and
 /// merged reads of at most 64 KiB.

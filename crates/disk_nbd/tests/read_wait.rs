@@ -12,24 +12,21 @@ use common::Gated;
 use common::GatedDisk;
 use common::RawClient;
 use common::pattern_bytes;
+use common::serve;
 use common::wait_for_stats;
 use disk_nbd::NbdServerOptions;
 use disk_nbd::protocol::*;
-use disk_nbd::serve_unix;
 
 const DISK_BYTES: usize = 1 << 20;
 
 #[tokio::test]
 async fn disk_wait_covers_a_held_read_and_stands_still_without_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nbd.sock");
     let initial = pattern_bytes(DISK_BYTES, 9);
     let (disk, mut gate) = GatedDisk::create(initial.clone(), Gated::Reads);
-    let listener = serve_unix(&socket, disk, NbdServerOptions::default())
-        .await
-        .unwrap();
+    let served = serve(disk, NbdServerOptions::default()).await;
+    let (socket, listener) = (&served.socket, &served.listener);
     let stats = || listener.server().stats();
-    let (mut c, _, _) = RawClient::connect_go(&socket).await;
+    let (mut c, _, _) = RawClient::connect_go(socket).await;
     assert_eq!(stats().read_wait, Duration::ZERO);
 
     c.send_request(CMD_READ, 0, 1, 4096, 8192, &[]).await;
@@ -74,14 +71,11 @@ async fn disk_wait_covers_a_held_read_and_stands_still_without_reads() {
 
 #[tokio::test]
 async fn merged_and_refused_reads_are_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nbd.sock");
     let initial = pattern_bytes(DISK_BYTES, 4);
     let (disk, mut gate) = GatedDisk::create(initial.clone(), Gated::Reads);
-    let listener = serve_unix(&socket, disk, NbdServerOptions::default())
-        .await
-        .unwrap();
-    let (mut c, _, _) = RawClient::connect_go(&socket).await;
+    let served = serve(disk, NbdServerOptions::default()).await;
+    let (socket, listener) = (&served.socket, &served.listener);
+    let (mut c, _, _) = RawClient::connect_go(socket).await;
     // Four back-to-back reads in one write: one disk read, four requests,
     // all outstanding while it is held.
     let mut reqs = Vec::new();

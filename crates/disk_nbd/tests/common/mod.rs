@@ -211,6 +211,29 @@ impl DiskIo for GatedDisk {
     }
 }
 
+/// A disk exported on a Unix socket in a temporary directory.
+pub struct Served {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub listener: disk_nbd::NbdListener,
+    /// The export's NBD URI, for external clients.
+    pub uri: String,
+}
+
+/// Exports `disk` with `options` on `nbd.sock` in a new temporary directory.
+pub async fn serve(disk: Disk, options: disk_nbd::NbdServerOptions) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nbd.sock");
+    let listener = disk_nbd::serve_unix(&socket, disk, options).await.unwrap();
+    let uri = listener.nbd_uri();
+    Served {
+        dir,
+        socket,
+        listener,
+        uri,
+    }
+}
+
 /// Waits (up to 30 s) until the server's counters satisfy `done`, polling
 /// them; panics naming `what` and the last counters if they never do.
 pub async fn wait_for_stats(
