@@ -408,3 +408,24 @@ fn remote_vhd_from_the_embedded_blob_server() {
     assert_eq!(after_warm.bytes_sent, after_cold.bytes_sent);
     runtime.block_on(server.shutdown());
 }
+
+#[test]
+fn log_lines_to_a_pipe_are_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FaultServer::start().unwrap();
+    let url = server.url("/missing.raw");
+    let out = Command::new(TOOL)
+        .args(["disk", "serve-nbd", &url, "--socket"])
+        .arg(dir.path().join("s.sock"))
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("RUST_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Standard error is a pipe here: log lines are there, colour codes not.
+    assert!(stderr.contains(" DEBUG "), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
