@@ -14,7 +14,9 @@
 //! (the unread reads) and after the client left.
 //!
 //! Run: `cargo bench -p petri_tool --bench nbd_memory` (release).
-//! `BENCH_FILTER` keeps only the cases whose name contains it. Without
+//! `BENCH_FILTER` keeps only the cases whose name contains it;
+//! `BENCH_PETRI_TOOL` runs another build's `petri-tool` (to compare two
+//! versions with the same client). Without
 //! `/usr/bin/time` it prints why and exits successfully, except under
 //! `CI=true`, where it fails.
 
@@ -45,6 +47,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
+/// This build's `petri-tool`.
 const TOOL: &str = env!("CARGO_BIN_EXE_petri-tool");
 const TIME: &str = "/usr/bin/time";
 /// Size of the exported (sparse) file.
@@ -144,9 +147,10 @@ struct Server {
 }
 
 fn start_server(image: &Path, socket: &Path) -> Result<Server> {
+    let tool = std::env::var_os("BENCH_PETRI_TOOL").unwrap_or_else(|| TOOL.into());
     let mut time = Command::new(TIME)
         .arg("-v")
-        .arg(TOOL)
+        .arg(tool)
         .args(["disk", "serve-nbd"])
         .arg(image)
         .arg("--socket")
