@@ -7,10 +7,10 @@ const POOL_MAX_BYTES: usize = 32 << 20;
 /// Smallest pooled buffer: smaller buffers are allocated for their request
 /// (exactly its size) and freed with it, which the allocator does cheaply.
 pub(crate) const POOL_MIN_BUF: usize = 64 << 10;
-/// Largest pooled buffer. Clients and merged reads use 1 MiB or less;
-/// a rare bigger buffer is freed after its request instead of pinning
-/// memory in the pool.
-const POOL_MAX_BUF: usize = 4 << 20;
+/// Largest pooled buffer: the largest request (32 MiB by default) when
+/// it is aligned. A bigger buffer (an unaligned largest read, widened by a
+/// sector) is freed after its request.
+const POOL_MAX_BUF: usize = POOL_MAX_BYTES;
 
 /// The capacity of the buffer a request of `len` bytes gets, which is
 /// what it costs while it is in flight: exactly `len` below
@@ -88,8 +88,20 @@ impl BufPool {
         } else {
             None
         };
-        let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(class));
-        buf.resize(len, 0);
+        let buf = match reused {
+            Some(mut buf) => {
+                buf.resize(len, 0);
+                buf
+            }
+            None => {
+                // Zeroed by the allocator (for big buffers, fresh pages
+                // the kernel zeroes as they are first touched), not by a
+                // pass over them here.
+                let mut buf = vec![0; class];
+                buf.truncate(len);
+                buf
+            }
+        };
         PooledBuf { buf }
     }
 
