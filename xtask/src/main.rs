@@ -13,6 +13,7 @@ use anyhow::Context;
 use anyhow::Result;
 use clap::Parser;
 use clap::Subcommand;
+use std::process::ExitCode;
 
 mod bench;
 mod download;
@@ -58,8 +59,26 @@ enum GuestTestCommand {
     Run(guest_run::RunArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // What went wrong and why, one chain on one line. A returned
+            // error is for the user, so no backtrace even with
+            // RUST_BACKTRACE=1 (common on CI); a developer who wants one
+            // sets RUST_LIB_BACKTRACE=1. Panics keep theirs.
+            if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v == "1") {
+                eprintln!("error: {err:?}");
+            } else {
+                eprintln!("error: {err:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let root = workspace_root().context("finding the workspace root")?;
     match cli.command {
         Command::Test(args) => test::run(&root, args),

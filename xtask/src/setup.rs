@@ -37,6 +37,11 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "qemu-system-x86",
         why: "the VMM that boots the test guest from our disk stack",
     },
+    Requirement {
+        program: "/usr/bin/time",
+        package: "time",
+        why: "measures the NBD server's peak memory under hostile clients (petri_tool's nbd_memory bench)",
+    },
 ];
 
 /// Installs mdbook with `cargo install --locked` when it is missing. The

@@ -49,10 +49,32 @@
 //! order. Each task writes its own reply as soon as it has it, header and
 //! payload in one vectored write under the connection's writer lock, so a
 //! reply is one system call and its data leaves from the thread (and CPU
-//! cache) that just read it. A per-connection byte budget
-//! ([`NbdServerOptions::max_in_flight_bytes`]) bounds the memory a client
-//! can pin; request buffers come from a bounded pool shared by all
-//! connections, so steady-state requests do not allocate.
+//! cache) that just read it. Request buffers of 64 KiB or more come from a
+//! bounded pool shared by all connections, so steady-state requests do not
+//! allocate; it is emptied when the last client leaves.
+//!
+//! Memory: before the reader takes a request's payload or starts its work,
+//! the request is charged what it will hold until its reply is written (its
+//! buffer's capacity as allocated, read-modify-write sectors, its task),
+//! against its connection's budget
+//! ([`NbdServerOptions::max_in_flight_bytes`], 96 MiB) and then a
+//! server-wide cap ([`NbdServerOptions::max_total_in_flight_bytes`],
+//! 128 MiB); a reader that cannot get its charge stops reading until
+//! replies are written. [`NbdStats`] shows the charge and its peak. A client
+//! has [`NbdServerOptions::handshake_timeout`] (30 s) to enter
+//! transmission, a connection whose client takes none of its replies for
+//! [`NbdServerOptions::stalled_reply_timeout`] (2 min) is closed, and at
+//! most [`NbdServerOptions::max_connections`] (64) are served at once.
+//! `cargo bench -p petri_tool --bench nbd_memory` measures the peak memory
+//! of `petri-tool disk serve-nbd` under such clients (figures in the
+//! Guide's performance page).
+//!
+//! Counters ([`NbdServer::stats`]): connections, requests, errors, the
+//! memory charged, and the client's reads as the export saw them: read
+//! requests, bytes read and the disk-wait time, the wall time during which
+//! at least one read request was outstanding (header received, reply not
+//! yet written), whatever the disk below was doing. Each connection logs
+//! its own share at debug level when it ends.
 //!
 //! Reads: read requests that arrive back to back and continue each other
 //! (each starts where the previous one ends, no flags) are merged into one
@@ -167,9 +189,13 @@
 //! - Replies never interleave: each (or each merged group) is written
 //!   whole under the connection's writer lock. Once a write fails the
 //!   client is gone: later replies are dropped and the reader stops.
-//! - A client that stops reading its replies stalls only its own
-//!   connection: read slots, the in-flight budget and the writer lock are
-//!   all per connection.
+//! - A client that stops reading its replies stalls its own connection
+//!   (read slots, its budget and the writer lock are per connection) and
+//!   holds at most its budget of the server-wide cap, until
+//!   [`NbdServerOptions::stalled_reply_timeout`] closes it.
+//! - Bytes charged to requests in flight never exceed
+//!   [`NbdServerOptions::max_total_in_flight_bytes`], and every request is
+//!   charged at least the capacity of the buffer it holds.
 //! - Errors: an out-of-range or oversized read, an unknown command or an
 //!   undocumented flag is `EINVAL`; a write past the end is `ENOSPC`; a
 //!   write, trim or write-zeroes on a read-only export is `EPERM`; a disk
@@ -209,18 +235,30 @@
 
 #![forbid(unsafe_code)]
 
+mod handshake;
+mod listener;
+mod memory;
+mod options;
+mod pool;
 pub mod protocol;
 mod server;
+mod stats;
+mod transmission;
+mod writes;
 
-pub use server::BlockSizes;
-pub use server::DEFAULT_MAX_IN_FLIGHT_BYTES;
-pub use server::DEFAULT_MAX_MERGED_READ_BYTES;
-pub use server::DEFAULT_MAX_PARALLEL_READS;
-pub use server::DEFAULT_MAX_REQUEST_BYTES;
-pub use server::DEFAULT_SHUTDOWN_GRACE;
+pub use listener::NbdListener;
+pub use listener::serve_unix;
+pub use options::BlockSizes;
+pub use options::DEFAULT_HANDSHAKE_TIMEOUT;
+pub use options::DEFAULT_MAX_CONNECTIONS;
+pub use options::DEFAULT_MAX_IN_FLIGHT_BYTES;
+pub use options::DEFAULT_MAX_MERGED_READ_BYTES;
+pub use options::DEFAULT_MAX_PARALLEL_READS;
+pub use options::DEFAULT_MAX_REQUEST_BYTES;
+pub use options::DEFAULT_MAX_TOTAL_IN_FLIGHT_BYTES;
+pub use options::DEFAULT_SHUTDOWN_GRACE;
+pub use options::DEFAULT_STALLED_REPLY_TIMEOUT;
+pub use options::NbdServerOptions;
 pub use server::NbdError;
-pub use server::NbdListener;
 pub use server::NbdServer;
-pub use server::NbdServerOptions;
-pub use server::NbdStats;
-pub use server::serve_unix;
+pub use stats::NbdStats;

@@ -3,12 +3,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use common::{FileDisk, VecDisk, pattern_bytes, require_tool};
-use disk_nbd::{NbdListener, NbdServerOptions, serve_unix};
-use rand::{Rng, SeedableRng};
+use common::FileDisk;
+use common::VecDisk;
+use common::pattern_bytes;
+use common::require_tool;
+use common::serve;
+use disk_nbd::NbdServerOptions;
+use disk_nbd::NbdStats;
+use disk_nbd::serve_unix;
+use rand::Rng;
+use rand::SeedableRng;
 
 async fn run(program: &Path, args: &[&str]) -> Output {
     tokio::process::Command::new(program)
@@ -42,18 +49,107 @@ async fn qemu_io(qemu_io: &Path, uri: &str, read_only: bool, commands: &[String]
     run(qemu_io, &args).await
 }
 
-struct Served {
-    dir: tempfile::TempDir,
-    listener: NbdListener,
-    uri: String,
+/// `qemu-img info` of `uri`, which must succeed: the virtual size.
+async fn qemu_img_virtual_size(qemu_img: &Path, uri: &str) -> u64 {
+    let out = run(qemu_img, &["info", "--output=json", uri]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["format"].as_str(), Some("raw"), "{info}");
+    info["virtual-size"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no virtual-size: {info}"))
 }
 
-async fn serve(disk: disk_backend::Disk, options: NbdServerOptions) -> Served {
+/// `qemu-img compare` of the export at `uri` with a raw file.
+async fn qemu_img_compare(qemu_img: &Path, uri: &str, raw: &Path) -> Output {
+    let raw = raw.to_str().unwrap();
+    run(qemu_img, &["compare", "-f", "raw", "-F", "raw", uri, raw]).await
+}
+
+/// One `qemu-io` run against the export and whether it must succeed.
+struct Session {
+    read_only: bool,
+    commands: Vec<String>,
+    succeeds: bool,
+}
+
+impl Session {
+    /// A read-write session that must succeed.
+    fn new(commands: Vec<String>) -> Self {
+        Session {
+            read_only: false,
+            commands,
+            succeeds: true,
+        }
+    }
+
+    fn ok(commands: &[&str]) -> Self {
+        Self::new(commands.iter().map(|c| c.to_string()).collect())
+    }
+
+    /// The session must fail.
+    fn failing(self) -> Self {
+        Session {
+            succeeds: false,
+            ..self
+        }
+    }
+
+    /// `qemu-io -r`: the image opened read-only.
+    fn read_only(self) -> Self {
+        Session {
+            read_only: true,
+            ..self
+        }
+    }
+}
+
+/// The shape of the `qemu-io` tests: a `len`-byte pattern disk (from
+/// `seed`) exported with `options` (on loopback TCP if `tcp`, else a Unix
+/// socket); `plan` turns the initial bytes into the sessions to run and
+/// the bytes the disk must hold afterwards. Each session must succeed or
+/// fail as it says; `None` when `qemu-io` is missing (skipped).
+async fn qemu_io_case(
+    len: usize,
+    seed: u64,
+    options: NbdServerOptions,
+    tcp: bool,
+    plan: impl FnOnce(&[u8]) -> (Vec<Session>, Vec<u8>),
+) -> Option<NbdStats> {
+    let bin = require_tool("qemu-io")?;
+    let initial = pattern_bytes(len, seed);
+    let (disk, data) = VecDisk::create(initial.clone(), false);
+    let server = disk_nbd::NbdServer::new(disk, options).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let socket: PathBuf = dir.path().join("nbd.sock");
-    let listener = serve_unix(&socket, disk, options).await.unwrap();
+    let listener = if tcp {
+        server.listen_tcp("127.0.0.1:0".parse().unwrap()).await
+    } else {
+        server.listen_unix(dir.path().join("nbd.sock")).await
+    }
+    .unwrap();
     let uri = listener.nbd_uri();
-    Served { dir, listener, uri }
+    let (sessions, expect) = plan(&initial);
+    for (i, session) in sessions.iter().enumerate() {
+        let out = qemu_io(&bin, &uri, session.read_only, &session.commands).await;
+        assert_eq!(
+            out.status.success(),
+            session.succeeds,
+            "session {i} {:?}: {}",
+            session.commands,
+            text(&out)
+        );
+        if session.succeeds {
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("verification failed"),
+                "{}",
+                text(&out)
+            );
+        }
+    }
+    assert!(*data.lock() == expect, "disk content differs from the plan");
+    let stats = server.stats();
+    listener.shutdown().await.unwrap();
+    Some(stats)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,11 +160,7 @@ async fn qemu_img_info_shows_the_export_size() {
     let size = (3 << 20) + 512;
     let (disk, _) = VecDisk::create(vec![0; size], false);
     let s = serve(disk, NbdServerOptions::default()).await;
-    let out = run(&qemu_img, &["info", "--output=json", &s.uri]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(info["virtual-size"].as_u64(), Some(size as u64), "{info}");
-    assert_eq!(info["format"].as_str(), Some("raw"));
+    assert_eq!(qemu_img_virtual_size(&qemu_img, &s.uri).await, size as u64);
     s.listener.shutdown().await.unwrap();
 
     // A named export on a socket path that needs escaping in a URI.
@@ -82,10 +174,7 @@ async fn qemu_img_info_shows_the_export_size() {
     let listener = serve_unix(&socket, disk, options).await.unwrap();
     let uri = listener.nbd_uri();
     assert!(uri.starts_with("nbd+unix:///boot%20disk?socket="), "{uri}");
-    let out = run(&qemu_img, &["info", "--output=json", &uri]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(info["virtual-size"].as_u64(), Some(1 << 20), "{info}");
+    assert_eq!(qemu_img_virtual_size(&qemu_img, &uri).await, 1 << 20);
     listener.shutdown().await.unwrap();
 }
 
@@ -99,12 +188,7 @@ async fn qemu_img_compare_finds_the_export_identical_to_its_source() {
     let bytes = pattern_bytes(8 << 20, 99);
     std::fs::write(&source, &bytes).unwrap();
     let s = serve(FileDisk::open(&source, true), NbdServerOptions::default()).await;
-    let source_str = source.to_str().unwrap();
-    let out = run(
-        &qemu_img,
-        &["compare", "-f", "raw", "-F", "raw", &s.uri, source_str],
-    )
-    .await;
+    let out = qemu_img_compare(&qemu_img, &s.uri, &source).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("identical"));
 
@@ -114,19 +198,7 @@ async fn qemu_img_compare_finds_the_export_identical_to_its_source() {
     let mut other = bytes.clone();
     other[5_000_001] ^= 0xff;
     std::fs::write(&changed, &other).unwrap();
-    let out = run(
-        &qemu_img,
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            &s.uri,
-            changed.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let out = qemu_img_compare(&qemu_img, &s.uri, &changed).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("mismatch at offset 4999680"),
@@ -137,19 +209,9 @@ async fn qemu_img_compare_finds_the_export_identical_to_its_source() {
     // A full copy through the export (requests up to qemu-img's buffer
     // size) is byte-identical too.
     let copy = dir.path().join("copy.raw");
-    let out = run(
-        &qemu_img,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &s.uri,
-            copy.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let copy_arg = copy.to_str().unwrap();
+    let convert = ["convert", "-f", "raw", "-O", "raw", &s.uri, copy_arg];
+    let out = run(&qemu_img, &convert).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(std::fs::read(&copy).unwrap() == bytes);
     assert!(s.listener.server().stats().bytes_read >= 2 * bytes.len() as u64);
@@ -158,120 +220,104 @@ async fn qemu_img_compare_finds_the_export_identical_to_its_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_io_random_writes_are_read_back() {
-    let Some(qemu_io_bin) = require_tool("qemu-io") else {
-        return;
-    };
     const SIZE: usize = 16 << 20;
-    let initial = pattern_bytes(SIZE, 3);
-    let (disk, data) = VecDisk::create(initial.clone(), false);
-    let s = serve(disk, NbdServerOptions::default()).await;
-
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-    let mut expect = initial.clone();
-    let mut commands = Vec::new();
-    let mut written = Vec::new();
-    for i in 0..40 {
-        let len = rng.random_range(1..=256usize) * 512;
-        let off = rng.random_range(0..(SIZE - len) / 512) * 512;
-        let pat = rng.random_range(1..=255u8);
-        // Alternate synchronous and asynchronous (in-flight) writes.
-        let verb = if i % 2 == 0 { "write" } else { "aio_write" };
-        commands.push(format!("{verb} -P {pat} {off} {len}"));
-        expect[off..off + len].fill(pat);
-        written.push((off, len));
-    }
-    commands.push("aio_flush".into());
-    commands.push("flush".into());
-    // Read back every written range against what should be there now
-    // (later writes may overlap earlier ones, so check the final bytes).
-    for &(off, len) in &written {
-        let pat = expect[off];
-        if expect[off..off + len].iter().all(|&b| b == pat) {
-            commands.push(format!("read -P {pat} {off} {len}"));
+    qemu_io_case(SIZE, 3, NbdServerOptions::default(), false, |initial| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let mut expect = initial.to_vec();
+        let mut commands = Vec::new();
+        let mut written = Vec::new();
+        for i in 0..40 {
+            let len = rng.random_range(1..=256usize) * 512;
+            let off = rng.random_range(0..(SIZE - len) / 512) * 512;
+            let pat = rng.random_range(1..=255u8);
+            // Alternate synchronous and asynchronous (in-flight) writes.
+            let verb = if i % 2 == 0 { "write" } else { "aio_write" };
+            commands.push(format!("{verb} -P {pat} {off} {len}"));
+            expect[off..off + len].fill(pat);
+            written.push((off, len));
         }
-    }
-    // Unaligned accesses: qemu aligns them to the advertised 512 bytes.
-    commands.push("write -P 0x5a 1000 300".into());
-    commands.push("read -P 0x5a 1000 300".into());
-    expect[1000..1300].fill(0x5a);
-    // Write zeroes.
-    commands.push("write -z 65536 131072".into());
-    commands.push("read -P 0 65536 131072".into());
-    expect[65536..196_608].fill(0);
-
-    let out = qemu_io(&qemu_io_bin, &s.uri, false, &commands).await;
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("verification failed"));
-    assert!(
-        *data.lock() == expect,
-        "disk content differs from the writes"
-    );
-
-    // A pattern that is not there is reported, so the reads above really
-    // checked something.
-    let bad = format!("read -P {} 0 512", initial[0].wrapping_add(1));
-    let out = qemu_io(&qemu_io_bin, &s.uri, false, &[bad]).await;
-    assert!(!out.status.success(), "{}", text(&out));
-    s.listener.shutdown().await.unwrap();
+        commands.push("aio_flush".into());
+        commands.push("flush".into());
+        // Read back every written range against what should be there now
+        // (later writes may overlap earlier ones, so check the final bytes).
+        for &(off, len) in &written {
+            let pat = expect[off];
+            if expect[off..off + len].iter().all(|&b| b == pat) {
+                commands.push(format!("read -P {pat} {off} {len}"));
+            }
+        }
+        // Unaligned accesses: qemu aligns them to the advertised 512 bytes.
+        commands.push("write -P 0x5a 1000 300".into());
+        commands.push("read -P 0x5a 1000 300".into());
+        expect[1000..1300].fill(0x5a);
+        // Write zeroes.
+        commands.push("write -z 65536 131072".into());
+        commands.push("read -P 0 65536 131072".into());
+        expect[65536..196_608].fill(0);
+        // A pattern that is not there is reported, so the reads above
+        // really checked something.
+        let bad = format!("read -P {} 0 512", expect[0].wrapping_add(1));
+        let bad = Session::ok(&[&bad]).failing();
+        (vec![Session::new(commands), bad], expect)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_io_byte_granular_writes_keep_neighbouring_bytes() {
-    let Some(qemu_io_bin) = require_tool("qemu-io") else {
-        return;
+    let options = NbdServerOptions {
+        byte_granularity: true,
+        ..Default::default()
     };
-    let initial = pattern_bytes(1 << 20, 11);
-    let (disk, data) = VecDisk::create(initial.clone(), false);
-    let s = serve(
-        disk,
-        NbdServerOptions {
-            byte_granularity: true,
-            ..Default::default()
-        },
-    )
+    qemu_io_case(1 << 20, 11, options, false, |initial| {
+        let mut expect = initial.to_vec();
+        expect[1001..1078].fill(0xcd);
+        expect[4000..14000].fill(0xce);
+        let session = Session::ok(&[
+            "write -P 0xcd 1001 77",
+            "read -P 0xcd 1001 77",
+            "write -P 0xce 4000 10000",
+            "read -P 0xce 4000 10000",
+        ]);
+        (vec![session], expect)
+    })
     .await;
-    let commands = [
-        "write -P 0xcd 1001 77".to_string(),
-        "read -P 0xcd 1001 77".to_string(),
-        "write -P 0xce 4000 10000".to_string(),
-        "read -P 0xce 4000 10000".to_string(),
-    ];
-    let out = qemu_io(&qemu_io_bin, &s.uri, false, &commands).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let mut expect = initial;
-    expect[1001..1078].fill(0xcd);
-    expect[4000..14000].fill(0xce);
-    assert!(*data.lock() == expect);
-    s.listener.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_io_cannot_write_a_read_only_export() {
-    let Some(qemu_io_bin) = require_tool("qemu-io") else {
-        return;
+    let options = NbdServerOptions {
+        read_only: true,
+        ..Default::default()
     };
-    let initial = pattern_bytes(1 << 20, 12);
-    let (disk, data) = VecDisk::create(initial.clone(), false);
-    let s = serve(
-        disk,
-        NbdServerOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
+    qemu_io_case(1 << 20, 12, options, false, |initial| {
+        let write = || Session::ok(&["write -P 1 0 512"]).failing();
+        let read = format!("read -P {} 0 1", initial[0]);
+        // Opened read-write: refused, as the export says it is read-only.
+        // Opened read-only: reads work, writes fail.
+        let sessions = vec![
+            write(),
+            Session::ok(&[&read]).read_only(),
+            write().read_only(),
+        ];
+        (sessions, initial.to_vec())
+    })
     .await;
-    let first = initial[0];
-    // Opened read-write: refused, as the export says it is read-only.
-    let out = qemu_io(&qemu_io_bin, &s.uri, false, &["write -P 1 0 512".into()]).await;
-    assert!(!out.status.success(), "{}", text(&out));
-    // Opened read-only: reads work, writes fail.
-    let read = format!("read -P {first} 0 1");
-    let out = qemu_io(&qemu_io_bin, &s.uri, true, &[read]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let out = qemu_io(&qemu_io_bin, &s.uri, true, &["write -P 1 0 512".into()]).await;
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(*data.lock() == initial);
-    s.listener.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_io_over_loopback_tcp() {
+    qemu_io_case(2 << 20, 31, NbdServerOptions::default(), true, |initial| {
+        let mut expect = initial.to_vec();
+        expect[8192..73_728].fill(0x77);
+        let session = Session::ok(&[
+            &format!("read -P {} 4096 1", initial[4096]),
+            "write -P 0x77 8192 65536",
+            "read -P 0x77 8192 65536",
+        ]);
+        (vec![session], expect)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,7 +363,7 @@ async fn concurrent_qemu_io_clients() {
     let stats = s.listener.server().stats();
     assert_eq!(stats.connections, CLIENTS as u64);
     assert_eq!(stats.error_replies, 0);
-    assert!(s.dir.path().join("nbd.sock").exists());
+    assert!(s.socket.exists());
     s.listener.shutdown().await.unwrap();
 }
 
@@ -327,7 +373,9 @@ async fn ram_diff_over_a_file_keeps_qemu_writes_out_of_the_file() {
     else {
         return;
     };
-    use disk_layered::{DiskLayer, LayerConfiguration, LayeredDisk};
+    use disk_layered::DiskLayer;
+    use disk_layered::LayerConfiguration;
+    use disk_layered::LayeredDisk;
     use disklayer_ram::RamDiskLayer;
 
     let dir = tempfile::tempdir().unwrap();
@@ -368,48 +416,11 @@ async fn ram_diff_over_a_file_keeps_qemu_writes_out_of_the_file() {
     // The export shows the writes over the file's data...
     let expected = dir.path().join("expected.raw");
     std::fs::write(&expected, &expect).unwrap();
-    let out = run(
-        &qemu_img,
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            &s.uri,
-            expected.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let out = qemu_img_compare(&qemu_img, &s.uri, &expected).await;
     assert!(out.status.success(), "{}", text(&out));
     // ...and the file itself is untouched.
     assert!(std::fs::read(&base).unwrap() == bytes);
     s.listener.shutdown().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_io_over_loopback_tcp() {
-    let Some(qemu_io_bin) = require_tool("qemu-io") else {
-        return;
-    };
-    let initial = pattern_bytes(2 << 20, 31);
-    let (disk, data) = VecDisk::create(initial.clone(), false);
-    let server = disk_nbd::NbdServer::new(disk, NbdServerOptions::default()).unwrap();
-    let listener = server
-        .listen_tcp("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let uri = listener.nbd_uri();
-    let first = initial[4096];
-    let commands = [
-        format!("read -P {first} 4096 1"),
-        "write -P 0x77 8192 65536".to_string(),
-        "read -P 0x77 8192 65536".to_string(),
-    ];
-    let out = qemu_io(&qemu_io_bin, &uri, false, &commands).await;
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(data.lock()[8192..73_728].iter().all(|&b| b == 0x77));
-    listener.shutdown().await.unwrap();
 }
 
 /// A BIOS boot sector, hand-assembled (16-bit real mode, loaded at 0x7c00):

@@ -6,31 +6,31 @@ mod common;
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{RawClient, VecDisk, pattern_bytes};
-use disk_backend::{Disk, DiskError, DiskIo, check_io_range};
+use common::RawClient;
+use common::Served;
+use common::VecDisk;
+use common::pattern_bytes;
+use common::serve;
+use disk_backend::Disk;
+use disk_backend::DiskError;
+use disk_backend::DiskIo;
+use disk_backend::check_io_range;
+use disk_nbd::NbdServerOptions;
 use disk_nbd::protocol::*;
-use disk_nbd::{NbdListener, NbdServerOptions, serve_unix};
 use tokio::io::AsyncWriteExt;
 
 const DISK_BYTES: usize = 4 << 20;
 
 struct Fixture {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    listener: NbdListener,
+    served: Served,
     initial: Vec<u8>,
 }
 
-async fn serve(disk: Disk, initial: Vec<u8>, options: NbdServerOptions) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nbd.sock");
-    let listener = serve_unix(&socket, disk, options).await.unwrap();
+async fn serve_initial(disk: Disk, initial: Vec<u8>, options: NbdServerOptions) -> Fixture {
     Fixture {
-        _dir: dir,
-        socket,
-        listener,
+        served: serve(disk, options).await,
         initial,
     }
 }
@@ -38,7 +38,7 @@ async fn serve(disk: Disk, initial: Vec<u8>, options: NbdServerOptions) -> Fixtu
 async fn vec_fixture(options: NbdServerOptions) -> Fixture {
     let initial = pattern_bytes(DISK_BYTES, 77);
     let (disk, _) = VecDisk::create(initial.clone(), false);
-    serve(disk, initial, options).await
+    serve_initial(disk, initial, options).await
 }
 
 fn read_header(cookie: u64, offset: u64, length: u32, flags: u16) -> [u8; REQUEST_HEADER_LEN] {
@@ -110,11 +110,11 @@ async fn back_to_back_reads_are_merged_and_each_reply_is_byte_exact() {
         ..Default::default()
     })
     .await;
-    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    let (mut c, _, _) = RawClient::connect_go(&f.served.socket).await;
     let (reqs, lens) = contiguous_reads(8192, 4096, 64);
     let replies = pipeline(&mut c, &reqs, 64, &lens).await;
     assert_contiguous_replies(&f.initial, &replies, 8192, 4096, 64);
-    let stats = f.listener.server().stats();
+    let stats = f.served.listener.server().stats();
     assert_eq!(stats.requests, 64);
     assert_eq!(stats.disk_reads, 5);
     assert_eq!(stats.bytes_read, 64 * 4096);
@@ -132,18 +132,18 @@ async fn merged_reads_do_not_cross_a_multiple_of_the_limit() {
         ..Default::default()
     })
     .await;
-    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    let (mut c, _, _) = RawClient::connect_go(&f.served.socket).await;
     // 768 KiB .. 2816 KiB: [768K, 1M) [1M, 2M) [2M, 2816K).
     let (reqs, lens) = contiguous_reads(768 << 10, 256 << 10, 8);
     let replies = pipeline(&mut c, &reqs, 8, &lens).await;
     assert_contiguous_replies(&f.initial, &replies, 768 << 10, 256 << 10, 8);
-    assert_eq!(f.listener.server().stats().disk_reads, 3);
+    assert_eq!(f.served.listener.server().stats().disk_reads, 3);
 }
 
 #[tokio::test]
 async fn unaligned_back_to_back_reads_merge_into_one_widened_read() {
     let f = vec_fixture(NbdServerOptions::default()).await;
-    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    let (mut c, _, _) = RawClient::connect_go(&f.served.socket).await;
     // Byte-granular, contiguous, of odd sizes: one disk read widened to
     // whole sectors; every reply must carry exactly its own bytes.
     let mut reqs = Vec::new();
@@ -164,13 +164,13 @@ async fn unaligned_back_to_back_reads_merge_into_one_widened_read() {
     for (cookie, want) in &expect {
         assert_eq!(replies[cookie], (0, want.clone()), "cookie {cookie}");
     }
-    assert_eq!(f.listener.server().stats().disk_reads, 1);
+    assert_eq!(f.served.listener.server().stats().disk_reads, 1);
 }
 
 #[tokio::test]
 async fn reads_that_do_not_continue_each_other_are_not_merged() {
     let f = vec_fixture(NbdServerOptions::default()).await;
-    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    let (mut c, _, _) = RawClient::connect_go(&f.served.socket).await;
     let size = DISK_BYTES as u64;
     let mut reqs = Vec::new();
     let mut lens = HashMap::new();
@@ -227,7 +227,7 @@ async fn reads_that_do_not_continue_each_other_are_not_merged() {
         (0, f.initial[65536 + 512..65536 + 1024].to_vec())
     );
     // Cookies 0, 1, 2, 3, 4, 6 and 8 each needed their own disk read.
-    assert_eq!(f.listener.server().stats().disk_reads, 7);
+    assert_eq!(f.served.listener.server().stats().disk_reads, 7);
 }
 
 #[tokio::test]
@@ -237,7 +237,7 @@ async fn merging_can_be_turned_off() {
         ..Default::default()
     })
     .await;
-    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    let (mut c, _, _) = RawClient::connect_go(&f.served.socket).await;
     let mut reqs = Vec::new();
     let mut lens = HashMap::new();
     for i in 0..8u64 {
@@ -249,7 +249,7 @@ async fn merging_can_be_turned_off() {
         let off = i as usize * 512;
         assert_eq!(replies[&i], (0, f.initial[off..off + 512].to_vec()));
     }
-    assert_eq!(f.listener.server().stats().disk_reads, 8);
+    assert_eq!(f.served.listener.server().stats().disk_reads, 8);
 }
 
 /// A disk whose reads fail when they touch `bad` (sectors).
@@ -299,8 +299,8 @@ async fn a_failed_merged_read_fails_every_request_in_it_and_sends_no_data() {
         bad: 20..21,
     })
     .unwrap();
-    let f = serve(disk, initial, NbdServerOptions::default()).await;
-    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    let f = serve_initial(disk, initial, NbdServerOptions::default()).await;
+    let (mut c, _, _) = RawClient::connect_go(&f.served.socket).await;
     // Sectors 16..24 in four requests: merged, and the merge touches the
     // bad sector, so all four fail, including those that do not touch it
     // themselves (the protocol allows any error; never wrong bytes). A
@@ -322,7 +322,7 @@ async fn a_failed_merged_read_fails_every_request_in_it_and_sends_no_data() {
         (0, f.initial[64 * 512..65 * 512].to_vec()),
         "a read past the bad range"
     );
-    let stats = f.listener.server().stats();
+    let stats = f.served.listener.server().stats();
     assert_eq!(stats.error_replies, 4);
     assert_eq!(stats.disk_reads, 2);
     // The stream is still in step after the error replies.
@@ -340,7 +340,7 @@ async fn many_large_reads_in_flight_with_one_read_slot_arrive_intact() {
         ..Default::default()
     })
     .await;
-    let (mut c, _, _) = RawClient::connect_go(&f.socket).await;
+    let (mut c, _, _) = RawClient::connect_go(&f.served.socket).await;
     let mut reqs = Vec::new();
     let mut lens = HashMap::new();
     let mut expect: HashMap<u64, (u64, u64)> = HashMap::new();
@@ -371,7 +371,7 @@ async fn many_large_reads_in_flight_with_one_read_slot_arrive_intact() {
             "cookie {cookie}: wrong bytes"
         );
     }
-    let stats = f.listener.server().stats();
+    let stats = f.served.listener.server().stats();
     assert_eq!(stats.requests, 200);
     assert!(stats.disk_reads < 200, "{stats:?}");
 }
@@ -390,8 +390,8 @@ async fn connect_all(socket: &Path, n: usize) -> Vec<RawClient> {
 async fn multi_conn_clients_see_one_consistent_disk() {
     let initial = pattern_bytes(DISK_BYTES, 12);
     let (disk, data, flushes) = VecDisk::create_counting(initial.clone());
-    let f = serve(disk, initial, NbdServerOptions::default()).await;
-    let mut clients = connect_all(&f.socket, 4).await;
+    let f = serve_initial(disk, initial, NbdServerOptions::default()).await;
+    let mut clients = connect_all(&f.served.socket, 4).await;
 
     // Connection 0 writes; once the write is acknowledged, every other
     // connection reads the new bytes (pipelined, merged reads included).
@@ -438,5 +438,5 @@ async fn multi_conn_clients_see_one_consistent_disk() {
         before + 1
     );
     assert_eq!(data.lock()[off as usize..off as usize + new.len()], new[..]);
-    assert_eq!(f.listener.server().stats().connections, 4);
+    assert_eq!(f.served.listener.server().stats().connections, 4);
 }

@@ -555,13 +555,7 @@ pub fn test_main<F>(resolve: F) -> !
 where
     F: Fn(&str, TestArtifactRequirements) -> anyhow::Result<TestArtifacts> + Send + Sync + 'static,
 {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init_stderr_logging("info");
 
     let (raw_args, list_artifacts) = split_args(std::env::args_os());
     let args = Arguments::from_iter(raw_args);

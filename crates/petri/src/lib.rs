@@ -45,6 +45,7 @@ pub mod cache_dir;
 pub mod disk_stack;
 mod harness;
 pub mod hyperv;
+pub mod logging;
 pub mod openvmm;
 pub mod qemu;
 mod vm;

@@ -313,6 +313,16 @@ pub struct DiskCountersReport {
     pub cache_miss_bytes: u64,
     /// Bytes written into the read cache.
     pub cache_fill_bytes: u64,
+    /// Read requests the guest sent to the NBD export.
+    #[serde(default)]
+    pub nbd_read_requests: u64,
+    /// Bytes the guest read through the NBD export.
+    #[serde(default)]
+    pub nbd_bytes_read: u64,
+    /// The guest's disk-wait time in microseconds: wall time with at least
+    /// one read request outstanding at the NBD export.
+    #[serde(default)]
+    pub nbd_read_wait_micros: u64,
     /// Milliseconds from launch to the end of the VM.
     pub vm_millis: u64,
     /// QEMU's exit code, if it exited on its own.
@@ -413,6 +423,8 @@ async fn wait_for_line(
 struct ServedDisk {
     name: String,
     opened: OpenedDisk,
+    /// The export's counters stay readable after its listener is shut down.
+    server: disk_nbd::NbdServer,
     listener: Option<disk_nbd::NbdListener>,
 }
 
@@ -549,6 +561,7 @@ impl QemuVm {
             disks.push(ServedDisk {
                 name,
                 opened,
+                server,
                 listener: Some(listener),
             });
         }
@@ -665,6 +678,7 @@ impl QemuVm {
             .iter()
             .map(|d| {
                 let c = d.opened.counters();
+                let nbd = d.server.stats();
                 DiskCountersReport {
                     test: self.test_name.clone(),
                     boot: self.boot,
@@ -682,6 +696,10 @@ impl QemuVm {
                     cache_hit_bytes: c.cache_hit_bytes,
                     cache_miss_bytes: c.cache_miss_bytes,
                     cache_fill_bytes: c.cache_fill_bytes,
+                    nbd_read_requests: nbd.read_requests,
+                    nbd_bytes_read: nbd.bytes_read,
+                    nbd_read_wait_micros: u64::try_from(nbd.read_wait.as_micros())
+                        .unwrap_or(u64::MAX),
                     vm_millis,
                     exit_code: self.exit_code,
                 }

@@ -49,13 +49,9 @@ enum DiskCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // Plain text unless standard error is a terminal (and NO_COLOR is
+    // unset), so redirected logs carry no colour codes.
+    petri::logging::init_stderr_logging("warn");
     let result = match cli.command {
         Command::Disk(DiskCommand::ServeNbd(args)) => serve_nbd::run(args),
     };

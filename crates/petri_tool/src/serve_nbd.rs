@@ -13,7 +13,9 @@
 //! `petri-tool: serving <what> (<n> bytes) at <nbd uri>` (scripts and tests
 //! wait for it), serve until SIGINT or SIGTERM, finish the requests in
 //! flight, print the counters (and write them as JSON with
-//! `--counters-json`), remove the socket and exit 0.
+//! `--counters-json`), remove the socket and exit 0. The counters include
+//! the client's reads as the export saw them: read requests, bytes read and
+//! the disk-wait time (wall time with at least one read outstanding).
 //!
 //! DEVNOTE: `--format` overrides the format the extension implies, except
 //! that a `.vhdx` image is always refused (it cannot be read as either).
@@ -238,6 +240,8 @@ fn counters_json(c: &DiskCounters, nbd: &NbdStats) -> serde_json::Value {
         "nbd_bytes_read": nbd.bytes_read,
         "nbd_bytes_written": nbd.bytes_written,
         "nbd_error_replies": nbd.error_replies,
+        "nbd_read_requests": nbd.read_requests,
+        "nbd_read_wait_seconds": nbd.read_wait.as_secs_f64(),
     })
 }
 
@@ -247,7 +251,8 @@ fn format_counters(what: &str, c: &DiskCounters, nbd: &NbdStats) -> String {
         "petri-tool: disk counters for {what}\n\
          \x20 remote: {} bytes fetched in {} requests ({} retries, {} errors)\n\
          \x20 cache:  {} bytes hit, {} bytes missed, {} bytes filled\n\
-         \x20 nbd:    {} connections, {} requests, {} bytes read, {} bytes written, {} error replies\n",
+         \x20 nbd:    {} connections, {} requests, {} bytes read, {} bytes written, {} error replies\n\
+         \x20 reads:  {} read requests, {:.3} s with a read waiting (the client's disk-wait)\n",
         c.remote_bytes_fetched,
         c.remote_requests,
         c.remote_retries,
@@ -260,6 +265,8 @@ fn format_counters(what: &str, c: &DiskCounters, nbd: &NbdStats) -> String {
         nbd.bytes_read,
         nbd.bytes_written,
         nbd.error_replies,
+        nbd.read_requests,
+        nbd.read_wait.as_secs_f64(),
     )
 }
 
@@ -384,7 +391,9 @@ mod tests {
         let nbd = NbdStats {
             connections: 1,
             requests: 40,
+            read_requests: 30,
             bytes_read: 5000,
+            read_wait: std::time::Duration::from_millis(1250),
             ..Default::default()
         };
         let text = format_counters("http://h/x?<redacted>", &c, &nbd);
@@ -394,8 +403,14 @@ mod tests {
         );
         assert!(text.contains("11 bytes hit"), "{text}");
         assert!(text.contains("1 connections, 40 requests"), "{text}");
+        assert!(
+            text.contains("30 read requests, 1.250 s with a read waiting"),
+            "{text}"
+        );
         let json = counters_json(&c, &nbd);
         assert_eq!(json["remote_bytes_fetched"], 3 << 20);
         assert_eq!(json["nbd_requests"], 40);
+        assert_eq!(json["nbd_read_requests"], 30);
+        assert_eq!(json["nbd_read_wait_seconds"], 1.25);
     }
 }

@@ -33,38 +33,78 @@ struct Stopped {
     counters: serde_json::Value,
 }
 
-fn serve(source: &str, socket: &Path, extra: &[&str], counters: &Path) -> Served {
-    let mut child = Command::new(TOOL)
-        .args(["disk", "serve-nbd", source, "--socket"])
-        .arg(socket)
-        .arg("--counters-json")
-        .arg(counters)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    // The first line says it is serving (or the process failed).
-    let mut banner = String::new();
-    loop {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            let status = child.wait().unwrap();
-            panic!("petri-tool exited ({status}) before serving; output: {banner}");
-        }
-        banner.push_str(&line);
-        if line.starts_with("petri-tool: serving ") {
-            break;
+/// Where one test's runs of the command keep their socket, read cache and
+/// counters file.
+struct Files {
+    socket: PathBuf,
+    cache: PathBuf,
+    counters: PathBuf,
+}
+
+impl Files {
+    fn in_dir(dir: &Path) -> Files {
+        Files {
+            socket: dir.join("nbd.sock"),
+            cache: dir.join("cache"),
+            counters: dir.join("counters.json"),
         }
     }
-    let uri = banner.rsplit(" at ").next().unwrap().trim().to_string();
-    assert!(uri.starts_with("nbd+unix:///?socket="), "{banner}");
-    Served {
-        child,
-        stdout,
-        banner,
-        uri,
+
+    /// Starts `petri-tool disk serve-nbd source` with `extra` arguments and
+    /// waits for its banner.
+    fn serve(&self, source: &str, extra: &[&str]) -> Served {
+        let mut child = Command::new(TOOL)
+            .args(["disk", "serve-nbd", source, "--socket"])
+            .arg(&self.socket)
+            .arg("--counters-json")
+            .arg(&self.counters)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        // The first line says it is serving (or the process failed).
+        let mut banner = String::new();
+        loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let status = child.wait().unwrap();
+                panic!("petri-tool exited ({status}) before serving; output: {banner}");
+            }
+            banner.push_str(&line);
+            if line.starts_with("petri-tool: serving ") {
+                break;
+            }
+        }
+        let uri = banner.rsplit(" at ").next().unwrap().trim().to_string();
+        assert!(uri.starts_with("nbd+unix:///?socket="), "{banner}");
+        Served {
+            child,
+            stdout,
+            banner,
+            uri,
+        }
+    }
+
+    /// One run of a remote image over the read cache in `self.cache`:
+    /// serves `url` (with `extra` arguments too), checks that the export
+    /// holds `raw`'s bytes, lets `with_export` use it, and stops it with
+    /// SIG`signal`.
+    fn cached_run(
+        &self,
+        url: &str,
+        raw: &Path,
+        extra: &[&str],
+        signal: &str,
+        with_export: impl FnOnce(&Served),
+    ) -> Stopped {
+        let mut args = vec!["--cache-dir", self.cache.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let served = self.serve(url, &args);
+        qemu_img_compare(raw, &served.uri);
+        with_export(&served);
+        served.stop(signal, &self.counters)
     }
 }
 
@@ -90,6 +130,26 @@ impl Served {
     }
 }
 
+impl Stopped {
+    /// A counter from `--counters-json`.
+    fn n(&self, field: &str) -> u64 {
+        self.counters[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} in {}", self.counters))
+    }
+
+    /// A cold run: every byte of the disk came from the store.
+    fn assert_fetched_at_least(&self, len: u64) {
+        let fetched = self.n("remote_bytes_fetched");
+        assert!(fetched >= len, "{fetched} < {len}: {}", self.counters);
+    }
+
+    /// A warm run: nothing came from the store.
+    fn assert_fetched_nothing(&self) {
+        assert_eq!(self.n("remote_bytes_fetched"), 0, "{}", self.counters);
+    }
+}
+
 fn qemu_img_compare(raw: &Path, uri: &str) {
     let out = Command::new("qemu-img")
         .args(["compare", "-f", "raw", "-F", "raw"])
@@ -105,25 +165,23 @@ fn qemu_img_compare(raw: &Path, uri: &str) {
     );
 }
 
-fn qemu_io(uri: &str, command: &str) -> std::process::Output {
-    Command::new("qemu-io")
+/// Runs one `qemu-io` command against `uri`; `succeeds` says whether it
+/// must succeed (and write or read what it says).
+fn qemu_io(uri: &str, command: &str, succeeds: bool) {
+    let out = Command::new("qemu-io")
         .args(["-f", "raw", "-c", command, uri])
         .output()
-        .unwrap()
-}
-
-fn n(v: &serde_json::Value, field: &str) -> u64 {
-    v[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} in {v}"))
-}
-
-fn files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    (
-        dir.join("nbd.sock"),
-        dir.join("cache"),
-        dir.join("counters.json"),
-    )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // qemu-io may exit 0 after a refused write; only a done one says
+    // "wrote N/N bytes" (or "read N/N bytes").
+    let did = out.status.success() && (stdout.contains("wrote ") || stdout.contains("read "));
+    assert_eq!(
+        did,
+        succeeds,
+        "qemu-io -c '{command}': {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -138,60 +196,40 @@ fn remote_flat_image_streams_once_and_the_warm_run_fetches_nothing() {
     let server = FaultServer::start().unwrap();
     server.put_file("/images/disk.raw", &image).unwrap();
     let url = format!("{}?sv=2024&sig=SECRET", server.url("/images/disk.raw"));
-    let (socket, cache, counters) = files(dir.path());
-    let cache_arg = cache.to_str().unwrap();
+    let files = Files::in_dir(dir.path());
 
     // Cold: every byte comes from the server once, into the cache.
-    let served = serve(&url, &socket, &["--cache-dir", cache_arg], &counters);
-    assert!(
-        served.banner.contains(&format!("({len} bytes)")),
-        "{}",
-        served.banner
-    );
-    assert!(!served.banner.contains("SECRET"), "{}", served.banner);
-    assert!(
-        served.banner.contains("disk.raw?<redacted>"),
-        "{}",
-        served.banner
-    );
-    qemu_img_compare(&image, &served.uri);
-    let cold = served.stop("TERM", &counters);
+    let cold = files.cached_run(&url, &image, &[], "TERM", |served| {
+        let banner = &served.banner;
+        assert!(banner.contains(&format!("({len} bytes)")), "{banner}");
+        assert!(!banner.contains("SECRET"), "{banner}");
+        assert!(banner.contains("disk.raw?<redacted>"), "{banner}");
+    });
     assert!(!cold.stdout.contains("SECRET"), "{}", cold.stdout);
     assert!(cold.stdout.contains("bytes fetched in"), "{}", cold.stdout);
+    cold.assert_fetched_at_least(len);
+    assert!(cold.n("cache_fill_bytes") >= len, "{}", cold.counters);
+    assert!(cold.n("nbd_bytes_read") >= len, "{}", cold.counters);
+    // qemu-img's reads, and the time they kept it waiting.
+    assert!(cold.n("nbd_read_requests") > 0, "{}", cold.counters);
     assert!(
-        n(&cold.counters, "remote_bytes_fetched") >= len,
+        cold.counters["nbd_read_wait_seconds"].as_f64().unwrap() > 0.0,
         "{}",
         cold.counters
     );
     assert!(
-        n(&cold.counters, "cache_fill_bytes") >= len,
+        cold.stdout.contains("with a read waiting"),
         "{}",
-        cold.counters
+        cold.stdout
     );
-    assert!(
-        n(&cold.counters, "nbd_bytes_read") >= len,
-        "{}",
-        cold.counters
-    );
-    assert!(!socket.exists(), "the socket file is removed at exit");
+    assert!(!files.socket.exists(), "the socket file is removed at exit");
 
     // Warm, same cache: only the validating HEAD goes to the server.
     server.reset_stats();
-    let served = serve(&url, &socket, &["--cache-dir", cache_arg], &counters);
-    qemu_img_compare(&image, &served.uri);
-    let warm = served.stop("INT", &counters);
-    assert_eq!(
-        n(&warm.counters, "remote_bytes_fetched"),
-        0,
-        "{}",
-        warm.counters
-    );
-    assert!(
-        n(&warm.counters, "cache_hit_bytes") >= len,
-        "{}",
-        warm.counters
-    );
-    assert_eq!(n(&warm.counters, "remote_requests"), server.request_count());
+    let warm = files.cached_run(&url, &image, &[], "INT", |_| {});
+    warm.assert_fetched_nothing();
+    assert!(warm.n("cache_hit_bytes") >= len, "{}", warm.counters);
+    assert_eq!(warm.n("remote_requests"), server.request_count());
     assert!(server.bytes_served() == 0, "{}", server.bytes_served());
 }
 
@@ -213,50 +251,22 @@ fn remote_vhd_from_nginx_keeps_writes_in_ram() {
     write_random_file(&raw, 12, disk_size).unwrap();
     let vhd_hash = sha256_file(&vhd).unwrap();
     let nginx = NginxServer::serve_dir(&www).unwrap();
-    let (socket, cache, counters) = files(dir.path());
-    let cache_arg = cache.to_str().unwrap();
+    let files = Files::in_dir(dir.path());
+    let url = nginx.url("/guest.vhd");
 
-    let served = serve(
-        &nginx.url("/guest.vhd"),
-        &socket,
-        &["--cache-dir", cache_arg],
-        &counters,
-    );
-    assert!(served.banner.contains(&format!("({disk_size} bytes)")));
-    // The export is the disk without the footer.
-    qemu_img_compare(&raw, &served.uri);
-    // A client's write lands in the RAM layer: it reads back...
-    let out = qemu_io(&served.uri, "write -P 0xab 65536 65536");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = qemu_io(&served.uri, "read -P 0xab 65536 65536");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    served.stop("TERM", &counters);
-
+    // The export is the disk without the footer, and a client's write
+    // lands in the RAM layer: it reads back...
+    files.cached_run(&url, &raw, &[], "TERM", |served| {
+        assert!(served.banner.contains(&format!("({disk_size} bytes)")));
+        qemu_io(&served.uri, "write -P 0xab 65536 65536", true);
+        qemu_io(&served.uri, "read -P 0xab 65536 65536", true);
+    });
     // ...but never reaches the image or the cache: a new server over the
     // same cache shows the original bytes, fetching nothing.
     assert_eq!(sha256_file(&vhd).unwrap(), vhd_hash);
-    let served = serve(
-        &nginx.url("/guest.vhd"),
-        &socket,
-        &["--cache-dir", cache_arg],
-        &counters,
-    );
-    qemu_img_compare(&raw, &served.uri);
-    let warm = served.stop("TERM", &counters);
-    assert_eq!(
-        n(&warm.counters, "remote_bytes_fetched"),
-        0,
-        "{}",
-        warm.counters
-    );
+    files
+        .cached_run(&url, &raw, &[], "TERM", |_| {})
+        .assert_fetched_nothing();
 }
 
 #[test]
@@ -268,32 +278,28 @@ fn local_file_read_only_export_refuses_writes() {
     let image = dir.path().join("local.img");
     write_random_file(&image, 13, 2 << 20).unwrap();
     let hash = sha256_file(&image).unwrap();
-    let (socket, _cache, counters) = files(dir.path());
+    let files = Files::in_dir(dir.path());
 
-    let served = serve(
-        image.to_str().unwrap(),
-        &socket,
-        &["--read-only"],
-        &counters,
-    );
+    let served = files.serve(image.to_str().unwrap(), &["--read-only"]);
     assert!(served.banner.contains("read-only"), "{}", served.banner);
     assert!(!served.banner.contains("read cache"), "{}", served.banner);
     qemu_img_compare(&image, &served.uri);
-    let out = qemu_io(&served.uri, "write -P 0xcd 0 4096");
-    assert!(
-        !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("wrote"),
-        "a write to a read-only export succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let stopped = served.stop("TERM", &counters);
-    assert_eq!(n(&stopped.counters, "remote_requests"), 0);
-    assert_eq!(n(&stopped.counters, "nbd_bytes_written"), 0);
+    qemu_io(&served.uri, "write -P 0xcd 0 4096", false);
+    let stopped = served.stop("TERM", &files.counters);
+    assert_eq!(stopped.n("remote_requests"), 0);
+    assert_eq!(stopped.n("nbd_bytes_written"), 0);
     assert_eq!(sha256_file(&image).unwrap(), hash);
 }
 
-fn fails(args: &[&str]) -> String {
-    let out = Command::new(TOOL).args(args).output().unwrap();
-    assert!(!out.status.success(), "expected failure for {args:?}");
+/// Runs `petri-tool disk serve-nbd <source> --socket <socket> <extra>`,
+/// which must fail; returns its standard error.
+fn fails(source: &str, socket: &str, extra: &[&str]) -> String {
+    let out = Command::new(TOOL)
+        .args(["disk", "serve-nbd", source, "--socket", socket])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "expected failure for {source}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -304,52 +310,31 @@ fn clear_errors_without_secrets() {
     let socket = socket.to_str().unwrap();
     let cache = dir.path().join("cache");
     let cache = cache.to_str().unwrap();
-
-    let err = fails(&[
-        "disk",
-        "serve-nbd",
-        "/no/such/image.vhd",
-        "--socket",
-        socket,
-    ]);
-    assert!(err.contains("/no/such/image.vhd"), "{err}");
-
-    let err = fails(&[
-        "disk",
-        "serve-nbd",
-        "ftp://h/x.vhd?sig=SECRET",
-        "--socket",
-        socket,
-    ]);
-    assert!(err.contains("unsupported URL scheme"), "{err}");
-    assert!(!err.contains("SECRET"), "{err}");
-
     let server = FaultServer::start().unwrap();
-    let url = format!("{}?sig=SECRET", server.url("/missing.vhd"));
-    let err = fails(&[
-        "disk",
-        "serve-nbd",
-        &url,
-        "--socket",
-        socket,
-        "--cache-dir",
-        cache,
-    ]);
-    assert!(err.contains("missing.vhd?<redacted>"), "{err}");
-    assert!(err.contains("404"), "{err}");
-    assert!(!err.contains("SECRET"), "{err}");
+    let missing = format!("{}?sig=SECRET", server.url("/missing.vhd"));
 
-    let err = fails(&[
-        "disk",
-        "serve-nbd",
-        "https://h/win.vhdx?sig=SECRET",
-        "--socket",
-        socket,
-        "--cache-dir",
-        cache,
-    ]);
-    assert!(err.contains("VHDX"), "{err}");
-    assert!(!err.contains("SECRET"), "{err}");
+    // (source, extra arguments, what the error must say)
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        ("/no/such/image.vhd", &[], &["/no/such/image.vhd"]),
+        ("ftp://h/x.vhd?sig=SECRET", &[], &["unsupported URL scheme"]),
+        (
+            &missing,
+            &["--cache-dir", cache],
+            &["missing.vhd?<redacted>", "404"],
+        ),
+        (
+            "https://h/win.vhdx?sig=SECRET",
+            &["--cache-dir", cache],
+            &["VHDX"],
+        ),
+    ];
+    for (source, extra, says) in cases {
+        let err = fails(source, socket, extra);
+        for s in says {
+            assert!(err.contains(s), "{source}: {err}");
+        }
+        assert!(!err.contains("SECRET"), "{source}: {err}");
+    }
     assert!(!Path::new(socket).exists());
 }
 
@@ -364,27 +349,15 @@ fn read_only_remote_export_still_fills_the_read_cache() {
     write_random_file(&image, 14, len).unwrap();
     let server = FaultServer::start().unwrap();
     server.put_file("/ro.img", &image).unwrap();
-    let (socket, cache, counters) = files(dir.path());
-    let args = ["--cache-dir", cache.to_str().unwrap(), "--read-only"];
+    let files = Files::in_dir(dir.path());
+    let url = server.url("/ro.img");
 
-    let served = serve(&server.url("/ro.img"), &socket, &args, &counters);
-    qemu_img_compare(&image, &served.uri);
-    let cold = served.stop("TERM", &counters);
-    assert!(
-        n(&cold.counters, "remote_bytes_fetched") >= len,
-        "{}",
-        cold.counters
-    );
-
-    let served = serve(&server.url("/ro.img"), &socket, &args, &counters);
-    qemu_img_compare(&image, &served.uri);
-    let warm = served.stop("TERM", &counters);
-    assert_eq!(
-        n(&warm.counters, "remote_bytes_fetched"),
-        0,
-        "{}",
-        warm.counters
-    );
+    files
+        .cached_run(&url, &image, &["--read-only"], "TERM", |_| {})
+        .assert_fetched_at_least(len);
+    files
+        .cached_run(&url, &image, &["--read-only"], "TERM", |_| {})
+        .assert_fetched_nothing();
 }
 
 /// The main job's path: the embedded blob server hosting a fixed VHD1,
@@ -413,30 +386,18 @@ fn remote_vhd_from_the_embedded_blob_server() {
         ))
         .unwrap();
     let url = format!("{}?sig=SECRET", server.url("g.vhd"));
-    let (socket, cache, counters) = files(dir.path());
-    let args = ["--cache-dir", cache.to_str().unwrap()];
+    let files = Files::in_dir(dir.path());
 
-    let served = serve(&url, &socket, &args, &counters);
-    qemu_img_compare(&raw, &served.uri);
-    let cold = served.stop("TERM", &counters);
-    assert!(n(&cold.counters, "remote_bytes_fetched") >= disk_size);
+    let cold = files.cached_run(&url, &raw, &[], "TERM", |_| {});
+    cold.assert_fetched_at_least(disk_size);
     let after_cold = server.stats();
-    assert_eq!(after_cold.requests, n(&cold.counters, "remote_requests"));
-    assert_eq!(
-        after_cold.bytes_sent,
-        n(&cold.counters, "remote_bytes_fetched")
-    );
+    assert_eq!(after_cold.requests, cold.n("remote_requests"));
+    assert_eq!(after_cold.bytes_sent, cold.n("remote_bytes_fetched"));
     assert_eq!(after_cold.errors + after_cold.precondition_failed, 0);
 
-    let served = serve(&url, &socket, &args, &counters);
-    qemu_img_compare(&raw, &served.uri);
-    let warm = served.stop("TERM", &counters);
-    assert_eq!(
-        n(&warm.counters, "remote_bytes_fetched"),
-        0,
-        "{}",
-        warm.counters
-    );
+    files
+        .cached_run(&url, &raw, &[], "TERM", |_| {})
+        .assert_fetched_nothing();
     let after_warm = server.stats();
     assert_eq!(
         after_warm.requests - after_cold.requests,
@@ -446,4 +407,25 @@ fn remote_vhd_from_the_embedded_blob_server() {
     assert_eq!(after_warm.head_requests - after_cold.head_requests, 1);
     assert_eq!(after_warm.bytes_sent, after_cold.bytes_sent);
     runtime.block_on(server.shutdown());
+}
+
+#[test]
+fn log_lines_to_a_pipe_are_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FaultServer::start().unwrap();
+    let url = server.url("/missing.raw");
+    let out = Command::new(TOOL)
+        .args(["disk", "serve-nbd", &url, "--socket"])
+        .arg(dir.path().join("s.sock"))
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("RUST_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Standard error is a pipe here: log lines are there, colour codes not.
+    assert!(stderr.contains(" DEBUG "), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
 }

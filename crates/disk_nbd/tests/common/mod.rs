@@ -104,6 +104,161 @@ impl DiskIo for VecDisk {
     }
 }
 
+/// Which operations of a [`GatedDisk`] wait at its gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gated {
+    Reads,
+    Writes,
+}
+
+/// An I/O that reached a [`GatedDisk`]: (is a read, first sector, bytes).
+pub type GatedIo = (bool, u64, usize);
+
+/// An in-memory disk whose reads or writes each report themselves on a
+/// channel as they start and then wait until the test opens the gate for
+/// them ([`Gate::open`]), so a test can hold requests inside the disk and
+/// release them when it chooses, with no timing involved.
+pub struct GatedDisk {
+    inner: VecDisk,
+    gated: Gated,
+    started: tokio::sync::mpsc::UnboundedSender<GatedIo>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+/// The test's side of a [`GatedDisk`].
+pub struct Gate {
+    /// Every gated I/O as it starts, before it waits.
+    pub started: tokio::sync::mpsc::UnboundedReceiver<GatedIo>,
+    gate: Arc<tokio::sync::Semaphore>,
+    pub data: Arc<parking_lot::Mutex<Vec<u8>>>,
+}
+
+impl Gate {
+    /// Lets `n` more gated I/Os through.
+    pub fn open(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+}
+
+impl GatedDisk {
+    pub fn create(bytes: Vec<u8>, gated: Gated) -> (Disk, Gate) {
+        let (inner, data) = {
+            let data = Arc::new(parking_lot::Mutex::new(bytes));
+            let disk = VecDisk {
+                data: data.clone(),
+                read_only: false,
+                sector_size: 512,
+                flushes: Default::default(),
+            };
+            (disk, data)
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let disk = Disk::new(GatedDisk {
+            inner,
+            gated,
+            started: tx,
+            gate: gate.clone(),
+        })
+        .unwrap();
+        (
+            disk,
+            Gate {
+                started: rx,
+                gate,
+                data,
+            },
+        )
+    }
+
+    async fn pass(&self, read: bool, sector: u64, len: usize) {
+        let _ = self.started.send((read, sector, len));
+        // Each I/O uses up one opening of the gate.
+        self.gate.acquire().await.unwrap().forget();
+    }
+}
+
+impl DiskIo for GatedDisk {
+    fn disk_type(&self) -> &str {
+        "gated"
+    }
+    fn sector_count(&self) -> u64 {
+        self.inner.sector_count()
+    }
+    fn sector_size(&self) -> u32 {
+        self.inner.sector_size()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        if self.gated == Gated::Reads {
+            self.pass(true, sector, buf.len()).await;
+        }
+        self.inner.read(sector, buf).await
+    }
+    async fn write(&self, sector: u64, buf: &[u8], fua: bool) -> Result<(), DiskError> {
+        if self.gated == Gated::Writes {
+            self.pass(false, sector, buf.len()).await;
+        }
+        self.inner.write(sector, buf, fua).await
+    }
+    async fn sync_cache(&self) -> Result<(), DiskError> {
+        self.inner.sync_cache().await
+    }
+    async fn unmap(&self, sector: u64, count: u64) -> Result<(), DiskError> {
+        self.inner.unmap(sector, count).await
+    }
+}
+
+/// A disk exported on a Unix socket in a temporary directory.
+pub struct Served {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub listener: disk_nbd::NbdListener,
+    /// The export's NBD URI, for external clients.
+    pub uri: String,
+}
+
+/// Exports `disk` with `options` on `nbd.sock` in a new temporary directory.
+pub async fn serve(disk: Disk, options: disk_nbd::NbdServerOptions) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nbd.sock");
+    let listener = disk_nbd::serve_unix(&socket, disk, options).await.unwrap();
+    let uri = listener.nbd_uri();
+    Served {
+        dir,
+        socket,
+        listener,
+        uri,
+    }
+}
+
+/// Waits (up to 30 s) until the server's counters satisfy `done`, polling
+/// them; panics naming `what` and the last counters if they never do.
+pub async fn wait_for_stats(
+    server: &disk_nbd::NbdServer,
+    what: &str,
+    done: impl Fn(&disk_nbd::NbdStats) -> bool,
+) -> disk_nbd::NbdStats {
+    let wait = async {
+        loop {
+            let stats = server.stats();
+            if done(&stats) {
+                return stats;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), wait).await {
+        Ok(stats) => stats,
+        Err(_) => panic!(
+            "timed out waiting for {what}; counters: {:?}",
+            server.stats()
+        ),
+    }
+}
+
 /// A disk over a real file (positional I/O), optionally read-only.
 pub struct FileDisk {
     file: std::fs::File,
