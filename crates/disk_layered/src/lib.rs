@@ -213,8 +213,9 @@ pub struct LayeredDisk {
     sector_size: u32,
     physical_sector_size: u32,
     disk_id: Option<[u8; 16]>,
-    /// The guest's first read of each chunk of the top read cache (`None`
-    /// without a read cache): what a prefetch list is recorded from.
+    /// The guest's first read of each chunk of the top read cache, as far
+    /// as it reached that cache (`None` without a read cache): what a
+    /// prefetch list is recorded from.
     access: Option<prefetch::AccessLog>,
 }
 
@@ -367,8 +368,8 @@ impl LayeredDisk {
             .collect();
         let access = layers
             .iter()
-            .find(|l| l.cache.is_some())
-            .map(|l| prefetch::AccessLog::new(sector_count, l.fill_sectors));
+            .position(|l| l.cache.is_some())
+            .map(|i| prefetch::AccessLog::new(i, sector_count, layers[i].fill_sectors));
         Ok(LayeredDisk {
             layers,
             access,
@@ -420,6 +421,14 @@ impl LayeredDisk {
             for (i, layer) in self.layers.iter().enumerate().skip(first) {
                 let runs: Vec<Range<u64>> = bitmap.unset_runs().collect();
                 for run in runs {
+                    // What reaches the top read cache (not what a layer
+                    // above it, the guest's own writes, supplied) is what a
+                    // later run needs from the store: record it.
+                    if let Some(access) = &self.access
+                        && access.layer() == i
+                    {
+                        access.note_read(run.start, run.end - run.start, self.sector_size);
+                    }
                     let before = bitmap.set_count();
                     let marker = bitmap.marker_for(run.clone());
                     match &mut buf {
@@ -736,9 +745,6 @@ impl DiskIo for LayeredDisk {
         if n == 0 {
             return Ok(());
         }
-        if let Some(access) = &self.access {
-            access.note_read(sector, n, self.sector_size);
-        }
         self.read_from(0, sector, ReadBuf::Borrowed(buf)).await
     }
 
@@ -746,12 +752,7 @@ impl DiskIo for LayeredDisk {
         let result = match check_io_range(sector, buf.len(), self.sector_size, self.sector_count) {
             Err(e) => Err(e),
             Ok(0) => Ok(()),
-            Ok(n) => {
-                if let Some(access) = &self.access {
-                    access.note_read(sector, n, self.sector_size);
-                }
-                self.read_from(0, sector, ReadBuf::Owned(&mut buf)).await
-            }
+            Ok(_) => self.read_from(0, sector, ReadBuf::Owned(&mut buf)).await,
         };
         (buf, result)
     }

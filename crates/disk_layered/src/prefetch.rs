@@ -67,8 +67,12 @@ pub struct PrefetchReport {
     pub over_budget: bool,
 }
 
-/// The first read of each chunk of the top read cache, by the guest.
+/// The first read of each chunk of the top read cache, by the guest (only
+/// the sectors that reached that cache: what the guest's own writes in a
+/// layer above supply is never needed from the store).
 pub(crate) struct AccessLog {
+    /// Index of the top read-cache layer, where reads are recorded.
+    layer: usize,
     opened: Instant,
     /// Chunk size in sectors (the top read cache's fill chunk).
     chunk_sectors: u64,
@@ -104,10 +108,11 @@ fn set_bit(words: &mut [u64], i: u64) {
 }
 
 impl AccessLog {
-    pub(crate) fn new(sector_count: u64, chunk_sectors: u64) -> Self {
+    pub(crate) fn new(layer: usize, sector_count: u64, chunk_sectors: u64) -> Self {
         let chunks = sector_count.div_ceil(chunk_sectors);
         let words = chunks.div_ceil(64) as usize;
         AccessLog {
+            layer,
             opened: Instant::now(),
             chunk_sectors,
             state: Mutex::new(AccessState {
@@ -119,7 +124,12 @@ impl AccessLog {
         }
     }
 
-    /// Notes a guest read of `count` sectors at `sector` (not a prefetch).
+    pub(crate) fn layer(&self) -> usize {
+        self.layer
+    }
+
+    /// Notes a guest read of `count` sectors at `sector` that reached the
+    /// top read cache (not a prefetch's).
     pub(crate) fn note_read(&self, sector: u64, count: u64, sector_size: u32) {
         if count == 0 || io_hints::current().background {
             return;

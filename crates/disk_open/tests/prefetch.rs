@@ -327,8 +327,14 @@ async fn foreign_or_damaged_lists_change_nothing_and_no_secret_leaks() {
         server.reset_stats();
     }
     let text = logs.text();
-    assert!(text.contains("prefetch list"), "the log says what happened:\n{text}");
-    assert!(!text.contains("TOPSECRET"), "the secret is in the log:\n{text}");
+    assert!(
+        text.contains("prefetch list"),
+        "the log says what happened:\n{text}"
+    );
+    assert!(
+        !text.contains("TOPSECRET"),
+        "the secret is in the log:\n{text}"
+    );
 }
 
 /// Captures this process's `tracing` output (all levels) in memory.
@@ -375,4 +381,49 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// What the guest wrote itself (served by the RAM layer above the cache)
+/// is not recorded: a warm run with the recorded list sends only the
+/// validating HEAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guests_own_writes_are_not_recorded() {
+    let server = FaultServer::start().unwrap();
+    let image = random_bytes(15, (32 * MIB) as usize);
+    server.put_blob("/w.raw", image.clone());
+    let url = server.url("/w.raw");
+    let cache = tempfile::tempdir().unwrap();
+    {
+        let disk = open(&remote(cache.path(), &url), &OpenOptions::default())
+            .await
+            .unwrap();
+        let mine = vec![0x5a; MIB as usize];
+        disk.write(20 * MIB / 512, &mine, false).await.unwrap();
+        let mut back = vec![0u8; MIB as usize];
+        disk.read(20 * MIB / 512, &mut back).await.unwrap();
+        assert!(back == mine);
+        run_reads(&disk, &image, &[(3 * MIB, 4096)]).await;
+    }
+    let list =
+        prefetch_list::PrefetchList::parse(&std::fs::read(recorded_list(cache.path())).unwrap())
+            .unwrap();
+    assert_eq!(list.ranges.len(), 1);
+    assert_eq!(list.ranges[0].offset, 3 * MIB);
+
+    server.reset_stats();
+    let disk = open(&remote(cache.path(), &url), &OpenOptions::default())
+        .await
+        .unwrap();
+    run_reads(&disk, &image, &[(3 * MIB, 4096)]).await;
+    drop(disk);
+    let sent: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path()))
+        .collect();
+    assert_eq!(
+        sent,
+        vec!["HEAD /w.raw".to_owned()],
+        "warm run sent {sent:?}"
+    );
 }
