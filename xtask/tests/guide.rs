@@ -118,6 +118,62 @@ fn every_environment_variable_is_documented() {
         );
     }
     assert!(text.contains(&vmm_test_images::default_base_url()));
+    // Every PETRI_* variable the code reads has a row too.
+    for var in petri_variables_in_code() {
+        assert!(
+            text.contains(&format!("| `{var}` |")),
+            "{var} is read by the code but has no row in environment.md"
+        );
+    }
+}
+
+/// Every `PETRI_*` environment variable the workspace's Rust sources read:
+/// `var("PETRI_...")`, `var_os("PETRI_...")`, clap's `env = "PETRI_..."`
+/// and `const PETRI_X: &str = "PETRI_X"` (other `"PETRI_..."` strings are
+/// log markers).
+fn petri_variables_in_code() -> std::collections::BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut found = std::collections::BTreeSet::new();
+    let mut stack = vec![root.join("crates"), root.join("vmm_tests"), root.join("xtask")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != "target") {
+                    stack.push(p);
+                }
+                continue;
+            }
+            if p.extension().is_none_or(|x| x != "rs") || p.ends_with("guide.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            for (i, _) in text.match_indices("\"PETRI_") {
+                let name: String = text[i + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_' || c.is_ascii_digit())
+                    .collect();
+                let before = text[..i].trim_end();
+                // A constant named after the variable holds its name.
+                let named_const = format!("const {name}: &str =");
+                if !(before.ends_with("var(")
+                    || before.ends_with("var_os(")
+                    || before.ends_with("env =")
+                    || before.ends_with(&named_const))
+                {
+                    continue;
+                }
+                if text[i + 1 + name.len()..].starts_with('"') && name.len() > "PETRI_".len() {
+                    found.insert(name);
+                }
+            }
+        }
+    }
+    assert!(found.contains("PETRI_CACHE_DIR"), "the scan finds the known ones");
+    found
 }
 
 /// The `cargo xtask guest-test download-image ...` commands in ```sh

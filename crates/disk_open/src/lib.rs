@@ -30,6 +30,13 @@
 //! served from there, so a warm open sends only the validating HEAD and
 //! fetches no bytes. The footer is validated again on every use.
 //!
+//! # Prefetch
+//!
+//! A remote image with a read cache records the guest's first reads beside
+//! its cache entry when it closes, and at open replays a prefetch list (the
+//! recorded one, else `<image URL>.prefetch` from the store) on a thread of
+//! its own; see [`prefetch`].
+//!
 //! DEVNOTE: a fixed VHD1 keyed by its unique id relies on an image that
 //! changes getting a new id (as the reference does); within one open, reads
 //! are still pinned to the validator seen at open by `disk_blob`.
