@@ -137,7 +137,11 @@ fn petri_variables_in_code() -> std::collections::BTreeSet<String> {
         .unwrap()
         .to_path_buf();
     let mut found = std::collections::BTreeSet::new();
-    let mut stack = vec![root.join("crates"), root.join("vmm_tests"), root.join("xtask")];
+    let mut stack = vec![
+        root.join("crates"),
+        root.join("vmm_tests"),
+        root.join("xtask"),
+    ];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
             let p = e.path();
@@ -172,7 +176,10 @@ fn petri_variables_in_code() -> std::collections::BTreeSet<String> {
             }
         }
     }
-    assert!(found.contains("PETRI_CACHE_DIR"), "the scan finds the known ones");
+    assert!(
+        found.contains("PETRI_CACHE_DIR"),
+        "the scan finds the known ones"
+    );
     found
 }
 
