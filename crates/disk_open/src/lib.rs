@@ -392,9 +392,29 @@ fn layer_name(kind: &LayerKind) -> &'static str {
     }
 }
 
+/// A disk [`open_with_details`] opened, with what a tool may want to know
+/// about it.
+#[derive(Debug)]
+pub struct OpenedDisk {
+    /// The disk.
+    pub disk: Disk,
+    /// Where the guest's first reads are recorded as a prefetch list when
+    /// the disk closes (a remote image with a read cache), merged with
+    /// earlier runs: the file to publish beside the image in the store.
+    pub prefetch_record: Option<PathBuf>,
+}
+
 /// Opens `handle` into a live disk. See the [crate docs](crate) for how
 /// cache keys are chosen.
 pub async fn open(handle: &LayeredDiskHandle, options: &OpenOptions) -> Result<Disk, OpenError> {
+    open_with_details(handle, options).await.map(|o| o.disk)
+}
+
+/// [`open`], also saying where the disk's prefetch list is recorded.
+pub async fn open_with_details(
+    handle: &LayeredDiskHandle,
+    options: &OpenOptions,
+) -> Result<OpenedDisk, OpenError> {
     let (bottom_desc, upper) = handle.layers.split_last().ok_or(OpenError::Empty)?;
     if let Some(l) = upper
         .iter()
@@ -469,5 +489,9 @@ pub async fn open(handle: &LayeredDiskHandle, options: &OpenOptions) -> Result<D
     let layered = LayeredDisk::new(handle.read_only, layers)
         .await
         .map_err(OpenError::Layers)?;
-    prefetch::wrap(layered, plan).map_err(OpenError::Disk)
+    let prefetch_record = plan.as_ref().map(|p| p.record_path.clone());
+    Ok(OpenedDisk {
+        disk: prefetch::wrap(layered, plan).map_err(OpenError::Disk)?,
+        prefetch_record,
+    })
 }

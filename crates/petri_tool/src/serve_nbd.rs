@@ -59,6 +59,12 @@ pub struct ServeNbdArgs {
     /// Also write the final counters as JSON to this file.
     #[arg(long, value_name = "PATH")]
     counters_json: Option<PathBuf>,
+    /// At exit, write the image's prefetch list (the first reads of this
+    /// session merged with earlier runs on this cache) to this file:
+    /// publish it next to the image in the store as
+    /// `<image file name>.prefetch`. For a URL only.
+    #[arg(long, value_name = "PATH")]
+    record_prefetch: Option<PathBuf>,
 }
 
 /// `--format`.
@@ -177,9 +183,13 @@ async fn serve(source: &Source, handle: &LayeredDiskHandle, args: &ServeNbdArgs)
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
 
-    let disk = disk_open::open(handle, &disk_open::OpenOptions::default())
+    if args.record_prefetch.is_some() && matches!(source, Source::Path(_)) {
+        bail!("--record-prefetch needs a URL: a local file is not prefetched");
+    }
+    let opened = disk_open::open_with_details(handle, &disk_open::OpenOptions::default())
         .await
         .with_context(|| format!("opening {}", source.describe()))?;
+    let disk = opened.disk;
     let size = disk.size_bytes();
     let options = NbdServerOptions {
         read_only: args.read_only,
@@ -221,6 +231,24 @@ async fn serve(source: &Source, handle: &LayeredDiskHandle, args: &ServeNbdArgs)
         std::fs::write(path, format!("{json}\n"))
             .with_context(|| format!("writing the counters to {}", path.display()))?;
     }
+    // The last handle of the disk: closing it records the prefetch list.
+    drop(server);
+    if let Some(out) = &args.record_prefetch {
+        let Some(record) = &opened.prefetch_record else {
+            bail!(
+                "no prefetch list for {}: it has no read cache",
+                source.describe()
+            );
+        };
+        std::fs::copy(record, out).with_context(|| {
+            format!(
+                "copying the prefetch list {} to {} (did the client read anything?)",
+                record.display(),
+                out.display()
+            )
+        })?;
+        println!("petri-tool: prefetch list written to {}", out.display());
+    }
     stopped
 }
 
@@ -235,6 +263,10 @@ fn counters_json(c: &DiskCounters, nbd: &NbdStats) -> serde_json::Value {
         "cache_hit_bytes": c.cache_hit_bytes,
         "cache_miss_bytes": c.cache_miss_bytes,
         "cache_fill_bytes": c.cache_fill_bytes,
+        "cache_damaged_chunks": c.cache_damaged_chunks,
+        "prefetched_bytes": c.prefetched_bytes,
+        "prefetch_used_bytes": c.prefetch_used_bytes,
+        "prefetch_hit_reads": c.prefetch_hit_reads,
         "nbd_connections": nbd.connections,
         "nbd_requests": nbd.requests,
         "nbd_bytes_read": nbd.bytes_read,
@@ -250,7 +282,8 @@ fn format_counters(what: &str, c: &DiskCounters, nbd: &NbdStats) -> String {
     format!(
         "petri-tool: disk counters for {what}\n\
          \x20 remote: {} bytes fetched in {} requests ({} retries, {} errors)\n\
-         \x20 cache:  {} bytes hit, {} bytes missed, {} bytes filled\n\
+         \x20 cache:  {} bytes hit, {} bytes missed, {} bytes filled, {} damaged chunks replaced\n\
+         \x20 prefetch: {} bytes fetched ahead, {} of them read by the client, {} reads served by them\n\
          \x20 nbd:    {} connections, {} requests, {} bytes read, {} bytes written, {} error replies\n\
          \x20 reads:  {} read requests, {:.3} s with a read waiting (the client's disk-wait)\n",
         c.remote_bytes_fetched,
@@ -260,6 +293,10 @@ fn format_counters(what: &str, c: &DiskCounters, nbd: &NbdStats) -> String {
         c.cache_hit_bytes,
         c.cache_miss_bytes,
         c.cache_fill_bytes,
+        c.cache_damaged_chunks,
+        c.prefetched_bytes,
+        c.prefetch_used_bytes,
+        c.prefetch_hit_reads,
         nbd.connections,
         nbd.requests,
         nbd.bytes_read,

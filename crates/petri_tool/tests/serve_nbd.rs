@@ -432,3 +432,52 @@ fn log_lines_to_a_pipe_are_plain_text() {
     assert!(stderr.contains(" DEBUG "), "{stderr}");
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
 }
+
+/// `--record-prefetch`: a session's reads become a prefetch list; published
+/// beside the image, it makes a session on an empty cache fetch the image
+/// ahead of the client (each byte once), and the list never carries the
+/// URL's query.
+#[test]
+fn a_recorded_prefetch_list_published_in_the_store_is_replayed() {
+    if require_tool("qemu-img").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("p.raw");
+    let len = 8 << 20;
+    write_random_file(&image, 12, len).unwrap();
+    let server = FaultServer::start().unwrap();
+    server.put_file("/p.raw", &image).unwrap();
+    let url = format!("{}?sig=SECRET", server.url("/p.raw"));
+    let list = dir.path().join("p.raw.prefetch");
+
+    let recorder = Files::in_dir(&dir.path().join("a"));
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    let cold = recorder.cached_run(
+        &url,
+        &image,
+        &["--record-prefetch", list.to_str().unwrap()],
+        "TERM",
+        |_| {},
+    );
+    assert!(
+        cold.stdout.contains("prefetch list written to"),
+        "{}",
+        cold.stdout
+    );
+    let text = std::fs::read_to_string(&list).unwrap();
+    assert!(text.starts_with("petri-prefetch 1\n"), "{text}");
+    assert!(!text.contains("SECRET"));
+
+    server.put_file("/p.raw.prefetch", &list).unwrap();
+    let fresh = Files::in_dir(&dir.path().join("b"));
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let replayed = fresh.cached_run(&url, &image, &[], "TERM", |_| {});
+    assert!(replayed.n("prefetched_bytes") > 0, "{}", replayed.counters);
+    let fetched = replayed.n("remote_bytes_fetched");
+    assert!(
+        fetched <= len + len / 10,
+        "fetched {fetched} for an image of {len}: {}",
+        replayed.counters
+    );
+}
