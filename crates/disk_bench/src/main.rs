@@ -75,7 +75,8 @@ enum Layout {
 
 #[derive(clap::Args)]
 struct StackArgs {
-    /// The image URL (HTTP).
+    /// The image: an HTTP(S) URL, or a local file (then the stack is RAM
+    /// over the file, with no read cache).
     #[arg(long)]
     url: String,
     /// How the blob maps to the disk.
@@ -191,10 +192,25 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The stack petri opens for a remote image; `with_read_cache: false`
-/// leaves out the SQLite read cache.
+/// The stack petri opens for an image: for a URL `[RAM, SQLite auto-cache,
+/// HTTP blob]` (`with_read_cache: false` leaves out the cache), for a local
+/// path `[RAM, file]`.
 fn handle(stack: &StackArgs, with_read_cache: bool) -> LayeredDiskHandle {
     let mut layers = vec![LayerDescription::plain(LayerKind::Ram { len: None })];
+    let format = match stack.format {
+        Format::Flat => BlobFormat::Flat,
+        Format::Vhd1 => BlobFormat::FixedVhd1,
+    };
+    if !stack.url.starts_with("http://") && !stack.url.starts_with("https://") {
+        layers.push(LayerDescription::plain(LayerKind::File {
+            path: PathBuf::from(&stack.url),
+            format,
+        }));
+        return LayeredDiskHandle {
+            layers,
+            read_only: false,
+        };
+    }
     if with_read_cache {
         layers.push(LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
             cache_dir: stack.cache_dir.clone(),
@@ -203,10 +219,7 @@ fn handle(stack: &StackArgs, with_read_cache: bool) -> LayeredDiskHandle {
     }
     layers.push(LayerDescription::plain(LayerKind::Blob {
         url: stack.url.clone(),
-        format: match stack.format {
-            Format::Flat => BlobFormat::Flat,
-            Format::Vhd1 => BlobFormat::FixedVhd1,
-        },
+        format,
     }));
     LayeredDiskHandle {
         layers,

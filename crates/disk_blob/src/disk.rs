@@ -181,6 +181,24 @@ impl DiskIo for BlobDisk {
             })
     }
 
+    async fn read_owned(&self, sector: u64, buf: Vec<u8>) -> (Vec<u8>, Result<(), DiskError>) {
+        if let Err(e) = check_io_range(sector, buf.len(), SECTOR_SIZE as u32, self.sector_count) {
+            return (buf, Err(e));
+        }
+        let len = buf.len();
+        let (buf, result) = self.blob.read_owned(buf, sector * SECTOR_SIZE).await;
+        let result = result.map_err(|e| {
+            DiskError::io(
+                format!(
+                    "reading {len} bytes at sector {sector} of {}",
+                    self.blob.describe()
+                ),
+                e,
+            )
+        });
+        (buf, result)
+    }
+
     async fn write(&self, _sector: u64, _buf: &[u8], _fua: bool) -> Result<(), DiskError> {
         Err(DiskError::ReadOnly)
     }

@@ -62,6 +62,11 @@ use std::pin::Pin;
 /// dyn-compatible and can be shared as `Arc<dyn Blob>`.
 pub type BlobReadFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BlobError>> + Send + 'a>>;
 
+/// The future of [`Blob::read_owned`]: the buffer comes back with the
+/// result.
+pub type BlobOwnedReadFuture<'a> =
+    Pin<Box<dyn Future<Output = (Vec<u8>, Result<(), BlobError>)> + Send + 'a>>;
+
 /// Totals a blob keeps about its traffic since it was opened.
 ///
 /// For an [`HttpBlob`] these count HTTP requests (HEADs, GETs and redirect
@@ -127,6 +132,17 @@ pub trait Blob: Send + Sync {
     /// of `buf` are unspecified.
     fn read<'a>(&'a self, buf: &'a mut [u8], offset: u64) -> BlobReadFuture<'a>;
 
+    /// [`read`](Self::read) into a buffer handed over and back with the
+    /// result (`buf.len()` bytes at `offset`). The default lends the
+    /// buffer to `read`; a blob that reads on another thread (a local
+    /// file) fills the buffer there instead of copying into it.
+    fn read_owned(&self, mut buf: Vec<u8>, offset: u64) -> BlobOwnedReadFuture<'_> {
+        Box::pin(async move {
+            let result = self.read(&mut buf, offset).await;
+            (buf, result)
+        })
+    }
+
     /// Traffic totals since open.
     fn counters(&self) -> BlobCounters {
         BlobCounters::default()
@@ -147,6 +163,9 @@ impl<T: Blob + ?Sized> Blob for std::sync::Arc<T> {
     }
     fn read<'a>(&'a self, buf: &'a mut [u8], offset: u64) -> BlobReadFuture<'a> {
         (**self).read(buf, offset)
+    }
+    fn read_owned(&self, buf: Vec<u8>, offset: u64) -> BlobOwnedReadFuture<'_> {
+        (**self).read_owned(buf, offset)
     }
     fn counters(&self) -> BlobCounters {
         (**self).counters()

@@ -112,6 +112,34 @@ async fn flat_disk_over_file_and_bad_length() {
     assert!(err.to_string().contains("odd.img"), "{err}");
 }
 
+/// Owned reads of a file (the NBD export's path) fill the handed-over
+/// buffer itself, give the same bytes as borrowed reads, and hand the
+/// buffer back on errors too; a file that shrank after open is an error.
+#[tokio::test]
+async fn owned_reads_of_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(3, 64 * 512);
+    let blob = file_blob(&dir, "o.img", &data).await;
+    let disk = Disk::new(BlobDisk::new_flat(blob).unwrap()).unwrap();
+    let (buf, r) = disk.read_owned(3, vec![0xee; 20 * 512]).await;
+    r.unwrap();
+    assert!(buf == data[3 * 512..23 * 512]);
+    assert!(buf == read_sectors(&disk, 3, 20).await.unwrap());
+    let (buf, r) = disk.read_owned(60, vec![7; 8 * 512]).await;
+    assert!(matches!(r, Err(DiskError::OutOfRange { .. })), "{r:?}");
+    assert_eq!(buf, vec![7; 8 * 512], "the buffer comes back");
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("o.img"))
+        .unwrap()
+        .set_len(10 * 512)
+        .unwrap();
+    let (_, r) = disk.read_owned(8, vec![0; 4 * 512]).await;
+    let err = r.unwrap_err();
+    assert!(format!("{:?}", err).contains("UnexpectedEof"), "{err:?}");
+}
+
 #[tokio::test]
 async fn fixed_vhd1_over_http_and_file() {
     let data = random_bytes(3, 2048 * 512);

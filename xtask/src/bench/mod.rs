@@ -324,6 +324,8 @@ fn targets(r: &mut Report) {
     r.target("NBD cold: ours / nbdkit", t, Cmp::AtLeast, 1.0, "x");
     let t = r.ratio("nbd-ours-warm", "nbd-nbdkit-warm");
     r.target("NBD warm: ours / nbdkit", t, Cmp::AtLeast, 1.0, "x");
+    let t = r.ratio("nbd-file-ours", "nbd-file-nbdkit");
+    r.target("NBD local file: ours / nbdkit file", t, Cmp::AtLeast, 1.0, "x");
     let t = r.ratio("boot-cold", "boot-local");
     r.target("guest boot cold remote / local", t, Cmp::AtMost, 1.3, "x");
     let t = r.ratio("boot-warm", "boot-local");
@@ -829,6 +831,8 @@ impl Bench {
             Unit::MBps,
             kw,
         );
+        self.nbd_local_file()?;
+        let r = &mut self.report;
         if inactive_readahead
             && let Some(row) = r.rows.iter_mut().find(|r| r.key == "nbd-nbdkit-cold")
         {
@@ -836,6 +840,49 @@ impl Bench {
                         (no NBD_CMD_CACHE / PARALLEL)"
                 .to_owned();
         }
+        Ok(())
+    }
+
+    /// A local image exported as it is (`[RAM, file]`, what `petri-tool
+    /// disk serve-nbd FILE` serves) against `nbdkit file`, both reading a
+    /// file in the page cache, interleaved.
+    fn nbd_local_file(&mut self) -> Result<()> {
+        println!("bench: NBD export of a local file (nbdcopy to null:)");
+        let file = self.www.join("image.raw");
+        tools::cat(&file)?;
+        let (mut ours, mut kit) = (Vec::new(), Vec::new());
+        for _ in 0..self.plan.reps {
+            let dir = self.fresh_dir("file")?;
+            let sock = self.work.join("ours-file.sock");
+            let args = self.stack_args(&file.display().to_string(), "flat", &dir);
+            let server = tools::NbdServerProc::start(&self.bin, &args, &sock)?;
+            let secs = tools::nbdcopy(server.uri())?;
+            server.stop()?;
+            ours.push(Sample {
+                value: mbps(self.plan.image_size as f64, secs),
+                ..Default::default()
+            });
+            let nbdkit = tools::Nbdkit::start_file(&file, &dir)?;
+            let secs = tools::nbdcopy(nbdkit.uri())?;
+            drop(nbdkit);
+            kit.push(Sample {
+                value: mbps(self.plan.image_size as f64, secs),
+                ..Default::default()
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        self.report.push(
+            "nbd-file-ours",
+            "NBD local file: ours ([RAM, file], as petri-tool disk serve-nbd FILE)",
+            Unit::MBps,
+            ours,
+        );
+        self.report.push(
+            "nbd-file-nbdkit",
+            "NBD local file: nbdkit file",
+            Unit::MBps,
+            kit,
+        );
         Ok(())
     }
 

@@ -226,6 +226,25 @@ impl Nbdkit {
     /// Starts nbdkit (its cache file lives in `dir`) and waits until it
     /// accepts connections.
     pub fn start(url: &str, dir: &Path) -> Result<Self> {
+        Self::start_plugin(
+            dir,
+            &[
+                "--filter=readahead".to_owned(),
+                "--filter=cache".to_owned(),
+                "curl".to_owned(),
+                format!("url={url}"),
+                "cache-on-read=true".to_owned(),
+            ],
+        )
+    }
+
+    /// `nbdkit -r file` serving a local file (the peer of our export of a
+    /// local image).
+    pub fn start_file(path: &Path, dir: &Path) -> Result<Self> {
+        Self::start_plugin(dir, &["file".to_owned(), format!("file={}", path.display())])
+    }
+
+    fn start_plugin(dir: &Path, plugin: &[String]) -> Result<Self> {
         let sock = dir.join("nbdkit.sock");
         let pidfile = dir.join("nbdkit.pid");
         let stderr_log = dir.join("nbdkit.log");
@@ -235,9 +254,7 @@ impl Nbdkit {
             .arg(&sock)
             .arg("-P")
             .arg(&pidfile)
-            .args(["--filter=readahead", "--filter=cache", "curl"])
-            .arg(format!("url={url}"))
-            .arg("cache-on-read=true")
+            .args(plugin)
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&stderr_log)?)
             .spawn()
