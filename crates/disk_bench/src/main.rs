@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 mod per_sector;
+mod replay;
 
 use anyhow::Context;
 use anyhow::Result;
@@ -122,6 +123,15 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "chunked")]
         layout: Layout,
     },
+    /// Replay a recorded read trace (`petri-tool disk serve-nbd
+    /// --trace-reads`), keeping its causality; reports the disk-wait.
+    Replay {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// The trace file.
+        #[arg(long)]
+        trace: PathBuf,
+    },
     /// Export the stack over NBD until standard input closes.
     ServeNbd {
         #[command(flatten)]
@@ -163,6 +173,11 @@ struct Output {
     /// Checksum of everything read (keeps the reads from being elided and
     /// lets the driver compare passes).
     checksum: u64,
+    /// `replay`: time with at least one read outstanding, seconds.
+    disk_wait_secs: f64,
+    /// Bytes a prefetch fetched ahead, and of those the ones read.
+    prefetched_bytes: u64,
+    prefetch_used_bytes: u64,
 }
 
 fn main() -> Result<()> {
@@ -186,6 +201,7 @@ fn main() -> Result<()> {
             layout,
         } => rt.block_on(random(&stack, count, io_size, seed, layout))?,
         Cmd::ServeNbd { stack, socket } => rt.block_on(serve_nbd(&stack, &socket))?,
+        Cmd::Replay { stack, trace } => rt.block_on(replay_trace(&stack, &trace))?,
     };
     drop(rt);
     println!("{}", serde_json::to_string(&out)?);
@@ -418,7 +434,35 @@ fn output(
         cached_data_bytes,
         peak_rss_bytes: peak_rss(),
         checksum,
+        disk_wait_secs: 0.0,
+        prefetched_bytes: c.prefetched_bytes,
+        prefetch_used_bytes: c.prefetch_used_bytes,
     }
+}
+
+/// The `replay` workload.
+async fn replay_trace(stack: &StackArgs, trace: &Path) -> Result<Output> {
+    let text = std::fs::read_to_string(trace)
+        .with_context(|| format!("reading the trace {}", trace.display()))?;
+    let reads = prefetch_list::trace::parse_trace(&text)
+        .with_context(|| format!("parsing the trace {}", trace.display()))?;
+    let t = Instant::now();
+    let disk = open(stack).await?;
+    let open_secs = t.elapsed().as_secs_f64();
+    let r = replay::replay(&disk, &reads).await?;
+    let mut out = finish(
+        stack,
+        disk,
+        "replay",
+        r.bytes_read,
+        r.reads,
+        r.secs,
+        open_secs,
+        r.checksum,
+    )
+    .await?;
+    out.disk_wait_secs = r.disk_wait_secs;
+    Ok(out)
 }
 
 /// Total size of the files under `dir`, and the bytes of sectors present in

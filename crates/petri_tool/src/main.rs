@@ -22,6 +22,7 @@ use clap::Parser;
 use clap::Subcommand;
 use std::process::ExitCode;
 
+mod read_trace;
 mod serve_nbd;
 
 /// Command-line tools for petri's lazily fetched disk images.

@@ -65,6 +65,10 @@ pub struct ServeNbdArgs {
     /// `<image file name>.prefetch`. For a URL only.
     #[arg(long, value_name = "PATH")]
     record_prefetch: Option<PathBuf>,
+    /// At exit, write every read the clients made (start and end time,
+    /// offset, length) to this file, for `disk-bench replay`.
+    #[arg(long, value_name = "PATH")]
+    trace_reads: Option<PathBuf>,
 }
 
 /// `--format`.
@@ -189,7 +193,14 @@ async fn serve(source: &Source, handle: &LayeredDiskHandle, args: &ServeNbdArgs)
     let opened = disk_open::open_with_details(handle, &disk_open::OpenOptions::default())
         .await
         .with_context(|| format!("opening {}", source.describe()))?;
-    let disk = opened.disk;
+    let (disk, traced) = match &args.trace_reads {
+        Some(_) => {
+            let (disk, reads) = crate::read_trace::tracing_disk(opened.disk)
+                .context("wrapping the disk to trace its reads")?;
+            (disk, Some(reads))
+        }
+        None => (opened.disk, None),
+    };
     let size = disk.size_bytes();
     let options = NbdServerOptions {
         read_only: args.read_only,
@@ -230,6 +241,12 @@ async fn serve(source: &Source, handle: &LayeredDiskHandle, args: &ServeNbdArgs)
         let json = counters_json(&counters, &nbd);
         std::fs::write(path, format!("{json}\n"))
             .with_context(|| format!("writing the counters to {}", path.display()))?;
+    }
+    if let (Some(path), Some(reads)) = (&args.trace_reads, &traced) {
+        let text = prefetch_list::trace::write_trace(&reads.lock());
+        std::fs::write(path, text)
+            .with_context(|| format!("writing the read trace to {}", path.display()))?;
+        println!("petri-tool: read trace written to {}", path.display());
     }
     // The last handle of the disk: closing it records the prefetch list.
     drop(server);

@@ -40,8 +40,13 @@
 //!   [`MAX_RANGES`]), every range lies inside `size` and is not empty, and
 //!   a damaged list is an error ([`ParseError`]), never a panic.
 //! - [`PrefetchList::to_text`] output parses back to the same list.
+//!
+//! The [`trace`] module holds the related, finer record: every read of a
+//! session with its start and end times, for replaying a boot offline.
 
 #![forbid(unsafe_code)]
+
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
