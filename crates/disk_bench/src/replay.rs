@@ -54,6 +54,9 @@ impl Busy {
     }
 }
 
+/// A replayed read: when it ended, and the checksum of its bytes.
+type ReadTask = tokio::task::JoinHandle<Result<(Instant, u64)>>;
+
 /// Replays `trace` (sorted by start) against `disk`.
 pub async fn replay(disk: &Disk, trace: &[TracedRead]) -> Result<Replayed> {
     let size = disk.size_bytes();
@@ -73,8 +76,7 @@ pub async fn replay(disk: &Disk, trace: &[TracedRead]) -> Result<Replayed> {
     let busy = Arc::new(Mutex::new(Busy::default()));
     let t0 = Instant::now();
     let base = trace.first().map_or(0, |r| r.start_us);
-    let mut handles: Vec<Option<tokio::task::JoinHandle<Result<(Instant, u64)>>>> =
-        (0..trace.len()).map(|_| None).collect();
+    let mut handles: Vec<Option<ReadTask>> = (0..trace.len()).map(|_| None).collect();
     let mut awaited = 0;
     let mut delay = Duration::ZERO;
     let mut checksum = 0u64;
