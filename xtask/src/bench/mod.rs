@@ -325,7 +325,13 @@ fn targets(r: &mut Report) {
     let t = r.ratio("nbd-ours-warm", "nbd-nbdkit-warm");
     r.target("NBD warm: ours / nbdkit", t, Cmp::AtLeast, 1.0, "x");
     let t = r.ratio("nbd-file-ours", "nbd-file-nbdkit");
-    r.target("NBD local file: ours / nbdkit file", t, Cmp::AtLeast, 1.0, "x");
+    r.target(
+        "NBD local file: ours / nbdkit file",
+        t,
+        Cmp::AtLeast,
+        1.0,
+        "x",
+    );
     let t = r.ratio("boot-cold", "boot-local");
     r.target("guest boot cold remote / local", t, Cmp::AtMost, 1.3, "x");
     let t = r.ratio("boot-warm", "boot-local");

@@ -241,7 +241,10 @@ impl Nbdkit {
     /// `nbdkit -r file` serving a local file (the peer of our export of a
     /// local image).
     pub fn start_file(path: &Path, dir: &Path) -> Result<Self> {
-        Self::start_plugin(dir, &["file".to_owned(), format!("file={}", path.display())])
+        Self::start_plugin(
+            dir,
+            &["file".to_owned(), format!("file={}", path.display())],
+        )
     }
 
     fn start_plugin(dir: &Path, plugin: &[String]) -> Result<Self> {
