@@ -7,7 +7,15 @@
 //!
 //! Commands:
 //! - `cargo xtask test`: set-up, then every check and test (fmt, clippy,
-//!   rustdoc with warnings denied, nextest, doc tests).
+//!   rustdoc with warnings denied, the Guide, nextest, doc tests).
+//! - `cargo xtask setup`: only the set-up (missing Debian packages).
+//! - `cargo xtask bench`: the lazy disk against curl, cat and nbdkit, side
+//!   by side, with a markdown report.
+//! - `cargo xtask guest-test build-image`: the small Linux test guest.
+//! - `cargo xtask guest-test download-image`: test images from the image
+//!   store (all, named ones, or those selected tests need locally).
+//! - `cargo xtask guest-test run`: the main job (QEMU tests cold, then warm,
+//!   against a local image store).
 
 use anyhow::Context;
 use anyhow::Result;
