@@ -9,6 +9,9 @@
 //! - `cargo xtask test`: set-up, then every check and test (fmt, clippy,
 //!   rustdoc with warnings denied, the Guide, nextest, doc tests).
 //! - `cargo xtask setup`: only the set-up (missing Debian packages).
+//! - `cargo xtask lint`: the dependency rules of ARCHITECTURE.md against
+//!   `cargo metadata`, doc links and the Guide's structure (also run by
+//!   `cargo xtask test`).
 //! - `cargo xtask bench`: the lazy disk against curl, cat and nbdkit, side
 //!   by side, with a markdown report.
 //! - `cargo xtask guest-test build-image`: the small Linux test guest.
@@ -28,6 +31,7 @@ mod download;
 mod guest_image;
 mod guest_run;
 mod guide_check;
+mod lint;
 mod setup;
 mod test;
 
@@ -46,6 +50,9 @@ enum Command {
     Test(test::TestArgs),
     /// Install what the tests need, without running anything else.
     Setup,
+    /// Check the dependency rules in ARCHITECTURE.md against the
+    /// workspace, doc links and the Guide's pages and links.
+    Lint,
     /// Benchmark the lazy disk against curl, cat and nbdkit, side by side
     /// (release build), and write a markdown report.
     Bench(bench::BenchArgs),
@@ -91,6 +98,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Test(args) => test::run(&root, args),
         Command::Setup => setup::ensure_test_prerequisites(),
+        Command::Lint => lint::run(&root),
         Command::Bench(args) => bench::run(&root, args),
         Command::GuestTest(GuestTestCommand::BuildImage(args)) => guest_image::run(&root, args),
         Command::GuestTest(GuestTestCommand::DownloadImage(args)) => download::run(&root, args),
