@@ -20,6 +20,8 @@
 //! - `cargo xtask guest-test run`: the main job (QEMU tests cold, then warm,
 //!   against a local image store).
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use anyhow::Result;
 use clap::Parser;
