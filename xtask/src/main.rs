@@ -117,8 +117,6 @@ fn workspace_root() -> Result<std::path::PathBuf> {
         .context("xtask's manifest directory has no parent")
 }
 
-/// Whether we run under CI (`CI=true` or `CI=1`), where a missing component
-/// is a failure rather than a reason to skip.
-pub fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
+/// Whether we run under CI, where a missing component is a failure rather
+/// than a reason to skip: the workspace's one check, under xtask's name.
+pub use ci_env::in_ci as is_ci;

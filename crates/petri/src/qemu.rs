@@ -179,11 +179,6 @@ pub fn find_qemu() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Whether `CI` is set to `true` (or `1`).
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
 /// The host-support rule, with the environment injected: a QEMU binary
 /// present, or CI (where a missing QEMU must fail, not skip).
 pub fn host_support_for(qemu: Option<&Path>, ci: bool) -> HostSupport {
@@ -258,7 +253,7 @@ impl PetriVmmBackend for QemuPetriBackend {
     type Vm = QemuVm;
 
     fn host_support() -> HostSupport {
-        host_support_for(find_qemu().as_deref(), under_ci())
+        host_support_for(find_qemu().as_deref(), ci_env::in_ci())
     }
 
     fn new(_params: &PetriTestParams) -> Result<Self, QemuError> {
