@@ -202,19 +202,9 @@ impl Phase {
     }
 }
 
-/// `1.5 MiB`-style sizes (binary units), exact below 1 KiB.
+/// `1.50 MiB`-style sizes (binary units, indicatif's formatting).
 pub fn format_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    indicatif::HumanBytes(n).to_string()
 }
 
 fn format_time(phase: &Phase, test: &str) -> String {
@@ -438,15 +428,6 @@ mod tests {
     }
 
     #[test]
-    fn byte_sizes() {
-        assert_eq!(format_bytes(0), "0 B");
-        assert_eq!(format_bytes(1023), "1023 B");
-        assert_eq!(format_bytes(1536), "1.5 KiB");
-        assert_eq!(format_bytes(3 << 20), "3.0 MiB");
-        assert_eq!(format_bytes(3_758_211_584), "3.5 GiB");
-    }
-
-    #[test]
     fn table_shows_cold_warm_and_fraction_read() {
         let remote = "qemu_linux_direct_x64::boot_remote";
         let local = "qemu_linux_direct_x64::boot_local";
@@ -507,11 +488,11 @@ mod tests {
                 "1",
                 "12.3",
                 "8.0 FAIL",
-                "3.0 MiB",
+                "3.00 MiB",
                 "20",
                 "0 B",
                 "1",
-                "320.0 MiB",
+                "320.00 MiB",
                 "0.94%"
             ],
             "{table}"
