@@ -259,14 +259,17 @@ async fn with_cached_footer(blob: Arc<dyn Blob>, path: &Path) -> Result<Arc<dyn 
 /// once each rename their own bytes.
 fn store_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::DirBuilderExt;
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    // DEVNOTE: elsewhere the directory inherits the ACL of its parent (on
+    // Windows, %LOCALAPPDATA% is already private to the user), as the
+    // SQLite cache's own directories do.
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
     // Removed on drop if anything below fails.
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     tmp.write_all(data)?;
