@@ -3,8 +3,9 @@
 //! `SUMMARY.md` (no orphans), every relative link between pages points at
 //! an existing file, and every `{{#include ...}}` names an existing file.
 //!
-//! Used by `cargo xtask test` (after `mdbook build Guide`) and by the
-//! integration test `xtask/tests/guide.rs`.
+//! Used by `cargo xtask lint` (which the test command runs) and by the
+//! integration test `xtask/tests/guide.rs`; the lint's doc link check
+//! shares the link parsing here.
 
 use anyhow::Context as _;
 use anyhow::Result;
@@ -23,8 +24,8 @@ pub fn check_guide(guide: &Path) -> Result<()> {
 
     let listed: BTreeSet<PathBuf> = markdown_links(&summary)
         .into_iter()
-        .filter(|l| is_local(l))
-        .map(|l| PathBuf::from(strip_anchor(&l)))
+        .filter(|l| is_local(&l.target))
+        .map(|l| PathBuf::from(strip_anchor(&l.target)))
         .collect();
     if listed.is_empty() {
         problems.push("SUMMARY.md lists no pages".to_string());
@@ -50,15 +51,20 @@ pub fn check_guide(guide: &Path) -> Result<()> {
         let text = std::fs::read_to_string(src.join(page))
             .with_context(|| format!("reading {}", page.display()))?;
         let dir = page.parent().unwrap_or(Path::new(""));
-        for link in markdown_links(&text).into_iter().filter(|l| is_local(l)) {
-            let target = strip_anchor(&link);
+        for link in markdown_links(&text)
+            .into_iter()
+            .filter(|l| is_local(&l.target))
+        {
+            let target = strip_anchor(&link.target);
             if target.is_empty() {
                 continue;
             }
             if !src.join(dir).join(target).exists() {
                 problems.push(format!(
-                    "{} links to {link}, which does not exist",
-                    page.display()
+                    "{}:{} links to {}, which does not exist",
+                    page.display(),
+                    link.line,
+                    link.target
                 ));
             }
         }
@@ -94,11 +100,18 @@ fn collect_markdown(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(
     Ok(())
 }
 
+/// The target of a `[text](target)` link and the line (from 1) it is on.
+pub(crate) struct Link {
+    pub(crate) line: usize,
+    pub(crate) target: String,
+}
+
 /// Targets of `[text](target)` links, outside code blocks and code spans.
-fn markdown_links(text: &str) -> Vec<String> {
+/// Shared with the doc link check of `cargo xtask lint`.
+pub(crate) fn markdown_links(text: &str) -> Vec<Link> {
     let mut links = Vec::new();
     let mut in_fence = false;
-    for line in text.lines() {
+    for (index, line) in text.lines().enumerate() {
         if line.trim_start().starts_with("```") {
             in_fence = !in_fence;
             continue;
@@ -119,7 +132,10 @@ fn markdown_links(text: &str) -> Vec<String> {
             match after.find(')') {
                 Some(end) => {
                     let target = after[..end].split_whitespace().next().unwrap_or("");
-                    links.push(target.to_string());
+                    links.push(Link {
+                        line: index + 1,
+                        target: target.to_string(),
+                    });
                     rest = &after[end..];
                 }
                 None => break,
@@ -149,14 +165,17 @@ fn includes(text: &str) -> Vec<String> {
     out
 }
 
-fn is_local(link: &str) -> bool {
+/// Whether a link target is a path in this repository (not a URL, a mail
+/// address or an anchor on the same page).
+pub(crate) fn is_local(link: &str) -> bool {
     !(link.is_empty()
         || link.starts_with('#')
         || link.contains("://")
         || link.starts_with("mailto:"))
 }
 
-fn strip_anchor(link: &str) -> &str {
+/// The path part of a link target, without its `#anchor`.
+pub(crate) fn strip_anchor(link: &str) -> &str {
     link.split('#').next().unwrap_or(link)
 }
 

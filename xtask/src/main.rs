@@ -7,7 +7,20 @@
 //!
 //! Commands:
 //! - `cargo xtask test`: set-up, then every check and test (fmt, clippy,
-//!   rustdoc with warnings denied, nextest, doc tests).
+//!   rustdoc with warnings denied, the Guide, nextest, doc tests).
+//! - `cargo xtask setup`: only the set-up (missing Debian packages).
+//! - `cargo xtask lint`: the dependency rules of ARCHITECTURE.md against
+//!   `cargo metadata`, doc links and the Guide's structure (also run by
+//!   `cargo xtask test`).
+//! - `cargo xtask bench`: the lazy disk against curl, cat and nbdkit, side
+//!   by side, with a markdown report.
+//! - `cargo xtask guest-test build-image`: the small Linux test guest.
+//! - `cargo xtask guest-test download-image`: test images from the image
+//!   store (all, named ones, or those selected tests need locally).
+//! - `cargo xtask guest-test run`: the main job (QEMU tests cold, then warm,
+//!   against a local image store).
+
+#![forbid(unsafe_code)]
 
 use anyhow::Context;
 use anyhow::Result;
@@ -20,6 +33,7 @@ mod download;
 mod guest_image;
 mod guest_run;
 mod guide_check;
+mod lint;
 mod setup;
 mod test;
 
@@ -38,6 +52,9 @@ enum Command {
     Test(test::TestArgs),
     /// Install what the tests need, without running anything else.
     Setup,
+    /// Check the dependency rules in ARCHITECTURE.md against the
+    /// workspace, doc links and the Guide's pages and links.
+    Lint,
     /// Benchmark the lazy disk against curl, cat and nbdkit, side by side
     /// (release build), and write a markdown report.
     Bench(bench::BenchArgs),
@@ -83,6 +100,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Test(args) => test::run(&root, args),
         Command::Setup => setup::ensure_test_prerequisites(),
+        Command::Lint => lint::run(&root),
         Command::Bench(args) => bench::run(&root, args),
         Command::GuestTest(GuestTestCommand::BuildImage(args)) => guest_image::run(&root, args),
         Command::GuestTest(GuestTestCommand::DownloadImage(args)) => download::run(&root, args),
@@ -99,8 +117,6 @@ fn workspace_root() -> Result<std::path::PathBuf> {
         .context("xtask's manifest directory has no parent")
 }
 
-/// Whether we run under CI (`CI=true` or `CI=1`), where a missing component
-/// is a failure rather than a reason to skip.
-pub fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
+/// Whether we run under CI, where a missing component is a failure rather
+/// than a reason to skip: the workspace's one check, under xtask's name.
+pub use ci_env::in_ci as is_ci;

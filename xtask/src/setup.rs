@@ -10,6 +10,7 @@ use anyhow::Result;
 use anyhow::bail;
 use std::path::Path;
 use std::process::Command;
+use std::process::Stdio;
 
 /// A program the tests need and where it comes from.
 struct Requirement {
@@ -48,16 +49,30 @@ const REQUIREMENTS: &[Requirement] = &[
 /// binary lands in `~/.cargo/bin`, so later runs on the same machine reuse
 /// it.
 pub fn ensure_mdbook() -> Result<()> {
-    if Command::new("mdbook").arg("--version").output().is_ok() {
+    cargo_install_if_missing(&["mdbook", "--version"], None, "mdbook")
+}
+
+/// Installs `krate` with `cargo install --locked` unless `probe` (a program
+/// and its arguments, run in `dir` if given) runs and succeeds.
+pub fn cargo_install_if_missing(probe: &[&str], dir: Option<&Path>, krate: &str) -> Result<()> {
+    let (program, args) = probe
+        .split_first()
+        .context("cargo_install_if_missing: empty probe command")?;
+    let mut check = Command::new(program);
+    check.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some(dir) = dir {
+        check.current_dir(dir);
+    }
+    if check.status().is_ok_and(|s| s.success()) {
         return Ok(());
     }
-    println!("xtask setup: mdbook is missing; cargo install --locked mdbook");
+    println!("xtask setup: {krate} is missing; cargo install --locked {krate}");
     let status = Command::new("cargo")
-        .args(["install", "--locked", "mdbook"])
+        .args(["install", "--locked", krate])
         .status()
-        .context("running cargo install mdbook")?;
+        .with_context(|| format!("running cargo install {krate}"))?;
     if !status.success() {
-        bail!("cargo install --locked mdbook failed ({status})");
+        bail!("cargo install --locked {krate} failed ({status})");
     }
     Ok(())
 }

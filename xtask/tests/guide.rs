@@ -132,10 +132,7 @@ fn every_environment_variable_is_documented() {
 /// and `const PETRI_X: &str = "PETRI_X"` (other `"PETRI_..."` strings are
 /// log markers).
 fn petri_variables_in_code() -> std::collections::BTreeSet<String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let root = root();
     let mut found = std::collections::BTreeSet::new();
     let mut stack = vec![
         root.join("crates"),

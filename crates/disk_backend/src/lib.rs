@@ -86,7 +86,14 @@ impl DiskError {
 ///
 /// Every field is optional in spirit: a layer that has nothing to say about
 /// a field leaves it zero, and a stack adds its layers' counters together.
+/// With the `serde` feature the counters (de)serialize as an object with
+/// one field per counter, by field name; a missing field reads as zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
 pub struct DiskCounters {
     /// Requests sent to a remote store (HTTP range GETs, HEADs, ...).
     pub remote_requests: u64,

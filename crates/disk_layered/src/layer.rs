@@ -3,7 +3,9 @@
 //! layered disk stores.
 
 use crate::SectorMarker;
-use disk_backend::{Disk, DiskCounters, DiskError};
+use disk_backend::Disk;
+use disk_backend::DiskCounters;
+use disk_backend::DiskError;
 use std::error::Error;
 use std::future::Future;
 use std::pin::Pin;
@@ -52,7 +54,8 @@ pub struct LowerLayerMetadata {
 ///
 /// ```
 /// use disk_backend::DiskError;
-/// use disk_layered::{LayerIo, SectorMarker};
+/// use disk_layered::LayerIo;
+/// use disk_layered::SectorMarker;
 ///
 /// struct EmptyLayer {
 ///     sectors: u64,

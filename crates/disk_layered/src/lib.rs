@@ -85,22 +85,34 @@ mod bitmap;
 mod layer;
 mod prefetch;
 
-pub use bitmap::{SectorBitmap, SectorMarker};
-pub use layer::{
-    Attached, DiskAsLayer, DiskLayer, LayerAttach, LayerConfiguration, LayerIo, LowerLayerMetadata,
-    NoWriteNoOverwrite, WriteNoOverwrite,
-};
+pub use bitmap::SectorBitmap;
+pub use bitmap::SectorMarker;
+pub use layer::Attached;
+pub use layer::DiskAsLayer;
+pub use layer::DiskLayer;
+pub use layer::LayerAttach;
+pub use layer::LayerConfiguration;
+pub use layer::LayerIo;
+pub use layer::LowerLayerMetadata;
+pub use layer::NoWriteNoOverwrite;
+pub use layer::WriteNoOverwrite;
 pub use prefetch::FirstTouches;
 pub use prefetch::PrefetchOptions;
 pub use prefetch::PrefetchReport;
 
-use disk_backend::{DiskCounters, DiskError, DiskIo, check_io_range, check_sector_range};
+use disk_backend::DiskCounters;
+use disk_backend::DiskError;
+use disk_backend::DiskIo;
+use disk_backend::check_io_range;
+use disk_backend::check_sector_range;
 use layer::BoxFut;
 use layer::erased::DynLayerIo;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
 /// The largest fill chunk honoured from

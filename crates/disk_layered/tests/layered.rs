@@ -4,8 +4,12 @@
 mod common;
 
 use common::*;
-use disk_backend::{Disk, DiskError};
-use disk_layered::{DiskLayer, InvalidLayeredDisk, LayerConfiguration, LayeredDisk};
+use disk_backend::Disk;
+use disk_backend::DiskError;
+use disk_layered::DiskLayer;
+use disk_layered::InvalidLayeredDisk;
+use disk_layered::LayerConfiguration;
+use disk_layered::LayeredDisk;
 use disklayer_ram::RamDiskLayer;
 use futures::poll;
 use std::sync::atomic::Ordering;

@@ -13,7 +13,8 @@ mod common;
 
 use common::*;
 use disk_backend::Disk;
-use disk_layered::{DiskLayer, LayerConfiguration};
+use disk_layered::DiskLayer;
+use disk_layered::LayerConfiguration;
 use disklayer_sqlite::SqliteDiskLayerConfig;
 use std::path::Path;
 use std::sync::Arc;

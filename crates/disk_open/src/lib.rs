@@ -254,19 +254,27 @@ async fn with_cached_footer(blob: Arc<dyn Blob>, path: &Path) -> Result<Arc<dyn 
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so a
-/// reader never sees a partial file.
+/// reader never sees a partial file. The temporary file has a unique name:
+/// threads of one process storing different footers into one directory at
+/// once each rename their own bytes.
 fn store_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::io::Write as _;
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    // DEVNOTE: elsewhere the directory inherits the ACL of its parent (on
+    // Windows, %LOCALAPPDATA% is already private to the user), as the
+    // SQLite cache's own directories do.
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    // Removed on drop if anything below fails.
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// The bottom of a stack once opened, with what the layers above need to
@@ -494,4 +502,42 @@ pub async fn open_with_details(
         disk: prefetch::wrap(layered, plan).map_err(OpenError::Disk)?,
         prefetch_record,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads storing different files into one directory at once each
+    /// end up with their own bytes under their own name.
+    #[test]
+    fn concurrent_stores_into_one_directory_keep_their_own_bytes() {
+        const THREADS: usize = 8;
+        const ROUNDS: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let start = std::sync::Barrier::new(THREADS);
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let (dir, start) = (dir.path(), &start);
+                scope.spawn(move || {
+                    start.wait();
+                    let path = dir.join("footers").join(format!("key-{t}"));
+                    for round in 0..ROUNDS {
+                        let data = [t as u8, round as u8, 0xAA];
+                        store_atomically(&path, &data)
+                            .unwrap_or_else(|e| panic!("thread {t} round {round}: {e}"));
+                        let back = std::fs::read(&path).unwrap();
+                        // Another thread may not replace this file; only
+                        // this thread writes it, so it holds this round.
+                        assert_eq!(back, data, "thread {t} round {round}");
+                    }
+                });
+            }
+        });
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("footers"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), THREADS, "temporary files left: {names:?}");
+    }
 }

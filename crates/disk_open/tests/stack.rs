@@ -339,3 +339,87 @@ async fn malformed_descriptions_are_errors() {
     let err = open(&missing, &OpenOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("/nonexistent/disk.vhd"), "{err}");
 }
+
+/// Threads of one process (parallel test cases, say) opening different
+/// VHD1 images into one cache directory each get their own footer cached:
+/// no thread's footer lands under another image's key.
+#[test]
+fn threads_opening_different_images_keep_their_own_footers() {
+    const THREADS: usize = 16;
+    let server = FaultServer::start().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    // Different sizes and unique ids, so a swapped footer cannot pass.
+    let images: Vec<(String, [u8; 16], Vec<u8>)> = (0..THREADS)
+        .map(|i| {
+            let data = random_bytes(100 + i as u64, 64 * 1024 + i * 4096);
+            let mut id = [0u8; 16];
+            id[0] = 0x5f;
+            id[15] = i as u8;
+            let path = format!("/thread-{i}.vhd");
+            let image = fixed_vhd1_bytes(data, id).unwrap();
+            server.put_blob(&path, image.clone());
+            (server.url(&path), id, image)
+        })
+        .collect();
+
+    let open_and_check = |url: &str, id: [u8; 16], image: &[u8]| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let handle = remote(cache.path(), url, BlobFormat::FixedVhd1);
+            let disk = open(&handle, &OpenOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {}", anyhow_chain(&e)));
+            assert_eq!(disk.disk_id(), Some(id), "{url}");
+            assert_eq!(disk.size_bytes(), image.len() as u64 - 512, "{url}");
+            disk.counters()
+        })
+    };
+
+    // Cold: every thread opens its image at the same moment.
+    let start = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|scope| {
+        for (url, id, image) in &images {
+            let start = &start;
+            let open_and_check = &open_and_check;
+            scope.spawn(move || {
+                start.wait();
+                open_and_check(url, *id, image);
+            });
+        }
+    });
+
+    // One footer file per image, each holding one image's footer, and no
+    // temporary file left behind.
+    let footer_dir = cache.path().join("vhd1-footers");
+    let mut cached: Vec<Vec<u8>> = std::fs::read_dir(&footer_dir)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let mut footers: Vec<Vec<u8>> = images
+        .iter()
+        .map(|(_, _, image)| image[image.len() - 512..].to_vec())
+        .collect();
+    cached.sort();
+    footers.sort();
+    assert!(
+        cached == footers,
+        "the footer cache does not hold one footer per image"
+    );
+
+    // Warm: each image opens from its cached footer (no footer GET), and
+    // the footer it gets is its own (right id and size, checked above).
+    server.reset_stats();
+    for (url, id, image) in &images {
+        let counters = open_and_check(url, *id, image);
+        assert_eq!(counters.remote_bytes_fetched, 0, "{url}");
+    }
+    assert_eq!(
+        server.request_count(),
+        THREADS as u64,
+        "{:?}",
+        server.requests()
+    );
+}

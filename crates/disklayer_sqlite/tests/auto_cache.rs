@@ -3,8 +3,9 @@
 //! hostile keys.
 //!
 //! Child processes are this test binary run again with
-//! `AUTO_CACHE_CHILD` set, executing one of the `child_*` tests (which do
-//! nothing in an ordinary run).
+//! `AUTO_CACHE_CHILD` set, executing one of the `child_*` tests with
+//! `--ignored --exact` (they are ignored in an ordinary run and fail if run
+//! without their parent).
 
 mod common;
 
@@ -83,6 +84,7 @@ async fn persistence_in_a_new_process() {
             ("AUTO_CACHE_IMAGE", image.to_str().unwrap()),
         ],
     )
+    .arg("--ignored")
     .output()
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -95,10 +97,13 @@ async fn persistence_in_a_new_process() {
 }
 
 #[tokio::test]
+#[ignore = "child process of persistence_in_a_new_process; run by it"]
 async fn child_persistence() {
-    if env("AUTO_CACHE_CHILD").as_deref() != Some("persistence") {
-        return;
-    }
+    assert_eq!(
+        env("AUTO_CACHE_CHILD").as_deref(),
+        Some("persistence"),
+        "a child process of persistence_in_a_new_process, which runs it"
+    );
     let cache_dir = PathBuf::from(env("AUTO_CACHE_DIR").unwrap());
     let image = PathBuf::from(env("AUTO_CACHE_IMAGE").unwrap());
     let data = std::fs::read(&image).unwrap();
@@ -140,6 +145,7 @@ async fn sixteen_processes_race_on_one_cache() {
                 ("AUTO_CACHE_SALT", &salt),
             ],
         )
+        .arg("--ignored")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -194,10 +200,13 @@ async fn sixteen_processes_race_on_one_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of sixteen_processes_race_on_one_cache; run by it"]
 async fn child_race() {
-    if env("AUTO_CACHE_CHILD").as_deref() != Some("race") {
-        return;
-    }
+    assert_eq!(
+        env("AUTO_CACHE_CHILD").as_deref(),
+        Some("race"),
+        "a child process of sixteen_processes_race_on_one_cache, which runs it"
+    );
     let mut go = [0u8; 1];
     std::io::stdin().read_exact(&mut go).unwrap();
     let cache_dir = PathBuf::from(env("AUTO_CACHE_DIR").unwrap());

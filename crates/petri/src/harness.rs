@@ -73,12 +73,11 @@ impl SkipTest {
         }
     }
 
-    /// A skip with `reason`, unless `CI` is `true`, where the missing
-    /// prerequisite is a plain error (never a silent skip in CI).
+    /// A skip with `reason`, unless under CI ([`ci_env::in_ci`]), where the
+    /// missing prerequisite is a plain error (never a silent skip in CI).
     pub fn or_fail_under_ci(reason: impl Into<String>) -> anyhow::Error {
         let reason = reason.into();
-        let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-        if ci {
+        if ci_env::in_ci() {
             anyhow::anyhow!("{reason} (CI=true, so this fails instead of skipping)")
         } else {
             eprintln!("skipping: {reason}");

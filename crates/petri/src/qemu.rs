@@ -179,11 +179,6 @@ pub fn find_qemu() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Whether `CI` is set to `true` (or `1`).
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
 /// The host-support rule, with the environment injected: a QEMU binary
 /// present, or CI (where a missing QEMU must fail, not skip).
 pub fn host_support_for(qemu: Option<&Path>, ci: bool) -> HostSupport {
@@ -258,7 +253,7 @@ impl PetriVmmBackend for QemuPetriBackend {
     type Vm = QemuVm;
 
     fn host_support() -> HostSupport {
-        host_support_for(find_qemu().as_deref(), under_ci())
+        host_support_for(find_qemu().as_deref(), ci_env::in_ci())
     }
 
     fn new(_params: &PetriTestParams) -> Result<Self, QemuError> {
@@ -299,20 +294,10 @@ pub struct DiskCountersReport {
     pub remote: bool,
     /// The disk size the guest saw, in bytes.
     pub disk_bytes: u64,
-    /// Requests sent to the remote store (HEADs and range GETs).
-    pub remote_requests: u64,
-    /// Payload bytes fetched from the remote store.
-    pub remote_bytes_fetched: u64,
-    /// Requests retried after transient failures.
-    pub remote_retries: u64,
-    /// Requests that failed for good.
-    pub remote_errors: u64,
-    /// Bytes served from the persistent read cache.
-    pub cache_hit_bytes: u64,
-    /// Bytes the read cache had to get from below.
-    pub cache_miss_bytes: u64,
-    /// Bytes written into the read cache.
-    pub cache_fill_bytes: u64,
+    /// The disk's counters, as fields of this object (`remote_requests`,
+    /// `remote_bytes_fetched`, ..., one per [`DiskCounters`] field).
+    #[serde(flatten)]
+    pub counters: DiskCounters,
     /// Read requests the guest sent to the NBD export.
     #[serde(default)]
     pub nbd_read_requests: u64,
@@ -677,7 +662,6 @@ impl QemuVm {
         self.disks
             .iter()
             .map(|d| {
-                let c = d.opened.counters();
                 let nbd = d.server.stats();
                 DiskCountersReport {
                     test: self.test_name.clone(),
@@ -689,13 +673,7 @@ impl QemuVm {
                         Some(LayerKind::Blob { .. })
                     ),
                     disk_bytes: d.opened.disk().size_bytes(),
-                    remote_requests: c.remote_requests,
-                    remote_bytes_fetched: c.remote_bytes_fetched,
-                    remote_retries: c.remote_retries,
-                    remote_errors: c.remote_errors,
-                    cache_hit_bytes: c.cache_hit_bytes,
-                    cache_miss_bytes: c.cache_miss_bytes,
-                    cache_fill_bytes: c.cache_fill_bytes,
+                    counters: d.opened.counters(),
                     nbd_read_requests: nbd.read_requests,
                     nbd_bytes_read: nbd.bytes_read,
                     nbd_read_wait_micros: u64::try_from(nbd.read_wait.as_micros())
@@ -849,6 +827,59 @@ impl VmHandle for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The counters are fields of the report object (what the main job in
+    /// xtask parses, one per `DiskCounters` field), and a report
+    /// round-trips.
+    #[test]
+    fn counters_report_json_has_one_field_per_counter() {
+        let report = DiskCountersReport {
+            test: "t".into(),
+            boot: 2,
+            drive: "boot".into(),
+            location: "http://h/x.vhd?<redacted>".into(),
+            remote: true,
+            disk_bytes: 4096,
+            counters: DiskCounters {
+                remote_requests: 3,
+                remote_bytes_fetched: 1024,
+                cache_hit_bytes: 512,
+                ..DiskCounters::default()
+            },
+            nbd_read_requests: 4,
+            nbd_bytes_read: 2048,
+            nbd_read_wait_micros: 77,
+            vm_millis: 9,
+            exit_code: Some(0),
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        let fields = json.as_object().unwrap();
+        let counters = serde_json::to_value(report.counters).unwrap();
+        let counters = counters.as_object().unwrap();
+        assert!(counters.len() >= 7, "{counters:?}");
+        for (name, value) in counters {
+            assert_eq!(fields.get(name), Some(value), "{name}: {json}");
+        }
+        for name in [
+            "test",
+            "boot",
+            "drive",
+            "location",
+            "remote",
+            "disk_bytes",
+            "nbd_read_requests",
+            "nbd_bytes_read",
+            "nbd_read_wait_micros",
+            "vm_millis",
+            "exit_code",
+        ] {
+            assert!(fields.contains_key(name), "{name} missing: {json}");
+        }
+        assert_eq!(fields.len(), 11 + counters.len(), "{json}");
+        assert_eq!(json["remote_bytes_fetched"], 1024);
+        let back: DiskCountersReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, report);
+    }
 
     #[test]
     fn accel_parsing() {

@@ -91,7 +91,7 @@ struct Figures {
 
 fn main() -> Result<()> {
     if !Path::new(TIME).exists() {
-        if std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1") {
+        if ci_env::in_ci() {
             bail!("{TIME} is required under CI=true (Debian package `time`)");
         }
         eprintln!("skipping the NBD memory benchmark: {TIME} not found (apt-get install time)");

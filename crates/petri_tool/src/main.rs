@@ -18,6 +18,8 @@
 //! Guest writes go to the RAM layer only; neither the cache nor the image
 //! is ever written by a client.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use clap::Subcommand;
 use std::process::ExitCode;

@@ -594,7 +594,8 @@ mod tests {
                 assert!(a.size() > 512, "{a}");
             }
         }
-        // The sizes DESIGN.md states.
+        // The published sizes of the store's images (the Guide's test image
+        // table lists them too).
         assert_eq!(
             KnownTestArtifacts::Ubuntu2404ServerX64Vhd.size(),
             3_758_211_584

@@ -236,32 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn boot_media_use_require_source_with_the_backend_policy() {
-        let out = expand_str(
-            "openvmm_uefi_x64(vhd(ubuntu_2404_server_x64)), hyperv_uefi_x64(vhd(ubuntu_2404_server_x64))",
-            GENERIC_FN,
-        )
-        .unwrap();
-        let openvmm = "resolver . require_source (:: petri_artifacts_vmm_test :: artifacts :: test_vhd :: UBUNTU_2404_SERVER_X64 , < :: petri :: openvmm :: OpenVmmPetriBackend as :: petri :: PetriVmmBackend > :: REMOTE_ACCESS)";
-        let hyperv = "resolver . require_source (:: petri_artifacts_vmm_test :: artifacts :: test_vhd :: UBUNTU_2404_SERVER_X64 , < :: petri :: hyperv :: HyperVPetriBackend as :: petri :: PetriVmmBackend > :: REMOTE_ACCESS)";
-        assert!(out.contains(openvmm), "{out}");
-        assert!(out.contains(hyperv), "{out}");
-        // The resolver-wide policy is set per case too.
-        assert!(
-            out.contains(". remote_access (< :: petri :: hyperv :: HyperVPetriBackend as :: petri :: PetriVmmBackend > :: REMOTE_ACCESS)"),
-            "{out}"
-        );
-        assert_eq!(out.matches("inventory :: submit !").count(), 2, "{out}");
-        assert!(
-            out.contains("\"openvmm_uefi_x64_ubuntu_2404_server_x64\" , \"boot\""),
-            "{out}"
-        );
-        // The function itself is kept.
-        assert!(out.starts_with("async fn boot"), "{out}");
-    }
-
-    #[test]
-    fn qemu_linux_direct_boots_the_test_guest() {
+    fn qemu_linux_direct_config_names() {
         assert_eq!(
             names(
                 "qemu_linux_direct_x64, qemu_linux_direct_x64(vhd(petri_test_guest_x64)), \
@@ -273,72 +248,19 @@ mod tests {
                 "openvmm_linux_direct_x64"
             ]
         );
-        let out = expand_str(
-            "qemu_linux_direct_x64, qemu_linux_direct_x64(vhd(petri_test_guest_x64)), openvmm_linux_direct_x64",
-            GENERIC_FN,
-        )
-        .unwrap();
-        let qemu = "< :: petri :: qemu :: QemuPetriBackend as :: petri :: PetriVmmBackend > :: REMOTE_ACCESS";
-        // Kernel and initramfs are local; the root disk follows the policy.
-        assert_eq!(
-            out.matches("resolver . require (:: petri_artifacts_vmm_test :: artifacts :: test_linux_direct :: PETRI_TEST_GUEST_KERNEL_X64)").count(),
-            2,
-            "{out}"
-        );
-        assert_eq!(
-            out.matches("resolver . require (:: petri_artifacts_vmm_test :: artifacts :: test_linux_direct :: PETRI_TEST_GUEST_INITRD_X64)").count(),
-            2,
-            "{out}"
-        );
-        assert!(
-            out.contains(&format!("resolver . require_source (:: petri_artifacts_vmm_test :: artifacts :: test_linux_direct :: PETRI_TEST_GUEST_RAW_X64 , {qemu})")),
-            "{out}"
-        );
-        assert!(
-            out.contains(&format!("resolver . require_source (:: petri_artifacts_vmm_test :: artifacts :: test_linux_direct :: PETRI_TEST_GUEST_X64 , {qemu})")),
-            "{out}"
-        );
-        assert!(out.contains(&format!(". remote_access ({qemu})")), "{out}");
-        // A bare OpenVMM linux_direct config keeps its built-in kernel.
-        assert_eq!(
-            out.matches("Firmware :: linux_direct ()").count(),
-            1,
-            "{out}"
-        );
     }
 
     #[test]
     fn iso_guest_uses_from_iso_and_the_iso_handle() {
+        // Which artifacts a case requires, and with what policy, is checked
+        // through petri in tests/registrations.rs; only the firmware shape
+        // is not visible there. Compared without whitespace, so a change in
+        // how tokens are printed does not matter.
         let out = expand_str("openvmm_pcat_x64(iso(freebsd_13_2_x64))", GENERIC_FN).unwrap();
-        assert!(out.contains("PcatGuest :: Iso"), "{out}");
-        assert!(out.contains("BootImageConfig :: from_iso"), "{out}");
-        assert!(out.contains("test_iso :: FREE_BSD_13_2_X64"), "{out}");
-        assert!(!out.contains("test_vhd"), "{out}");
-    }
-
-    #[test]
-    fn extra_artifacts_use_require_and_are_passed_on() {
-        let out = expand_str(
-            "openvmm_uefi_x64(vhd(ubuntu_2404_server_x64))[VMGS_WITH_BOOT_ENTRY, test_vmgs::VMGS_WITH_16K_TPM]",
-            "async fn f(config: PetriVmBuilder<OpenVmmPetriBackend>, extras: (ResolvedArtifact, ResolvedArtifact)) -> anyhow::Result<()> { Ok(()) }",
-        )
-        .unwrap();
-        assert!(
-            out.contains("(resolver . require (VMGS_WITH_BOOT_ENTRY) , resolver . require (test_vmgs :: VMGS_WITH_16K_TPM) ,)"),
-            "{out}"
-        );
-        assert!(out.contains("f (builder , extras)"), "{out}");
-    }
-
-    #[test]
-    fn marks_become_builder_calls() {
-        let out = expand_str(
-            r#"unstable(reason = "flaky boot", openvmm_uefi_x64(none)), ignore(reason = "needs a TPM", hyperv_uefi_x64(none))"#,
-            GENERIC_FN,
-        )
-        .unwrap();
-        assert!(out.contains(". unstable (\"flaky boot\")"), "{out}");
-        assert!(out.contains(". ignore (\"needs a TPM\")"), "{out}");
+        let out: String = out.split_whitespace().collect();
+        assert!(out.contains("PcatGuest::Iso("), "{out}");
+        assert!(out.contains("BootImageConfig::from_iso("), "{out}");
+        assert!(!out.contains("from_vhd"), "{out}");
     }
 
     #[test]

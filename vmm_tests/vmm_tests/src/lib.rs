@@ -50,10 +50,11 @@
 //!
 //! Machine-readable output: every QEMU boot prints one line per disk,
 //! `PETRI_DISK_COUNTERS {json}` (fields of `petri::qemu::DiskCountersReport`:
-//! test, boot, drive, location, remote, disk_bytes, remote_requests,
-//! remote_bytes_fetched, remote_retries, remote_errors, cache_hit_bytes,
-//! cache_miss_bytes, cache_fill_bytes, vm_millis, exit_code) and keeps all
-//! boots of the test in `disk-counters.json` in its log directory.
+//! test, boot, drive, location, remote, disk_bytes, one field per
+//! `disk_backend::DiskCounters` counter such as remote_bytes_fetched or
+//! cache_hit_bytes, the NBD export's nbd_read_requests, nbd_bytes_read and
+//! nbd_read_wait_micros, vm_millis, exit_code) and keeps all boots of the
+//! test in `disk-counters.json` in its log directory.
 //!
 //! This library target is intentionally empty.
 

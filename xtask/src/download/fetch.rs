@@ -30,7 +30,6 @@
 
 use super::progress::FileProgress;
 use super::progress::Progress;
-use super::progress::human;
 use anyhow::Context as _;
 use anyhow::Result;
 use disk_blob::Blob as _;
@@ -38,6 +37,7 @@ use disk_blob::BlobError;
 use disk_blob::HttpBlob;
 use disk_blob::HttpBlobOptions;
 use futures::StreamExt as _;
+use indicatif::HumanBytes;
 use serde::Deserialize;
 use serde::Serialize;
 use std::fs::File;
@@ -588,7 +588,7 @@ fn io_explain(a: KnownTestArtifacts, what: &str, e: io::Error) -> anyhow::Error 
         format!(
             "\n  what to do: no space left for {} ({}): free space, or pass --output-folder (or set VMM_TEST_IMAGES) to a folder on a larger disk",
             a.file_name(),
-            human(a.size())
+            HumanBytes(a.size())
         )
     } else {
         String::new()

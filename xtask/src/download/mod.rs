@@ -42,11 +42,11 @@ use anyhow::bail;
 use fetch::FetchOptions;
 use fetch::Job;
 use fetch::Target;
+use indicatif::HumanBytes;
 use petri_artifact_resolver_openvmm_known_paths::ResolverEnv;
 use petri_artifact_resolver_openvmm_known_paths::artifact_base_url;
 use petri_artifact_resolver_openvmm_known_paths::artifact_url;
 use progress::Progress;
-use progress::human;
 use std::io::IsTerminal as _;
 use std::path::Path;
 use std::path::PathBuf;
@@ -191,7 +191,7 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
         for (a, dest) in &todo {
             println!(
                 "download-image: would download {a} ({}) from {} to {}",
-                human(a.size()),
+                HumanBytes(a.size()),
                 url_redact::RedactedUrl(&artifact_url(&base, a.file_name())),
                 dest.display()
             );
@@ -226,7 +226,7 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
     println!(
         "download-image: {} image(s), {} at most, from {} into {}",
         todo.len(),
-        human(todo.iter().map(|(a, _)| a.size()).sum()),
+        HumanBytes(todo.iter().map(|(a, _)| a.size()).sum()),
         url_redact::RedactedUrl(&base),
         out_dir.display()
     );
@@ -248,10 +248,10 @@ pub fn run(root: &Path, args: DownloadImageArgs) -> Result<()> {
             Ok(done) => progress.println(&format!(
                 "download-image: {a}: {} ({}) done: fetched {}{}",
                 dest.display(),
-                human(done.len),
-                human(done.fetched),
+                HumanBytes(done.len),
+                HumanBytes(done.fetched),
                 if done.resumed > 0 {
-                    format!(", resumed with {} already there", human(done.resumed))
+                    format!(", resumed with {} already there", HumanBytes(done.resumed))
                 } else {
                     String::new()
                 }
@@ -305,7 +305,7 @@ fn wanted_artifacts(root: &Path, args: &DownloadImageArgs) -> Result<Vec<KnownTe
             }
         );
         for a in &sel.download {
-            println!("  {a} ({}, {})", a.file_name(), human(a.size()));
+            println!("  {a} ({}, {})", a.file_name(), HumanBytes(a.size()));
         }
         if !sel.streamable.is_empty() {
             println!(

@@ -1,6 +1,7 @@
 //! Download progress: indicatif bars on a terminal, plain periodic lines
 //! otherwise (CI logs).
 
+use indicatif::HumanBytes;
 use indicatif::MultiProgress;
 use indicatif::ProgressBar;
 use indicatif::ProgressDrawTarget;
@@ -139,9 +140,9 @@ impl Progress {
             Mode::Plain { .. } => {
                 println!(
                     "download-image: {name}: {} to fetch{}",
-                    human(len - done.min(len)),
+                    HumanBytes(len - done.min(len)),
                     if done > 0 {
-                        format!(" (resuming, {} already there)", human(done))
+                        format!(" (resuming, {} already there)", HumanBytes(done))
                     } else {
                         String::new()
                     }
@@ -203,12 +204,12 @@ impl FileProgress<'_> {
             println!(
                 "download-image: {}: {} / {} ({}%), {}/s, ETA {eta}; total {} / {}",
                 self.name,
-                human(p.done),
-                human(p.len),
+                HumanBytes(p.done),
+                HumanBytes(p.len),
                 percent(p.done, p.len),
-                human(rate as u64),
-                human(tdone),
-                human(tlen),
+                HumanBytes(rate as u64),
+                HumanBytes(tdone),
+                HumanBytes(tlen),
             );
         }
     }
@@ -252,33 +253,9 @@ fn short(name: &str, max: usize) -> String {
     }
 }
 
-/// Bytes as a human-readable binary size (e.g. `3.50 GiB`).
-pub(crate) fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(1023), "1023 B");
-        assert_eq!(human(1024), "1.00 KiB");
-        assert_eq!(human(3_758_211_584), "3.50 GiB");
-    }
 
     #[test]
     fn percent_and_short_names() {

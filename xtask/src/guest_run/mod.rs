@@ -528,25 +528,11 @@ fn ensure_qemu() -> Result<()> {
 
 /// cargo-nextest, installed with `cargo install` when missing.
 fn ensure_nextest(root: &Path) -> Result<()> {
-    let present = Command::new("cargo")
-        .args(["nextest", "--version"])
-        .current_dir(root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if present {
-        return Ok(());
-    }
-    println!("guest-test run: installing cargo-nextest (cargo install cargo-nextest --locked)");
-    let status = Command::new("cargo")
-        .args(["install", "cargo-nextest", "--locked"])
-        .status()
-        .context("running cargo install cargo-nextest")?;
-    if !status.success() {
-        bail!("cargo install cargo-nextest failed ({status})");
-    }
-    Ok(())
+    crate::setup::cargo_install_if_missing(
+        &["cargo", "nextest", "--version"],
+        Some(root),
+        "cargo-nextest",
+    )
 }
 
 /// Writes the runs' per-test data as JSON.

@@ -3,8 +3,9 @@
 //! Inputs:
 //! - the QEMU backend's disk counters: every test's log directory holds
 //!   `disk-counters.json`, a JSON array of reports, one per disk per boot
-//!   (the format of `petri::qemu::DiskCountersReport`; only the fields used
-//!   here are read, unknown ones are ignored, so the backend may add more);
+//!   (the format of `petri::qemu::DiskCountersReport`, whose counters are
+//!   the real `disk_backend::DiskCounters` read here too; unknown fields are
+//!   ignored, so the backend may add more);
 //! - nextest's status lines (`PASS [  12.345s] (3/8) <binary> <test>`) for
 //!   each test's wall time.
 //!
@@ -13,6 +14,7 @@
 
 use anyhow::Context;
 use anyhow::Result;
+use disk_backend::DiskCounters;
 use serde::Deserialize;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -39,15 +41,10 @@ pub struct DiskReport {
     pub remote: bool,
     /// The disk size the guest saw.
     pub disk_bytes: u64,
-    /// Requests sent to the remote store.
-    #[serde(default)]
-    pub remote_requests: u64,
-    /// Bytes fetched from the remote store.
-    #[serde(default)]
-    pub remote_bytes_fetched: u64,
-    /// Bytes served by the persistent read cache.
-    #[serde(default)]
-    pub cache_hit_bytes: u64,
+    /// The disk's counters (requests, bytes fetched, cache hits, ...), as
+    /// fields of the report object; a missing one reads as zero.
+    #[serde(flatten)]
+    pub counters: DiskCounters,
     /// Milliseconds the VM ran.
     #[serde(default)]
     pub vm_millis: u64,
@@ -119,9 +116,9 @@ pub fn aggregate(reports: &[DiskReport]) -> BTreeMap<String, TestTotals> {
         if r.remote == t.remote {
             t.image_bytes = t.image_bytes.max(r.disk_bytes);
         }
-        t.fetched += r.remote_bytes_fetched;
-        t.requests += r.remote_requests;
-        t.cache_hit += r.cache_hit_bytes;
+        t.fetched += r.counters.remote_bytes_fetched;
+        t.requests += r.counters.remote_requests;
+        t.cache_hit += r.counters.cache_hit_bytes;
         boots.entry(&r.test).or_default().insert(r.boot);
         // Every disk of a boot reports the same VM time: count it once.
         if r.drive == "boot" || r.drive.is_empty() {
@@ -202,19 +199,9 @@ impl Phase {
     }
 }
 
-/// `1.5 MiB`-style sizes (binary units), exact below 1 KiB.
+/// `1.50 MiB`-style sizes (binary units, indicatif's formatting).
 pub fn format_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    indicatif::HumanBytes(n).to_string()
 }
 
 fn format_time(phase: &Phase, test: &str) -> String {
@@ -338,9 +325,7 @@ mod tests {
             location: "/images/petri-test-guest-x64.raw".into(),
             remote: false,
             disk_bytes: 335_544_320,
-            remote_requests: 0,
-            remote_bytes_fetched: 0,
-            cache_hit_bytes: 0,
+            counters: DiskCounters::default(),
             vm_millis: 5000,
         }
     }
@@ -349,7 +334,10 @@ mod tests {
     fn counters_files_parse_and_sum_per_test() {
         let reports = parse_counters_file(REPORTS).unwrap();
         assert_eq!(reports.len(), 2);
-        assert_eq!(reports[0].remote_bytes_fetched, 3 << 20);
+        assert_eq!(reports[0].counters.remote_bytes_fetched, 3 << 20);
+        assert_eq!(reports[0].counters.cache_fill_bytes, 3 << 20);
+        // Fields an older backend did not write read as zero.
+        assert_eq!(reports[1].counters.cache_miss_bytes, 0);
         let totals = aggregate(&reports);
         let t = &totals["qemu_linux_direct_x64::boot_remote"];
         assert!(t.remote);
@@ -438,15 +426,6 @@ mod tests {
     }
 
     #[test]
-    fn byte_sizes() {
-        assert_eq!(format_bytes(0), "0 B");
-        assert_eq!(format_bytes(1023), "1023 B");
-        assert_eq!(format_bytes(1536), "1.5 KiB");
-        assert_eq!(format_bytes(3 << 20), "3.0 MiB");
-        assert_eq!(format_bytes(3_758_211_584), "3.5 GiB");
-    }
-
-    #[test]
     fn table_shows_cold_warm_and_fraction_read() {
         let remote = "qemu_linux_direct_x64::boot_remote";
         let local = "qemu_linux_direct_x64::boot_local";
@@ -507,11 +486,11 @@ mod tests {
                 "1",
                 "12.3",
                 "8.0 FAIL",
-                "3.0 MiB",
+                "3.00 MiB",
                 "20",
                 "0 B",
                 "1",
-                "320.0 MiB",
+                "320.00 MiB",
                 "0.94%"
             ],
             "{table}"

@@ -4,15 +4,24 @@
 
 #![allow(dead_code)]
 
-use disk_backend::{Disk, DiskCounters, DiskError, DiskIo, check_io_range};
-use disk_layered::{
-    DiskLayer, LayerConfiguration, LayerIo, LayeredDisk, SectorBitmap, SectorMarker,
-    WriteNoOverwrite,
-};
+use disk_backend::Disk;
+use disk_backend::DiskCounters;
+use disk_backend::DiskError;
+use disk_backend::DiskIo;
+use disk_backend::check_io_range;
+use disk_layered::DiskLayer;
+use disk_layered::LayerConfiguration;
+use disk_layered::LayerIo;
+use disk_layered::LayeredDisk;
+use disk_layered::SectorBitmap;
+use disk_layered::SectorMarker;
+use disk_layered::WriteNoOverwrite;
 use disklayer_ram::RamDiskLayer;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use tokio::sync::Semaphore;
 
 pub const SS: usize = 512;
