@@ -1,8 +1,11 @@
 //! Real servers and fixtures for the tests of the blob and disk crates.
 //!
-//! This is a dev-only library: other crates list it under
-//! `[dev-dependencies]` and their tests use it to talk to real HTTP(S)
-//! servers on 127.0.0.1 instead of mocks. Position in the data flow: it
+//! This is test support: crates' tests list it under `[dev-dependencies]`
+//! to talk to real HTTP(S) servers on 127.0.0.1 instead of mocks; the only
+//! normal dependent is xtask, whose `bench` serves its images through
+//! nginx and the latency server (product crates never depend on it:
+//! ARCHITECTURE.md's dependency rules, checked by `cargo xtask lint`).
+//! Position in the data flow: it
 //! stands where the blob store (Azure blob container, any HTTP server)
 //! stands in production, underneath `disk_blob::HttpBlob`.
 //!

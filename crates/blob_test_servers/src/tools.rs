@@ -9,7 +9,7 @@ const EXTRA_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin
 
 /// Whether the environment says we run in CI (`CI=true`, or `CI=1`).
 pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+    ci_env::in_ci()
 }
 
 /// Finds an executable by name on `PATH` and in the usual sbin

@@ -62,7 +62,7 @@ struct Case {
 fn main() -> anyhow::Result<()> {
     let qemu_img = match which("qemu-img") {
         Some(p) => p,
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+        None if ci_env::in_ci() => {
             bail!("qemu-img is required under CI=true (Debian package qemu-utils)")
         }
         None => {

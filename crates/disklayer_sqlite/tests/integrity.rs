@@ -497,7 +497,7 @@ impl Tmpfs {
             Ok(s) if s.success() => Some(Tmpfs { dir }),
             other => {
                 let why = format!("cannot mount a tmpfs (needs root): {other:?}");
-                if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                if ci_env::in_ci() {
                     panic!("{why}");
                 }
                 eprintln!("skipped: {why}");

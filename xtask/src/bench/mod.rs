@@ -757,7 +757,7 @@ impl Bench {
             || (missing.contains(&"/usr/sbin/nbdkit") && missing.contains(&"/usr/bin/nbdkit"))
         {
             let why = "nbdkit or nbdcopy missing (cargo xtask bench --install, or apt-get install nbdkit libnbd-bin)";
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
+            if crate::is_ci() {
                 bail!("{why}");
             }
             self.report.skipped("nbd-ours-cold", "NBD", Unit::MBps, why);

@@ -339,7 +339,7 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
+        if ci_env::in_ci() {
             panic!("{name} is required under CI=true (Debian package qemu-utils)");
         }
         eprintln!("skipping: {name} not found (install the Debian package qemu-utils)");
