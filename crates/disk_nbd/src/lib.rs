@@ -94,66 +94,16 @@
 //!
 //! # Performance
 //!
-//! Measured on the 2-core bench machine (2026-11-27) with a 512 MiB random
-//! image served by nginx on loopback, the full stack (RAM over SQLite
-//! auto-cache over HTTP blob) exported by `disk-bench serve-nbd`, and
-//! `nbdcopy URI null:` as the client (multi-conn: 2 connections, 64
-//! requests of 256 KiB in flight on each). The peer is `nbdkit -r curl
-//! --filter=readahead --filter=cache cache-on-read=true`; its warm figure
-//! is a second pass in the same process, ours a new server process on the
-//! same cache. Medians of 5 interleaved rounds; "before" and "after" are
-//! this crate before and after the read fast path, built on the same tree.
-//! The machine is shared, so single runs vary by ±30%.
-//!
-//! | run | before | after | nbdkit | before / nbdkit | after / nbdkit |
-//! |---|---|---|---|---|---|
-//! | 1, warm | 1065 MB/s | 1838 MB/s | 1922 MB/s | 0.55x | 0.96x |
-//! | 1, cold | 192 MB/s | 322 MB/s | 484 MB/s | 0.40x | 0.67x |
-//! | 2, warm | 1402 MB/s | 2312 MB/s | 3578 MB/s | 0.39x | 0.65x |
-//! | 2, cold | 401 MB/s | 491 MB/s | 518 MB/s | 0.77x | 0.95x |
-//!
-//! (The disk stack below changed between the two runs; in run 1 the old
-//! server's 128 concurrent 256 KiB reads made the blob fetch 1070 MiB for
-//! the 512 MiB image, the new one fetched 512 MiB.) Server CPU for a warm
-//! pass went from 0.37-0.47 s to 0.28 s (0.20-0.23 s on a second pass in
-//! the same process); nbdkit needs 0.12 s.
-//!
-//! With the stack taken out (`cargo bench -p disk_nbd`: an in-memory disk,
-//! 256 MiB, `nbdcopy` to `null:`), the export itself now beats `nbdkit
-//! file` serving a page-cached file: 2641-2912 MiB/s against 1961-2467
-//! MiB/s in the same runs (before: 2274 against 2403).
-//!
-//! What the profile of the old design showed, and what changed:
-//! - Reply header and payload went out as separate system calls through a
-//!   `BufWriter` (a 16-byte write, then the payload; with the default
-//!   ~200 KiB socket buffer ~2.8 `writev`s per 256 KiB reply and 11k
-//!   context switches per pass). Now one vectored write per reply (or per
-//!   merged group of replies) and a 4 MiB send buffer: 2050 `writev`s for
-//!   2048 replies, measured before merging was added.
-//! - Every request ran at once (up to 128 per pass), each read doing a
-//!   `block_in_place` hand-off in the SQLite layer and taking its own
-//!   SQLite connection (futexes, schema parsing, page-cache fills, ~100 MiB
-//!   of page faults). Now at most `max_parallel_reads` (4) per connection,
-//!   back-to-back requests merged into 1 MiB reads.
-//! - Replies were written by a writer task long after the read filled the
-//!   buffer, so the copy into the socket ran about three times slower per
-//!   byte than nbdkit's; now the reading task writes its own reply at once.
-//!
-//! DEVNOTE: what remains of the warm gap is below this crate. It is not
-//! the fresh process: a second pass in the same server process is only
-//! 4-8% faster than a new one (eight interleaved rounds: 2374 vs 2291
-//! MB/s, nbdkit's second pass 3115). Per pass the server uses 252 ms of
-//! CPU against nbdkit's 210 ms (`perf record -F 10000 -p` on each
-//! server's second pass); both pay the same two copies (file into buffer,
-//! buffer into socket: 83 + 60 ms here, 88 + 51 ms there), and the extra
-//! ~40 ms is SQLite's B-tree and pager work, the `block_in_place`
-//! hand-off of each read and tokio. On two cores shared with the client
-//! the pass is CPU-bound, so that shows as ~25% less throughput. Merged
-//! reads of 256 KiB instead of 1 MiB, or 1-2 parallel reads per
-//! connection instead of 4, made no measurable difference; without the
-//! 4 MiB send buffer it was ~20% slower. Cold, the server is CPU-bound
-//! on the cache fill (SQLite WAL writes and checkpoints were ~45% of its
-//! CPU), which nbdkit's plain cache file does not pay.
+//! What keeps the export cheap per byte: each read request's reply (header
+//! and payload) leaves in one vectored write from the task that read it;
+//! back-to-back reads are merged into disk reads of up to 1 MiB; at most
+//! [`NbdServerOptions::max_parallel_reads`] disk reads per connection run
+//! at once; sockets ask for a 4 MiB send buffer; and read buffers come from
+//! a pool and are lent to the disk by value (`Disk::read_owned`), so a disk
+//! that fills buffers on another thread (the SQLite cache engine, a local
+//! file) fills the reply's buffer directly. `cargo bench -p disk_nbd`
+//! measures the export alone, `cargo xtask bench` the whole stack against
+//! nbdkit; the Guide's performance page has the figures and their history.
 //!
 //! # Example
 //!
@@ -207,13 +157,6 @@
 //! - Bad magic, unknown client flags or a refused `NBD_OPT_EXPORT_NAME`
 //!   close that one connection; the server never panics on client input
 //!   and keeps serving the others.
-//!
-//! FUTURE: running each read on a blocking-pool thread (`spawn_blocking`
-//! plus `Handle::block_on`, slot taken by the reader) instead of a task
-//! avoids the SQLite layer's `block_in_place` core hand-off; a prototype
-//! cut warm server CPU from 0.23-0.28 s to 0.21-0.26 s per pass (2-7%
-//! faster). It needs a way to cancel a reply write stuck on a client that
-//! stopped reading (a blocking thread cannot be aborted), so it is not in.
 //!
 //! FUTURE: structured replies (sparse reads via `NBD_REPLY_TYPE_OFFSET_HOLE`
 //! and `base:allocation` block status) would let `qemu-img convert` skip
