@@ -148,7 +148,7 @@ struct Output {
     workload: String,
     /// Bytes the workload read from the disk (or NBD clients read).
     bytes_read: u64,
-    /// Read requests issued.
+    /// Read requests issued (`serve-nbd`: the client's read requests).
     reads: u64,
     /// Wall time of the timed part, in seconds.
     secs: f64,
@@ -173,7 +173,8 @@ struct Output {
     /// Checksum of everything read (keeps the reads from being elided and
     /// lets the driver compare passes).
     checksum: u64,
-    /// `replay`: time with at least one read outstanding, seconds.
+    /// `replay` and `serve-nbd`: time with at least one read outstanding
+    /// (the client's disk-wait), seconds.
     disk_wait_secs: f64,
     /// Bytes a prefetch fetched ahead, and of those the ones read.
     prefetched_bytes: u64,
@@ -540,17 +541,20 @@ async fn serve_nbd(stack: &StackArgs, socket: &Path) -> Result<Output> {
     let disk = server.disk().clone();
     drop(server);
     let secs = start.elapsed().as_secs_f64();
-    finish(
+    let mut out = finish(
         stack,
         disk,
         "serve-nbd",
         nbd.bytes_read,
-        nbd.requests,
+        nbd.read_requests,
         secs,
         open_secs,
         0,
     )
-    .await
+    .await?;
+    // The client's disk-wait: time with at least one read outstanding.
+    out.disk_wait_secs = nbd.read_wait.as_secs_f64();
+    Ok(out)
 }
 
 /// The same stack as [`open`] with the reference's one-row-per-sector
