@@ -204,6 +204,8 @@ fn guest_boots_runs_steps_and_powers_off() {
         steps: "hash-data,write-scratch,fail,bogus",
         work_dir: &dir.path().join("boot"),
         timeout: Duration::from_secs(600),
+        memory_mib: BuiltGuest::PetriTestGuest.boot_memory_mib(),
+        processors: BuiltGuest::PetriTestGuest.boot_processors(),
     })
     .unwrap();
     let has = |line: &str| r.console.lines().any(|l| l == line);
