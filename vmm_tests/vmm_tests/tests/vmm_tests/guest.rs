@@ -1,4 +1,5 @@
-//! Booting the petri test guest and reading what it did.
+//! Booting a built test guest (the petri test guest or the Debian guest:
+//! both speak the same console markers) and reading what it did.
 
 use anyhow::Context as _;
 use anyhow::ensure;
@@ -7,6 +8,8 @@ use petri::PetriVmBuilder;
 use petri::PetriVmmBackend;
 use std::path::Path;
 use std::time::Duration;
+use vmm_test_images::BuiltGuest;
+use vmm_test_images::KnownTestArtifacts;
 
 /// What the guest's `write-scratch` step writes (4 MiB containing it).
 pub const SCRATCH_MARKER: &[u8] = b"PETRI_SCRATCH_WRITTEN_BY_GUEST";
@@ -23,13 +26,26 @@ pub struct GuestRun {
     pub console: String,
 }
 
-/// Boots the guest with `petri.steps=<steps>`, checks that it becomes
+/// The built test guest whose root disk `config` boots, if any.
+pub fn booted_guest<T: PetriVmmBackend>(config: &PetriVmBuilder<T>) -> Option<BuiltGuest> {
+    let artifact = config.firmware().boot_drive()?.artifact?;
+    KnownTestArtifacts::from_handle(artifact)?.built_guest()
+}
+
+/// Boots the guest with `petri.steps=<steps>` (and the processors and
+/// memory the catalog gives the booted guest), checks that it becomes
 /// ready, that every step and the whole run report status 0, and that it
 /// powers off; returns the boot disk's counters.
 pub async fn boot_guest<T: PetriVmmBackend>(
     config: PetriVmBuilder<T>,
     steps: &[&str],
 ) -> anyhow::Result<GuestRun> {
+    let config = match booted_guest(&config) {
+        Some(guest) => config
+            .with_processors(guest.boot_processors())
+            .with_memory_mib(guest.boot_memory_mib()),
+        None => config,
+    };
     let mut vm = config
         .with_kernel_cmdline(format!("petri.steps={}", steps.join(",")))
         .run()
@@ -51,7 +67,8 @@ pub async fn boot_guest<T: PetriVmmBackend>(
         .await?;
     ensure!(
         done.trim_end().ends_with("status=0"),
-        "the guest reported failure: {done}"
+        "the guest reported failure: {done}\nconsole:\n{}",
+        vm.console_text()
     );
     vm.wait_for_exit(MARKER_TIMEOUT).await?;
     let counters = vm

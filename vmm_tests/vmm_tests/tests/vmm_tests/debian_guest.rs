@@ -1,0 +1,71 @@
+//! The Debian 12 systemd guest (built by
+//! `cargo xtask guest-test build-image --guest debian`) booted from
+//! wherever the resolver finds its raw root disk: the local images folder,
+//! or, when the disk is not local and `PETRI_ARTIFACT_BASE_URL` names a
+//! store (as `cargo xtask guest-test run --guest debian` arranges), that
+//! store, read lazily through the cache in `PETRI_CACHE_DIR`. Its lazy
+//! boot from a mirror of the images folder is `remote_mirror::cold_boot`.
+
+use crate::guest::boot_guest;
+use anyhow::Context as _;
+use anyhow::ensure;
+use petri::PetriVmBuilder;
+use petri::PetriVmmBackend;
+use vmm_test_images::KnownTestArtifacts;
+use vmm_test_macros::vmm_test;
+
+/// Boots the guest (its own kernel and initramfs, systemd, `-smp 2 -m
+/// 1024`) to the readiness unit, which reports after systemd reached
+/// `multi-user.target` and no unit failed, then powers off. From a local
+/// file nothing is fetched.
+#[vmm_test(qemu_linux_direct_x64(vhd(debian_12_raw_x64)))]
+async fn boot_to_marker<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> {
+    let root = config
+        .firmware()
+        .boot_drive()
+        .and_then(|d| d.disk)
+        .context("no boot disk")?;
+    let local = matches!(root, petri::Disk::Differencing(petri::DiskPath::Local(_)));
+    let log_dir = config.params().log_dir.clone();
+    let run = boot_guest(config, &[]).await?;
+    let c = run.counters;
+    eprintln!(
+        "Debian guest from a {} root disk: {c:?}",
+        if local { "local" } else { "remote" }
+    );
+    // The marker comes from the unit ordered after multi-user.target, so
+    // systemd reached the target first.
+    let lines: Vec<&str> = run.console.lines().collect();
+    let reached = lines
+        .iter()
+        .position(|l| l.contains("Reached target") && l.contains("Multi-User System"))
+        .with_context(|| format!("systemd never reached multi-user.target:\n{}", run.console))?;
+    let ready = lines
+        .iter()
+        .position(|l| l.contains("PETRI_GUEST_READY"))
+        .context("no ready marker")?;
+    ensure!(reached < ready, "the marker came before multi-user.target");
+    ensure!(
+        !run.console.contains("PETRI_FAILED_UNIT"),
+        "units failed:\n{}",
+        run.console
+    );
+    if local {
+        ensure!(
+            c.remote_requests == 0 && c.remote_bytes_fetched == 0,
+            "a local disk fetched something: {c:?}"
+        );
+        let file = log_dir.join(petri::qemu::DISK_COUNTERS_FILE);
+        let reports: Vec<petri::qemu::DiskCountersReport> = serde_json::from_slice(
+            &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+        )?;
+        ensure!(
+            reports.len() == 1
+                && !reports[0].remote
+                && reports[0].exit_code == Some(0)
+                && reports[0].disk_bytes == KnownTestArtifacts::Debian12X64Raw.size(),
+            "{reports:?}"
+        );
+    }
+    Ok(())
+}
