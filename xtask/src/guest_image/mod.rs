@@ -468,7 +468,7 @@ fn build_in(
 
     let (raw, vhd, unique_id) = write_vhd(&out(RAW_FILE), &out(VHD_FILE), disk_size)?;
     let (kernel_size, kernel_sha) = sha256_file(&out(KERNEL_FILE))?;
-    let files = vec![
+    let mut files = vec![
         ManifestFile {
             role: "kernel".into(),
             name: KERNEL_FILE.into(),
@@ -481,19 +481,8 @@ fn build_in(
             size: initrd.len() as u64,
             sha256: sha256_hex(&initrd),
         },
-        ManifestFile {
-            role: "disk-raw".into(),
-            name: RAW_FILE.into(),
-            size: disk_size,
-            sha256: raw,
-        },
-        ManifestFile {
-            role: "disk-vhd".into(),
-            name: VHD_FILE.into(),
-            size: disk_size + vhd1_defs::FOOTER_SIZE as u64,
-            sha256: vhd,
-        },
     ];
+    files.extend(disk_files(RAW_FILE, VHD_FILE, disk_size, raw, vhd));
     let manifest = Manifest {
         format: FORMAT,
         inputs_sha256,
@@ -515,6 +504,31 @@ fn build_in(
     let json = serde_json::to_string_pretty(&manifest).context("encoding the manifest")?;
     install_outputs(work, &opts.out_dir, &manifest.files, MANIFEST_FILE, &json)?;
     Ok(manifest)
+}
+
+/// The manifest entries of a root disk written by [`write_vhd`]: the raw
+/// file (`disk-raw`) and the VHD (`disk-vhd`, one footer longer).
+fn disk_files(
+    raw_name: &str,
+    vhd_name: &str,
+    disk_size: u64,
+    raw_sha256: String,
+    vhd_sha256: String,
+) -> [ManifestFile; 2] {
+    [
+        ManifestFile {
+            role: "disk-raw".into(),
+            name: raw_name.into(),
+            size: disk_size,
+            sha256: raw_sha256,
+        },
+        ManifestFile {
+            role: "disk-vhd".into(),
+            name: vhd_name.into(),
+            size: disk_size + vhd1_defs::FOOTER_SIZE as u64,
+            sha256: vhd_sha256,
+        },
+    ]
 }
 
 /// Copies the raw disk to a fixed VHD1 and appends the footer, in one read

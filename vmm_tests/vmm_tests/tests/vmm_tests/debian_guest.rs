@@ -6,7 +6,9 @@
 //! store, read lazily through the cache in `PETRI_CACHE_DIR`. Its lazy
 //! boot from a mirror of the images folder is `remote_mirror::cold_boot`.
 
+use crate::guest::boot_disk;
 use crate::guest::boot_guest;
+use crate::guest::check_local_boot;
 use anyhow::Context as _;
 use anyhow::ensure;
 use petri::PetriVmBuilder;
@@ -20,11 +22,7 @@ use vmm_test_macros::vmm_test;
 /// file nothing is fetched.
 #[vmm_test(qemu_linux_direct_x64(vhd(debian_12_raw_x64)))]
 async fn boot_to_marker<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> {
-    let root = config
-        .firmware()
-        .boot_drive()
-        .and_then(|d| d.disk)
-        .context("no boot disk")?;
+    let root = boot_disk(&config)?;
     let local = matches!(root, petri::Disk::Differencing(petri::DiskPath::Local(_)));
     let log_dir = config.params().log_dir.clone();
     let run = boot_guest(config, &[]).await?;
@@ -51,21 +49,7 @@ async fn boot_to_marker<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow
         run.console
     );
     if local {
-        ensure!(
-            c.remote_requests == 0 && c.remote_bytes_fetched == 0,
-            "a local disk fetched something: {c:?}"
-        );
-        let file = log_dir.join(petri::qemu::DISK_COUNTERS_FILE);
-        let reports: Vec<petri::qemu::DiskCountersReport> = serde_json::from_slice(
-            &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
-        )?;
-        ensure!(
-            reports.len() == 1
-                && !reports[0].remote
-                && reports[0].exit_code == Some(0)
-                && reports[0].disk_bytes == KnownTestArtifacts::Debian12X64Raw.size(),
-            "{reports:?}"
-        );
+        check_local_boot(&c, &log_dir, KnownTestArtifacts::Debian12X64Raw)?;
     }
     Ok(())
 }

@@ -26,6 +26,16 @@ pub struct GuestRun {
     pub console: String,
 }
 
+/// The boot disk of `config` (a differencing disk over a local file or a
+/// URL, as the resolver found the image).
+pub fn boot_disk<T: PetriVmmBackend>(config: &PetriVmBuilder<T>) -> anyhow::Result<petri::Disk> {
+    config
+        .firmware()
+        .boot_drive()
+        .and_then(|d| d.disk)
+        .context("no boot disk")
+}
+
 /// The built test guest whose root disk `config` boots, if any.
 pub fn booted_guest<T: PetriVmmBackend>(config: &PetriVmBuilder<T>) -> Option<BuiltGuest> {
     let artifact = config.firmware().boot_drive()?.artifact?;
@@ -78,6 +88,33 @@ pub async fn boot_guest<T: PetriVmmBackend>(
         counters,
         console: vm.console_text(),
     })
+}
+
+/// Checks a local boot: nothing was fetched (`c`), and the machine-readable
+/// record the main job reads (`disk-counters.json` in `log_dir`) holds
+/// exactly one first boot of a local disk of `image`'s size that exited 0.
+pub fn check_local_boot(
+    c: &DiskCounters,
+    log_dir: &Path,
+    image: KnownTestArtifacts,
+) -> anyhow::Result<()> {
+    ensure!(
+        c.remote_requests == 0 && c.remote_bytes_fetched == 0,
+        "a local disk fetched something: {c:?}"
+    );
+    let file = log_dir.join(petri::qemu::DISK_COUNTERS_FILE);
+    let reports: Vec<petri::qemu::DiskCountersReport> = serde_json::from_slice(
+        &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+    )?;
+    ensure!(
+        reports.len() == 1
+            && reports[0].boot == 1
+            && !reports[0].remote
+            && reports[0].exit_code == Some(0)
+            && reports[0].disk_bytes == image.size(),
+        "{reports:?}"
+    );
+    Ok(())
 }
 
 /// Whether any file under `path` (a file or a folder, recursively)

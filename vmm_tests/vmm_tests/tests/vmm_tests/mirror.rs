@@ -69,6 +69,11 @@ impl RemoteMirror {
         self.nginx.as_ref().map(|(n, _)| n)
     }
 
+    /// Requests nginx has answered so far, when the mirror is ours.
+    pub fn nginx_requests(&self) -> anyhow::Result<Option<u64>> {
+        self.nginx().map(|n| n.request_count()).transpose()
+    }
+
     /// The folder nginx serves (the built images folder), when ours.
     pub fn served_dir(&self) -> Option<&Path> {
         self.nginx.as_ref().map(|(_, d)| d.as_path())

@@ -7,6 +7,7 @@
 
 use crate::guest::SCRATCH_MARKER;
 use crate::guest::any_file_contains;
+use crate::guest::boot_disk;
 use crate::guest::boot_guest;
 use crate::guest::dir_bytes;
 use crate::mirror;
@@ -39,29 +40,20 @@ async fn cold_then_warm<T: PetriVmmBackend + Clone>(
     expect_root_from_mirror(&config, &mirror)?;
     let config = config.with_cache_dir(mirror.cache_dir());
     // Requests nginx saw (only when the store is our nginx).
-    let requests =
-        || -> anyhow::Result<Option<u64>> { mirror.nginx().map(|n| n.request_count()).transpose() };
+    let requests = || mirror.nginx_requests();
 
     let before = requests()?;
     let cold = boot_guest(config.clone(), &["write-scratch"]).await?;
     let after_cold = requests()?;
     let c = cold.counters;
     eprintln!("cold boot: {c:?}");
-    ensure!(
-        c.remote_bytes_fetched > 0,
-        "the cold boot fetched nothing: {c:?}"
-    );
-    ensure!(
-        c.remote_bytes_fetched < KnownTestArtifacts::PetriTestGuestX64Vhd.size() / 2,
-        "the cold boot fetched more than half the image: {c:?}"
-    );
-    if let (Some(before), Some(after)) = (before, after_cold) {
-        ensure!(
-            after - before == c.remote_requests,
-            "nginx saw {} requests, the disk counted {c:?}",
-            after - before
-        );
-    }
+    check_cold_boot(
+        &c,
+        KnownTestArtifacts::PetriTestGuestX64Vhd,
+        2,
+        before,
+        after_cold,
+    )?;
 
     let warm = boot_guest(config, &["write-scratch"]).await?;
     let after_warm = requests()?;
@@ -101,16 +93,40 @@ async fn cold_then_warm<T: PetriVmmBackend + Clone>(
     Ok(())
 }
 
+/// Checks a cold boot's counters: it fetched (and cached) something, less
+/// than `1 / fraction` of `image`, and nginx (when the store is ours) saw
+/// exactly the requests the disk counted between `before` and `after`.
+fn check_cold_boot(
+    c: &petri::DiskCounters,
+    image: KnownTestArtifacts,
+    fraction: u64,
+    before: Option<u64>,
+    after: Option<u64>,
+) -> anyhow::Result<()> {
+    ensure!(
+        c.remote_bytes_fetched > 0 && c.cache_fill_bytes > 0,
+        "the cold boot fetched nothing: {c:?}"
+    );
+    ensure!(
+        c.remote_bytes_fetched < image.size() / fraction,
+        "the cold boot fetched more than 1/{fraction} of {image}: {c:?}"
+    );
+    if let (Some(before), Some(after)) = (before, after) {
+        ensure!(
+            after - before == c.remote_requests,
+            "nginx saw {} requests, the disk counted {c:?}",
+            after - before
+        );
+    }
+    Ok(())
+}
+
 /// Fails unless the root disk of `config` is a URL of the mirror's store.
 fn expect_root_from_mirror<T: PetriVmmBackend>(
     config: &PetriVmBuilder<T>,
     mirror: &mirror::RemoteMirror,
 ) -> anyhow::Result<()> {
-    let root = config
-        .firmware()
-        .boot_drive()
-        .and_then(|d| d.disk)
-        .context("no boot disk")?;
+    let root = boot_disk(config)?;
     let base = mirror.base_url().split('?').next().unwrap_or_default();
     match &root {
         petri::Disk::Differencing(petri::DiskPath::Remote { url }) => ensure!(
@@ -132,28 +148,13 @@ async fn cold_boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Res
     let mirror = mirror::take(&config.params().test_name)?;
     expect_root_from_mirror(&config, &mirror)?;
     let config = config.with_cache_dir(mirror.cache_dir());
-    let requests =
-        || -> anyhow::Result<Option<u64>> { mirror.nginx().map(|n| n.request_count()).transpose() };
+    let requests = || mirror.nginx_requests();
     let before = requests()?;
     let run = boot_guest(config, &[]).await?;
     let after = requests()?;
     let c = run.counters;
     eprintln!("cold boot of the Debian guest: {c:?}");
-    ensure!(
-        c.remote_bytes_fetched > 0 && c.cache_fill_bytes > 0,
-        "the cold boot fetched nothing: {c:?}"
-    );
-    ensure!(
-        c.remote_bytes_fetched < KnownTestArtifacts::Debian12X64Vhd.size() / 4,
-        "the cold boot fetched more than a quarter of the image: {c:?}"
-    );
-    if let (Some(before), Some(after)) = (before, after) {
-        ensure!(
-            after - before == c.remote_requests,
-            "nginx saw {} requests, the disk counted {c:?}",
-            after - before
-        );
-    }
+    check_cold_boot(&c, KnownTestArtifacts::Debian12X64Vhd, 4, before, after)?;
     ensure!(
         !run.console.contains("PETRI_FAILED_UNIT"),
         "units failed:\n{}",

@@ -336,22 +336,10 @@ fn build_in(work: &Path, out_dir: &Path, v: Versions) -> Result<DebianManifest> 
             sha256,
         })
     };
-    let files = vec![
-        file("kernel", KERNEL_FILE)?,
-        file("initrd", INITRD_FILE)?,
-        ManifestFile {
-            role: "disk-raw".into(),
-            name: RAW_FILE.into(),
-            size,
-            sha256: raw_sha,
-        },
-        ManifestFile {
-            role: "disk-vhd".into(),
-            name: VHD_FILE.into(),
-            size: size + vhd1_defs::FOOTER_SIZE as u64,
-            sha256: vhd_sha,
-        },
-    ];
+    let mut files = vec![file("kernel", KERNEL_FILE)?, file("initrd", INITRD_FILE)?];
+    files.extend(super::disk_files(
+        RAW_FILE, VHD_FILE, size, raw_sha, vhd_sha,
+    ));
     let manifest = DebianManifest {
         format: FORMAT,
         inputs_sha256: v.inputs_sha256,
