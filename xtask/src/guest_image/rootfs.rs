@@ -313,13 +313,18 @@ pub(super) fn make_ext4(
 /// The debugfs commands that set inode `path`'s fields (`sif`), one line
 /// each. debugfs takes the path in double quotes, so a path holding one
 /// (or a line break) cannot be expressed: an error.
+///
+/// Time fields (`atime`, `mtime`, `ctime`, `crtime`) are written as
+/// `@<seconds>`: debugfs reads a bare number there as a `YYYYMMDD...` date
+/// (1704067200 became 1976-08-21).
 pub(super) fn sif_commands(path: &str, fields: &[(&str, u64)]) -> Result<String> {
     if path.contains(['"', '\n', '\r']) {
         bail!("cannot normalise {path:?} with debugfs: the path holds a quote or a line break");
     }
     let mut cmds = String::new();
     for (field, value) in fields {
-        cmds.push_str(&format!("sif \"{path}\" {field} {value}\n"));
+        let at = if field.ends_with("time") { "@" } else { "" };
+        cmds.push_str(&format!("sif \"{path}\" {field} {at}{value}\n"));
     }
     Ok(cmds)
 }
@@ -487,8 +492,8 @@ mod tests {
     #[test]
     fn sif_commands_quote_paths_and_refuse_quotes() {
         assert_eq!(
-            sif_commands("/a b", &[("mtime", 5), ("uid", 0)]).unwrap(),
-            "sif \"/a b\" mtime 5\nsif \"/a b\" uid 0\n"
+            sif_commands("/a b", &[("mtime", 5), ("uid", 0), ("mtime_extra", 0)]).unwrap(),
+            "sif \"/a b\" mtime @5\nsif \"/a b\" uid 0\nsif \"/a b\" mtime_extra 0\n"
         );
         let err = sif_commands("/a\"b", &[("mtime", 5)])
             .unwrap_err()

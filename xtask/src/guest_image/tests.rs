@@ -111,6 +111,21 @@ fn rebuild_is_byte_identical_and_skips_when_up_to_date() {
         eprintln!("skipping the qemu-img compare: /usr/bin/qemu-img is missing (qemu-utils)");
     }
 
+    // Every inode we staged has the fixed owner and times.
+    let stat = std::process::Command::new("debugfs")
+        .args(["-R", "stat /init"])
+        .arg(out.join(RAW_FILE))
+        .output()
+        .unwrap();
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    for field in [" ctime", " atime", " mtime", "crtime"] {
+        assert!(
+            stat.contains(&format!("{field}: 0x65920080:00000000")),
+            "{field}: {stat}"
+        );
+    }
+    assert!(stat.contains("User:     0   Group:     0"), "{stat}");
+
     // The disk holds the init script and the data files' hashes.
     let init = debugfs_cat(&out.join(RAW_FILE), "/init");
     assert_eq!(init, scripts::root_init().into_bytes());
