@@ -284,7 +284,7 @@ pub mod artifacts {
         }
         impl IsBuiltTestFile for DEBIAN_12_INITRD_X64 {
             const FILENAME: &'static str = "petri-debian-12-x64.initrd";
-            const SIZE: u64 = 30_229_681;
+            const SIZE: u64 = 30_230_566;
         }
 
         impl IsTestVhd for DEBIAN_12_X64 {
