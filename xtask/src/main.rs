@@ -65,7 +65,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum GuestTestCommand {
-    /// Build the small Linux test guest (kernel, initramfs, root disk).
+    /// Build a test guest (kernel, initramfs, root disk): the small petri
+    /// test guest (default) or the Debian 12 systemd guest (--guest).
     BuildImage(guest_image::BuildImageArgs),
     /// Download test images from the image store (all, named ones, or
     /// those the selected tests need locally).

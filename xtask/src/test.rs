@@ -9,6 +9,7 @@ use anyhow::bail;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
+use vmm_test_images::BuiltGuest;
 
 /// Options for `cargo xtask test`.
 #[derive(clap::Args)]
@@ -49,30 +50,47 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
     if !args.skip_setup {
         crate::setup::ensure_test_prerequisites()?;
         crate::setup::ensure_mdbook()?;
-        // The QEMU tests boot the test guest; build it (or find it up to
-        // date) before any test runs.
+        // The QEMU tests boot the built test guests (the petri test guest
+        // and the Debian guest, one cold lazy boot and one local boot of
+        // the latter); build them (or find them up to date) before any test
+        // runs.
         let images = std::env::var_os("VMM_TEST_IMAGES")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| root.join("images"));
-        let t = Instant::now();
-        println!("==> xtask test: test guest image ({})", images.display());
-        let built = crate::guest_image::build(&crate::guest_image::BuildOptions {
-            out_dir: images,
-            data_mib: crate::guest_image::DEFAULT_DATA_MIB,
-            force: false,
-        })
-        .context("building the test guest image");
-        match built {
-            Ok(_) => println!(
-                "==> xtask test: test guest image ready in {:.1}s",
-                t.elapsed().as_secs_f64()
-            ),
-            // On a developer machine (not root, say) the QEMU tests skip
-            // with a printed reason instead; CI must run them.
-            Err(e) if !crate::is_ci() => {
-                println!("==> xtask test: no test guest image, QEMU tests will skip: {e:#}")
+        for guest in BuiltGuest::ALL {
+            let t = Instant::now();
+            println!("==> xtask test: {guest} ({})", images.display());
+            let built = match guest {
+                BuiltGuest::PetriTestGuest => {
+                    crate::guest_image::build(&crate::guest_image::BuildOptions {
+                        out_dir: images.clone(),
+                        data_mib: crate::guest_image::DEFAULT_DATA_MIB,
+                        force: false,
+                    })
+                    .map(|(_, outcome)| outcome)
+                }
+                BuiltGuest::Debian12 => {
+                    crate::guest_image::debian::build(&images, false).map(|(_, outcome)| outcome)
+                }
             }
-            Err(e) => return Err(e),
+            .with_context(|| format!("building {guest}"));
+            match built {
+                Ok(outcome) => println!(
+                    "==> xtask test: {guest} {} in {:.1}s",
+                    match outcome {
+                        crate::guest_image::BuildOutcome::Built => "built",
+                        crate::guest_image::BuildOutcome::UpToDate => "up to date",
+                    },
+                    t.elapsed().as_secs_f64()
+                ),
+                // On a developer machine (not root, say) the tests that
+                // boot it skip with a printed reason instead; CI must run
+                // them.
+                Err(e) if !crate::is_ci() => {
+                    println!("==> xtask test: {guest} is not built, its tests will skip: {e:#}")
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     let mut steps = Vec::new();

@@ -161,6 +161,8 @@ pub struct PetriVmBuilder<B: PetriVmmBackend> {
     arch: MachineArch,
     drives: Vec<Drive>,
     kernel_cmdline: Vec<String>,
+    processors: Option<u32>,
+    memory_mib: Option<u32>,
 }
 
 impl<B: PetriVmmBackend + Clone> Clone for PetriVmBuilder<B> {
@@ -172,6 +174,8 @@ impl<B: PetriVmmBackend + Clone> Clone for PetriVmBuilder<B> {
             arch: self.arch,
             drives: self.drives.clone(),
             kernel_cmdline: self.kernel_cmdline.clone(),
+            processors: self.processors,
+            memory_mib: self.memory_mib,
         }
     }
 }
@@ -185,6 +189,8 @@ impl<B: PetriVmmBackend> fmt::Debug for PetriVmBuilder<B> {
             .field("arch", &self.arch)
             .field("drives", &self.drives)
             .field("kernel_cmdline", &self.kernel_cmdline)
+            .field("processors", &self.processors)
+            .field("memory_mib", &self.memory_mib)
             .finish()
     }
 }
@@ -199,7 +205,23 @@ impl<B: PetriVmmBackend> PetriVmBuilder<B> {
             arch,
             drives: Vec::new(),
             kernel_cmdline: Vec::new(),
+            processors: None,
+            memory_mib: None,
         }
+    }
+
+    /// Gives the VM `count` virtual processors (default: the backend's,
+    /// one for QEMU).
+    pub fn with_processors(mut self, count: u32) -> Self {
+        self.processors = Some(count);
+        self
+    }
+
+    /// Gives the VM `mib` MiB of memory (default: the backend's, 512 MiB
+    /// for QEMU).
+    pub fn with_memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = Some(mib);
+        self
     }
 
     /// Appends `args` (space-separated) to the kernel command line of a
@@ -263,6 +285,8 @@ impl<B: PetriVmmBackend> PetriVmBuilder<B> {
             boot_drive,
             drives,
             kernel_cmdline: self.kernel_cmdline.join(" "),
+            processors: self.processors,
+            memory_mib: self.memory_mib,
         })
     }
 
@@ -290,6 +314,10 @@ pub struct PreparedVm<B: PetriVmmBackend> {
     pub drives: Vec<B::DriveConfig>,
     /// Extra kernel command-line arguments for a linux-direct boot.
     pub kernel_cmdline: String,
+    /// Virtual processors, when the test chose (else the backend's default).
+    pub processors: Option<u32>,
+    /// Memory in MiB, when the test chose (else the backend's default).
+    pub memory_mib: Option<u32>,
 }
 
 impl<B: PetriVmmBackend> fmt::Debug for PreparedVm<B> {
@@ -300,6 +328,8 @@ impl<B: PetriVmmBackend> fmt::Debug for PreparedVm<B> {
             .field("arch", &self.arch)
             .field("boot_drive", &self.boot_drive)
             .field("drives", &self.drives)
+            .field("processors", &self.processors)
+            .field("memory_mib", &self.memory_mib)
             .finish()
     }
 }

@@ -16,7 +16,9 @@
 //!
 //! Boot: linux-direct only (`-kernel`, `-initrd`, `-append "console=ttyS0
 //! panic=-1 loglevel=4 <extra>"`; the petri test guest's initramfs mounts
-//! `/dev/vda`). Accelerator: TCG unless `PETRI_QEMU_ACCEL=kvm` asks for
+//! `/dev/vda`, the Debian guest's finds its root disk by filesystem UUID).
+//! One processor and 512 MiB unless the test asks for more
+//! (`PetriVmBuilder::with_processors`, `with_memory_mib`). Accelerator: TCG unless `PETRI_QEMU_ACCEL=kvm` asks for
 //! KVM (KVM hangs guests on the machines this was written on). QEMU runs
 //! with `-nodefaults -display none -serial stdio -no-reboot`, so the guest
 //! powering off ends the process.
@@ -106,7 +108,7 @@ pub enum QemuError {
     /// The firmware is not a linux-direct boot with a guest.
     #[error(
         "the QEMU backend boots only linux_direct guests with a kernel, an initramfs and a \
-         root disk (the petri test guest), not {0}"
+         root disk (a built test guest), not {0}"
     )]
     UnsupportedFirmware(String),
     /// `PETRI_QEMU_ACCEL` has a value other than `tcg` or `kvm`.
@@ -236,7 +238,8 @@ impl QemuPetriBackend {
         self
     }
 
-    /// The guest's memory size (default 512 MiB).
+    /// The guest's memory size (default 512 MiB; a test's
+    /// `PetriVmBuilder::with_memory_mib` wins).
     pub fn with_memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
         self
@@ -501,6 +504,8 @@ impl QemuVm {
             boot_drive,
             drives,
             kernel_cmdline,
+            processors,
+            memory_mib,
             ..
         } = vm;
         let guest = firmware
@@ -567,8 +572,10 @@ impl QemuVm {
         let mut cmd = tokio::process::Command::new(&qemu);
         cmd.args(["-accel", accel.arg()])
             .arg("-m")
-            .arg(backend.memory_mib.to_string())
-            .args(["-smp", "1", "-nodefaults", "-display", "none"])
+            .arg(memory_mib.unwrap_or(backend.memory_mib).to_string())
+            .arg("-smp")
+            .arg(processors.unwrap_or(1).max(1).to_string())
+            .args(["-nodefaults", "-display", "none"])
             .args(["-serial", "stdio", "-no-reboot"])
             .arg("-kernel")
             .arg(guest.kernel())
@@ -1025,6 +1032,32 @@ mod tests {
         assert!(
             tail.ends_with("| line 99") && !tail.contains("| line 59\n"),
             "{tail}"
+        );
+    }
+
+    #[test]
+    fn processors_and_memory_reach_the_prepared_vm() {
+        let params = PetriTestParams {
+            test_name: "t".into(),
+            log_dir: PathBuf::from("/logs/t"),
+        };
+        let backend = QemuPetriBackend::new_with(None, OpenOptions::default());
+        let builder = crate::PetriVmBuilder::new(
+            backend,
+            params,
+            crate::Firmware::linux_direct(),
+            crate::MachineArch::X64,
+        );
+        let defaults = builder.clone().prepare().unwrap();
+        assert_eq!((defaults.processors, defaults.memory_mib), (None, None));
+        let chosen = builder
+            .with_processors(2)
+            .with_memory_mib(1024)
+            .prepare()
+            .unwrap();
+        assert_eq!(
+            (chosen.processors, chosen.memory_mib),
+            (Some(2), Some(1024))
         );
     }
 

@@ -19,11 +19,12 @@
 //!   blob layer infers from a URL path (`.vhd`/`.vmgs` fixed VHD1, `.iso`
 //!   flat, `.vhdx` rejected); `vmm_test_images` tests this.
 //!
-//! - The petri test guest ([`artifacts::test_linux_direct`]) is built on
-//!   this machine by `cargo xtask guest-test build-image`: its kernel and
-//!   initramfs are local-only ([`IsBuiltTestFile`]); its root disk, raw
-//!   (flat) and fixed VHD1, is blob-capable, so a test can boot it from
-//!   any HTTP mirror of the images folder.
+//! - The built test guests ([`artifacts::test_linux_direct`]: the small
+//!   petri test guest and the Debian 12 systemd guest) are built on this
+//!   machine by `cargo xtask guest-test build-image [--guest debian]`: their
+//!   kernels and initramfs images are local-only ([`IsBuiltTestFile`]);
+//!   their root disks, raw (flat) and fixed VHD1, are blob-capable, so a
+//!   test can boot them from any HTTP mirror of the images folder.
 //!
 //! DEVNOTE: only the Ubuntu 24.04 x64, Alpine 3.23 x64 and FreeBSD 13.2 VHD
 //! sizes are taken from the reference store; the others are plausible
@@ -186,14 +187,21 @@ pub mod artifacts {
         }
     }
 
-    /// The petri test guest: a small Debian-kernel Linux booted directly
-    /// (kernel + initramfs) from an ext4 root disk. Built by
-    /// `cargo xtask guest-test build-image` into the images folder.
+    /// The built test guests, booted directly (kernel + initramfs) from an
+    /// ext4 root disk:
     ///
-    /// Sizes are those of the default build: the root disk's depends on
-    /// `--data-mib` (default 256), the kernel's and initramfs's on the
-    /// Debian kernel package installed (these are for `6.1.0-56-amd64`).
-    /// Nothing checks local sizes against them (see the resolver's FUTURE).
+    /// - the petri test guest (`PETRI_TEST_GUEST_*`): a small Debian-kernel
+    ///   Linux with a busybox userland, built by
+    ///   `cargo xtask guest-test build-image`;
+    /// - the Debian 12 guest (`DEBIAN_12_*`): Debian bookworm minbase with
+    ///   systemd, its own kernel and its own initramfs-tools initramfs,
+    ///   built by `cargo xtask guest-test build-image --guest debian`.
+    ///
+    /// Sizes are those of the default build: the petri root disk's depends
+    /// on `--data-mib` (default 256), the Debian root disk is a fixed 2 GiB,
+    /// the kernels' and initramfs images' depend on the Debian packages
+    /// (these are for `6.1.0-56-amd64` and `6.1.0-57-amd64`). Nothing
+    /// checks local sizes against them (see the resolver's FUTURE).
     pub mod test_linux_direct {
         use super::super::*;
         use petri_artifacts_common::tags::MachineArch;
@@ -246,6 +254,60 @@ pub mod artifacts {
             const FILENAME: &'static str = "petri-test-guest-x64.raw";
             const SIZE: u64 = 335_978_496;
         }
+
+        petri_artifacts_core::declare_artifacts! {
+            /// The Debian 12 guest's kernel (`vmlinuz` of its
+            /// `linux-image-amd64`), local only.
+            DEBIAN_12_KERNEL_X64,
+            /// The Debian 12 guest's initramfs (its own, made by
+            /// initramfs-tools), local only.
+            DEBIAN_12_INITRD_X64,
+        }
+
+        petri_artifacts_core::declare_blob_artifacts! {
+            /// The Debian 12 guest's root disk as a fixed VHD1.
+            DEBIAN_12_X64,
+            /// The Debian 12 guest's root disk, raw (flat).
+            DEBIAN_12_RAW_X64,
+        }
+
+        impl IsTestKernel for DEBIAN_12_KERNEL_X64 {
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsBuiltTestFile for DEBIAN_12_KERNEL_X64 {
+            const FILENAME: &'static str = "petri-debian-12-x64.vmlinuz";
+            const SIZE: u64 = 8_247_232;
+        }
+
+        impl IsTestInitrd for DEBIAN_12_INITRD_X64 {
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsBuiltTestFile for DEBIAN_12_INITRD_X64 {
+            const FILENAME: &'static str = "petri-debian-12-x64.initrd";
+            const SIZE: u64 = 30_230_566;
+        }
+
+        impl IsTestVhd for DEBIAN_12_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Linux;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for DEBIAN_12_X64 {
+            const FILENAME: &'static str = "petri-debian-12-x64.vhd";
+            const SIZE: u64 = DEBIAN_12_DISK_SIZE + 512;
+        }
+
+        impl IsTestVhd for DEBIAN_12_RAW_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Linux;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for DEBIAN_12_RAW_X64 {
+            const FILENAME: &'static str = "petri-debian-12-x64.raw";
+            const SIZE: u64 = DEBIAN_12_DISK_SIZE;
+        }
+
+        /// The Debian 12 guest's root disk size: 2 GiB rounded up to a
+        /// size the VHD1 CHS geometry describes exactly.
+        const DEBIAN_12_DISK_SIZE: u64 = 2_147_991_552;
     }
 
     /// Test VMGS (VM guest state) files, stored as fixed VHD1.
@@ -307,5 +369,9 @@ mod tests {
         assert!(test_linux_direct::PETRI_TEST_GUEST_RAW_X64.is_blob_capable());
         assert!(!test_linux_direct::PETRI_TEST_GUEST_KERNEL_X64.is_blob_capable());
         assert!(!test_linux_direct::PETRI_TEST_GUEST_INITRD_X64.is_blob_capable());
+        assert!(test_linux_direct::DEBIAN_12_X64.is_blob_capable());
+        assert!(test_linux_direct::DEBIAN_12_RAW_X64.is_blob_capable());
+        assert!(!test_linux_direct::DEBIAN_12_KERNEL_X64.is_blob_capable());
+        assert!(!test_linux_direct::DEBIAN_12_INITRD_X64.is_blob_capable());
     }
 }

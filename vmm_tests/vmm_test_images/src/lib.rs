@@ -18,11 +18,13 @@
 //!
 //! How an image gets into the local images folder is part of its entry
 //! ([`KnownTestArtifacts::obtain`], an [`Obtain`]): store images are
-//! downloaded (`download-image`), the petri test guest (kernel,
-//! initramfs, raw and VHD root disk) is built on this machine
-//! (`cargo xtask guest-test build-image`). Every recovery hint (resolver
-//! misses, backend errors) prints [`KnownTestArtifacts::download_command`],
-//! which follows that rule, so no caller special-cases the test guest.
+//! downloaded (`download-image`), the built test guests ([`BuiltGuest`]:
+//! the small petri test guest and the Debian 12 systemd guest, each a
+//! kernel, an initramfs, a raw and a VHD root disk) are built on this
+//! machine (`cargo xtask guest-test build-image [--guest debian]`). Every
+//! recovery hint (resolver misses, backend errors) prints
+//! [`KnownTestArtifacts::download_command`], which follows that rule, so no
+//! caller special-cases a built guest.
 //!
 //! Model: one enum variant per declared image in `petri_artifacts_vmm_test`.
 //! A row of the catalog names the variant, the handle, the macro name, the
@@ -118,15 +120,80 @@ pub enum Obtain {
     /// Downloaded from the image store:
     /// `cargo xtask guest-test download-image --artifacts <Name>`.
     Download,
-    /// Built on this machine by `cargo xtask guest-test build-image` (the
-    /// petri test guest). A mirror of the built images folder may still
-    /// serve the blob-capable ones remotely.
-    BuildGuestImage,
+    /// Built on this machine by `cargo xtask guest-test build-image` (see
+    /// [`BuiltGuest::build_command`]). A mirror of the built images folder
+    /// may still serve the blob-capable ones remotely.
+    Build(BuiltGuest),
 }
 
-impl Obtain {
-    /// The command that builds the petri test guest.
-    pub const BUILD_GUEST_IMAGE_COMMAND: &'static str = "cargo xtask guest-test build-image";
+/// A test guest built on this machine by
+/// `cargo xtask guest-test build-image`. Each is a kernel and an initramfs
+/// (local only) and a root disk as raw and fixed VHD1 (blob-capable);
+/// `linux_direct` configurations boot them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum BuiltGuest {
+    /// The small petri test guest: the Debian kernel, a busybox initramfs
+    /// and a busybox root disk with data files (reads ~2 MB to boot). The
+    /// default guest wherever speed matters.
+    PetriTestGuest,
+    /// Debian 12 (bookworm) minbase with systemd, booted with its own
+    /// kernel and initramfs-tools initramfs to a unit after
+    /// `multi-user.target` (reads ~50 MB of a 2 GiB disk to boot).
+    Debian12,
+}
+
+impl BuiltGuest {
+    /// Every built guest.
+    pub const ALL: [BuiltGuest; 2] = [BuiltGuest::PetriTestGuest, BuiltGuest::Debian12];
+
+    /// The value of `cargo xtask guest-test build-image --guest` (and of
+    /// `guest-test run --guest`) that selects this guest.
+    pub const fn cli_name(self) -> &'static str {
+        match self {
+            BuiltGuest::PetriTestGuest => "petri",
+            BuiltGuest::Debian12 => "debian",
+        }
+    }
+
+    /// The command that builds this guest into the local images folder.
+    pub const fn build_command(self) -> &'static str {
+        match self {
+            BuiltGuest::PetriTestGuest => "cargo xtask guest-test build-image",
+            BuiltGuest::Debian12 => "cargo xtask guest-test build-image --guest debian",
+        }
+    }
+
+    /// The virtual processors to boot this guest with: what its boot was
+    /// measured with (the Debian guest: QEMU `-smp 2`).
+    pub const fn boot_processors(self) -> u32 {
+        match self {
+            BuiltGuest::PetriTestGuest => 1,
+            BuiltGuest::Debian12 => 2,
+        }
+    }
+
+    /// The memory, in MiB, to boot this guest with (the Debian guest: QEMU
+    /// `-m 1024`).
+    pub const fn boot_memory_mib(self) -> u32 {
+        match self {
+            BuiltGuest::PetriTestGuest => 512,
+            BuiltGuest::Debian12 => 1024,
+        }
+    }
+
+    /// The catalog entries of this guest's files, in catalog order.
+    pub fn files(self) -> impl Iterator<Item = KnownTestArtifacts> {
+        KnownTestArtifacts::all().filter(move |a| a.built_guest() == Some(self))
+    }
+}
+
+impl fmt::Display for BuiltGuest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BuiltGuest::PetriTestGuest => "the petri test guest",
+            BuiltGuest::Debian12 => "the Debian 12 test guest",
+        })
+    }
 }
 
 /// How an image file's bytes map to a disk.
@@ -230,7 +297,7 @@ macro_rules! file_fact {
 macro_rules! catalog {
     ($(
         $(#[$attr:meta])*
-        $variant:ident => $module:ident :: $name:ident, $macro_name:literal, $kind:ident, $format:ident, $obtain:ident;
+        $variant:ident => $module:ident :: $name:ident, $macro_name:literal, $kind:ident, $format:ident, $obtain:ident $(($guest:ident))?;
     )*) => {
         /// Every known test image. The command-line and serde names are
         /// the variant names, verbatim.
@@ -309,7 +376,7 @@ macro_rules! catalog {
             /// How the image gets into the local images folder.
             pub const fn obtain(self) -> Obtain {
                 match self {
-                    $(KnownTestArtifacts::$variant => Obtain::$obtain,)*
+                    $(KnownTestArtifacts::$variant => Obtain::$obtain $((BuiltGuest::$guest))?,)*
                 }
             }
 
@@ -369,16 +436,28 @@ catalog! {
     VmgsWith16kTpm => test_vmgs::VMGS_WITH_16K_TPM, "vmgs_with_16k_tpm", Vmgs, FixedVhd1, Download;
     /// The petri test guest's root disk, x64 (fixed VHD1; built).
     PetriTestGuestX64Vhd => test_linux_direct::PETRI_TEST_GUEST_X64,
-        "petri_test_guest_x64", Vhd, FixedVhd1, BuildGuestImage;
+        "petri_test_guest_x64", Vhd, FixedVhd1, Build(PetriTestGuest);
     /// The petri test guest's root disk, x64 (raw; built).
     PetriTestGuestX64Raw => test_linux_direct::PETRI_TEST_GUEST_RAW_X64,
-        "petri_test_guest_raw_x64", Raw, Flat, BuildGuestImage;
+        "petri_test_guest_raw_x64", Raw, Flat, Build(PetriTestGuest);
     /// The petri test guest's kernel, x64 (built; local only).
     PetriTestGuestX64Kernel => test_linux_direct::PETRI_TEST_GUEST_KERNEL_X64,
-        "petri_test_guest_kernel_x64", Kernel, File, BuildGuestImage;
+        "petri_test_guest_kernel_x64", Kernel, File, Build(PetriTestGuest);
     /// The petri test guest's initramfs, x64 (built; local only).
     PetriTestGuestX64Initrd => test_linux_direct::PETRI_TEST_GUEST_INITRD_X64,
-        "petri_test_guest_initrd_x64", Initrd, File, BuildGuestImage;
+        "petri_test_guest_initrd_x64", Initrd, File, Build(PetriTestGuest);
+    /// The Debian 12 systemd guest's root disk, x64 (fixed VHD1; built).
+    Debian12X64Vhd => test_linux_direct::DEBIAN_12_X64,
+        "debian_12_x64", Vhd, FixedVhd1, Build(Debian12);
+    /// The Debian 12 systemd guest's root disk, x64 (raw; built).
+    Debian12X64Raw => test_linux_direct::DEBIAN_12_RAW_X64,
+        "debian_12_raw_x64", Raw, Flat, Build(Debian12);
+    /// The Debian 12 systemd guest's kernel, x64 (built; local only).
+    Debian12X64Kernel => test_linux_direct::DEBIAN_12_KERNEL_X64,
+        "debian_12_kernel_x64", Kernel, File, Build(Debian12);
+    /// The Debian 12 systemd guest's initramfs, x64 (built; local only).
+    Debian12X64Initrd => test_linux_direct::DEBIAN_12_INITRD_X64,
+        "debian_12_initrd_x64", Initrd, File, Build(Debian12);
 }
 
 impl KnownTestArtifacts {
@@ -423,15 +502,24 @@ impl KnownTestArtifacts {
 
     /// The command that puts this image into the local images folder, by
     /// [`Self::obtain`]: `cargo xtask guest-test download-image --artifacts
-    /// <Name>` for store images, `cargo xtask guest-test build-image` for
-    /// the built test guest. This is the recovery hint every error prints.
+    /// <Name>` for store images, the guest's
+    /// [`BuiltGuest::build_command`] for a built test guest. This is the
+    /// recovery hint every error prints.
     pub fn download_command(self) -> String {
         match self.obtain() {
             Obtain::Download => format!(
                 "cargo xtask guest-test download-image --artifacts {}",
                 self.cli_name()
             ),
-            Obtain::BuildGuestImage => Obtain::BUILD_GUEST_IMAGE_COMMAND.to_owned(),
+            Obtain::Build(guest) => guest.build_command().to_owned(),
+        }
+    }
+
+    /// The built test guest this file belongs to, if it is built here.
+    pub const fn built_guest(self) -> Option<BuiltGuest> {
+        match self.obtain() {
+            Obtain::Download => None,
+            Obtain::Build(guest) => Some(guest),
         }
     }
 
@@ -520,9 +608,13 @@ mod tests {
                     a.download_command()
                         .ends_with(&format!("--artifacts {name}"))
                 ),
-                Obtain::BuildGuestImage => {
+                Obtain::Build(BuiltGuest::PetriTestGuest) => {
                     assert_eq!(a.download_command(), "cargo xtask guest-test build-image")
                 }
+                Obtain::Build(BuiltGuest::Debian12) => assert_eq!(
+                    a.download_command(),
+                    "cargo xtask guest-test build-image --guest debian"
+                ),
             }
         }
         assert_eq!(
@@ -724,40 +816,78 @@ mod tests {
     }
 
     #[test]
-    fn test_guest_is_built_not_downloaded() {
+    fn test_guests_are_built_not_downloaded() {
         use KnownTestArtifacts::*;
-        let guest = [
+        let petri = [
             PetriTestGuestX64Vhd,
             PetriTestGuestX64Raw,
             PetriTestGuestX64Kernel,
             PetriTestGuestX64Initrd,
         ];
+        let debian = [
+            Debian12X64Vhd,
+            Debian12X64Raw,
+            Debian12X64Kernel,
+            Debian12X64Initrd,
+        ];
         for a in KnownTestArtifacts::all() {
-            let built = guest.contains(&a);
-            assert_eq!(a.obtain() == Obtain::BuildGuestImage, built, "{a}");
-            assert_eq!(a.is_downloadable(), !built, "{a}");
-            if built {
-                assert!(a.file_name().starts_with("petri-test-guest-x64."), "{a}");
-                assert_eq!(a.arch(), Some(MachineArch::X64), "{a}");
-                assert_eq!(a.os_flavor(), Some(OsFlavor::Linux), "{a}");
+            let guest = if petri.contains(&a) {
+                Some(BuiltGuest::PetriTestGuest)
+            } else if debian.contains(&a) {
+                Some(BuiltGuest::Debian12)
             } else {
-                assert!(a.download_command().contains("download-image"), "{a}");
+                None
+            };
+            assert_eq!(a.built_guest(), guest, "{a}");
+            assert_eq!(a.is_downloadable(), guest.is_none(), "{a}");
+            match guest {
+                Some(g) => {
+                    assert_eq!(a.obtain(), Obtain::Build(g), "{a}");
+                    let prefix = match g {
+                        BuiltGuest::PetriTestGuest => "petri-test-guest-x64.",
+                        BuiltGuest::Debian12 => "petri-debian-12-x64.",
+                    };
+                    assert!(a.file_name().starts_with(prefix), "{a}");
+                    assert_eq!(a.arch(), Some(MachineArch::X64), "{a}");
+                    assert_eq!(a.os_flavor(), Some(OsFlavor::Linux), "{a}");
+                    assert_eq!(a.download_command(), g.build_command(), "{a}");
+                    // Root disks stream; kernel and initramfs are local only.
+                    assert_eq!(a.remote_capable(), a.kind().is_disk(), "{a}");
+                }
+                None => assert!(a.download_command().contains("download-image"), "{a}"),
             }
         }
-        // Root disks stream; kernel and initramfs are local only.
-        assert!(PetriTestGuestX64Vhd.remote_capable());
-        assert!(PetriTestGuestX64Raw.remote_capable());
-        assert!(!PetriTestGuestX64Kernel.remote_capable());
-        assert!(!PetriTestGuestX64Initrd.remote_capable());
-        // The default build (`--data-mib 256`): raw = disk, VHD = raw +
-        // 512-byte footer.
-        assert_eq!(PetriTestGuestX64Raw.size(), 335_978_496);
         assert_eq!(
-            PetriTestGuestX64Vhd.size(),
-            PetriTestGuestX64Raw.size() + 512
+            BuiltGuest::PetriTestGuest.files().collect::<Vec<_>>(),
+            petri
         );
-        assert_eq!(PetriTestGuestX64Raw.format(), ImageFormat::Flat);
-        assert_eq!(PetriTestGuestX64Vhd.format(), ImageFormat::FixedVhd1);
+        assert_eq!(BuiltGuest::Debian12.files().collect::<Vec<_>>(), debian);
+        assert_eq!(
+            BuiltGuest::ALL.map(BuiltGuest::cli_name),
+            ["petri", "debian"]
+        );
+        // The Debian guest boots as measured: -smp 2 -m 1024.
+        assert_eq!(BuiltGuest::Debian12.boot_processors(), 2);
+        assert_eq!(BuiltGuest::Debian12.boot_memory_mib(), 1024);
+        assert_eq!(BuiltGuest::PetriTestGuest.boot_processors(), 1);
+        assert!(
+            BuiltGuest::Debian12
+                .build_command()
+                .ends_with("build-image --guest debian")
+        );
+        // The default builds: the petri guest's `--data-mib 256` disk, the
+        // Debian guest's 2 GiB disk (both sizes the VHD1 CHS geometry
+        // describes exactly); VHD = raw + 512-byte footer.
+        assert_eq!(PetriTestGuestX64Raw.size(), 335_978_496);
+        assert_eq!(Debian12X64Raw.size(), 2_147_991_552);
+        for (raw, vhd) in [
+            (PetriTestGuestX64Raw, PetriTestGuestX64Vhd),
+            (Debian12X64Raw, Debian12X64Vhd),
+        ] {
+            assert_eq!(vhd.size(), raw.size() + 512);
+            assert_eq!(raw.format(), ImageFormat::Flat);
+            assert_eq!(vhd.format(), ImageFormat::FixedVhd1);
+        }
         assert_eq!(
             KnownTestArtifacts::from_macro("vhd", "petri_test_guest_x64"),
             Some(PetriTestGuestX64Vhd)
@@ -766,7 +896,16 @@ mod tests {
             KnownTestArtifacts::from_macro("vhd", "petri_test_guest_raw_x64"),
             Some(PetriTestGuestX64Raw)
         );
+        assert_eq!(
+            KnownTestArtifacts::from_macro("vhd", "debian_12_x64"),
+            Some(Debian12X64Vhd)
+        );
+        assert_eq!(
+            KnownTestArtifacts::from_macro("vhd", "debian_12_raw_x64"),
+            Some(Debian12X64Raw)
+        );
         assert_eq!(PetriTestGuestX64Kernel.kind().macro_keyword(), "kernel");
+        assert_eq!(Debian12X64Initrd.kind().macro_keyword(), "initrd");
     }
 
     #[test]

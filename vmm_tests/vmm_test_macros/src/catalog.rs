@@ -4,6 +4,7 @@
 //! `KnownTestArtifacts::all()` at macro expansion time.
 
 use std::sync::OnceLock;
+pub(crate) use vmm_test_images::BuiltGuest;
 
 /// Machine architectures a config can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,25 +70,26 @@ pub(crate) struct Image {
     pub kind: ImageKind,
     /// The guest architecture, if the image has one.
     pub arch: Option<Arch>,
-    /// Part of the petri test guest (built by `cargo xtask guest-test
-    /// build-image`): its disks are the root disks linux_direct can boot
-    /// with the test guest's kernel.
-    pub test_guest: bool,
+    /// The built test guest (`cargo xtask guest-test build-image`) the
+    /// file belongs to: its disks are the root disks linux_direct boots
+    /// with that guest's kernel and initramfs.
+    pub built_guest: Option<BuiltGuest>,
 }
 
-/// The petri test guest's file of `kind` for `arch`, if there is one.
-pub(crate) fn test_guest_file(kind: ImageKind, arch: Arch) -> Option<&'static Image> {
+/// The file of `kind` for `arch` of the built test guest `guest`, if there
+/// is one.
+pub(crate) fn guest_file(guest: BuiltGuest, kind: ImageKind, arch: Arch) -> Option<&'static Image> {
     images()
         .iter()
-        .find(|i| i.test_guest && i.kind == kind && i.arch == Some(arch))
+        .find(|i| i.built_guest == Some(guest) && i.kind == kind && i.arch == Some(arch))
 }
 
-/// The petri test guest's root disks for `arch`.
-pub(crate) fn test_guest_roots(arch: Arch) -> Vec<&'static Image> {
+/// The root disks of every built test guest for `arch`.
+pub(crate) fn built_guest_roots(arch: Arch) -> Vec<&'static Image> {
     images()
         .iter()
         .filter(|i| {
-            i.test_guest
+            i.built_guest.is_some()
                 && i.arch == Some(arch)
                 && matches!(i.kind, ImageKind::Vhd | ImageKind::Raw)
         })
@@ -108,7 +110,7 @@ fn load() -> Vec<Image> {
             handle_path: a.handle_path(),
             kind: convert_kind(a.kind()),
             arch: a.arch().map(convert_arch),
-            test_guest: a.obtain() == vmm_test_images::Obtain::BuildGuestImage,
+            built_guest: a.built_guest(),
         })
         .collect()
 }

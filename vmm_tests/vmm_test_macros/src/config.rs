@@ -15,6 +15,7 @@
 
 use crate::catalog;
 use crate::catalog::Arch;
+use crate::catalog::BuiltGuest;
 use crate::catalog::Image;
 use crate::catalog::ImageKind;
 use proc_macro2::Span;
@@ -35,8 +36,10 @@ pub(crate) struct VmmInfo {
     pub firmwares: &'static [FirmwareKind],
     /// Whether a bare `{vmm}_linux_direct_{arch}` boots the petri test
     /// guest (kernel, initramfs, raw root disk). Backends without a
-    /// built-in kernel need it; any backend boots it when the config names
-    /// a test guest root disk, `{vmm}_linux_direct_{arch}(vhd(IMAGE))`.
+    /// built-in kernel need it; any backend boots a built test guest when
+    /// the config names one of its root disks,
+    /// `{vmm}_linux_direct_{arch}(vhd(IMAGE))` (that guest's kernel and
+    /// initramfs come with it).
     pub linux_direct_needs_test_guest: bool,
 }
 
@@ -62,7 +65,7 @@ pub(crate) const VMMS: &[VmmInfo] = &[
     VmmInfo {
         name: "qemu",
         backend_path: "::petri::qemu::QemuPetriBackend",
-        // The QEMU backend boots the petri test guest directly.
+        // The QEMU backend boots the built test guests directly.
         firmwares: &[FirmwareKind::LinuxDirect],
         linux_direct_needs_test_guest: true,
     },
@@ -119,8 +122,8 @@ pub(crate) struct Config {
     pub firmware: FirmwareKind,
     pub arch: Arch,
     pub guest: Guest,
-    /// For linux_direct: the petri test guest's kernel, initramfs and
-    /// root disk, when the config boots it.
+    /// For linux_direct: the built test guest's kernel, initramfs and
+    /// root disk, when the config boots one.
     pub linux_direct: Option<LinuxDirectImages>,
     pub extras: Vec<syn::Path>,
     pub unstable: Option<String>,
@@ -457,7 +460,7 @@ fn lookup_image(kind: &Ident, ident: &Ident, arch: Arch) -> syn::Result<&'static
             ImageKind::Iso => format!("; use iso({name}) with pcat firmware"),
             ImageKind::Vhd | ImageKind::Vhdx | ImageKind::Raw => format!("; use vhd({name})"),
             ImageKind::Kernel | ImageKind::Initrd => {
-                "; the test guest's kernel and initramfs come with linux_direct configs".into()
+                "; a built test guest's kernel and initramfs come with linux_direct configs".into()
             }
             ImageKind::Vmgs => {
                 "; VMGS files are not bootable (list them as extra artifacts in [...])".into()
@@ -486,7 +489,9 @@ fn lookup_image(kind: &Ident, ident: &Ident, arch: Arch) -> syn::Result<&'static
     Ok(image)
 }
 
-/// The petri test guest's files a linux_direct config boots, if any.
+/// The built test guest's files a linux_direct config boots, if any: the
+/// root disk named in `vhd(...)` decides the guest (and so the kernel and
+/// initramfs); a bare config boots the petri test guest's raw disk.
 fn linux_direct_images(
     vmm: &VmmInfo,
     firmware: FirmwareKind,
@@ -498,28 +503,33 @@ fn linux_direct_images(
     if firmware != FirmwareKind::LinuxDirect {
         return Ok(None);
     }
-    let roots = test_guest_root_names(arch);
-    let root = match guest {
+    let roots = built_guest_root_names(arch);
+    let (built, root) = match guest {
         Guest::Absent if !vmm.linux_direct_needs_test_guest => return Ok(None),
-        // The raw root disk by default.
-        Guest::Absent => catalog::test_guest_file(ImageKind::Raw, arch),
-        Guest::Vhd(image) if image.test_guest => Some(image),
-        Guest::Vhd(image) => {
-            return Err(syn::Error::new(
-                span,
-                format!(
-                    "linux_direct boots the petri test guest's kernel, so its root disk must be \
-                     a test guest disk, not `{}`; valid root disks for {}: {roots}",
-                    image.macro_name,
-                    arch.name()
-                ),
-            ));
-        }
+        // The petri test guest's raw root disk by default.
+        Guest::Absent => (
+            BuiltGuest::PetriTestGuest,
+            catalog::guest_file(BuiltGuest::PetriTestGuest, ImageKind::Raw, arch),
+        ),
+        Guest::Vhd(image) => match image.built_guest {
+            Some(built) => (built, Some(image)),
+            None => {
+                return Err(syn::Error::new(
+                    span,
+                    format!(
+                        "linux_direct boots a built test guest's kernel, so its root disk must \
+                         be a built test guest disk, not `{}`; valid root disks for {}: {roots}",
+                        image.macro_name,
+                        arch.name()
+                    ),
+                ));
+            }
+        },
         // Rejected by check_guest.
-        Guest::None | Guest::Iso(_) => None,
+        Guest::None | Guest::Iso(_) => return Ok(None),
     };
-    let kernel = catalog::test_guest_file(ImageKind::Kernel, arch);
-    let initrd = catalog::test_guest_file(ImageKind::Initrd, arch);
+    let kernel = catalog::guest_file(built, ImageKind::Kernel, arch);
+    let initrd = catalog::guest_file(built, ImageKind::Initrd, arch);
     match (kernel, initrd, root) {
         (Some(kernel), Some(initrd), Some(root)) => Ok(Some(LinuxDirectImages {
             kernel,
@@ -529,16 +539,17 @@ fn linux_direct_images(
         _ => Err(syn::Error::new(
             span,
             format!(
-                "`{name}` boots the petri test guest, which is not built for {} \
-                 (`cargo xtask guest-test build-image` builds x64 only)",
-                arch.name()
+                "`{name}` boots {built}, which is not built for {} \
+                 (`{}` builds x64 only)",
+                arch.name(),
+                built.build_command()
             ),
         )),
     }
 }
 
-fn test_guest_root_names(arch: Arch) -> String {
-    let names: Vec<&str> = catalog::test_guest_roots(arch)
+fn built_guest_root_names(arch: Arch) -> String {
+    let names: Vec<&str> = catalog::built_guest_roots(arch)
         .iter()
         .map(|i| i.macro_name)
         .collect();
@@ -554,7 +565,7 @@ fn check_guest(firmware: FirmwareKind, name: &str, guest: Guest, span: Span) -> 
         (FirmwareKind::LinuxDirect, Guest::Absent | Guest::Vhd(_)) => return Ok(()),
         (FirmwareKind::LinuxDirect, _) => format!(
             "linux_direct boots a kernel directly and takes at most a root disk: write `{name}` \
-             or `{name}(vhd(IMAGE))` with a petri test guest disk"
+             or `{name}(vhd(IMAGE))` with a built test guest's root disk"
         ),
         (FirmwareKind::Pcat, Guest::Vhd(_) | Guest::Iso(_)) => return Ok(()),
         (FirmwareKind::Pcat, Guest::Absent | Guest::None) => format!(

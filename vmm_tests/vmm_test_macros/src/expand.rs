@@ -251,6 +251,52 @@ mod tests {
     }
 
     #[test]
+    fn linux_direct_boots_the_guest_of_its_root_disk() {
+        assert_eq!(
+            names(
+                "qemu_linux_direct_x64(vhd(debian_12_x64)), qemu_linux_direct_x64(vhd(debian_12_raw_x64))"
+            ),
+            [
+                "qemu_linux_direct_x64_debian_12_x64",
+                "qemu_linux_direct_x64_debian_12_raw_x64"
+            ]
+        );
+        let out = expand_str(
+            "qemu_linux_direct_x64(vhd(debian_12_x64)), openvmm_linux_direct_x64(vhd(debian_12_raw_x64))",
+            GENERIC_FN,
+        )
+        .unwrap();
+        let path = ":: petri_artifacts_vmm_test :: artifacts :: test_linux_direct ::";
+        // The Debian disk brings the Debian kernel and initramfs, never the
+        // petri test guest's.
+        for handle in ["DEBIAN_12_KERNEL_X64", "DEBIAN_12_INITRD_X64"] {
+            assert_eq!(
+                out.matches(&format!("resolver . require ({path} {handle})"))
+                    .count(),
+                2,
+                "{out}"
+            );
+        }
+        assert!(!out.contains("PETRI_TEST_GUEST"), "{out}");
+        let qemu = "< :: petri :: qemu :: QemuPetriBackend as :: petri :: PetriVmmBackend > :: REMOTE_ACCESS";
+        let openvmm = "< :: petri :: openvmm :: OpenVmmPetriBackend as :: petri :: PetriVmmBackend > :: REMOTE_ACCESS";
+        assert!(
+            out.contains(&format!(
+                "resolver . require_source ({path} DEBIAN_12_X64 , {qemu})"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "resolver . require_source ({path} DEBIAN_12_RAW_X64 , {openvmm})"
+            )),
+            "{out}"
+        );
+        let e = parse_err("qemu_linux_direct_x64(vhd(debian_12_kernel_x64))");
+        assert!(e.contains("is a kernel image, not vhd"), "{e}");
+    }
+
+    #[test]
     fn iso_guest_uses_from_iso_and_the_iso_handle() {
         // Which artifacts a case requires, and with what policy, is checked
         // through petri in tests/registrations.rs; only the firmware shape
@@ -325,8 +371,10 @@ mod tests {
         assert!(e.contains("needs a guest"), "{e}");
         let e = parse_err("openvmm_linux_direct_x64(vhd(ubuntu_2404_server_x64))");
         assert!(
-            e.contains("must be a test guest disk")
-                && e.contains("petri_test_guest_x64, petri_test_guest_raw_x64"),
+            e.contains("must be a built test guest disk")
+                && e.contains(
+                    "petri_test_guest_x64, petri_test_guest_raw_x64, debian_12_x64, debian_12_raw_x64"
+                ),
             "{e}"
         );
         let e = parse_err("openvmm_pcat_aarch64(vhd(ubuntu_2404_server_aarch64))");

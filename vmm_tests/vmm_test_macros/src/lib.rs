@@ -38,9 +38,13 @@
 //!   firmware in `linux_direct`, `pcat`, `uefi`; arch in `x64`, `aarch64`.
 //!   The VMM list lives in one table (`config::VMMS`); adding a backend
 //!   (QEMU) is one row there plus the backend type in petri.
-//! - Guests: `linux_direct` takes none; `pcat` takes `vhd(IMAGE)` or
-//!   `iso(IMAGE)` (x64 only); `uefi` takes `vhd(IMAGE)` or `none`. Hyper-V
-//!   has no `linux_direct`.
+//! - Guests: `linux_direct` takes none or `vhd(IMAGE)` with a built test
+//!   guest's root disk (`petri_test_guest_x64`, `petri_test_guest_raw_x64`,
+//!   `debian_12_x64`, `debian_12_raw_x64`), which brings that guest's
+//!   kernel and initramfs; a bare `qemu_linux_direct_x64` boots the petri
+//!   test guest's raw disk. `pcat` takes `vhd(IMAGE)` or `iso(IMAGE)` (x64
+//!   only); `uefi` takes `vhd(IMAGE)` or `none`. Hyper-V has no
+//!   `linux_direct`.
 //! - Images are the snake_case names of the one catalog,
 //!   `vmm_test_images::KnownTestArtifacts` (its `macro_name()`), for
 //!   example `ubuntu_2404_server_x64`, `alpine_3_23_x64`. The macro reads

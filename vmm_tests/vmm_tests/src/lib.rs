@@ -21,13 +21,22 @@
 //!   raw image (`qemu_linux_direct_x64::boot`; from `PETRI_ARTIFACT_BASE_URL` when the raw disk is not local): nothing fetched, the
 //!   image never written; and `failing_step_is_reported` (a guest step
 //!   that fails is a test failure carrying the console). Two boots.
-//! - `remote_mirror`: the same guest booted from an nginx mirror of the
+//! - `debian_guest`: the Debian 12 systemd guest (built by
+//!   `cargo xtask guest-test build-image --guest debian`) booted under QEMU
+//!   (`-smp 2 -m 1024`) from its raw disk, local or from
+//!   `PETRI_ARTIFACT_BASE_URL`, to its marker after `multi-user.target`
+//!   with no failed unit (`qemu_linux_direct_x64_debian_12_raw_x64::boot_to_marker`).
+//!   One boot, 20-55 s under TCG.
+//! - `remote_mirror`: the petri test guest booted from an nginx mirror of the
 //!   built images (`qemu_linux_direct_x64_petri_test_guest_x64::cold_then_warm`):
 //!   the cold boot fetches what the guest reads (about 6 MB of the 336 MB
 //!   VHD, 8 requests), the warm boot on the same cache fetches 0 bytes
 //!   with exactly one request (the HEAD that validates the image), and
 //!   the guest's 4 MiB of writes never reach the cache. Two boots (so
 //!   four QEMU boots in the default run, about 15 s each under TCG).
+//!   `qemu_linux_direct_x64_debian_12_x64::cold_boot` boots the Debian
+//!   guest once, cold, from the mirror (about 160 MB of the 2 GiB VHD in
+//!   about 160 requests).
 //!   `forced_local_fails_with_the_build_hint` reruns it with
 //!   `PETRI_REMOTE_ARTIFACTS=0` and checks it fails before booting with
 //!   the build command. The OpenVMM and Hyper-V variants of both tests
@@ -44,7 +53,7 @@
 //! `PetriVmBuilder::with_cache_dir`). See `tests/vmm_tests/mirror.rs`.
 //!
 //! Prerequisites: QEMU (`qemu-system-x86`) and nginx, and the built test
-//! guest. Without QEMU the QEMU cases are listed as ignored; without the
+//! guests (each test needs only the guest it boots). Without QEMU the QEMU cases are listed as ignored; without the
 //! built guest or nginx they are skipped at run time with the command to
 //! run. Under `CI=true` each of these is a failure instead.
 //!

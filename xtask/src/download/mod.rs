@@ -14,8 +14,8 @@
 //! local files (their `local_only` artifacts, e.g. every Hyper-V test's
 //! disk), or every image they require with `--all-required`; with neither
 //! option, every image of the store. Catalog entries that are built on this
-//! machine (the petri test guest, `Obtain::BuildGuestImage`) are never
-//! downloaded; naming one is an error that gives the build command.
+//! machine (the built test guests, `Obtain::Build`) are never downloaded;
+//! naming one is an error that gives its build command.
 //!
 //! How one file is fetched (see [`fetch`]): `<file>.part` plus a sidecar
 //! `<file>.part.json`, parallel range requests, resume pinned to the
@@ -320,7 +320,7 @@ fn wanted_artifacts(root: &Path, args: &DownloadImageArgs) -> Result<Vec<KnownTe
         if !sel.built.is_empty() {
             println!(
                 "  built on this machine, not downloaded (run `{}` if they are not built yet): {}",
-                vmm_test_images::Obtain::BUILD_GUEST_IMAGE_COMMAND,
+                build_commands(&sel.built),
                 sel.built
                     .iter()
                     .map(|a| a.cli_name())
@@ -339,18 +339,35 @@ fn wanted_artifacts(root: &Path, args: &DownloadImageArgs) -> Result<Vec<KnownTe
     }
     wanted.sort();
     wanted.dedup();
-    let built: Vec<&str> = wanted
+    let built: Vec<KnownTestArtifacts> = wanted
         .iter()
+        .copied()
         .filter(|a| !a.is_downloadable())
-        .map(|a| a.cli_name())
         .collect();
     if !built.is_empty() {
         bail!(
             "{} {} built on this machine, not downloaded from the image store: run `{}`",
-            built.join(", "),
+            built
+                .iter()
+                .map(|a| a.cli_name())
+                .collect::<Vec<_>>()
+                .join(", "),
             if built.len() == 1 { "is" } else { "are" },
-            vmm_test_images::Obtain::BUILD_GUEST_IMAGE_COMMAND
+            build_commands(&built)
         );
     }
     Ok(wanted)
+}
+
+/// The build commands of the built guests `built` belong to, each once,
+/// joined with "` and `".
+fn build_commands(built: &[KnownTestArtifacts]) -> String {
+    let mut commands: Vec<&str> = built
+        .iter()
+        .filter_map(|a| a.built_guest())
+        .map(|g| g.build_command())
+        .collect();
+    commands.sort_unstable();
+    commands.dedup();
+    commands.join("` and `")
 }

@@ -48,7 +48,7 @@ pub struct HostParts {
 pub use crate::setup::is_root;
 
 /// The packages among `wanted` (package, proof file) whose proof is missing.
-fn missing<'a>(wanted: &[(&'a str, &str)]) -> Vec<&'a str> {
+pub fn missing_packages<'a>(wanted: &[(&'a str, &str)]) -> Vec<&'a str> {
     let mut out: Vec<&str> = wanted
         .iter()
         .filter(|(_, proof)| !Path::new(proof).exists())
@@ -60,7 +60,7 @@ fn missing<'a>(wanted: &[(&'a str, &str)]) -> Vec<&'a str> {
 
 /// The build packages that are not installed.
 pub fn missing_build_packages() -> Vec<&'static str> {
-    missing(BUILD_PACKAGES)
+    missing_packages(BUILD_PACKAGES)
 }
 
 /// Installs `packages` with apt-get when any is missing (as root), or fails
@@ -144,17 +144,7 @@ pub fn find_parts() -> Result<HostParts> {
             file.trim()
         );
     }
-    // mke2fs -V prints its version to standard error.
-    let version = Command::new("mke2fs")
-        .arg("-V")
-        .output()
-        .context("running mke2fs -V (install e2fsprogs)")?;
-    let mke2fs_version = String::from_utf8_lossy(&version.stderr)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let mke2fs_version = mke2fs_version()?;
     Ok(HostParts {
         kernel_package: package_version(&kernel_pkg)?,
         kernel_version,
@@ -164,6 +154,20 @@ pub fn find_parts() -> Result<HostParts> {
         busybox_package: package_version("busybox-static")?,
         mke2fs_version,
     })
+}
+
+/// The first line of `mke2fs -V` (which prints to standard error).
+pub fn mke2fs_version() -> Result<String> {
+    let version = Command::new("mke2fs")
+        .arg("-V")
+        .output()
+        .context("running mke2fs -V (install e2fsprogs)")?;
+    Ok(String::from_utf8_lossy(&version.stderr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string())
 }
 
 /// The applet names of a busybox binary (sorted, without `busybox`), from

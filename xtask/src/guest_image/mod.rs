@@ -1,5 +1,8 @@
-//! `cargo xtask guest-test build-image`: builds the small Linux test guest
-//! that the QEMU backend and the vmm_tests boot, from Debian packages.
+//! `cargo xtask guest-test build-image [--guest petri|debian|all]`: builds
+//! the test guests that the QEMU backend and the vmm_tests boot, from
+//! Debian packages. `--guest petri` (the default) is the small Linux test
+//! guest described here; `--guest debian` is the Debian 12 systemd guest
+//! ([`debian`]), a real distribution boot; `--guest all` builds both.
 //!
 //! Position in the data flow: this runs before any test. Its outputs are
 //! the local images that the known-paths resolver finds in
@@ -46,6 +49,7 @@
 //! one wins, and both produce the same bytes anyway.
 
 mod cpio;
+pub mod debian;
 mod host;
 mod initramfs;
 mod modules;
@@ -64,6 +68,7 @@ use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
+use vmm_test_images::BuiltGuest;
 
 /// The kernel image.
 pub const KERNEL_FILE: &str = "petri-test-guest-x64.vmlinuz";
@@ -77,9 +82,33 @@ pub const VHD_FILE: &str = "petri-test-guest-x64.vhd";
 pub const MANIFEST_FILE: &str = "petri-test-guest-x64.manifest.json";
 /// Version of the manifest format and of the build recipe; bump it when the
 /// recipe changes in a way the inputs hash does not see.
-const FORMAT: u32 = 2;
+/// (3: inode times are really the fixed time; debugfs had read them as
+/// dates.)
+const FORMAT: u32 = 3;
 /// Default `--data-mib`.
 pub const DEFAULT_DATA_MIB: u64 = 256;
+
+/// Which built test guests a command works on (`--guest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuestChoice {
+    /// The small petri test guest (busybox; boots in seconds).
+    Petri,
+    /// The Debian 12 systemd guest (2 GiB disk; a real distribution boot).
+    Debian,
+    /// Both.
+    All,
+}
+
+impl GuestChoice {
+    /// The guests selected, in catalog order.
+    pub fn guests(self) -> Vec<BuiltGuest> {
+        match self {
+            GuestChoice::Petri => vec![BuiltGuest::PetriTestGuest],
+            GuestChoice::Debian => vec![BuiltGuest::Debian12],
+            GuestChoice::All => BuiltGuest::ALL.to_vec(),
+        }
+    }
+}
 
 /// Options for `cargo xtask guest-test build-image`.
 #[derive(clap::Args)]
@@ -87,17 +116,22 @@ pub struct BuildImageArgs {
     /// Output directory [default: $VMM_TEST_IMAGES, else images/ in the workspace].
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
-    /// MiB of reproducible data files on the root disk (the guest's
-    /// working set for tests that read a lot).
+    /// Which guest to build: the small petri test guest, the Debian 12
+    /// systemd guest (needs root: mmdebstrap), or both.
+    #[arg(long, value_enum, default_value_t = GuestChoice::Petri)]
+    guest: GuestChoice,
+    /// MiB of reproducible data files on the petri test guest's root disk
+    /// (the guest's working set for tests that read a lot).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_DATA_MIB,
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     data_mib: u64,
     /// Rebuild even when the outputs are up to date.
     #[arg(long)]
     force: bool,
-    /// After building, boot the guest under QEMU (TCG) twice (boot only,
-    /// then hash-data and write-scratch), check the markers and print the
-    /// boot time and the bytes read from the disk.
+    /// After building, boot each guest under QEMU (TCG): the petri test
+    /// guest twice (boot only, then hash-data and write-scratch), the
+    /// Debian guest once; check the markers and print the boot time and
+    /// the bytes read from the disk.
     #[arg(long)]
     smoke_boot: bool,
     /// Timeout of each smoke boot, in seconds.
@@ -179,35 +213,10 @@ pub enum BuildOutcome {
 pub fn run(root: &Path, args: BuildImageArgs) -> Result<()> {
     let out_dir = args
         .out_dir
+        .clone()
         .or_else(|| std::env::var_os("VMM_TEST_IMAGES").map(PathBuf::from))
         .unwrap_or_else(|| root.join("images"));
-    let started = std::time::Instant::now();
-    let (manifest, outcome) = build(&BuildOptions {
-        out_dir: out_dir.clone(),
-        data_mib: args.data_mib,
-        force: args.force,
-    })?;
-    match outcome {
-        BuildOutcome::Built => println!(
-            "guest-image: built in {:.1} s into {}",
-            started.elapsed().as_secs_f64(),
-            out_dir.display()
-        ),
-        BuildOutcome::UpToDate => println!(
-            "guest-image: {} is up to date (use --force to rebuild)",
-            out_dir.display()
-        ),
-    }
-    println!(
-        "guest-image: kernel {} ({}), {} MiB of data, modules: {}",
-        manifest.kernel_version,
-        manifest.kernel_package,
-        manifest.data_mib,
-        manifest.modules.join(" ")
-    );
-    for f in &manifest.files {
-        println!("  {:<34} {:>12} bytes  sha256 {}", f.name, f.size, f.sha256);
-    }
+    let guests = args.guest.guests();
     if args.smoke_boot {
         host::ensure_packages(
             if Path::new(host::QEMU_BINARY).exists() {
@@ -217,17 +226,83 @@ pub fn run(root: &Path, args: BuildImageArgs) -> Result<()> {
             },
             "the smoke boot",
         )?;
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let work = target.join("guest-image-smoke");
-        smoke::run(&out_dir, &work, Duration::from_secs(args.smoke_timeout))?;
-        println!(
-            "guest-image: smoke boot passed; console logs and summary.json in {}",
-            work.display()
-        );
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    for guest in guests {
+        let started = std::time::Instant::now();
+        let outcome = match guest {
+            BuiltGuest::PetriTestGuest => {
+                let (manifest, outcome) = build(&BuildOptions {
+                    out_dir: out_dir.clone(),
+                    data_mib: args.data_mib,
+                    force: args.force,
+                })?;
+                println!(
+                    "guest-image: petri test guest: kernel {} ({}), {} MiB of data, modules: {}",
+                    manifest.kernel_version,
+                    manifest.kernel_package,
+                    manifest.data_mib,
+                    manifest.modules.join(" ")
+                );
+                print_files(&manifest.files);
+                outcome
+            }
+            BuiltGuest::Debian12 => {
+                let (manifest, outcome) = debian::build(&out_dir, args.force)?;
+                println!(
+                    "guest-image: Debian guest: {} {}, kernel {}, {} packages, {} \
+                     (apt sources: {})",
+                    manifest.suite,
+                    manifest.variant,
+                    manifest.kernel_version,
+                    manifest.packages.len(),
+                    manifest.mmdebstrap_version,
+                    manifest
+                        .apt_sources
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("URIs: "))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                print_files(&manifest.files);
+                outcome
+            }
+        };
+        match outcome {
+            BuildOutcome::Built => println!(
+                "guest-image: {guest} built in {:.1} s into {}",
+                started.elapsed().as_secs_f64(),
+                out_dir.display()
+            ),
+            BuildOutcome::UpToDate => println!(
+                "guest-image: {guest} in {} is up to date (use --force to rebuild)",
+                out_dir.display()
+            ),
+        }
+        if args.smoke_boot {
+            let timeout = Duration::from_secs(args.smoke_timeout);
+            let work = target.join("guest-image-smoke").join(guest.cli_name());
+            match guest {
+                BuiltGuest::PetriTestGuest => {
+                    smoke::run(&out_dir, &work, timeout)?;
+                }
+                BuiltGuest::Debian12 => debian::smoke(&out_dir, &work, timeout)?,
+            }
+            println!(
+                "guest-image: smoke boot passed; console logs in {}",
+                work.display()
+            );
+        }
     }
     Ok(())
+}
+
+fn print_files(files: &[ManifestFile]) {
+    for f in files {
+        println!("  {:<34} {:>12} bytes  sha256 {}", f.name, f.size, f.sha256);
+    }
 }
 
 /// Lowercase hex of `bytes`.
@@ -298,10 +373,36 @@ fn up_to_date(out_dir: &Path, inputs: &str) -> Option<Manifest> {
     if m.format != FORMAT || m.inputs_sha256 != inputs {
         return None;
     }
-    let all_present = m.files.iter().all(|f| {
+    files_present(out_dir, &m.files).then_some(m)
+}
+
+/// Whether every file of a manifest is in `out_dir` with its recorded size.
+fn files_present(out_dir: &Path, files: &[ManifestFile]) -> bool {
+    files.iter().all(|f| {
         std::fs::metadata(out_dir.join(&f.name)).is_ok_and(|md| md.is_file() && md.len() == f.size)
-    });
-    all_present.then_some(m)
+    })
+}
+
+/// Moves the built `files` from `work` into `out_dir`, then writes the
+/// manifest (`json`) as `manifest_name`, last, so a manifest never
+/// describes half-installed files.
+fn install_outputs(
+    work: &Path,
+    out_dir: &Path,
+    files: &[ManifestFile],
+    manifest_name: &str,
+    json: &str,
+) -> Result<()> {
+    for f in files {
+        let dest = out_dir.join(&f.name);
+        std::fs::rename(work.join(&f.name), &dest)
+            .with_context(|| format!("moving {} into place", dest.display()))?;
+    }
+    let tmp = work.join(manifest_name);
+    std::fs::write(&tmp, format!("{json}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    let dest = out_dir.join(manifest_name);
+    std::fs::rename(&tmp, &dest).with_context(|| format!("moving {} into place", dest.display()))
 }
 
 /// Builds the test guest into `opts.out_dir`, unless it is up to date.
@@ -369,7 +470,7 @@ fn build_in(
 
     let (raw, vhd, unique_id) = write_vhd(&out(RAW_FILE), &out(VHD_FILE), disk_size)?;
     let (kernel_size, kernel_sha) = sha256_file(&out(KERNEL_FILE))?;
-    let files = vec![
+    let mut files = vec![
         ManifestFile {
             role: "kernel".into(),
             name: KERNEL_FILE.into(),
@@ -382,19 +483,8 @@ fn build_in(
             size: initrd.len() as u64,
             sha256: sha256_hex(&initrd),
         },
-        ManifestFile {
-            role: "disk-raw".into(),
-            name: RAW_FILE.into(),
-            size: disk_size,
-            sha256: raw,
-        },
-        ManifestFile {
-            role: "disk-vhd".into(),
-            name: VHD_FILE.into(),
-            size: disk_size + vhd1_defs::FOOTER_SIZE as u64,
-            sha256: vhd,
-        },
     ];
+    files.extend(disk_files(RAW_FILE, VHD_FILE, disk_size, raw, vhd));
     let manifest = Manifest {
         format: FORMAT,
         inputs_sha256,
@@ -413,41 +503,71 @@ fn build_in(
         files,
     };
 
-    for f in &manifest.files {
-        let dest = opts.out_dir.join(&f.name);
-        std::fs::rename(out(&f.name), &dest)
-            .with_context(|| format!("moving {} into place", dest.display()))?;
-    }
     let json = serde_json::to_string_pretty(&manifest).context("encoding the manifest")?;
-    let tmp = out(MANIFEST_FILE);
-    std::fs::write(&tmp, format!("{json}\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    let dest = opts.out_dir.join(MANIFEST_FILE);
-    std::fs::rename(&tmp, &dest)
-        .with_context(|| format!("moving {} into place", dest.display()))?;
+    install_outputs(work, &opts.out_dir, &manifest.files, MANIFEST_FILE, &json)?;
     Ok(manifest)
+}
+
+/// The manifest entries of a root disk written by [`write_vhd`]: the raw
+/// file (`disk-raw`) and the VHD (`disk-vhd`, one footer longer).
+fn disk_files(
+    raw_name: &str,
+    vhd_name: &str,
+    disk_size: u64,
+    raw_sha256: String,
+    vhd_sha256: String,
+) -> [ManifestFile; 2] {
+    [
+        ManifestFile {
+            role: "disk-raw".into(),
+            name: raw_name.into(),
+            size: disk_size,
+            sha256: raw_sha256,
+        },
+        ManifestFile {
+            role: "disk-vhd".into(),
+            name: vhd_name.into(),
+            size: disk_size + vhd1_defs::FOOTER_SIZE as u64,
+            sha256: vhd_sha256,
+        },
+    ]
 }
 
 /// Copies the raw disk to a fixed VHD1 and appends the footer, in one read
 /// of the raw disk. Returns the sha256 of the raw and VHD files and the
-/// footer's unique id.
+/// footer's unique id. All-zero 1 MiB pieces are skipped (left as holes),
+/// so a mostly empty disk costs little space and time.
 fn write_vhd(raw: &Path, vhd: &Path, disk_size: u64) -> Result<(String, String, [u8; 16])> {
+    use std::io::Seek;
     let mut src = std::fs::File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
-    let dst = std::fs::File::create(vhd).with_context(|| format!("creating {}", vhd.display()))?;
-    let mut dst = std::io::BufWriter::with_capacity(1 << 20, dst);
+    let mut dst =
+        std::fs::File::create(vhd).with_context(|| format!("creating {}", vhd.display()))?;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut copied = 0u64;
     loop {
-        let n = src
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", raw.display()))?;
+        // Fill whole pieces, so the zero test sees aligned 1 MiB runs.
+        let mut n = 0;
+        while n < buf.len() {
+            let got = src
+                .read(&mut buf[n..])
+                .with_context(|| format!("reading {}", raw.display()))?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n])
-            .with_context(|| format!("writing {}", vhd.display()))?;
+        if buf[..n].iter().all(|&b| b == 0) {
+            dst.seek(std::io::SeekFrom::Current(n as i64))
+                .with_context(|| format!("writing {}", vhd.display()))?;
+        } else {
+            dst.write_all(&buf[..n])
+                .with_context(|| format!("writing {}", vhd.display()))?;
+        }
         copied += n as u64;
     }
     if copied != disk_size {

@@ -151,10 +151,17 @@ fn write_data_file(path: &Path, index: usize, size: u64) -> Result<String> {
 /// reader sees the same disk (e.g. `qemu-img compare` against the raw
 /// file passes without `force_size_calc`).
 pub fn disk_size(data_mib: u64) -> u64 {
-    let base = (data_mib + 48 + data_mib / 16) << 20;
+    chs_exact_size((data_mib + 48 + data_mib / 16) << 20)
+}
+
+/// The smallest multiple of 4 KiB at or above `base` that the VHD1 CHS
+/// geometry describes exactly (see [`disk_size`] for why), or `base`
+/// itself past the CHS limit.
+pub fn chs_exact_size(base: u64) -> u64 {
     // An exact size lies within a few hundred 4 KiB steps for every
     // regime of the CHS algorithm (at most lcm(8, 255 * 16) sectors
     // apart); past the CHS limit (127 GiB) there is none, so keep the base.
+    let base = base.div_ceil(4096) * 4096;
     (0..4096u64)
         .map(|i| base + i * 4096)
         .find(|&s| vhd1_defs::Geometry::from_disk_size(s).sectors() * vhd1_defs::SECTOR_SIZE == s)
@@ -242,7 +249,7 @@ fn stage(staging: &Path, busybox: &Path, data_mib: u64) -> Result<Staged> {
 
 /// Runs a command with the fixed-clock and config environment; fails with
 /// its stderr.
-fn run_e2fs(cmd: &mut Command, what: &str, conf: &Path) -> Result<String> {
+pub(super) fn run_e2fs(cmd: &mut Command, what: &str, conf: &Path) -> Result<String> {
     let out = cmd
         .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string())
         .env("MKE2FS_CONFIG", conf)
@@ -258,80 +265,93 @@ fn run_e2fs(cmd: &mut Command, what: &str, conf: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// Builds the root disk image at `raw` (which must not exist), using
-/// `work` as scratch space. Returns the image size.
-pub fn build(raw: &Path, work: &Path, busybox: &Path, data_mib: u64) -> Result<u64> {
-    let staging = work.join("rootfs");
-    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let staged = stage(&staging, busybox, data_mib)?;
+/// How [`make_ext4`] makes a filesystem.
+pub(super) struct Ext4Spec<'a> {
+    /// The volume label.
+    pub label: &'a str,
+    /// The filesystem UUID.
+    pub uuid: &'a str,
+    /// The directory hash seed.
+    pub hash_seed: &'a str,
+    /// The image size in bytes.
+    pub size: u64,
+}
 
-    let conf = work.join("mke2fs.conf");
-    std::fs::write(&conf, MKE2FS_CONF).with_context(|| format!("writing {}", conf.display()))?;
-
-    let size = disk_size(data_mib);
+/// Makes the ext4 image `raw` (which must not exist) of `spec.size` bytes
+/// holding the files of `staging` (`mke2fs -d`), with our own
+/// `mke2fs.conf` written to `conf`, the fixed clock, UUID and hash seed.
+pub(super) fn make_ext4(
+    raw: &Path,
+    staging: &Path,
+    conf: &Path,
+    spec: &Ext4Spec<'_>,
+) -> Result<()> {
+    std::fs::write(conf, MKE2FS_CONF).with_context(|| format!("writing {}", conf.display()))?;
     let file = std::fs::File::create(raw).with_context(|| format!("creating {}", raw.display()))?;
-    file.set_len(size)
-        .with_context(|| format!("sizing {} to {size} bytes", raw.display()))?;
+    file.set_len(spec.size)
+        .with_context(|| format!("sizing {} to {} bytes", raw.display(), spec.size))?;
     drop(file);
-
     run_e2fs(
         Command::new("mke2fs")
             .args([
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-L",
-                "petri-root",
-                "-m",
-                "0",
-                "-U",
-                FS_UUID,
+                "-q", "-F", "-t", "ext4", "-L", spec.label, "-m", "0", "-U", spec.uuid,
             ])
             .arg("-E")
             .arg(format!(
-                "hash_seed={HASH_SEED},lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0"
+                "hash_seed={},lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0",
+                spec.hash_seed
             ))
             .arg("-d")
-            .arg(&staging)
+            .arg(staging)
             .arg(raw),
         &format!("mke2fs -d {} {}", staging.display(), raw.display()),
-        &conf,
+        conf,
     )?;
+    Ok(())
+}
 
-    // Normalise owners and times of everything we staged.
-    let mut cmds = String::new();
-    for p in &staged.paths {
-        for (field, value) in [
-            ("uid", 0),
-            ("gid", 0),
-            ("atime", FIXED_TIME),
-            ("mtime", FIXED_TIME),
-            ("ctime", FIXED_TIME),
-            ("crtime", FIXED_TIME),
-            ("atime_extra", 0),
-            ("mtime_extra", 0),
-            ("ctime_extra", 0),
-            ("crtime_extra", 0),
-        ] {
-            cmds.push_str(&format!("sif \"{p}\" {field} {value}\n"));
-        }
+/// The debugfs commands that set inode `path`'s fields (`sif`), one line
+/// each. debugfs takes the path in double quotes, so a path holding one
+/// (or a line break) cannot be expressed: an error.
+///
+/// Time fields (`atime`, `mtime`, `ctime`, `crtime`) are written as
+/// `@<seconds>`: debugfs reads a bare number there as a `YYYYMMDD...` date
+/// (1704067200 became 1976-08-21).
+pub(super) fn sif_commands(path: &str, fields: &[(&str, u64)]) -> Result<String> {
+    if path.contains(['"', '\n', '\r']) {
+        bail!("cannot normalise {path:?} with debugfs: the path holds a quote or a line break");
     }
-    let cmd_file = work.join("debugfs.cmds");
-    std::fs::write(&cmd_file, cmds).with_context(|| format!("writing {}", cmd_file.display()))?;
+    let mut cmds = String::new();
+    for (field, value) in fields {
+        let at = if field.ends_with("time") { "@" } else { "" };
+        cmds.push_str(&format!("sif \"{path}\" {field} {at}{value}\n"));
+    }
+    Ok(cmds)
+}
+
+/// Runs the debugfs commands `cmds` (written to `cmd_file`) on `raw`, then
+/// checks the filesystem with `e2fsck -f -n`. debugfs reports per-command
+/// errors on stderr but exits 0, so any such line is an error.
+pub(super) fn debugfs_then_check(
+    raw: &Path,
+    cmds: &str,
+    cmd_file: &Path,
+    conf: &Path,
+) -> Result<()> {
+    std::fs::write(cmd_file, cmds).with_context(|| format!("writing {}", cmd_file.display()))?;
     let stderr = run_e2fs(
         Command::new("debugfs")
             .arg("-w")
             .arg("-f")
-            .arg(&cmd_file)
+            .arg(cmd_file)
             .arg(raw),
         &format!("debugfs -w -f {} {}", cmd_file.display(), raw.display()),
-        &conf,
+        conf,
     )?;
-    // debugfs reports per-command errors on stderr but exits 0.
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .take(20)
         .collect();
     if !errors.is_empty() {
         bail!(
@@ -340,14 +360,57 @@ pub fn build(raw: &Path, work: &Path, busybox: &Path, data_mib: u64) -> Result<u
             errors.join("; ")
         );
     }
-
     // The filesystem must be clean.
     run_e2fs(
         Command::new("e2fsck").args(["-f", "-n"]).arg(raw),
         &format!("e2fsck -f -n {}", raw.display()),
-        &conf,
+        conf,
     )
     .with_context(|| format!("checking the new root disk {}", raw.display()))?;
+    Ok(())
+}
+
+/// Builds the root disk image at `raw` (which must not exist), using
+/// `work` as scratch space. Returns the image size.
+pub fn build(raw: &Path, work: &Path, busybox: &Path, data_mib: u64) -> Result<u64> {
+    let staging = work.join("rootfs");
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let staged = stage(&staging, busybox, data_mib)?;
+
+    let conf = work.join("mke2fs.conf");
+    let size = disk_size(data_mib);
+    make_ext4(
+        raw,
+        &staging,
+        &conf,
+        &Ext4Spec {
+            label: "petri-root",
+            uuid: FS_UUID,
+            hash_seed: HASH_SEED,
+            size,
+        },
+    )?;
+
+    // Normalise owners and times of everything we staged.
+    let mut cmds = String::new();
+    for p in &staged.paths {
+        cmds.push_str(&sif_commands(
+            p,
+            &[
+                ("uid", 0),
+                ("gid", 0),
+                ("atime", FIXED_TIME),
+                ("mtime", FIXED_TIME),
+                ("ctime", FIXED_TIME),
+                ("crtime", FIXED_TIME),
+                ("atime_extra", 0),
+                ("mtime_extra", 0),
+                ("ctime_extra", 0),
+                ("crtime_extra", 0),
+            ],
+        )?);
+    }
+    debugfs_then_check(raw, &cmds, &work.join("debugfs.cmds"), &conf)?;
     Ok(size)
 }
 
@@ -413,6 +476,30 @@ mod tests {
             let chs = vhd1_defs::Geometry::from_disk_size(s).sectors() * 512;
             assert_eq!(chs, s, "{mib} MiB: CHS covers {chs} of {s} bytes");
         }
+    }
+
+    #[test]
+    fn chs_exact_sizes() {
+        // 2 GiB rounds up to 4162 cylinders * 16 heads * 63 sectors.
+        assert_eq!(chs_exact_size(2 << 30), 4162 * 16 * 63 * 512);
+        assert_eq!(chs_exact_size(2 << 30), 2_147_991_552);
+        // An exact size stays; an odd one is rounded to 4 KiB first.
+        let exact = disk_size(256);
+        assert_eq!(chs_exact_size(exact), exact);
+        assert_eq!(chs_exact_size(exact - 1), exact);
+    }
+
+    #[test]
+    fn sif_commands_quote_paths_and_refuse_quotes() {
+        assert_eq!(
+            sif_commands("/a b", &[("mtime", 5), ("uid", 0), ("mtime_extra", 0)]).unwrap(),
+            "sif \"/a b\" mtime @5\nsif \"/a b\" uid 0\nsif \"/a b\" mtime_extra 0\n"
+        );
+        let err = sif_commands("/a\"b", &[("mtime", 5)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("quote"), "{err}");
+        assert!(sif_commands("/a\nb", &[]).is_err());
     }
 
     #[test]

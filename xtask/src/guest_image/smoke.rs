@@ -1,4 +1,4 @@
-//! The smoke boot: boots the built guest under QEMU (TCG) from the raw root
+//! The smoke boot: boots a built guest under QEMU (TCG) from the raw root
 //! disk and checks the console protocol, measuring how long the boot takes
 //! and how much of the disk it reads.
 //!
@@ -36,6 +36,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 use std::time::Instant;
+use vmm_test_images::BuiltGuest;
 
 /// What one boot showed.
 #[derive(Debug, Clone)]
@@ -72,6 +73,10 @@ pub struct BootSpec<'a> {
     pub work_dir: &'a Path,
     /// Give up (and kill QEMU) after this long.
     pub timeout: Duration,
+    /// Guest memory (`-m`).
+    pub memory_mib: u32,
+    /// Virtual processors (`-smp`).
+    pub processors: u32,
 }
 
 enum Event {
@@ -92,6 +97,11 @@ impl Drop for ChildGuard {
             let _ = c.wait();
         }
     }
+}
+
+/// What follows `marker` in `line`, if it holds it.
+fn after_marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|i| &line[i + marker.len()..])
 }
 
 fn tail(console: &str, lines: usize) -> String {
@@ -124,7 +134,11 @@ pub fn boot(spec: &BootSpec<'_>) -> Result<BootReport> {
         spec.steps
     );
     let mut cmd = Command::new(host::QEMU_BINARY);
-    cmd.args(["-accel", "tcg", "-m", "512", "-smp", "1", "-nodefaults"])
+    cmd.args(["-accel", "tcg", "-m"])
+        .arg(spec.memory_mib.to_string())
+        .arg("-smp")
+        .arg(spec.processors.to_string())
+        .arg("-nodefaults")
         .args([
             "-display",
             "none",
@@ -257,10 +271,12 @@ pub fn boot(spec: &BootSpec<'_>) -> Result<BootReport> {
             Event::Serial(at, line) => {
                 writeln!(log, "{line}")
                     .with_context(|| format!("writing {}", log_path.display()))?;
-                if let Some(rest) = line.strip_prefix(scripts::READY_MARKER) {
+                // A marker may follow a prefix (the Debian guest's lines
+                // pass through systemd, which prefixes the unit's name).
+                if let Some(rest) = after_marker(&line, scripts::READY_MARKER) {
                     let up = rest.trim().trim_start_matches("uptime=").to_string();
                     ready = Some((at - started, up));
-                } else if let Some(rest) = line.strip_prefix(scripts::DONE_MARKER) {
+                } else if let Some(rest) = after_marker(&line, scripts::DONE_MARKER) {
                     let status = rest
                         .trim()
                         .trim_start_matches("status=")
@@ -381,6 +397,8 @@ pub fn run(out_dir: &Path, work_dir: &Path, timeout: Duration) -> Result<Vec<Boo
             steps,
             work_dir: &dir,
             timeout,
+            memory_mib: BuiltGuest::PetriTestGuest.boot_memory_mib(),
+            processors: BuiltGuest::PetriTestGuest.boot_processors(),
         })
         .with_context(|| format!("smoke boot {name:?}; console log in {}", dir.display()))?;
         if r.status != 0 {
@@ -422,4 +440,28 @@ pub fn run(out_dir: &Path, work_dir: &Path, timeout: Duration) -> Result<Vec<Boo
     std::fs::write(&path, format!("{text}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_are_found_after_a_prefix() {
+        assert_eq!(
+            after_marker("PETRI_GUEST_READY uptime=1.5", scripts::READY_MARKER),
+            Some(" uptime=1.5")
+        );
+        assert_eq!(
+            after_marker(
+                "[   14.345179] petri-guest-ready[238]: PETRI_GUEST_DONE status=0",
+                scripts::DONE_MARKER
+            ),
+            Some(" status=0")
+        );
+        assert_eq!(
+            after_marker("PETRI_GUEST_READ", scripts::READY_MARKER),
+            None
+        );
+    }
 }

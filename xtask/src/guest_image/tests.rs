@@ -111,6 +111,21 @@ fn rebuild_is_byte_identical_and_skips_when_up_to_date() {
         eprintln!("skipping the qemu-img compare: /usr/bin/qemu-img is missing (qemu-utils)");
     }
 
+    // Every inode we staged has the fixed owner and times.
+    let stat = std::process::Command::new("debugfs")
+        .args(["-R", "stat /init"])
+        .arg(out.join(RAW_FILE))
+        .output()
+        .unwrap();
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    for field in [" ctime", " atime", " mtime", "crtime"] {
+        assert!(
+            stat.contains(&format!("{field}: 0x65920080:00000000")),
+            "{field}: {stat}"
+        );
+    }
+    assert!(stat.contains("User:     0   Group:     0"), "{stat}");
+
     // The disk holds the init script and the data files' hashes.
     let init = debugfs_cat(&out.join(RAW_FILE), "/init");
     assert_eq!(init, scripts::root_init().into_bytes());
@@ -204,6 +219,8 @@ fn guest_boots_runs_steps_and_powers_off() {
         steps: "hash-data,write-scratch,fail,bogus",
         work_dir: &dir.path().join("boot"),
         timeout: Duration::from_secs(600),
+        memory_mib: BuiltGuest::PetriTestGuest.boot_memory_mib(),
+        processors: BuiltGuest::PetriTestGuest.boot_processors(),
     })
     .unwrap();
     let has = |line: &str| r.console.lines().any(|l| l == line);

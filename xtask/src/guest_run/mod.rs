@@ -1,12 +1,15 @@
-//! `cargo xtask guest-test run`: the main job. Boots the petri test guest
-//! under QEMU from lazily fetched images, twice (cold cache, then warm),
-//! and prints what each test fetched.
+//! `cargo xtask guest-test run [--guest petri|debian|all]`: the main job.
+//! Boots built test guests under QEMU from lazily fetched images, twice
+//! (cold cache, then warm), and prints what each test fetched.
 //!
 //! Position in the data flow: this sits above everything. It prepares a
-//! machine (QEMU, the guest's Debian packages, cargo-nextest), builds the
-//! test guest ([`crate::guest_image`]), hosts the images over HTTP with the
-//! embedded `blob_server` on 127.0.0.1 (or uses `--base-url`), and runs the
-//! QEMU vmm_tests through `cargo nextest run -p vmm_tests` with:
+//! machine (QEMU, the guests' Debian packages, cargo-nextest), builds the
+//! selected test guests ([`crate::guest_image`]: the small petri test guest
+//! by default, the Debian 12 systemd guest with `--guest debian`, both
+//! with `--guest all`), hosts the images over HTTP with the embedded
+//! `blob_server` on 127.0.0.1 (or uses `--base-url`), and runs the QEMU
+//! vmm_tests of those guests ([`guest_filterset`]) through
+//! `cargo nextest run -p vmm_tests` with:
 //! - `PETRI_ARTIFACT_BASE_URL` = the store,
 //! - `PETRI_CACHE_DIR` = the read cache (emptied before the cold run, kept
 //!   for the warm run),
@@ -37,6 +40,7 @@
 
 mod report;
 
+use crate::guest_image::GuestChoice;
 use anyhow::Context;
 use anyhow::Result;
 use anyhow::bail;
@@ -54,6 +58,7 @@ use std::process::Command;
 use std::process::Stdio;
 use std::time::Instant;
 use url_redact::redact_url;
+use vmm_test_images::BuiltGuest;
 use vmm_test_images::KnownTestArtifacts;
 
 /// `petri::cache_dir::PETRI_CACHE_DIR` (xtask does not link petri).
@@ -79,12 +84,17 @@ pub struct RunArgs {
     /// Empty --cache-dir before the cold run.
     #[arg(long)]
     clear_cache: bool,
-    /// Where the test guest is built and hosted from [default:
+    /// Where the test guests are built and hosted from [default:
     /// target/guest-test-run/images]. The tests get their own
     /// VMM_TEST_IMAGES folder, so a copy here is still streamed.
     #[arg(long, value_name = "DIR")]
     images_dir: Option<PathBuf>,
-    /// MiB of data files on the guest's root disk, if it must be built.
+    /// Which guests' tests to run: the small petri test guest, the Debian
+    /// 12 systemd guest (built with mmdebstrap: needs root), or both.
+    #[arg(long, value_enum, default_value_t = GuestChoice::Petri)]
+    guest: GuestChoice,
+    /// MiB of data files on the petri test guest's root disk, if it must be
+    /// built.
     #[arg(long, value_name = "N", default_value_t = crate::guest_image::DEFAULT_DATA_MIB,
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     data_mib: u64,
@@ -149,35 +159,47 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
     ensure_qemu()?;
     ensure_nextest(root)?;
 
-    // 2. Refuse early (before a long build) if the guest's disks would
+    // 2. Refuse early (before a long build) if the guests' disks would
     // resolve locally anyway.
+    let guests = args.guest.guests();
     let local = work.join("local-images");
     remove_dir_if_exists(&local)?;
-    check_streaming(root, &local, &guest_disks(), args.allow_local)?;
+    check_streaming(root, &local, &guest_disks(&guests), args.allow_local)?;
 
-    // 3. The test guest.
+    // 3. The test guests.
     let images = match &args.images_dir {
         Some(d) => root.join(d),
         None => work.join("images"),
     };
-    let started = Instant::now();
-    let (manifest, outcome) = crate::guest_image::build(&crate::guest_image::BuildOptions {
-        out_dir: images.clone(),
-        data_mib: args.data_mib,
-        force: false,
-    })
-    .context("building the test guest")?;
-    println!(
-        "guest-test run: test guest {} in {} ({:.1} s; kernel {})",
-        if outcome == crate::guest_image::BuildOutcome::Built {
-            "built"
-        } else {
-            "up to date"
-        },
-        images.display(),
-        started.elapsed().as_secs_f64(),
-        manifest.kernel_version
-    );
+    for guest in &guests {
+        let started = Instant::now();
+        let (outcome, kernel) = match guest {
+            BuiltGuest::PetriTestGuest => {
+                let (m, outcome) = crate::guest_image::build(&crate::guest_image::BuildOptions {
+                    out_dir: images.clone(),
+                    data_mib: args.data_mib,
+                    force: false,
+                })
+                .context("building the petri test guest")?;
+                (outcome, m.kernel_version)
+            }
+            BuiltGuest::Debian12 => {
+                let (m, outcome) = crate::guest_image::debian::build(&images, false)
+                    .context("building the Debian test guest")?;
+                (outcome, m.kernel_version)
+            }
+        };
+        println!(
+            "guest-test run: {guest} {} in {} ({:.1} s; kernel {kernel})",
+            if outcome == crate::guest_image::BuildOutcome::Built {
+                "built"
+            } else {
+                "up to date"
+            },
+            images.display(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
 
     // 4. The local folder: local-only files, never the streamed disks.
     let streamed = prepare_local_images(&images, &local)?;
@@ -227,12 +249,14 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
     }
 
     // 8. Cold, then warm.
+    let filterset = guest_filterset(&guests);
     let env = TestEnv {
         root,
         base_url: &base_url,
         cache: &cache,
         local: &local,
         filter: &args.filter,
+        filterset: filterset.as_deref(),
         extra: &args.nextest_args,
     };
     let cold = run_phase(&env, &store, &work.join("cold"), "cold")?;
@@ -310,6 +334,8 @@ struct TestEnv<'a> {
     cache: &'a Path,
     local: &'a Path,
     filter: &'a str,
+    /// The nextest filterset selecting the chosen guests' tests.
+    filterset: Option<&'a str>,
     extra: &'a [String],
 }
 
@@ -337,6 +363,7 @@ fn run_phase(env: &TestEnv<'_>, store: &Store, out: &Path, name: &str) -> Result
             profile,
             env.filter,
         ])
+        .args(env.filterset.iter().flat_map(|f| ["-E", f]))
         .args(env.extra)
         .current_dir(env.root)
         .env(BASE_URL_ENV, env.base_url)
@@ -420,13 +447,46 @@ fn prepare_local_images(images: &Path, local: &Path) -> Result<Vec<KnownTestArti
     Ok(streamed)
 }
 
-/// The test guest's disks in the catalog: the files that must stream.
-fn guest_disks() -> Vec<KnownTestArtifacts> {
-    use crate::guest_image::RAW_FILE;
-    use crate::guest_image::VHD_FILE;
-    KnownTestArtifacts::all()
-        .filter(|a| a.remote_capable() && [RAW_FILE, VHD_FILE].contains(&a.file_name()))
+/// The root disks of `guests` in the catalog: the files that must stream.
+fn guest_disks(guests: &[BuiltGuest]) -> Vec<KnownTestArtifacts> {
+    guests
+        .iter()
+        .flat_map(|g| g.files())
+        .filter(|a| a.remote_capable())
         .collect()
+}
+
+/// The nextest filterset selecting the tests of `guests`, `None` for all.
+///
+/// Which guest a test boots is in its name: the `#[vmm_test]` config names
+/// the root disk (`qemu_linux_direct_x64_debian_12_x64`); a config naming
+/// no built guest's disk (a bare `qemu_linux_direct_x64`) boots the petri
+/// test guest. So a guest other than the petri test guest owns the tests
+/// whose names contain one of its root disks' macro names, and the petri
+/// test guest owns the rest.
+fn guest_filterset(guests: &[BuiltGuest]) -> Option<String> {
+    if BuiltGuest::ALL.iter().all(|g| guests.contains(g)) {
+        return None;
+    }
+    let names = |g: BuiltGuest| -> Vec<String> {
+        g.files()
+            .filter(|a| a.remote_capable())
+            .map(|a| format!("test(~{})", a.macro_name()))
+            .collect()
+    };
+    let others: Vec<String> = BuiltGuest::ALL
+        .iter()
+        .filter(|g| **g != BuiltGuest::PetriTestGuest)
+        .flat_map(|g| names(*g))
+        .collect();
+    let mut parts: Vec<String> = Vec::new();
+    for g in guests {
+        match g {
+            BuiltGuest::PetriTestGuest => parts.push(format!("not ({})", others.join(" | "))),
+            other => parts.push(names(*other).join(" | ")),
+        }
+    }
+    Some(parts.join(" | "))
 }
 
 /// [`refuse_local_copies`], or only a warning with `--allow-local`.
@@ -641,7 +701,39 @@ mod tests {
     }
 
     #[test]
+    fn guests_select_their_tests() {
+        assert_eq!(guest_filterset(&GuestChoice::All.guests()), None);
+        let petri = guest_filterset(&GuestChoice::Petri.guests()).unwrap();
+        assert_eq!(
+            petri,
+            "not (test(~debian_12_x64) | test(~debian_12_raw_x64))"
+        );
+        let debian = guest_filterset(&GuestChoice::Debian.guests()).unwrap();
+        assert_eq!(debian, "test(~debian_12_x64) | test(~debian_12_raw_x64)");
+        // The names the filters look for are the ones the tests carry.
+        for name in [
+            "remote_mirror::qemu_linux_direct_x64_debian_12_x64::cold_boot",
+            "debian_guest::qemu_linux_direct_x64_debian_12_raw_x64::boot_to_marker",
+        ] {
+            assert!(
+                name.contains("debian_12_x64") || name.contains("debian_12_raw_x64"),
+                "{name}"
+            );
+        }
+        let mut debian_disks: Vec<&str> = guest_disks(&[BuiltGuest::Debian12])
+            .iter()
+            .map(|a| a.file_name())
+            .collect();
+        debian_disks.sort();
+        assert_eq!(
+            debian_disks,
+            ["petri-debian-12-x64.raw", "petri-debian-12-x64.vhd"]
+        );
+    }
+
+    #[test]
     fn the_guest_disks_are_the_raw_and_vhd_root_disks() {
+        let guest_disks = || guest_disks(&[BuiltGuest::PetriTestGuest]);
         let mut names: Vec<&str> = guest_disks().iter().map(|a| a.file_name()).collect();
         names.sort();
         assert_eq!(names, [RAW_FILE, VHD_FILE]);

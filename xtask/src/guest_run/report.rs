@@ -19,6 +19,8 @@ use serde::Deserialize;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+use vmm_test_images::BuiltGuest;
+use vmm_test_images::KnownTestArtifacts;
 
 /// The file each test's log directory holds (`petri::qemu::DISK_COUNTERS_FILE`).
 pub const DISK_COUNTERS_FILE: &str = "disk-counters.json";
@@ -83,9 +85,22 @@ pub fn collect_reports(dir: &Path) -> Result<Vec<DiskReport>> {
     Ok(out)
 }
 
+/// The built test guest whose image `location` (a path, or a URL whose
+/// query is redacted) names, by its file name.
+pub fn guest_of_location(location: &str) -> Option<BuiltGuest> {
+    let path = location.split(['?', '#']).next().unwrap_or("");
+    let file = path.rsplit('/').next().unwrap_or(path);
+    KnownTestArtifacts::all()
+        .find(|a| a.file_name() == file)
+        .and_then(|a| a.built_guest())
+}
+
 /// One test's disks, summed over its boots.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TestTotals {
+    /// The built guest the test booted (`petri`, `debian`), from its boot
+    /// disk's file name; empty when it is not a built guest.
+    pub guest: String,
     /// Whether any of its disks was remote.
     pub remote: bool,
     /// Boots reported.
@@ -108,6 +123,12 @@ pub fn aggregate(reports: &[DiskReport]) -> BTreeMap<String, TestTotals> {
     let mut boots: BTreeMap<&str, std::collections::BTreeSet<u32>> = BTreeMap::new();
     for r in reports {
         let t = out.entry(r.test.clone()).or_default();
+        if t.guest.is_empty()
+            && (r.drive == "boot" || r.drive.is_empty())
+            && let Some(g) = guest_of_location(&r.location)
+        {
+            t.guest = g.cli_name().to_owned();
+        }
         if r.remote && !t.remote {
             // The first remote disk decides the image size from now on.
             t.remote = true;
@@ -216,7 +237,7 @@ fn format_time(phase: &Phase, test: &str) -> String {
     }
 }
 
-/// The per-test table: boots per run, cold and warm time, bytes fetched
+/// The per-test table: the guest booted, boots per run, cold and warm time, bytes fetched
 /// and requests in each run (summed over the test's boots), image size and
 /// the fraction of the image the cold run read.
 pub fn render_table(cold: &Phase, warm: &Phase) -> String {
@@ -225,6 +246,7 @@ pub fn render_table(cold: &Phase, warm: &Phase) -> String {
     tests.dedup();
     let header = [
         "test",
+        "guest",
         "boots",
         "cold s",
         "warm s",
@@ -235,7 +257,7 @@ pub fn render_table(cold: &Phase, warm: &Phase) -> String {
         "image",
         "read",
     ];
-    let mut rows: Vec<[String; 10]> = Vec::new();
+    let mut rows: Vec<[String; 11]> = Vec::new();
     for test in tests {
         let c = cold.totals.get(test);
         let w = warm.totals.get(test);
@@ -256,8 +278,14 @@ pub fn render_table(cold: &Phase, warm: &Phase) -> String {
             }
             _ => "-".to_owned(),
         };
+        let guest = c
+            .or(w)
+            .map(|t| t.guest.as_str())
+            .filter(|g| !g.is_empty())
+            .unwrap_or("-");
         rows.push([
             test.clone(),
+            guest.to_owned(),
             c.or(w).map_or("-".to_owned(), |t| t.boots.to_string()),
             format_time(cold, test),
             format_time(warm, test),
@@ -349,6 +377,51 @@ mod tests {
         assert_eq!(t.vm_millis, 16_000);
         assert!(parse_counters_file("{not json").is_err());
         assert!(parse_counters_file(r#"[{"test": "x"}]"#).is_err());
+    }
+
+    #[test]
+    fn the_guest_comes_from_the_boot_disks_file_name() {
+        for (location, guest) in [
+            ("/images/petri-test-guest-x64.raw", Some("petri")),
+            (
+                "http://127.0.0.1:4000/petri-debian-12-x64.vhd",
+                Some("debian"),
+            ),
+            (
+                "https://a.blob.core.windows.net/c/petri-debian-12-x64.raw?sig=REDACTED",
+                Some("debian"),
+            ),
+            (
+                "http://127.0.0.1:4000/ubuntu-24.04-server-cloudimg-amd64.vhd",
+                None,
+            ),
+            ("/images/petri-debian-12-x64.vhd.part", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                guest_of_location(location).map(|g| g.cli_name()),
+                guest,
+                "{location}"
+            );
+        }
+        let mut debian = local_report();
+        debian.test = "debian_guest::x::boot_to_marker".into();
+        debian.location = "/images/petri-debian-12-x64.raw".into();
+        let totals = aggregate(&[local_report(), debian]);
+        assert_eq!(totals["qemu_linux_direct_x64::boot_local"].guest, "petri");
+        assert_eq!(totals["debian_guest::x::boot_to_marker"].guest, "debian");
+        let table = render_table(
+            &Phase {
+                totals,
+                ..Default::default()
+            },
+            &Phase::default(),
+        );
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("debian_guest::"))
+            .unwrap();
+        assert_eq!(row.split_whitespace().nth(1), Some("debian"), "{table}");
     }
 
     #[test]
@@ -483,6 +556,7 @@ mod tests {
         assert_eq!(
             cells,
             [
+                "petri",
                 "1",
                 "12.3",
                 "8.0 FAIL",

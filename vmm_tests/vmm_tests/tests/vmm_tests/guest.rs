@@ -1,4 +1,5 @@
-//! Booting the petri test guest and reading what it did.
+//! Booting a built test guest (the petri test guest or the Debian guest:
+//! both speak the same console markers) and reading what it did.
 
 use anyhow::Context as _;
 use anyhow::ensure;
@@ -7,6 +8,8 @@ use petri::PetriVmBuilder;
 use petri::PetriVmmBackend;
 use std::path::Path;
 use std::time::Duration;
+use vmm_test_images::BuiltGuest;
+use vmm_test_images::KnownTestArtifacts;
 
 /// What the guest's `write-scratch` step writes (4 MiB containing it).
 pub const SCRATCH_MARKER: &[u8] = b"PETRI_SCRATCH_WRITTEN_BY_GUEST";
@@ -23,13 +26,36 @@ pub struct GuestRun {
     pub console: String,
 }
 
-/// Boots the guest with `petri.steps=<steps>`, checks that it becomes
+/// The boot disk of `config` (a differencing disk over a local file or a
+/// URL, as the resolver found the image).
+pub fn boot_disk<T: PetriVmmBackend>(config: &PetriVmBuilder<T>) -> anyhow::Result<petri::Disk> {
+    config
+        .firmware()
+        .boot_drive()
+        .and_then(|d| d.disk)
+        .context("no boot disk")
+}
+
+/// The built test guest whose root disk `config` boots, if any.
+pub fn booted_guest<T: PetriVmmBackend>(config: &PetriVmBuilder<T>) -> Option<BuiltGuest> {
+    let artifact = config.firmware().boot_drive()?.artifact?;
+    KnownTestArtifacts::from_handle(artifact)?.built_guest()
+}
+
+/// Boots the guest with `petri.steps=<steps>` (and the processors and
+/// memory the catalog gives the booted guest), checks that it becomes
 /// ready, that every step and the whole run report status 0, and that it
 /// powers off; returns the boot disk's counters.
 pub async fn boot_guest<T: PetriVmmBackend>(
     config: PetriVmBuilder<T>,
     steps: &[&str],
 ) -> anyhow::Result<GuestRun> {
+    let config = match booted_guest(&config) {
+        Some(guest) => config
+            .with_processors(guest.boot_processors())
+            .with_memory_mib(guest.boot_memory_mib()),
+        None => config,
+    };
     let mut vm = config
         .with_kernel_cmdline(format!("petri.steps={}", steps.join(",")))
         .run()
@@ -51,7 +77,8 @@ pub async fn boot_guest<T: PetriVmmBackend>(
         .await?;
     ensure!(
         done.trim_end().ends_with("status=0"),
-        "the guest reported failure: {done}"
+        "the guest reported failure: {done}\nconsole:\n{}",
+        vm.console_text()
     );
     vm.wait_for_exit(MARKER_TIMEOUT).await?;
     let counters = vm
@@ -61,6 +88,33 @@ pub async fn boot_guest<T: PetriVmmBackend>(
         counters,
         console: vm.console_text(),
     })
+}
+
+/// Checks a local boot: nothing was fetched (`c`), and the machine-readable
+/// record the main job reads (`disk-counters.json` in `log_dir`) holds
+/// exactly one first boot of a local disk of `image`'s size that exited 0.
+pub fn check_local_boot(
+    c: &DiskCounters,
+    log_dir: &Path,
+    image: KnownTestArtifacts,
+) -> anyhow::Result<()> {
+    ensure!(
+        c.remote_requests == 0 && c.remote_bytes_fetched == 0,
+        "a local disk fetched something: {c:?}"
+    );
+    let file = log_dir.join(petri::qemu::DISK_COUNTERS_FILE);
+    let reports: Vec<petri::qemu::DiskCountersReport> = serde_json::from_slice(
+        &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+    )?;
+    ensure!(
+        reports.len() == 1
+            && reports[0].boot == 1
+            && !reports[0].remote
+            && reports[0].exit_code == Some(0)
+            && reports[0].disk_bytes == image.size(),
+        "{reports:?}"
+    );
+    Ok(())
 }
 
 /// Whether any file under `path` (a file or a folder, recursively)

@@ -1,6 +1,7 @@
 //! The VMM tests, run by petri's harness.
 
 mod boot;
+mod debian_guest;
 mod guest;
 mod harness_checks;
 mod mirror;

@@ -11,20 +11,21 @@
 //! test binary's resolve function builds each test's
 //! [`ResolverEnv`] itself ([`resolver_env`]):
 //!
-//! - every test: the process environment, plus a check that the petri
-//!   test guest files it requires are built (missing: the test is skipped
-//!   with the build command, or fails under `CI=true`);
-//!   Root disks may instead stream from a store the user names with
-//!   `PETRI_ARTIFACT_BASE_URL` (as `cargo xtask guest-test run` does);
-//! - a test in the `remote_mirror` module that requires the test guest
+//! - every test: the process environment, plus a check that the built
+//!   test guest files it requires (the petri test guest's or the Debian
+//!   guest's) are built (missing: the test is skipped with that guest's
+//!   build command, or fails under `CI=true`); root disks may instead
+//!   stream from a store the user names with `PETRI_ARTIFACT_BASE_URL` (as
+//!   `cargo xtask guest-test run` does);
+//! - a test in the `remote_mirror` module that requires a built guest
 //!   additionally gets a [`RemoteMirror`]: a store (nginx on 127.0.0.1
-//!   serving the built images folder, or the user's
-//!   `PETRI_ARTIFACT_BASE_URL` when set), a private images folder holding
-//!   only the kernel and initramfs (local-only artifacts), a fresh cache
-//!   directory, and a resolver environment whose base URL is that store
-//!   and whose only image folder is the private one. So the root disk
-//!   always resolves to a URL, exactly as for a user whose images live on
-//!   a store.
+//!   serving the folder of the built root disk the test requires, or the
+//!   user's `PETRI_ARTIFACT_BASE_URL` when set), a private images folder
+//!   holding only the guest's kernel and initramfs (local-only
+//!   artifacts), a fresh cache directory, and a resolver environment whose
+//!   base URL is that store and whose only image folder is the private
+//!   one. So the root disk always resolves to a URL, exactly as for a user
+//!   whose images live on a store.
 //!
 //! The test takes its mirror with [`take`] (for the cache directory and
 //! nginx's request count; the backend gets the cache directory through
@@ -44,7 +45,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use vmm_test_images::KnownTestArtifacts;
-use vmm_test_images::Obtain;
 
 /// Tests whose names start with this boot from a [`RemoteMirror`].
 pub const MIRRORED_MODULE: &str = "remote_mirror::";
@@ -69,6 +69,11 @@ impl RemoteMirror {
         self.nginx.as_ref().map(|(n, _)| n)
     }
 
+    /// Requests nginx has answered so far, when the mirror is ours.
+    pub fn nginx_requests(&self) -> anyhow::Result<Option<u64>> {
+        self.nginx().map(|n| n.request_count()).transpose()
+    }
+
     /// The folder nginx serves (the built images folder), when ours.
     pub fn served_dir(&self) -> Option<&Path> {
         self.nginx.as_ref().map(|(_, d)| d.as_path())
@@ -79,7 +84,8 @@ impl RemoteMirror {
         &self.base_url
     }
 
-    fn start(env: &ResolverEnv) -> anyhow::Result<Self> {
+    /// A mirror for a test that requires the built guest files `needed`.
+    fn start(env: &ResolverEnv, needed: &[KnownTestArtifacts]) -> anyhow::Result<Self> {
         let nginx = match &env.base_url {
             Some(_) => None,
             None => {
@@ -88,12 +94,16 @@ impl RemoteMirror {
                         SkipTest::new("nginx is not installed (apt-get install nginx)").into(),
                     );
                 }
-                let disk = env
-                    .find_local(KnownTestArtifacts::PetriTestGuestX64Vhd)
-                    .context("the test guest's VHD is not built")?;
-                let served_dir = disk
+                let disk = needed
+                    .iter()
+                    .find(|a| a.remote_capable())
+                    .context("the test requires no built root disk to serve")?;
+                let path = env
+                    .find_local(*disk)
+                    .with_context(|| format!("{disk} is not built"))?;
+                let served_dir = path
                     .parent()
-                    .context("the test guest's VHD has no parent folder")?
+                    .with_context(|| format!("{} has no parent folder", path.display()))?
                     .to_owned();
                 let nginx = NginxServer::serve_dir(&served_dir).context("starting nginx")?;
                 Some((nginx, served_dir))
@@ -110,11 +120,9 @@ impl RemoteMirror {
         let images = root.path().join("images");
         std::fs::create_dir_all(&images)?;
         std::fs::create_dir_all(root.path().join("cache"))?;
-        for a in [
-            KnownTestArtifacts::PetriTestGuestX64Kernel,
-            KnownTestArtifacts::PetriTestGuestX64Initrd,
-        ] {
-            let from = env.find_local(a)?;
+        // The local-only files (kernel, initramfs) stay local.
+        for a in needed.iter().filter(|a| !a.remote_capable()) {
+            let from = env.find_local(*a)?;
             let to = images.join(a.file_name());
             if std::fs::hard_link(&from, &to).is_err() {
                 std::fs::copy(&from, &to)
@@ -148,16 +156,16 @@ fn check_test_guest_built(
         let Some(a) = KnownTestArtifacts::from_handle(handle) else {
             continue;
         };
-        if a.obtain() != Obtain::BuildGuestImage {
+        let Some(guest) = a.built_guest() else {
             continue;
-        }
+        };
         let streams = a.remote_capable() && env.base_url.is_some();
         if let Err(miss) = env.find_local(a)
             && !streams
         {
             return Err(SkipTest::or_fail_under_ci(format!(
-                "the petri test guest is not built ({miss}); build it with `{}`",
-                Obtain::BUILD_GUEST_IMAGE_COMMAND
+                "{guest} is not built ({miss}); build it with `{}`",
+                guest.build_command()
             )));
         }
         needed.push(a);
@@ -175,7 +183,7 @@ pub fn resolver_env(
     if guest_files.is_empty() || !name.starts_with(MIRRORED_MODULE) {
         return Ok(env);
     }
-    let mirror = Arc::new(RemoteMirror::start(&env)?);
+    let mirror = Arc::new(RemoteMirror::start(&env, &guest_files)?);
     // Keep logs where they would go, then make the private folder the only
     // image folder (the workspace root decides the default one).
     env.target_dir = Some(env.target_dir());

@@ -1,10 +1,13 @@
-//! The petri test guest booted from a remote image: nginx on 127.0.0.1
+//! The built test guests booted from a remote image: nginx on 127.0.0.1
 //! serves the built images folder, the root disk resolves to its URL, and
 //! the backend reads it lazily through RAM diff, SQLite auto-cache and
-//! HTTP blob (see `mirror` for how each test gets its mirror).
+//! HTTP blob, exported to QEMU over NBD (see `mirror` for how each test
+//! gets its mirror). The petri test guest boots cold then warm; the Debian
+//! guest boots once, cold (the bench does the repeats).
 
 use crate::guest::SCRATCH_MARKER;
 use crate::guest::any_file_contains;
+use crate::guest::boot_disk;
 use crate::guest::boot_guest;
 use crate::guest::dir_bytes;
 use crate::mirror;
@@ -34,44 +37,23 @@ async fn cold_then_warm<T: PetriVmmBackend + Clone>(
     config: PetriVmBuilder<T>,
 ) -> anyhow::Result<()> {
     let mirror = mirror::take(&config.params().test_name)?;
-    let root = config
-        .firmware()
-        .boot_drive()
-        .and_then(|d| d.disk)
-        .context("no boot disk")?;
-    let base = mirror.base_url().split('?').next().unwrap_or_default();
-    match &root {
-        petri::Disk::Differencing(petri::DiskPath::Remote { url }) => ensure!(
-            url.starts_with(base),
-            "the root disk {root:?} is not served by the test's store"
-        ),
-        other => anyhow::bail!("expected a remote root disk, got {other:?}"),
-    }
+    expect_root_from_mirror(&config, &mirror)?;
     let config = config.with_cache_dir(mirror.cache_dir());
     // Requests nginx saw (only when the store is our nginx).
-    let requests =
-        || -> anyhow::Result<Option<u64>> { mirror.nginx().map(|n| n.request_count()).transpose() };
+    let requests = || mirror.nginx_requests();
 
     let before = requests()?;
     let cold = boot_guest(config.clone(), &["write-scratch"]).await?;
     let after_cold = requests()?;
     let c = cold.counters;
     eprintln!("cold boot: {c:?}");
-    ensure!(
-        c.remote_bytes_fetched > 0,
-        "the cold boot fetched nothing: {c:?}"
-    );
-    ensure!(
-        c.remote_bytes_fetched < KnownTestArtifacts::PetriTestGuestX64Vhd.size() / 2,
-        "the cold boot fetched more than half the image: {c:?}"
-    );
-    if let (Some(before), Some(after)) = (before, after_cold) {
-        ensure!(
-            after - before == c.remote_requests,
-            "nginx saw {} requests, the disk counted {c:?}",
-            after - before
-        );
-    }
+    check_cold_boot(
+        &c,
+        KnownTestArtifacts::PetriTestGuestX64Vhd,
+        2,
+        before,
+        after_cold,
+    )?;
 
     let warm = boot_guest(config, &["write-scratch"]).await?;
     let after_warm = requests()?;
@@ -108,6 +90,76 @@ async fn cold_then_warm<T: PetriVmmBackend + Clone>(
             "the guest's writes reached the served image"
         );
     }
+    Ok(())
+}
+
+/// Checks a cold boot's counters: it fetched (and cached) something, less
+/// than `1 / fraction` of `image`, and nginx (when the store is ours) saw
+/// exactly the requests the disk counted between `before` and `after`.
+fn check_cold_boot(
+    c: &petri::DiskCounters,
+    image: KnownTestArtifacts,
+    fraction: u64,
+    before: Option<u64>,
+    after: Option<u64>,
+) -> anyhow::Result<()> {
+    ensure!(
+        c.remote_bytes_fetched > 0 && c.cache_fill_bytes > 0,
+        "the cold boot fetched nothing: {c:?}"
+    );
+    ensure!(
+        c.remote_bytes_fetched < image.size() / fraction,
+        "the cold boot fetched more than 1/{fraction} of {image}: {c:?}"
+    );
+    if let (Some(before), Some(after)) = (before, after) {
+        ensure!(
+            after - before == c.remote_requests,
+            "nginx saw {} requests, the disk counted {c:?}",
+            after - before
+        );
+    }
+    Ok(())
+}
+
+/// Fails unless the root disk of `config` is a URL of the mirror's store.
+fn expect_root_from_mirror<T: PetriVmmBackend>(
+    config: &PetriVmBuilder<T>,
+    mirror: &mirror::RemoteMirror,
+) -> anyhow::Result<()> {
+    let root = boot_disk(config)?;
+    let base = mirror.base_url().split('?').next().unwrap_or_default();
+    match &root {
+        petri::Disk::Differencing(petri::DiskPath::Remote { url }) => ensure!(
+            url.starts_with(base),
+            "the root disk {root:?} is not served by the test's store"
+        ),
+        other => anyhow::bail!("expected a remote root disk, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// The Debian 12 systemd guest booted lazily: one cold boot from the
+/// mirror, with a fresh cache, to its readiness unit after
+/// `multi-user.target` with no failed unit. It fetches what it reads (tens
+/// of MB) and far less than the 2 GiB image, and nginx saw exactly the
+/// requests the disk counted.
+#[vmm_test(qemu_linux_direct_x64(vhd(debian_12_x64)))]
+async fn cold_boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> {
+    let mirror = mirror::take(&config.params().test_name)?;
+    expect_root_from_mirror(&config, &mirror)?;
+    let config = config.with_cache_dir(mirror.cache_dir());
+    let requests = || mirror.nginx_requests();
+    let before = requests()?;
+    let run = boot_guest(config, &[]).await?;
+    let after = requests()?;
+    let c = run.counters;
+    eprintln!("cold boot of the Debian guest: {c:?}");
+    check_cold_boot(&c, KnownTestArtifacts::Debian12X64Vhd, 4, before, after)?;
+    ensure!(
+        !run.console.contains("PETRI_FAILED_UNIT"),
+        "units failed:\n{}",
+        run.console
+    );
     Ok(())
 }
 

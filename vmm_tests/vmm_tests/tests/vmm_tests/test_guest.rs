@@ -6,8 +6,9 @@
 
 use crate::guest::SCRATCH_MARKER;
 use crate::guest::any_file_contains;
+use crate::guest::boot_disk;
 use crate::guest::boot_guest;
-use anyhow::Context as _;
+use crate::guest::check_local_boot;
 use anyhow::ensure;
 use petri::PetriVmBuilder;
 use petri::PetriVmmBackend;
@@ -22,11 +23,7 @@ use vmm_test_macros::vmm_test;
     hyperv_uefi_x64(vhd(petri_test_guest_x64))
 )]
 async fn boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> {
-    let root = config
-        .firmware()
-        .boot_drive()
-        .and_then(|d| d.disk)
-        .context("no boot disk")?;
+    let root = boot_disk(&config)?;
     let image = match root {
         petri::Disk::Differencing(petri::DiskPath::Local(path)) => path,
         petri::Disk::Differencing(petri::DiskPath::Remote { .. }) => {
@@ -44,25 +41,11 @@ async fn boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<(
     };
     let log_dir = config.params().log_dir.clone();
     let run = boot_guest(config, &["write-scratch"]).await?;
-    let c = run.counters;
-    // The machine-readable record the main job reads.
-    let file = log_dir.join(petri::qemu::DISK_COUNTERS_FILE);
-    let reports: Vec<petri::qemu::DiskCountersReport> = serde_json::from_slice(
-        &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+    check_local_boot(
+        &run.counters,
+        &log_dir,
+        vmm_test_images::KnownTestArtifacts::PetriTestGuestX64Raw,
     )?;
-    ensure!(
-        reports.len() == 1
-            && reports[0].boot == 1
-            && !reports[0].remote
-            && reports[0].exit_code == Some(0)
-            && reports[0].disk_bytes
-                == vmm_test_images::KnownTestArtifacts::PetriTestGuestX64Raw.size(),
-        "{reports:?}"
-    );
-    ensure!(
-        c.remote_requests == 0 && c.remote_bytes_fetched == 0,
-        "a local disk fetched something: {c:?}"
-    );
     ensure!(
         run.console.contains("PETRI_STEP write-scratch status=0"),
         "{}",
