@@ -86,6 +86,13 @@ struct StackArgs {
     /// The auto-cache directory (fresh for a cold run, reused for warm).
     #[arg(long)]
     cache_dir: PathBuf,
+    /// The unit a cache miss is fetched in, KiB (default: the cache's
+    /// chunk size, 1 MiB).
+    #[arg(long)]
+    fill_kib: Option<u32>,
+    /// Do not replay prefetch lists.
+    #[arg(long)]
+    no_prefetch: bool,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +138,20 @@ enum Cmd {
         /// The trace file.
         #[arg(long)]
         trace: PathBuf,
+    },
+    /// Serve a directory over HTTP (the workspace's blob server) with
+    /// simulated latency until standard input closes: the store of a
+    /// replay or a boot. Prints a `ready` line with the base URL.
+    ServeHttp {
+        /// The directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Milliseconds waited before each request is answered.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Milliseconds waited once per new connection.
+        #[arg(long, default_value_t = 0)]
+        connection_latency_ms: u64,
     },
     /// Export the stack over NBD until standard input closes.
     ServeNbd {
@@ -203,6 +224,11 @@ fn main() -> Result<()> {
         } => rt.block_on(random(&stack, count, io_size, seed, layout))?,
         Cmd::ServeNbd { stack, socket } => rt.block_on(serve_nbd(&stack, &socket))?,
         Cmd::Replay { stack, trace } => rt.block_on(replay_trace(&stack, &trace))?,
+        Cmd::ServeHttp {
+            dir,
+            latency_ms,
+            connection_latency_ms,
+        } => rt.block_on(serve_http(&dir, latency_ms, connection_latency_ms))?,
     };
     drop(rt);
     println!("{}", serde_json::to_string(&out)?);
@@ -249,12 +275,16 @@ async fn open(stack: &StackArgs) -> Result<Disk> {
 }
 
 async fn open_stack(stack: &StackArgs, with_read_cache: bool) -> Result<Disk> {
-    disk_open::open(
-        &handle(stack, with_read_cache),
-        &disk_open::OpenOptions::default(),
-    )
-    .await
-    .context("opening the disk stack")
+    let mut options = disk_open::OpenOptions {
+        cache_fill_size: stack.fill_kib.map(|k| k << 10),
+        ..Default::default()
+    };
+    if stack.no_prefetch {
+        options.prefetch = None;
+    }
+    disk_open::open(&handle(stack, with_read_cache), &options)
+        .await
+        .context("opening the disk stack")
 }
 
 /// The baseline's database file name inside the cache directory.
@@ -439,6 +469,33 @@ fn output(
         prefetched_bytes: c.prefetched_bytes,
         prefetch_used_bytes: c.prefetch_used_bytes,
     }
+}
+
+/// The `serve-http` helper: the blob server with latency, until standard
+/// input closes; its counters are the output.
+async fn serve_http(dir: &Path, latency_ms: u64, connection_latency_ms: u64) -> Result<Output> {
+    let options = blob_server::BlobServerOptions {
+        latency: blob_server::Latency {
+            per_request: std::time::Duration::from_millis(latency_ms),
+            per_connection: std::time::Duration::from_millis(connection_latency_ms),
+        },
+    };
+    let server =
+        blob_server::BlobServer::serve_dir_with(dir, "127.0.0.1:0".parse()?, options).await?;
+    println!(
+        "{}",
+        serde_json::json!({ "ready": true, "url": server.url("") })
+    );
+    // Standard input closing is the stop signal.
+    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+        .await??;
+    let stats = server.stats();
+    Ok(Output {
+        workload: "serve-http".to_owned(),
+        remote_requests: stats.requests,
+        remote_bytes_fetched: stats.bytes_sent,
+        ..Default::default()
+    })
 }
 
 /// The `replay` workload.

@@ -81,6 +81,9 @@ pub struct OpenOptions {
     /// Chunk size of auto-caches this open creates, in bytes; `None` uses
     /// the SQLite layer's default.
     pub cache_chunk_size: Option<u32>,
+    /// The unit a read-cache miss is fetched in, in bytes (see
+    /// `SqliteDiskLayer::with_fill_size`); `None` uses the layer's default.
+    pub cache_fill_size: Option<u32>,
     /// How a prefetch list is replayed for a remote image with a read
     /// cache (see [`prefetch`]); `None` turns replay off (as
     /// `PETRI_PREFETCH=0` does). The guest's first reads are recorded
@@ -93,6 +96,7 @@ impl Default for OpenOptions {
         OpenOptions {
             http: HttpBlobOptions::default(),
             cache_chunk_size: None,
+            cache_fill_size: None,
             prefetch: Some(disk_layered::PrefetchOptions::default()),
         }
     }
@@ -459,6 +463,9 @@ pub async fn open_with_details(
                 let mut cache = AutoCacheSqliteDiskLayer::new(cache_dir, key, false);
                 if let Some(chunk) = options.cache_chunk_size {
                     cache = cache.with_chunk_size(chunk);
+                }
+                if let Some(fill) = options.cache_fill_size {
+                    cache = cache.with_fill_size(fill);
                 }
                 // The topmost read cache of a remote image records (and
                 // replays) the prefetch list.

@@ -64,6 +64,8 @@ pub struct AutoCacheSqliteDiskLayer {
     key: Option<String>,
     read_only: bool,
     chunk_size: u32,
+    /// The fill unit of the opened layer (0: its chunk size).
+    fill_size: u32,
 }
 
 /// Lowercase, zero-padded hex of `bytes`.
@@ -142,6 +144,7 @@ impl AutoCacheSqliteDiskLayer {
             key,
             read_only,
             chunk_size: crate::DEFAULT_CHUNK_SIZE,
+            fill_size: 0,
         }
     }
 
@@ -149,6 +152,13 @@ impl AutoCacheSqliteDiskLayer {
     /// existing file keeps its own).
     pub fn with_chunk_size(mut self, chunk_size: u32) -> Self {
         self.chunk_size = chunk_size;
+        self
+    }
+
+    /// Sets the fill unit of the opened layer (see
+    /// [`SqliteDiskLayer::with_fill_size`]).
+    pub fn with_fill_size(mut self, fill_size: u32) -> Self {
+        self.fill_size = fill_size;
         self
     }
 
@@ -196,7 +206,7 @@ impl AutoCacheSqliteDiskLayer {
                 })
             };
             match SqliteDiskLayer::open_with_hook(&file, self.read_only, Some(hook)).await {
-                Ok(layer) => break layer,
+                Ok(layer) => break layer.with_fill_size(self.fill_size),
                 // A damaged, foreign or outdated file in our own cache
                 // directory: move it aside and create a fresh one (once;
                 // a second failure is reported).

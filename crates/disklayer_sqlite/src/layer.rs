@@ -33,10 +33,11 @@ impl LayerIo for SqliteDiskLayer {
     fn is_logically_read_only(&self) -> bool {
         self.refuses_writes()
     }
-    /// Fills come in whole chunks: a chunk that is entirely present is
-    /// stored in its compact form and read with a single BLOB read.
+    /// Fills come in units of the fill size (whole chunks by default: a
+    /// chunk that is entirely present is stored in its compact form and
+    /// read with a single BLOB read).
     fn preferred_fill_sectors(&self) -> Option<u64> {
-        Some(u64::from(self.chunk_size() / self.geometry().sector_size))
+        Some(u64::from(self.fill_size() / self.geometry().sector_size))
     }
     /// From the chunk index (and queued fills) alone: no data is read.
     async fn presence(

@@ -431,6 +431,9 @@ struct Counters {
 pub struct SqliteDiskLayer {
     engine: Arc<Engine>,
     counters: Arc<Counters>,
+    /// Bytes a read-cache fill is widened to (see
+    /// [`SqliteDiskLayer::with_fill_size`]); 0: the chunk size.
+    fill_size: u32,
 }
 
 impl fmt::Debug for SqliteDiskLayer {
@@ -469,6 +472,7 @@ impl SqliteDiskLayer {
         Ok(SqliteDiskLayer {
             engine: Arc::new(engine),
             counters: Arc::default(),
+            fill_size: 0,
         })
     }
 
@@ -500,6 +504,27 @@ impl SqliteDiskLayer {
     /// Chunk size in bytes: the natural fill granularity.
     pub fn chunk_size(&self) -> u32 {
         self.metadata().chunk_size
+    }
+
+    /// Sets how much a read-cache miss is widened to (in a stack: the
+    /// aligned unit fetched from below), in bytes: a power of two between
+    /// one sector and the chunk size (other values are clamped to that).
+    /// The default is the chunk size, which stores whole chunks compactly
+    /// but fetches a whole chunk for a 4 KiB miss; smaller units fetch
+    /// closer to what is read (a partly filled chunk keeps a presence
+    /// bitmap and is rewritten as it fills).
+    pub fn with_fill_size(mut self, bytes: u32) -> Self {
+        self.fill_size = bytes;
+        self
+    }
+
+    /// The fill unit in bytes (see [`with_fill_size`](Self::with_fill_size)).
+    pub fn fill_size(&self) -> u32 {
+        let ss = self.geometry().sector_size;
+        match self.fill_size {
+            0 => self.chunk_size(),
+            n => n.next_power_of_two().clamp(ss, self.chunk_size()),
+        }
     }
 
     /// Whether the file was opened read-only (no write of any kind).
