@@ -124,6 +124,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auto_cache;
+pub mod cache_entries;
 mod checkpoint;
 mod engine;
 mod layer;
@@ -431,6 +432,11 @@ struct Counters {
 pub struct SqliteDiskLayer {
     engine: Arc<Engine>,
     counters: Arc<Counters>,
+    /// An auto-cache's entry: its lock is released (and the cache
+    /// directory's size limit kept) when the last clone is dropped, after
+    /// the engine has closed: fields drop in order, so this stays after
+    /// `engine`.
+    entry: Option<Arc<cache_entries::EntryGuard>>,
 }
 
 impl fmt::Debug for SqliteDiskLayer {
@@ -469,6 +475,7 @@ impl SqliteDiskLayer {
         Ok(SqliteDiskLayer {
             engine: Arc::new(engine),
             counters: Arc::default(),
+            entry: None,
         })
     }
 

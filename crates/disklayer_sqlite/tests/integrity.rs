@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::Tmpfs;
 use common::cached_stack;
 use common::make_image;
 use common::pattern;
@@ -477,46 +478,6 @@ async fn damage_found_during_a_read_switches_to_the_layer_below() {
     let (disk, lower_reads) = stack().await.unwrap();
     assert!(read_all(&disk).await == data);
     assert_eq!(lower_reads.load(Ordering::SeqCst), 0, "a fresh, full cache");
-}
-
-/// A small tmpfs mounted for one test (root only), unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// `None` (with the reason printed) where mounting is not possible
-    /// outside CI; under `CI=true` a failure to mount fails the test.
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(Tmpfs { dir }),
-            other => {
-                let why = format!("cannot mount a tmpfs (needs root): {other:?}");
-                if ci_env::in_ci() {
-                    panic!("{why}");
-                }
-                eprintln!("skipped: {why}");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
 }
 
 /// A cache on a file system that fills up: once a fill fails, fills pause

@@ -142,3 +142,102 @@ pub fn list_files(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Whether the run is a CI run (`CI` is `true` or `1`): a real component
+/// that is missing fails the test instead of skipping it.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// `None` after printing why a test cannot run here; under CI a panic.
+fn cannot(why: String) -> Option<std::convert::Infallible> {
+    if ci() {
+        panic!("{why}");
+    }
+    eprintln!("skipped: {why}");
+    None
+}
+
+fn run(cmd: &mut std::process::Command) -> Result<(), String> {
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        other => Err(format!("{cmd:?}: {other:?}")),
+    }
+}
+
+/// A small tmpfs mounted for one test (root only), unmounted on drop.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (with the reason printed) where mounting is not possible
+    /// outside CI; under `CI=true` a failure to mount fails the test.
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = run(std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path()));
+        match mounted {
+            Ok(()) => Some(Tmpfs { dir }),
+            Err(e) => cannot(format!("cannot mount a tmpfs (needs root): {e}")).map(|n| match n {}),
+        }
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Makes the whole file system read-only (as a read-only mount is).
+    pub fn remount_read_only(&self) {
+        run(std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(self.dir.path()))
+        .unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// One existing file made read-only by a read-only bind mount over
+/// itself (root only; the directory stays writable), undone on drop.
+pub struct ReadOnlyFile {
+    path: std::path::PathBuf,
+}
+
+impl ReadOnlyFile {
+    /// `None` (with the reason printed) outside CI where it cannot be done.
+    pub fn protect(path: &Path) -> Option<ReadOnlyFile> {
+        let bound = run(std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(path)
+            .arg(path));
+        if let Err(e) = bound {
+            return cannot(format!("cannot bind-mount a file (needs root): {e}"))
+                .map(|n| match n {});
+        }
+        let guard = ReadOnlyFile {
+            path: path.to_path_buf(),
+        };
+        run(std::process::Command::new("mount")
+            .args(["-o", "remount,ro,bind"])
+            .arg(path))
+        .unwrap();
+        Some(guard)
+    }
+}
+
+impl Drop for ReadOnlyFile {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
