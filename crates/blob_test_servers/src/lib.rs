@@ -22,6 +22,11 @@
 //!   program (fail under `CI=true`, skip with a message otherwise).
 //! - [`images`]: deterministic random images (flat and fixed VHD1) and
 //!   SHA-256 helpers.
+//! - [`Tmpfs`] and [`ReadOnlyFile`]: small real file systems that fill up
+//!   or are read-only, for the caches' tests (root only; same skip/fail
+//!   rule as tools).
+//! - [`captured_logs`]: every log line of the test process, to count
+//!   warnings.
 //!
 //! Invariants: servers listen on 127.0.0.1 only, on a free port chosen at
 //! start; every server stops when dropped. No function here synchronises
@@ -43,6 +48,8 @@
 
 mod fault_server;
 pub mod images;
+mod logs;
+mod mounts;
 mod nginx;
 mod tls;
 mod tools;
@@ -53,6 +60,10 @@ pub use fault_server::FaultServer;
 pub use fault_server::FaultServerBuilder;
 pub use fault_server::RequestRecord;
 pub use fault_server::Times;
+pub use logs::CapturedLogs;
+pub use logs::captured_logs;
+pub use mounts::ReadOnlyFile;
+pub use mounts::Tmpfs;
 pub use nginx::NginxConfig;
 pub use nginx::NginxLogEntry;
 pub use nginx::NginxServer;

@@ -12,8 +12,9 @@
 
 mod common;
 
-use common::ReadOnlyFile;
-use common::Tmpfs;
+use blob_test_servers::ReadOnlyFile;
+use blob_test_servers::Tmpfs;
+use blob_test_servers::captured_logs;
 use common::cached_stack;
 use common::child;
 use common::make_image;
@@ -37,9 +38,6 @@ use std::io::Read;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::SystemTime;
@@ -49,44 +47,9 @@ const MIB: usize = 1 << 20;
 /// Sectors of the disks the entries of the limit tests cache (8 MiB).
 const SECTORS: u64 = 16384;
 
-/// Every log line of this process (the subscriber is global, so lines
-/// logged on the engine's threads are kept too).
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = LogWriter(buf.clone());
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-        buf
-    })
-}
-
-#[derive(Clone)]
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The warnings logged so far that mention `about`.
 fn warnings_about(about: &Path) -> Vec<String> {
-    let text = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
-    let about = about.display().to_string();
-    text.lines()
-        .filter(|l| l.contains(" WARN ") && l.contains(&about))
-        .map(str::to_owned)
-        .collect()
+    captured_logs().warnings_with(&about.display().to_string())
 }
 
 async fn read_all(disk: &Disk) -> Vec<u8> {
@@ -108,7 +71,7 @@ fn sha(data: &[u8]) -> String {
 /// passes the rest through without keeping it.
 #[tokio::test]
 async fn a_read_only_directory_serves_the_cache_it_holds() {
-    logs();
+    captured_logs();
     let Some(fs) = Tmpfs::mount("32m") else {
         return;
     };
@@ -254,7 +217,7 @@ async fn a_read_only_cache_with_an_unfinished_wal_is_refused() {
 /// with one warning naming it.
 #[tokio::test]
 async fn a_write_protected_cache_file_is_used_read_only() {
-    logs();
+    captured_logs();
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
     let data = make_image(&image, 4, 4 * MIB).unwrap();

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::Tmpfs;
+use blob_test_servers::Tmpfs;
 use common::cached_stack;
 use common::make_image;
 use common::pattern;
