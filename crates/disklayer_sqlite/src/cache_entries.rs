@@ -175,6 +175,13 @@ impl EntryLock {
         ))
     }
 
+    /// Takes the shared lock of the existing entry in `key_dir` (for a
+    /// process that reads it without using it as a cache: a listing, a
+    /// check); `None` if it has no lock file. Creates nothing.
+    pub fn shared(key_dir: &Path) -> Result<Option<EntryLock>, SqliteLayerError> {
+        Self::acquire(key_dir, false)
+    }
+
     /// Records now as the entry's last use (best effort: the time of a
     /// lock file this process may not change stays as it is).
     pub(crate) fn record_use(&self) {
@@ -220,7 +227,7 @@ pub(crate) fn keep_limit(cache_dir: &Path, max_size: u64, keep: &str) {
                     bytes = done.total_after,
                     limit = max_size,
                     in_use = done.in_use.len(),
-                    "the cache directory stays over its size limit: what is left is in use or is the entry being used now"
+                    "the cache directory stays over its size limit: the rest is entries in use (this one included) and files that are not entries"
                 );
             }
         }

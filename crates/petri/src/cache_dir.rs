@@ -174,20 +174,7 @@ pub fn cache_settings_with(
     os: HostOs,
     dir: Option<&Path>,
 ) -> Result<Option<CacheSettings>, CacheSettingsError> {
-    let text = |var: &'static str| -> Result<Option<String>, CacheSettingsError> {
-        match non_empty(env(var)) {
-            None => Ok(None),
-            Some(v) => v
-                .into_string()
-                .map(|s| Some(s.trim().to_owned()))
-                .map_err(|v| CacheSettingsError::Invalid {
-                    var,
-                    value: v.to_string_lossy().into_owned(),
-                    expected: "not valid UTF-8".into(),
-                }),
-        }
-    };
-    let required = match text(PETRI_CACHE)?
+    let required = match env_text(&env, PETRI_CACHE)?
         .map(|v| v.to_ascii_lowercase())
         .as_deref()
     {
@@ -202,15 +189,7 @@ pub fn cache_settings_with(
             });
         }
     };
-    let max_size = match text(PETRI_CACHE_MAX_SIZE)? {
-        None => None,
-        Some(v) if v.is_empty() => None,
-        Some(v) => Some(parse_size(&v).map_err(|why| CacheSettingsError::Invalid {
-            var: PETRI_CACHE_MAX_SIZE,
-            value: v.clone(),
-            expected: why,
-        })?),
-    };
+    let max_size = cache_max_size_with(&env)?;
     let dir = match dir {
         Some(d) => d.to_path_buf(),
         None => cache_dir_with(env, os)?,
@@ -220,6 +199,47 @@ pub fn cache_settings_with(
         required,
         max_size,
     }))
+}
+
+/// The value of `var` through `env`, trimmed; `None` if unset or empty.
+fn env_text(
+    env: &impl Fn(&str) -> Option<OsString>,
+    var: &'static str,
+) -> Result<Option<String>, CacheSettingsError> {
+    match non_empty(env(var)) {
+        None => Ok(None),
+        Some(v) => v
+            .into_string()
+            .map(|s| Some(s.trim().to_owned()).filter(|s| !s.is_empty()))
+            .map_err(|v| CacheSettingsError::Invalid {
+                var,
+                value: v.to_string_lossy().into_owned(),
+                expected: "a value in UTF-8".into(),
+            }),
+    }
+}
+
+/// `PETRI_CACHE_MAX_SIZE` through `env`.
+fn cache_max_size_with(
+    env: &impl Fn(&str) -> Option<OsString>,
+) -> Result<Option<u64>, CacheSettingsError> {
+    let Some(v) = env_text(env, PETRI_CACHE_MAX_SIZE)? else {
+        return Ok(None);
+    };
+    parse_size(&v)
+        .map(Some)
+        .map_err(|why| CacheSettingsError::Invalid {
+            var: PETRI_CACHE_MAX_SIZE,
+            value: v,
+            expected: why,
+        })
+}
+
+/// The cache directory's size limit of this process
+/// (`PETRI_CACHE_MAX_SIZE`), whatever `PETRI_CACHE` says: for tools that
+/// manage the directory.
+pub fn cache_max_size() -> Result<Option<u64>, CacheSettingsError> {
+    cache_max_size_with(&|name: &str| std::env::var_os(name))
 }
 
 /// The cache settings of this process (see [`cache_settings_with`]).
