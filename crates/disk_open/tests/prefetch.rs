@@ -27,6 +27,8 @@ fn remote(cache_dir: &Path, url: &str) -> LayeredDiskHandle {
             LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
                 cache_dir: cache_dir.to_path_buf(),
                 key: None,
+                required: true,
+                max_size: None,
             }),
             LayerDescription::plain(LayerKind::Blob {
                 url: url.to_string(),
