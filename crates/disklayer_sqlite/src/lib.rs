@@ -102,7 +102,11 @@
 //! [`SqliteDiskLayerConfig`] opens (or formats) an explicit file when a
 //! stack is assembled; [`AutoCacheSqliteDiskLayer`] finds or atomically
 //! creates `<cache dir>/<key>/cache.dbhd` for the layer below it (see
-//! [`auto_cache`]).
+//! [`auto_cache`]). Each key directory is an entry of the cache directory
+//! ([`cache_entries`]): an open auto-cache holds its entry's lock until it
+//! closes, so no process removes an entry in use, and an optional size
+//! limit for the whole directory removes the least recently used entries
+//! when caches are opened and closed.
 //!
 //! # Performance
 //!
