@@ -458,6 +458,9 @@ pub struct OpenedDisk {
     /// the disk closes (a remote image with a read cache), merged with
     /// earlier runs: the file to publish beside the image in the store.
     pub prefetch_record: Option<PathBuf>,
+    /// The read cache's file, if the stack has one that could be opened
+    /// (see [`OpenError::Cache`] for one that could not).
+    pub cache_file: Option<PathBuf>,
 }
 
 /// Opens `handle` into a live disk. See the [crate docs](crate) for how
@@ -486,6 +489,7 @@ pub async fn open_with_details(
 
     let mut layers = Vec::with_capacity(handle.layers.len());
     let mut plan = None;
+    let mut cache_file = None;
     for desc in upper {
         let layer = match &desc.layer {
             LayerKind::Ram { len } => DiskLayer::new(RamDiskLayer::lazy(*len)),
@@ -542,6 +546,7 @@ pub async fn open_with_details(
                         continue;
                     }
                 };
+                cache_file.get_or_insert_with(|| opened.path().to_path_buf());
                 // The topmost read cache of a remote image records (and
                 // replays) the prefetch list.
                 if plan.is_none()
@@ -582,6 +587,7 @@ pub async fn open_with_details(
     Ok(OpenedDisk {
         disk: prefetch::wrap(layered, plan).map_err(OpenError::Disk)?,
         prefetch_record,
+        cache_file,
     })
 }
 

@@ -214,11 +214,17 @@ async fn serve(source: &Source, handle: &LayeredDiskHandle, args: &ServeNbdArgs)
         if args.read_only { ", read-only" } else { "" },
         listener.nbd_uri()
     );
-    if let Some(cache) = handle.layers.iter().find_map(|l| match &l.layer {
+    let described_cache = handle.layers.iter().find_map(|l| match &l.layer {
         LayerKind::AutoCacheSqlite { cache_dir, .. } => Some(cache_dir),
         _ => None,
-    }) {
-        println!("petri-tool: read cache in {}", cache.display());
+    });
+    match (&opened.cache_file, described_cache) {
+        (Some(file), _) => println!("petri-tool: read cache {}", file.display()),
+        (None, Some(dir)) => println!(
+            "petri-tool: no read cache (none usable in {}, see the warning above)",
+            dir.display()
+        ),
+        (None, None) => {}
     }
     println!("petri-tool: stop with SIGINT (Ctrl-C) or SIGTERM");
 

@@ -277,3 +277,114 @@ fn bad_sizes_and_durations_are_refused() {
     assert!(!run.ok);
     assert!(run.stderr.contains("no entry nope"), "{}", run.stderr);
 }
+
+/// `petri-tool disk serve-nbd` with `PETRI_CACHE` set, until it serves (or
+/// fails); then stopped with SIGINT. Returns whether it served, its
+/// stdout and its stderr.
+fn serve_with(
+    url: &str,
+    socket: &Path,
+    cache_dir: &Path,
+    petri_cache: &str,
+) -> (bool, String, String) {
+    use std::io::BufRead;
+    use std::io::Read;
+    let mut child = Command::new(TOOL)
+        .args(["disk", "serve-nbd", url, "--socket"])
+        .arg(socket)
+        .arg("--cache-dir")
+        .arg(cache_dir)
+        .env("PETRI_CACHE", petri_cache)
+        .env_remove("PETRI_CACHE_MAX_SIZE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = String::new();
+    let mut served = false;
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        stdout.push_str(&line);
+        if line.starts_with("petri-tool: stop with") {
+            served = true;
+            let status = Command::new("kill")
+                .arg("-INT")
+                .arg(child.id().to_string())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+    out.read_to_string(&mut stdout).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.success(), served, "{stdout}{stderr}");
+    (served, stdout, stderr)
+}
+
+/// `PETRI_CACHE` as `serve-nbd` applies it: with a cache directory that
+/// cannot be created (a regular file is in the way), the default serves
+/// uncached with one warning naming it, `required` refuses to start with
+/// the reason, and `off` neither warns nor looks at the directory.
+#[test]
+fn petri_cache_auto_required_and_off() {
+    let server = FaultServer::start().unwrap();
+    server.put_blob("/images/disk.raw", random_bytes(9, MIB));
+    let url = server.url("/images/disk.raw");
+    let dir = tempfile::tempdir().unwrap();
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, b"x").unwrap();
+    let cache_dir = blocked.join("cache");
+    let needle = cache_dir.display().to_string();
+    let socket = dir.path().join("nbd.sock");
+
+    let (served, stdout, stderr) = serve_with(&url, &socket, &cache_dir, "");
+    assert!(served);
+    let warnings: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(&needle))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("no usable read cache"), "{stderr}");
+    assert!(
+        stdout.contains(&format!("no read cache (none usable in {needle}")),
+        "{stdout}"
+    );
+
+    let (served, _, stderr) = serve_with(&url, &socket, &cache_dir, "required");
+    assert!(!served);
+    assert!(
+        stderr.contains(&needle)
+            && stderr.contains("required")
+            && stderr.contains("Not a directory"),
+        "{stderr}"
+    );
+
+    let (served, stdout, stderr) = serve_with(&url, &socket, &cache_dir, "off");
+    assert!(served);
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    assert!(!stdout.contains("read cache"), "{stdout}");
+
+    let (served, _, stderr) = serve_with(&url, &socket, &cache_dir, "sometimes");
+    assert!(!served);
+    assert!(stderr.contains("PETRI_CACHE=\"sometimes\""), "{stderr}");
+
+    // A usable directory: the cache file is named.
+    let good = dir.path().join("cache");
+    let (served, stdout, _) = serve_with(&url, &socket, &good, "required");
+    assert!(served);
+    assert!(
+        stdout.contains(&format!("read cache {}", good.display())),
+        "{stdout}"
+    );
+}
