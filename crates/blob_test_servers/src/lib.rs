@@ -26,7 +26,7 @@
 //!   or are read-only, for the caches' tests (root only; same skip/fail
 //!   rule as tools).
 //! - [`captured_logs`]: every log line of the test process, to count
-//!   warnings.
+//!   warnings; [`error_chain`]: an error and its sources on one line.
 //!
 //! Invariants: servers listen on 127.0.0.1 only, on a free port chosen at
 //! start; every server stops when dropped. No function here synchronises
@@ -46,6 +46,7 @@
 
 #![forbid(unsafe_code)]
 
+mod errors;
 mod fault_server;
 pub mod images;
 mod logs;
@@ -54,6 +55,7 @@ mod nginx;
 mod tls;
 mod tools;
 
+pub use errors::error_chain;
 pub use fault_server::Fault;
 pub use fault_server::FaultRule;
 pub use fault_server::FaultServer;

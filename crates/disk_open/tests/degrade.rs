@@ -9,6 +9,7 @@
 use blob_test_servers::FaultServer;
 use blob_test_servers::Tmpfs;
 use blob_test_servers::captured_logs;
+use blob_test_servers::error_chain;
 use blob_test_servers::images::random_bytes;
 use blob_test_servers::images::sha256_hex;
 use disk_backend::Disk;
@@ -49,17 +50,6 @@ async fn read_all(disk: &Disk) -> Vec<u8> {
         disk.read((i * 512) as u64, piece).await.unwrap();
     }
     out
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// A cache directory on a full file system, then on a read-only one:

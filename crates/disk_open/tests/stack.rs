@@ -2,6 +2,7 @@
 //! description, against the in-test fault server.
 
 use blob_test_servers::FaultServer;
+use blob_test_servers::error_chain;
 use blob_test_servers::images::fixed_vhd1_bytes;
 use blob_test_servers::images::random_bytes;
 use disk_backend::Disk;
@@ -250,22 +251,10 @@ async fn sas_token_never_reaches_cache_paths_or_errors() {
     )
     .await
     .unwrap_err();
-    let text = format!("{:#}", anyhow_chain(&err));
+    let text = format!("{:#}", error_chain(&err));
     assert!(!text.contains("SECRET"), "{text}");
     assert!(text.contains("missing.raw?<redacted>"), "{text}");
     assert!(format!("{err:?}").find("SECRET").is_none());
-}
-
-/// The error and its whole source chain as one string.
-fn anyhow_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
 }
 
 #[tokio::test]

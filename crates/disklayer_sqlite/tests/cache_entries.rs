@@ -15,16 +15,16 @@ mod common;
 use blob_test_servers::ReadOnlyFile;
 use blob_test_servers::Tmpfs;
 use blob_test_servers::captured_logs;
+use blob_test_servers::error_chain;
 use common::cached_stack;
 use common::child;
+use common::lower;
 use common::make_image;
 use common::pattern;
 use disk_backend::Disk;
 use disklayer_sqlite::AutoCacheSqliteDiskLayer;
-use disklayer_sqlite::Geometry;
 use disklayer_sqlite::SqliteDiskLayer;
 use disklayer_sqlite::auto_cache::CACHE_FILE_NAME;
-use disklayer_sqlite::auto_cache::LowerDisk;
 use disklayer_sqlite::auto_cache::hex;
 use disklayer_sqlite::cache_entries::ENTRY_LOCK_NAME;
 use disklayer_sqlite::cache_entries::EntryInfo;
@@ -145,27 +145,6 @@ async fn a_read_only_directory_without_a_cache_is_an_error_naming_it() {
                 && text.contains("Read-only file system"),
             "{text}"
         );
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn lower(sectors: u64, id: Option<[u8; 16]>) -> LowerDisk {
-    LowerDisk {
-        geometry: Geometry {
-            sector_count: sectors,
-            sector_size: 512,
-        },
-        disk_id: id,
     }
 }
 
