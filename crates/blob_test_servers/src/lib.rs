@@ -27,6 +27,7 @@
 //!   rule as tools).
 //! - [`captured_logs`]: every log line of the test process, to count
 //!   warnings; [`error_chain`]: an error and its sources on one line.
+//! - [`remote_stack`]: the disk stack description of a remote image.
 //!
 //! Invariants: servers listen on 127.0.0.1 only, on a free port chosen at
 //! start; every server stops when dropped. No function here synchronises
@@ -52,6 +53,7 @@ pub mod images;
 mod logs;
 mod mounts;
 mod nginx;
+mod stacks;
 mod tls;
 mod tools;
 
@@ -69,6 +71,7 @@ pub use mounts::Tmpfs;
 pub use nginx::NginxConfig;
 pub use nginx::NginxLogEntry;
 pub use nginx::NginxServer;
+pub use stacks::remote_stack;
 pub use tls::TestCa;
 pub use tools::find_tool;
 pub use tools::in_ci;

@@ -12,10 +12,9 @@ use blob_test_servers::captured_logs;
 use blob_test_servers::error_chain;
 use blob_test_servers::images::random_bytes;
 use blob_test_servers::images::sha256_hex;
+use blob_test_servers::remote_stack;
 use disk_backend::Disk;
 use disk_backend_resources::BlobFormat;
-use disk_backend_resources::LayerDescription;
-use disk_backend_resources::LayerKind;
 use disk_backend_resources::LayeredDiskHandle;
 use disk_open::OpenError;
 use disk_open::OpenOptions;
@@ -26,22 +25,7 @@ use std::path::Path;
 const MIB: usize = 1 << 20;
 
 fn remote(cache_dir: &Path, url: &str, required: bool) -> LayeredDiskHandle {
-    LayeredDiskHandle {
-        layers: vec![
-            LayerDescription::plain(LayerKind::Ram { len: None }),
-            LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
-                cache_dir: cache_dir.to_path_buf(),
-                key: None,
-                required,
-                max_size: None,
-            }),
-            LayerDescription::plain(LayerKind::Blob {
-                url: url.to_string(),
-                format: BlobFormat::Flat,
-            }),
-        ],
-        read_only: false,
-    }
+    remote_stack(cache_dir, url, BlobFormat::Flat, required)
 }
 
 async fn read_all(disk: &Disk) -> Vec<u8> {

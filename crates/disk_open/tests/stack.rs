@@ -5,6 +5,7 @@ use blob_test_servers::FaultServer;
 use blob_test_servers::error_chain;
 use blob_test_servers::images::fixed_vhd1_bytes;
 use blob_test_servers::images::random_bytes;
+use blob_test_servers::remote_stack;
 use disk_backend::Disk;
 use disk_backend_resources::BlobFormat;
 use disk_backend_resources::LayerDescription;
@@ -18,22 +19,7 @@ use std::path::Path;
 const MIB: usize = 1 << 20;
 
 fn remote(cache_dir: &Path, url: &str, format: BlobFormat) -> LayeredDiskHandle {
-    LayeredDiskHandle {
-        layers: vec![
-            LayerDescription::plain(LayerKind::Ram { len: None }),
-            LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
-                cache_dir: cache_dir.to_path_buf(),
-                key: None,
-                required: false,
-                max_size: None,
-            }),
-            LayerDescription::plain(LayerKind::Blob {
-                url: url.to_string(),
-                format,
-            }),
-        ],
-        read_only: false,
-    }
+    remote_stack(cache_dir, url, format, false)
 }
 
 async fn read_all(disk: &Disk, chunk: usize) -> Vec<u8> {

@@ -6,10 +6,9 @@
 use blob_test_servers::FaultServer;
 use blob_test_servers::images::fixed_vhd1_bytes;
 use blob_test_servers::images::random_bytes;
+use blob_test_servers::remote_stack;
 use disk_backend::Disk;
 use disk_backend_resources::BlobFormat;
-use disk_backend_resources::LayerDescription;
-use disk_backend_resources::LayerKind;
 use disk_backend_resources::LayeredDiskHandle;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -21,22 +20,7 @@ const TOOL: &str = env!("CARGO_BIN_EXE_petri-tool");
 const MIB: usize = 1 << 20;
 
 fn remote(cache_dir: &Path, url: &str, format: BlobFormat) -> LayeredDiskHandle {
-    LayeredDiskHandle {
-        layers: vec![
-            LayerDescription::plain(LayerKind::Ram { len: None }),
-            LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
-                cache_dir: cache_dir.to_path_buf(),
-                key: None,
-                required: true,
-                max_size: None,
-            }),
-            LayerDescription::plain(LayerKind::Blob {
-                url: url.to_string(),
-                format,
-            }),
-        ],
-        read_only: false,
-    }
+    remote_stack(cache_dir, url, format, true)
 }
 
 /// Opens `url` with its cache in `cache_dir` and reads its first `len`
