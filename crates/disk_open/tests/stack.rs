@@ -348,7 +348,7 @@ fn threads_opening_different_images_keep_their_own_footers() {
             let handle = remote(cache.path(), url, BlobFormat::FixedVhd1);
             let disk = open(&handle, &OpenOptions::default())
                 .await
-                .unwrap_or_else(|e| panic!("{url}: {}", anyhow_chain(&e)));
+                .unwrap_or_else(|e| panic!("{url}: {}", error_chain(&e)));
             assert_eq!(disk.disk_id(), Some(id), "{url}");
             assert_eq!(disk.size_bytes(), image.len() as u64 - 512, "{url}");
             disk.counters()

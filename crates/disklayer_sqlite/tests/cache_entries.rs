@@ -8,7 +8,7 @@
 //! read-only bind mount over one file (root only; outside CI the test
 //! prints why it skips). Another process holding an entry is this test
 //! binary run again with `CACHE_ENTRIES_CHILD` set, executing
-//! `child_hold_entry` (which does nothing in an ordinary run).
+//! `child_hold_entry` (ignored in an ordinary run).
 
 mod common;
 
@@ -277,6 +277,7 @@ impl Holder {
                 ("CACHE_ENTRIES_KEY", key),
             ],
         )
+        .arg("--ignored")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -303,10 +304,14 @@ impl Holder {
 }
 
 #[tokio::test]
+#[ignore = "child process of the_limit_removes_least_recently_used_entries_never_one_in_use; run by it"]
 async fn child_hold_entry() {
-    if std::env::var("CACHE_ENTRIES_CHILD").as_deref() != Ok("hold") {
-        return;
-    }
+    assert_eq!(
+        std::env::var("CACHE_ENTRIES_CHILD").as_deref(),
+        Ok("hold"),
+        "a child process of the_limit_removes_least_recently_used_entries_never_one_in_use, \
+         which runs it"
+    );
     let cache_dir = PathBuf::from(std::env::var("CACHE_ENTRIES_DIR").unwrap());
     let key = std::env::var("CACHE_ENTRIES_KEY").unwrap();
     let layer = entry(&cache_dir, &key, 0, None).await;
