@@ -102,6 +102,8 @@ fn every_environment_variable_is_documented() {
     for var in [
         "PETRI_REMOTE_ARTIFACTS",
         "PETRI_CACHE_DIR",
+        "PETRI_CACHE",
+        "PETRI_CACHE_MAX_SIZE",
         "VMM_TEST_IMAGES",
         "PETRI_ARTIFACT_BASE_URL",
         "TEST_OUTPUT_PATH",

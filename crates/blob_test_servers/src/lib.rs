@@ -22,6 +22,12 @@
 //!   program (fail under `CI=true`, skip with a message otherwise).
 //! - [`images`]: deterministic random images (flat and fixed VHD1) and
 //!   SHA-256 helpers.
+//! - [`Tmpfs`] and [`ReadOnlyFile`]: small real file systems that fill up
+//!   or are read-only, for the caches' tests (root only; same skip/fail
+//!   rule as tools).
+//! - [`captured_logs`]: every log line of the test process, to count
+//!   warnings; [`error_chain`]: an error and its sources on one line.
+//! - [`remote_stack`]: the disk stack description of a remote image.
 //!
 //! Invariants: servers listen on 127.0.0.1 only, on a free port chosen at
 //! start; every server stops when dropped. No function here synchronises
@@ -41,21 +47,31 @@
 
 #![forbid(unsafe_code)]
 
+mod errors;
 mod fault_server;
 pub mod images;
+mod logs;
+mod mounts;
 mod nginx;
+mod stacks;
 mod tls;
 mod tools;
 
+pub use errors::error_chain;
 pub use fault_server::Fault;
 pub use fault_server::FaultRule;
 pub use fault_server::FaultServer;
 pub use fault_server::FaultServerBuilder;
 pub use fault_server::RequestRecord;
 pub use fault_server::Times;
+pub use logs::CapturedLogs;
+pub use logs::captured_logs;
+pub use mounts::ReadOnlyFile;
+pub use mounts::Tmpfs;
 pub use nginx::NginxConfig;
 pub use nginx::NginxLogEntry;
 pub use nginx::NginxServer;
+pub use stacks::remote_stack;
 pub use tls::TestCa;
 pub use tools::find_tool;
 pub use tools::in_ci;

@@ -19,7 +19,8 @@
 
 #![forbid(unsafe_code)]
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde::Serialize;
 use std::fmt;
 use std::path::PathBuf;
 use url_redact::RedactedUrl;
@@ -80,6 +81,17 @@ pub enum LayerKind {
         cache_dir: PathBuf,
         /// The cache key; without one, the lower layer's disk id is used.
         key: Option<String>,
+        /// When no usable cache can be opened (the directory cannot be
+        /// created or written, its file system is full, ...): `true` fails
+        /// the open; `false` opens the disk without this layer, with a
+        /// warning.
+        #[serde(default)]
+        required: bool,
+        /// A size limit in bytes for the whole cache directory, kept when
+        /// the cache is opened and closed by removing the entries used
+        /// least recently (never one in use); `None`: no limit.
+        #[serde(default)]
+        max_size: Option<u64>,
     },
     /// A local file presented as a disk, never written.
     File {
@@ -112,10 +124,17 @@ impl fmt::Debug for LayerKind {
                 .field("create", create)
                 .field("read_only", read_only)
                 .finish(),
-            LayerKind::AutoCacheSqlite { cache_dir, key } => f
+            LayerKind::AutoCacheSqlite {
+                cache_dir,
+                key,
+                required,
+                max_size,
+            } => f
                 .debug_struct("AutoCacheSqlite")
                 .field("cache_dir", cache_dir)
                 .field("key", key)
+                .field("required", required)
+                .field("max_size", max_size)
                 .finish(),
             LayerKind::File { path, format } => f
                 .debug_struct("File")
@@ -162,6 +181,8 @@ mod tests {
                 LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
                     cache_dir: "/tmp/cache".into(),
                     key: None,
+                    required: false,
+                    max_size: Some(20 << 30),
                 }),
                 LayerDescription::plain(LayerKind::Blob {
                     url: "https://a.blob.core.windows.net/vhds/x.vhd?sig=SECRET".into(),
@@ -186,5 +207,21 @@ mod tests {
         assert!(json.contains("sig=SECRET"));
         let back: LayeredDiskHandle = serde_json::from_str(&json).unwrap();
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn a_cache_layer_without_policy_fields_is_best_effort_and_unlimited() {
+        let json = r#"{"layers":[{"layer":{"AutoCacheSqlite":{"cache_dir":"/c","key":null}},
+            "read_cache":true,"write_through":false}],"read_only":false}"#;
+        let h: LayeredDiskHandle = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            h.layers[0].layer,
+            LayerKind::AutoCacheSqlite {
+                cache_dir: "/c".into(),
+                key: None,
+                required: false,
+                max_size: None,
+            }
+        );
     }
 }

@@ -258,6 +258,9 @@ fn handle(stack: &StackArgs, with_read_cache: bool) -> LayeredDiskHandle {
         layers.push(LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
             cache_dir: stack.cache_dir.clone(),
             key: None,
+            // A cache that silently went missing would skew the figures.
+            required: true,
+            max_size: None,
         }));
     }
     layers.push(LayerDescription::plain(LayerKind::Blob {

@@ -37,6 +37,22 @@
 //! recorded one, else `<image URL>.prefetch` from the store) on a thread of
 //! its own; see [`prefetch`].
 //!
+//! # A cache that cannot be used
+//!
+//! An auto-cache layer is opened before the stack is assembled. When no
+//! usable cache can be opened (the directory cannot be created or
+//! written, the file system is full, the file is damaged beyond repair
+//! in a read-only directory, ...), the stack is assembled without that
+//! layer (`[RAM, blob]`: every read the RAM layer does not hold goes to
+//! the image) and one warning names the cache directory and the reason,
+//! unless the description marks the cache `required`: then opening fails
+//! with [`OpenError::Cache`]. A cache that exists but cannot be written is
+//! used read-only (the auto-cache says so). Each open records in the
+//! cache entry where the image is (its URL without the query) and which
+//! version it is (the VHD id or the server's validator), and keeps the
+//! description's size limit for the cache directory (see
+//! `disklayer_sqlite::cache_entries`).
+//!
 //! DEVNOTE: a fixed VHD1 keyed by its unique id relies on an image that
 //! changes getting a new id (as the reference does); within one open, reads
 //! are still pinned to the validator seen at open by `disk_blob`.
@@ -63,13 +79,18 @@ use disk_layered::InvalidLayeredDisk;
 use disk_layered::LayerConfiguration;
 use disk_layered::LayeredDisk;
 use disklayer_ram::RamDiskLayer;
+use disklayer_sqlite::Geometry;
 use disklayer_sqlite::SqliteDiskLayerConfig;
+use disklayer_sqlite::SqliteLayerError;
 use disklayer_sqlite::auto_cache::AutoCacheSqliteDiskLayer;
+use disklayer_sqlite::auto_cache::LowerDisk;
+use disklayer_sqlite::cache_entries::EntryInfo;
 use sha2::Digest;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 use url_redact::RedactedUrl;
+use url_redact::redact_url;
 use url_redact::strip_query;
 
 /// How to open the parts of a stack that need settings beyond the
@@ -147,6 +168,16 @@ pub enum OpenError {
     /// The assembled disk was refused by the disk handle.
     #[error("wrapping the disk stack")]
     Disk(#[source] DiskError),
+    /// The read cache, which the description requires, could not be
+    /// opened.
+    #[error("opening the read cache in {}, which is required", cache_dir.display())]
+    Cache {
+        /// The cache directory.
+        cache_dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: SqliteLayerError,
+    },
 }
 
 /// The cache key of a flat HTTP blob: a readable prefix taken from the
@@ -297,6 +328,8 @@ struct Bottom {
     /// For a flat HTTP blob: the key its auto-cache must use, or `None`
     /// when the server sent no validator.
     flat_http_key: Option<String>,
+    /// What a cache entry of this disk records about it.
+    entry_info: EntryInfo,
 }
 
 async fn open_bottom(
@@ -340,6 +373,20 @@ async fn open_bottom(
         other => return Err(OpenError::BottomNotFullDisk(layer_name(other))),
     };
     let what = blob.describe();
+    let entry_info = EntryInfo {
+        location: Some(match kind {
+            LayerKind::Blob { url, .. } => strip_query(&redact_url(url)).to_owned(),
+            LayerKind::File { path, .. } => path.display().to_string(),
+            _ => what.clone(),
+        }),
+        // A fixed VHD1 is known by its unique id (the auto-cache records
+        // it); a flat blob by the server's validator.
+        identity: match format {
+            BlobFormat::Flat => validator_string(&blob.validators(), blob.len()),
+            BlobFormat::FixedVhd1 => None,
+        },
+        disk_size: None,
+    };
     let flat_http_key = if flat_http {
         let key = match kind {
             LayerKind::Blob { url, .. } => flat_blob_cache_key(url, &blob.validators(), blob.len()),
@@ -382,6 +429,7 @@ async fn open_bottom(
         identity,
         flat_http_key,
         flat_http,
+        entry_info,
     })
 }
 
@@ -414,6 +462,9 @@ pub struct OpenedDisk {
     /// the disk closes (a remote image with a read cache), merged with
     /// earlier runs: the file to publish beside the image in the store.
     pub prefetch_record: Option<PathBuf>,
+    /// The read cache's file, if the stack has one that could be opened
+    /// (see [`OpenError::Cache`] for one that could not).
+    pub cache_file: Option<PathBuf>,
 }
 
 /// Opens `handle` into a live disk. See the [crate docs](crate) for how
@@ -442,6 +493,7 @@ pub async fn open_with_details(
 
     let mut layers = Vec::with_capacity(handle.layers.len());
     let mut plan = None;
+    let mut cache_file = None;
     for desc in upper {
         let layer = match &desc.layer {
             LayerKind::Ram { len } => DiskLayer::new(RamDiskLayer::lazy(*len)),
@@ -450,7 +502,12 @@ pub async fn open_with_details(
                 create,
                 read_only,
             } => DiskLayer::new(SqliteDiskLayerConfig::new(path, *create, *read_only)),
-            LayerKind::AutoCacheSqlite { cache_dir, key } => {
+            LayerKind::AutoCacheSqlite {
+                cache_dir,
+                key,
+                required,
+                max_size,
+            } => {
                 let key = match key {
                     Some(k) => Some(k.clone()),
                     None if bottom.flat_http => match &bottom.flat_http_key {
@@ -460,20 +517,49 @@ pub async fn open_with_details(
                     },
                     None => None,
                 };
-                let mut cache = AutoCacheSqliteDiskLayer::new(cache_dir, key, false);
+                let mut cache = AutoCacheSqliteDiskLayer::new(cache_dir, key, false)
+                    .with_max_size(*max_size)
+                    .with_entry_info(bottom.entry_info.clone());
                 if let Some(chunk) = options.cache_chunk_size {
                     cache = cache.with_chunk_size(chunk);
                 }
                 if let Some(fill) = options.cache_fill_size {
                     cache = cache.with_fill_size(fill);
                 }
+                // What it caches is the bottom disk (every layer has its
+                // geometry; its id is the stack's).
+                let lower = LowerDisk {
+                    geometry: Geometry {
+                        sector_count: bottom.disk.sector_count(),
+                        sector_size: bottom.disk.sector_size(),
+                    },
+                    disk_id: bottom.disk.disk_id(),
+                };
+                let opened = match cache.open_for(&lower).await {
+                    Ok(layer) => layer,
+                    Err(source) if *required => {
+                        return Err(OpenError::Cache {
+                            cache_dir: cache_dir.clone(),
+                            source,
+                        });
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            cache_dir = %cache_dir.display(),
+                            error = &err as &dyn std::error::Error,
+                            "no usable read cache: the disk is opened without it, \
+                             so what is read is fetched from the image every time"
+                        );
+                        continue;
+                    }
+                };
+                cache_file.get_or_insert_with(|| opened.path().to_path_buf());
                 // The topmost read cache of a remote image records (and
                 // replays) the prefetch list.
                 if plan.is_none()
                     && desc.read_cache
                     && let (Some(identity), Some(http)) = (&bottom.identity, &bottom.http)
-                    && let Ok(file) = cache.cache_file_path(bottom.disk.disk_id())
-                    && let Some(entry) = file.parent()
+                    && let Some(entry) = opened.path().parent()
                 {
                     plan = Some(prefetch::PrefetchPlan {
                         identity: identity.clone(),
@@ -483,7 +569,7 @@ pub async fn open_with_details(
                         options: options.prefetch.unwrap_or_default(),
                     });
                 }
-                DiskLayer::new(cache)
+                DiskLayer::from_layer(opened)
             }
             other @ (LayerKind::File { .. } | LayerKind::Blob { .. }) => {
                 // Rejected before opening anything; kept for exhaustiveness.
@@ -508,6 +594,7 @@ pub async fn open_with_details(
     Ok(OpenedDisk {
         disk: prefetch::wrap(layered, plan).map_err(OpenError::Disk)?,
         prefetch_record,
+        cache_file,
     })
 }
 

@@ -5,11 +5,10 @@ use blob_test_servers::NginxServer;
 use blob_test_servers::images::TestRng;
 use blob_test_servers::images::write_fixed_vhd1;
 use blob_test_servers::images::write_random_file;
+use blob_test_servers::remote_stack;
 use blob_test_servers::require_tool;
 use disk_backend::Disk;
 use disk_backend_resources::BlobFormat;
-use disk_backend_resources::LayerDescription;
-use disk_backend_resources::LayerKind;
 use disk_backend_resources::LayeredDiskHandle;
 use disk_open::OpenOptions;
 use disk_open::open;
@@ -20,20 +19,7 @@ use std::path::Path;
 const IMAGE_SIZE: u64 = 256 << 20;
 
 fn remote(cache_dir: &Path, url: &str, format: BlobFormat) -> LayeredDiskHandle {
-    LayeredDiskHandle {
-        layers: vec![
-            LayerDescription::plain(LayerKind::Ram { len: None }),
-            LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
-                cache_dir: cache_dir.to_path_buf(),
-                key: None,
-            }),
-            LayerDescription::plain(LayerKind::Blob {
-                url: url.to_string(),
-                format,
-            }),
-        ],
-        read_only: false,
-    }
+    remote_stack(cache_dir, url, format, false)
 }
 
 /// Random reads of 4 KiB to 1 MiB compared byte for byte with the file.

@@ -6,10 +6,9 @@
 
 use blob_test_servers::FaultServer;
 use blob_test_servers::images::random_bytes;
+use blob_test_servers::remote_stack;
 use disk_backend::Disk;
 use disk_backend_resources::BlobFormat;
-use disk_backend_resources::LayerDescription;
-use disk_backend_resources::LayerKind;
 use disk_backend_resources::LayeredDiskHandle;
 use disk_open::OpenOptions;
 use disk_open::open;
@@ -21,20 +20,7 @@ use std::time::Duration;
 const MIB: u64 = 1 << 20;
 
 fn remote(cache_dir: &Path, url: &str) -> LayeredDiskHandle {
-    LayeredDiskHandle {
-        layers: vec![
-            LayerDescription::plain(LayerKind::Ram { len: None }),
-            LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
-                cache_dir: cache_dir.to_path_buf(),
-                key: None,
-            }),
-            LayerDescription::plain(LayerKind::Blob {
-                url: url.to_string(),
-                format: BlobFormat::Flat,
-            }),
-        ],
-        read_only: false,
-    }
+    remote_stack(cache_dir, url, BlobFormat::Flat, true)
 }
 
 /// A boot-like read pattern: small reads scattered over `chunks`, in a

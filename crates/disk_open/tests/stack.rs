@@ -2,8 +2,10 @@
 //! description, against the in-test fault server.
 
 use blob_test_servers::FaultServer;
+use blob_test_servers::error_chain;
 use blob_test_servers::images::fixed_vhd1_bytes;
 use blob_test_servers::images::random_bytes;
+use blob_test_servers::remote_stack;
 use disk_backend::Disk;
 use disk_backend_resources::BlobFormat;
 use disk_backend_resources::LayerDescription;
@@ -17,20 +19,7 @@ use std::path::Path;
 const MIB: usize = 1 << 20;
 
 fn remote(cache_dir: &Path, url: &str, format: BlobFormat) -> LayeredDiskHandle {
-    LayeredDiskHandle {
-        layers: vec![
-            LayerDescription::plain(LayerKind::Ram { len: None }),
-            LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
-                cache_dir: cache_dir.to_path_buf(),
-                key: None,
-            }),
-            LayerDescription::plain(LayerKind::Blob {
-                url: url.to_string(),
-                format,
-            }),
-        ],
-        read_only: false,
-    }
+    remote_stack(cache_dir, url, format, false)
 }
 
 async fn read_all(disk: &Disk, chunk: usize) -> Vec<u8> {
@@ -248,22 +237,10 @@ async fn sas_token_never_reaches_cache_paths_or_errors() {
     )
     .await
     .unwrap_err();
-    let text = format!("{:#}", anyhow_chain(&err));
+    let text = format!("{:#}", error_chain(&err));
     assert!(!text.contains("SECRET"), "{text}");
     assert!(text.contains("missing.raw?<redacted>"), "{text}");
     assert!(format!("{err:?}").find("SECRET").is_none());
-}
-
-/// The error and its whole source chain as one string.
-fn anyhow_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
 }
 
 #[tokio::test]
@@ -371,7 +348,7 @@ fn threads_opening_different_images_keep_their_own_footers() {
             let handle = remote(cache.path(), url, BlobFormat::FixedVhd1);
             let disk = open(&handle, &OpenOptions::default())
                 .await
-                .unwrap_or_else(|e| panic!("{url}: {}", anyhow_chain(&e)));
+                .unwrap_or_else(|e| panic!("{url}: {}", error_chain(&e)));
             assert_eq!(disk.disk_id(), Some(id), "{url}");
             assert_eq!(disk.size_bytes(), image.len() as u64 - 512, "{url}");
             disk.counters()

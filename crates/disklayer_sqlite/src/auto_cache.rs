@@ -28,6 +28,27 @@
 //! Directories this module creates (the cache directory and the key
 //! directories) get permissions 0700: a cache may hold private images.
 //!
+//! # Entries in use, size limit, read-only and unusable directories
+//!
+//! Each key directory is an *entry* of the cache directory (see
+//! [`crate::cache_entries`]): an open layer holds a shared lock on the
+//! entry's `in-use.lock` until it closes, so no process removes an entry
+//! in use; the open records the entry's last use and what it caches
+//! (`entry.json`, from [`AutoCacheSqliteDiskLayer::with_entry_info`]).
+//! With a size limit ([`AutoCacheSqliteDiskLayer::with_max_size`]), the
+//! whole cache directory is brought under it when the layer is opened
+//! (before a new file is created) and again when it is closed, removing
+//! the least recently used entries that no process has open, never the
+//! layer's own.
+//!
+//! A cache that cannot be written (its directory or file system is
+//! read-only, the file is write-protected) is opened read-only if its file
+//! exists, with one warning that says why: reads it has are served from
+//! it, misses are read from below and not kept. Where no file exists (or
+//! it cannot be read either), opening fails with the error that stopped
+//! the writable open, naming the directory or file and the reason; the
+//! opener of the stack decides whether to go on without the cache.
+//!
 //! A process killed between formatting and linking leaves a `.tmp-*`
 //! directory in the key directory; the next process that creates a cache
 //! file there removes such directories once they are an hour old (a live
@@ -37,8 +58,13 @@ use crate::FormatParams;
 use crate::Geometry;
 use crate::SqliteDiskLayer;
 use crate::SqliteLayerError;
+use crate::cache_entries::EntryGuard;
+use crate::cache_entries::EntryInfo;
+use crate::cache_entries::EntryLock;
 use sha2::Digest;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Name of the cache file inside its key directory.
 pub const CACHE_FILE_NAME: &str = "cache.dbhd";
@@ -66,6 +92,8 @@ pub struct AutoCacheSqliteDiskLayer {
     chunk_size: u32,
     /// The fill unit of the opened layer (0: its chunk size).
     fill_size: u32,
+    max_size: Option<u64>,
+    entry_info: Option<EntryInfo>,
 }
 
 /// Lowercase, zero-padded hex of `bytes`.
@@ -111,7 +139,7 @@ pub fn key_dir_name(
 
 /// Creates `dir` (and missing parents) with permissions 0700. An existing
 /// directory is left as it is.
-fn create_private_dir(dir: &Path) -> Result<(), SqliteLayerError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), SqliteLayerError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     // DEVNOTE: elsewhere the directory inherits the ACL of its parent
@@ -145,7 +173,24 @@ impl AutoCacheSqliteDiskLayer {
             read_only,
             chunk_size: crate::DEFAULT_CHUNK_SIZE,
             fill_size: 0,
+            max_size: None,
+            entry_info: None,
         }
+    }
+
+    /// Keeps the whole cache directory under `max_size` bytes (see the
+    /// module documentation); `None`: no limit.
+    pub fn with_max_size(mut self, max_size: Option<u64>) -> Self {
+        self.max_size = max_size;
+        self
+    }
+
+    /// Records what the entry caches (where the image is, which version)
+    /// in its `entry.json` when it is opened, for `petri-tool cache list`.
+    /// The disk size is added by the open.
+    pub fn with_entry_info(mut self, info: EntryInfo) -> Self {
+        self.entry_info = Some(info);
+        self
     }
 
     /// Sets the chunk size used when this auto-cache creates a file (an
@@ -185,32 +230,56 @@ impl AutoCacheSqliteDiskLayer {
 
     /// Opens the cache file for `lower`, creating it (atomically, see the
     /// module documentation) unless it exists or the cache is read-only.
+    /// A cache that cannot be written is opened read-only if its file
+    /// exists (with one warning); see the module documentation.
     pub async fn open_for(&self, lower: &LowerDisk) -> Result<SqliteDiskLayer, SqliteLayerError> {
         let file = self.cache_file_path(lower.disk_id)?;
+        let name = key_dir_name(self.key.as_deref(), lower.disk_id)?;
+        let entry = {
+            let this = self.clone();
+            let file = file.clone();
+            let name = name.clone();
+            let lower = *lower;
+            crate::engine::off_runtime("opening the cache entry", move || {
+                this.open_entry(&file, &name, &lower)
+            })
+            .await?
+        };
+        let mut read_only = entry.read_only;
+        // Why a cache asked to be writable is used read-only.
+        let mut why_read_only = entry.why_read_only;
         let mut set_aside_once = false;
         let layer = loop {
             let prepare = {
                 let this = self.clone();
                 let file = file.clone();
                 let lower = *lower;
-                move || this.prepare_file(&file, &lower)
+                move || this.prepare_file(&file, &lower, read_only)
             };
-            crate::engine::off_runtime("finding the cache file", prepare).await?;
+            match crate::engine::off_runtime("finding the cache file", prepare).await {
+                Ok(()) => {}
+                // The file exists, but cannot be written: read-only.
+                Err(err) if !read_only && file.is_file() => {
+                    read_only = true;
+                    why_read_only = Some(err);
+                    continue;
+                }
+                Err(err) => return Err(why_read_only.unwrap_or(err)),
+            }
             let identity = file_identity(&file);
             let hook: crate::engine::DamagedFileHook = {
-                let read_only = self.read_only;
                 Box::new(move |path: &Path, err: &SqliteLayerError| {
                     if !read_only {
                         set_aside(path, identity, err);
                     }
                 })
             };
-            match SqliteDiskLayer::open_with_hook(&file, self.read_only, Some(hook)).await {
+            match SqliteDiskLayer::open_with_hook(&file, read_only, Some(hook)).await {
                 Ok(layer) => break layer.with_fill_size(self.fill_size),
                 // A damaged, foreign or outdated file in our own cache
                 // directory: move it aside and create a fresh one (once;
                 // a second failure is reported).
-                Err(err) if is_replaceable(&err) && !self.read_only && !set_aside_once => {
+                Err(err) if is_replaceable(&err) && !read_only && !set_aside_once => {
                     set_aside_once = true;
                     let path = file.clone();
                     crate::engine::off_runtime("moving a damaged cache file aside", move || {
@@ -218,6 +287,12 @@ impl AutoCacheSqliteDiskLayer {
                         Ok(())
                     })
                     .await?;
+                }
+                // Not damaged, but not writable by this process (SQLite
+                // cannot create its WAL beside it, say): read-only.
+                Err(err) if !read_only && !is_replaceable(&err) && file.is_file() => {
+                    read_only = true;
+                    why_read_only = Some(err);
                 }
                 Err(err) => return Err(err),
             }
@@ -239,26 +314,129 @@ impl AutoCacheSqliteDiskLayer {
                 lower: hex(&l),
             });
         }
+        if let Some(why) = why_read_only {
+            tracing::warn!(
+                cache_dir = %self.cache_dir.display(),
+                path = %file.display(),
+                error = &why as &dyn std::error::Error,
+                "the read cache cannot be written; its existing file is used read-only: \
+                 what it holds is served from it, the rest is read from below and not kept"
+            );
+        }
+        let mut layer = layer;
+        layer.entry = Some(Arc::new(EntryGuard {
+            lock: entry.lock,
+            cache_dir: self.cache_dir.clone(),
+            name,
+            // A cache this process cannot write cannot remove entries.
+            max_size: self.max_size.filter(|_| !read_only),
+        }));
         Ok(layer)
     }
 
-    /// Makes sure `file` exists (creating directories and formatting it
-    /// atomically), unless the cache is read-only. Blocks.
-    fn prepare_file(&self, file: &Path, lower: &LowerDisk) -> Result<(), SqliteLayerError> {
+    /// Takes the entry's lock (creating the directories unless the cache
+    /// is read-only), records its use and what it caches, and keeps the
+    /// size limit. A writable cache whose entry cannot be written but
+    /// whose file exists comes back read-only, with the reason. Blocks.
+    fn open_entry(
+        &self,
+        file: &Path,
+        name: &str,
+        lower: &LowerDisk,
+    ) -> Result<OpenedEntry, SqliteLayerError> {
+        let key_dir = self.cache_dir.join(name);
+        if !self.read_only {
+            let locked = create_private_dir(&self.cache_dir)
+                .and_then(|()| EntryLock::acquire(&key_dir, true));
+            match locked {
+                Ok(lock) => {
+                    if let Some(lock) = &lock {
+                        lock.record_use();
+                    }
+                    self.record_info(&key_dir, lower);
+                    if let Some(max) = self.max_size {
+                        crate::cache_entries::keep_limit(&self.cache_dir, max, name);
+                    }
+                    return Ok(OpenedEntry {
+                        lock,
+                        read_only: false,
+                        why_read_only: None,
+                    });
+                }
+                Err(err) if file.is_file() => {
+                    return Ok(OpenedEntry {
+                        lock: EntryLock::acquire(&key_dir, false).ok().flatten(),
+                        read_only: true,
+                        why_read_only: Some(err),
+                    });
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(OpenedEntry {
+            lock: EntryLock::acquire(&key_dir, false)?,
+            read_only: true,
+            why_read_only: None,
+        })
+    }
+
+    /// Writes the entry's `entry.json` (best effort), keeping what an
+    /// earlier open recorded where this one knows less.
+    fn record_info(&self, key_dir: &Path, lower: &LowerDisk) {
+        let old = crate::cache_entries::read_info(key_dir).unwrap_or_default();
+        let given = self.entry_info.clone().unwrap_or_default();
+        let info = EntryInfo {
+            location: given.location.or(old.location),
+            identity: given
+                .identity
+                .or_else(|| lower.disk_id.map(|id| format!("vhd-id {}", hex(&id))))
+                .or(old.identity),
+            disk_size: Some(
+                lower
+                    .geometry
+                    .sector_count
+                    .saturating_mul(u64::from(lower.geometry.sector_size)),
+            ),
+        };
+        if let Err(err) = crate::cache_entries::record_info(key_dir, &info) {
+            tracing::debug!(dir = %key_dir.display(), error = %err, "could not record what the cache entry holds");
+        }
+    }
+
+    /// Makes sure `file` exists and can be written (formatting it
+    /// atomically if missing), or, `read_only`, that it exists. Blocks.
+    fn prepare_file(
+        &self,
+        file: &Path,
+        lower: &LowerDisk,
+        read_only: bool,
+    ) -> Result<(), SqliteLayerError> {
         let key_dir = file
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.cache_dir.clone());
-        if !self.read_only {
-            create_private_dir(&self.cache_dir)?;
-            create_private_dir(&key_dir)?;
-        }
-        if !file.exists() {
-            if self.read_only {
+        if read_only {
+            if !file.exists() {
                 return Err(SqliteLayerError::ReadOnlyMissing {
                     path: file.to_path_buf(),
                 });
             }
+            return Ok(());
+        }
+        if std::fs::metadata(file).is_ok_and(|m| m.is_file()) {
+            // SQLite would open a write-protected file read-only without
+            // a word and fail at the first fill.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(file)
+                .map_err(|source| SqliteLayerError::Io {
+                    path: file.to_path_buf(),
+                    context: "opening the cache file for writing".into(),
+                    source,
+                })?;
+            return Ok(());
+        }
+        if !file.exists() {
             remove_stale_temp_dirs(&key_dir);
             format_atomically_blocking(
                 file,
@@ -273,6 +451,13 @@ impl AutoCacheSqliteDiskLayer {
         }
         Ok(())
     }
+}
+
+/// An entry opened by [`AutoCacheSqliteDiskLayer::open_entry`].
+struct OpenedEntry {
+    lock: Option<EntryLock>,
+    read_only: bool,
+    why_read_only: Option<SqliteLayerError>,
 }
 
 /// Whether an error opening an auto-cache file means the file itself is

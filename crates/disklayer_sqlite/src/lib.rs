@@ -102,7 +102,11 @@
 //! [`SqliteDiskLayerConfig`] opens (or formats) an explicit file when a
 //! stack is assembled; [`AutoCacheSqliteDiskLayer`] finds or atomically
 //! creates `<cache dir>/<key>/cache.dbhd` for the layer below it (see
-//! [`auto_cache`]).
+//! [`auto_cache`]). Each key directory is an entry of the cache directory
+//! ([`cache_entries`]): an open auto-cache holds its entry's lock until it
+//! closes, so no process removes an entry in use, and an optional size
+//! limit for the whole directory removes the least recently used entries
+//! when caches are opened and closed.
 //!
 //! # Performance
 //!
@@ -124,6 +128,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auto_cache;
+pub mod cache_entries;
 mod checkpoint;
 mod engine;
 mod layer;
@@ -434,6 +439,11 @@ pub struct SqliteDiskLayer {
     /// Bytes a read-cache fill is widened to (see
     /// [`SqliteDiskLayer::with_fill_size`]); 0: the chunk size.
     fill_size: u32,
+    /// An auto-cache's entry: its lock is released (and the cache
+    /// directory's size limit kept) when the last clone is dropped, after
+    /// the engine has closed: fields drop in order, so this stays after
+    /// `engine`.
+    entry: Option<Arc<cache_entries::EntryGuard>>,
 }
 
 impl fmt::Debug for SqliteDiskLayer {
@@ -473,6 +483,7 @@ impl SqliteDiskLayer {
             engine: Arc::new(engine),
             counters: Arc::default(),
             fill_size: 0,
+            entry: None,
         })
     }
 

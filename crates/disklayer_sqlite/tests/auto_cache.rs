@@ -9,11 +9,11 @@
 
 mod common;
 
-use common::{cached_stack, child, list_files, make_image};
+use common::{cached_stack, child, list_files, lower, make_image};
 use disk_layered::LayerAttach;
 use disk_layered::LowerLayerMetadata;
-use disklayer_sqlite::auto_cache::{CACHE_FILE_NAME, LowerDisk, format_atomically, key_dir_name};
-use disklayer_sqlite::{AutoCacheSqliteDiskLayer, Geometry, SqliteDiskLayer, SqliteLayerError};
+use disklayer_sqlite::auto_cache::{CACHE_FILE_NAME, format_atomically, key_dir_name};
+use disklayer_sqlite::{AutoCacheSqliteDiskLayer, SqliteDiskLayer, SqliteLayerError};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,16 +27,6 @@ const ID_HEX: &str = "000102030405060708090a0b0c0d0eff";
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
-}
-
-fn lower(sectors: u64, id: Option<[u8; 16]>) -> LowerDisk {
-    LowerDisk {
-        geometry: Geometry {
-            sector_count: sectors,
-            sector_size: 512,
-        },
-        disk_id: id,
-    }
 }
 
 /// Reads the whole disk in 64 KiB pieces, in an order that depends on

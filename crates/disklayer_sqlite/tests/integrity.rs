@@ -8,6 +8,7 @@
 
 mod common;
 
+use blob_test_servers::Tmpfs;
 use common::cached_stack;
 use common::make_image;
 use common::pattern;
@@ -479,46 +480,6 @@ async fn damage_found_during_a_read_switches_to_the_layer_below() {
     assert_eq!(lower_reads.load(Ordering::SeqCst), 0, "a fresh, full cache");
 }
 
-/// A small tmpfs mounted for one test (root only), unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// `None` (with the reason printed) where mounting is not possible
-    /// outside CI; under `CI=true` a failure to mount fails the test.
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(Tmpfs { dir }),
-            other => {
-                let why = format!("cannot mount a tmpfs (needs root): {other:?}");
-                if ci_env::in_ci() {
-                    panic!("{why}");
-                }
-                eprintln!("skipped: {why}");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// A cache on a file system that fills up: once a fill fails, fills pause
 /// and misses are read from below exactly as asked (no widened chunks that
 /// could not be kept), so a pass fetches about what it reads; every byte
@@ -540,10 +501,20 @@ async fn a_full_file_system_pauses_fills_instead_of_refetching() {
     .await
     .unwrap();
     // 64 KiB reads: with widened 1 MiB fills that fail, every read would
-    // fetch a whole chunk again.
+    // fetch a whole chunk again. The first half (twice what the file
+    // system holds) makes fills fail; the sync waits for the queued fills,
+    // so the pause has begun before the second half is read.
     let mut got = vec![0u8; data.len()];
-    for (i, piece) in got.chunks_mut(64 * 1024).enumerate() {
-        disk.read((i * 64 * 1024 / 512) as u64, piece)
+    let half = data.len() / 2;
+    let piece = 64 * 1024;
+    for (i, buf) in got[..half].chunks_mut(piece).enumerate() {
+        disk.read((i * piece / 512) as u64, buf).await.unwrap();
+    }
+    // The sync's own result does not matter (the file system is full).
+    let _ = disk.sync_cache().await;
+    let reads_before = lower_reads.load(Ordering::SeqCst);
+    for (i, buf) in got[half..].chunks_mut(piece).enumerate() {
+        disk.read(((half + i * piece) / 512) as u64, buf)
             .await
             .unwrap();
     }
@@ -557,8 +528,11 @@ async fn a_full_file_system_pauses_fills_instead_of_refetching() {
         c.cache_miss_bytes,
         data.len()
     );
+    // With fills paused, each 64 KiB miss of the second half is read as
+    // asked (192 of them), not widened to 12 whole chunks.
+    let second_half_reads = lower_reads.load(Ordering::SeqCst) - reads_before;
     assert!(
-        lower_reads.load(Ordering::SeqCst) > 24,
-        "misses were read as asked, not in chunks"
+        second_half_reads >= (half / piece) as u64,
+        "misses were read in chunks ({second_half_reads} reads for the second half)"
     );
 }

@@ -2,9 +2,12 @@
 //! description ([`LayeredDiskHandle`], plain data).
 //!
 //! - remote differencing disk (`DiskPath::Remote`):
-//!   `[Ram { len: None }, AutoCacheSqlite { cache_dir, key } (read cache),
-//!   Blob { url, format }]`: guest writes stay in RAM, blocks read from the
-//!   blob are kept in the shared persistent cache;
+//!   `[Ram { len: None }, AutoCacheSqlite { cache_dir, key, required,
+//!   max_size } (read cache), Blob { url, format }]`: guest writes stay in
+//!   RAM, blocks read from the blob are kept in the shared persistent
+//!   cache (directory, `required` and `max_size` from the [cache
+//!   settings](crate::cache_dir)); with `PETRI_CACHE=off`,
+//!   `[Ram { len: None }, Blob { url, format }]`;
 //! - local differencing disk: `[Ram { len: None }, File { path, format }]`;
 //! - memory disk: `[Ram { len: Some(len) }]`;
 //! - persistent / temporary disk file: `[Sqlite { path, create: true }]`.
@@ -22,7 +25,7 @@
 //! server's validator (ETag, else Last-Modified and length) from the HEAD
 //! response, so a replaced image never serves stale cached blocks.
 //!
-//! Describing does no I/O: the cache directory is looked up (through the
+//! Describing does no I/O: the cache settings are looked up (through the
 //! closure the caller passes) only for a remote disk.
 //!
 //! Opening ([`open_drive`], [`open_description`]) is the one place a
@@ -35,7 +38,8 @@
 //! warm cache fetched nothing.
 
 use crate::backend::describe_artifact;
-use crate::cache_dir::CacheDirError;
+use crate::cache_dir::CacheSettings;
+use crate::cache_dir::CacheSettingsError;
 use crate::vm::Disk;
 use crate::vm::DiskPath;
 use crate::vm::Drive;
@@ -48,7 +52,6 @@ use petri_artifacts_core::ErasedArtifactHandle;
 use petri_artifacts_core::redact_url;
 use petri_artifacts_core::strip_query;
 use std::path::Path;
-use std::path::PathBuf;
 
 /// Errors describing a disk stack.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +67,10 @@ pub enum DiskStackError {
         /// The artifact and how to get it.
         artifact: String,
     },
-    /// No cache directory for the remote disk's read cache.
-    #[error("no cache directory for the remote disk read cache")]
-    CacheDir(#[from] CacheDirError),
+    /// No cache settings for the remote disk's read cache (no cache
+    /// directory, or a cache variable with a bad value).
+    #[error("cannot set up the remote disk's read cache")]
+    Cache(#[from] CacheSettingsError),
     /// The described stack could not be opened.
     #[error("cannot open {location} for {artifact}")]
     Open {
@@ -170,9 +174,8 @@ pub async fn open_drive(
     let Some(disk) = &drive.disk else {
         return Ok(None);
     };
-    let mut description = disk_description(disk, drive.artifact, || match cache_dir {
-        Some(dir) => Ok(dir.to_owned()),
-        None => crate::cache_dir::cache_dir(),
+    let mut description = disk_description(disk, drive.artifact, || {
+        crate::cache_dir::cache_settings(cache_dir)
     })?;
     description.read_only = drive.is_dvd;
     open_description(description, drive.artifact, options)
@@ -227,19 +230,19 @@ pub fn drive_description(
     let Some(disk) = &drive.disk else {
         return Ok(None);
     };
-    let mut handle = disk_description(disk, drive.artifact, || match cache_dir {
-        Some(dir) => Ok(dir.to_path_buf()),
-        None => crate::cache_dir::cache_dir(),
+    let mut handle = disk_description(disk, drive.artifact, || {
+        crate::cache_dir::cache_settings(cache_dir)
     })?;
     handle.read_only = drive.is_dvd;
     Ok(Some(handle))
 }
 
-/// The disk stack description of one disk.
+/// The disk stack description of one disk. `cache` gives the cache
+/// settings of a remote disk (`None`: no persistent cache).
 pub fn disk_description(
     disk: &Disk,
     artifact: Option<ErasedArtifactHandle>,
-    cache_dir: impl FnOnce() -> Result<PathBuf, CacheDirError>,
+    cache: impl FnOnce() -> Result<Option<CacheSettings>, CacheSettingsError>,
 ) -> Result<LayeredDiskHandle, DiskStackError> {
     let layers = match disk {
         Disk::Memory(len) => vec![LayerDescription::plain(LayerKind::Ram { len: Some(*len) })],
@@ -257,18 +260,21 @@ pub fn disk_description(
                     artifact: describe_artifact(artifact),
                 }
             })?;
-            vec![
-                LayerDescription::plain(LayerKind::Ram { len: None }),
-                LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
-                    cache_dir: cache_dir()?,
+            let mut layers = vec![LayerDescription::plain(LayerKind::Ram { len: None })];
+            if let Some(cache) = cache()? {
+                layers.push(LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
+                    cache_dir: cache.dir,
                     // Derived by the opener; see the module docs.
                     key: None,
-                }),
-                LayerDescription::plain(LayerKind::Blob {
-                    url: url.clone(),
-                    format,
-                }),
-            ]
+                    required: cache.required,
+                    max_size: cache.max_size,
+                }));
+            }
+            layers.push(LayerDescription::plain(LayerKind::Blob {
+                url: url.clone(),
+                format,
+            }));
+            layers
         }
         Disk::Persistent(path) | Disk::Temporary(path) => {
             vec![LayerDescription::plain(LayerKind::Sqlite {
@@ -289,16 +295,21 @@ pub(crate) mod tests {
     use super::*;
     use petri_artifacts_vmm_test::artifacts::test_vhd;
     use petri_artifacts_vmm_test::artifacts::test_vmgs;
+    use std::path::PathBuf;
 
     /// The cache directory the backends' translation tests use.
     pub(crate) const CACHE: &str = "/var/cache/petri-test";
 
-    fn cache() -> Result<PathBuf, CacheDirError> {
-        Ok(PathBuf::from(CACHE))
+    fn cache() -> Result<Option<CacheSettings>, CacheSettingsError> {
+        Ok(Some(CacheSettings {
+            dir: PathBuf::from(CACHE),
+            required: false,
+            max_size: None,
+        }))
     }
 
-    fn no_cache() -> Result<PathBuf, CacheDirError> {
-        crate::cache_dir::cache_dir_with(|_| None, crate::cache_dir::HostOs::Linux)
+    fn no_cache() -> Result<Option<CacheSettings>, CacheSettingsError> {
+        crate::cache_dir::cache_settings_with(|_| None, crate::cache_dir::HostOs::Linux, None)
     }
 
     /// A remote differencing disk.
@@ -314,6 +325,8 @@ pub(crate) mod tests {
                 LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
                     cache_dir: CACHE.into(),
                     key: None,
+                    required: false,
+                    max_size: None,
                 }),
                 LayerDescription::plain(LayerKind::Blob {
                     url: url.into(),
@@ -429,7 +442,53 @@ pub(crate) mod tests {
     #[test]
     fn remote_disk_without_cache_dir_is_an_error() {
         let err = disk_description(&remote("http://127.0.0.1/a.vhd"), None, no_cache).unwrap_err();
-        assert!(matches!(err, DiskStackError::CacheDir(_)), "{err}");
+        assert!(matches!(err, DiskStackError::Cache(_)), "{err}");
+    }
+
+    #[test]
+    fn cache_settings_shape_the_remote_stack() {
+        let url = "http://127.0.0.1/a.vhd";
+        let required = || {
+            Ok(Some(CacheSettings {
+                dir: PathBuf::from(CACHE),
+                required: true,
+                max_size: Some(20 << 30),
+            }))
+        };
+        let handle = disk_description(&remote(url), None, required).unwrap();
+        assert_eq!(
+            handle.layers[1].layer,
+            LayerKind::AutoCacheSqlite {
+                cache_dir: CACHE.into(),
+                key: None,
+                required: true,
+                max_size: Some(20 << 30),
+            }
+        );
+        // PETRI_CACHE=off: RAM over the blob, no cache directory needed.
+        let off = [("PETRI_CACHE", "off")];
+        let handle = disk_description(&remote(url), None, || {
+            crate::cache_dir::cache_settings_with(
+                |name| {
+                    off.iter()
+                        .find(|(k, _)| *k == name)
+                        .map(|(_, v)| (*v).into())
+                },
+                crate::cache_dir::HostOs::Linux,
+                None,
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            handle.layers,
+            [
+                LayerDescription::plain(LayerKind::Ram { len: None }),
+                LayerDescription::plain(LayerKind::Blob {
+                    url: url.into(),
+                    format: BlobFormat::FixedVhd1,
+                }),
+            ]
+        );
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! translation, which is plain data and tested:
 //!
 //! - remote differencing disk (`DiskPath::Remote`):
-//!   `[Ram { len: None }, AutoCacheSqlite { cache_dir, key } (read cache),
-//!   Blob { url, format }]` — guest writes stay in RAM, blocks read from the
-//!   blob are kept in the shared persistent cache;
+//!   `[Ram { len: None }, AutoCacheSqlite { cache_dir, key, required,
+//!   max_size } (read cache), Blob { url, format }]` — guest writes stay in
+//!   RAM, blocks read from the blob are kept in the shared persistent cache
+//!   (left out with `PETRI_CACHE=off`);
 //! - local differencing disk: `[Ram { len: None }, File { path, format }]`;
 //! - memory disk: `[Ram { len: Some(len) }]`;
 //! - persistent / temporary disk file: `[Sqlite { path, create: true }]`.

@@ -96,13 +96,20 @@ fn openvmm_reads_a_missing_image_lazily_from_the_store() {
 
     let boot = prepared.boot_drive.as_ref().unwrap().disk.as_ref().unwrap();
     let url = "http://127.0.0.1:9/store/ubuntu-24.04-server-cloudimg-amd64.vhd?sv=2024&sig=SECRET";
+    // The cache's policy comes from the environment (PETRI_CACHE must not
+    // be `off` for this test).
+    let settings = petri::cache_dir::cache_settings(Some(&cache))
+        .unwrap()
+        .expect("PETRI_CACHE=off");
     assert_eq!(
         boot.layers,
         [
             LayerDescription::plain(LayerKind::Ram { len: None }),
             LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
                 cache_dir: cache,
-                key: None
+                key: None,
+                required: settings.required,
+                max_size: settings.max_size,
             }),
             LayerDescription::plain(LayerKind::Blob {
                 url: url.into(),

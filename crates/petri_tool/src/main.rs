@@ -12,6 +12,9 @@
 //!   a Unix socket, until SIGINT or SIGTERM, then prints the disk counters.
 //!   Any NBD client can attach it (`qemu-img`, `qemu-system-*`, `nbd-client`,
 //!   nbdkit's benchmarks). See [`serve_nbd`].
+//! - `petri-tool cache list | prune | verify`: the read-cache directory
+//!   shared by remote disks: what it holds, removing entries (never one in
+//!   use), checking every entry for damage. See [`cache`].
 //!
 //! Invariants: a URL's query (a SAS token, a presigned signature) is never
 //! printed: every URL in output and errors goes through `url_redact`.
@@ -24,6 +27,7 @@ use clap::Parser;
 use clap::Subcommand;
 use std::process::ExitCode;
 
+mod cache;
 mod read_trace;
 mod serve_nbd;
 
@@ -40,6 +44,9 @@ enum Command {
     /// Disk images: serve them to other programs.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// The read cache of remote disks: list, prune, verify.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 #[derive(Subcommand)]
@@ -57,6 +64,7 @@ fn main() -> ExitCode {
     petri::logging::init_stderr_logging("warn");
     let result = match cli.command {
         Command::Disk(DiskCommand::ServeNbd(args)) => serve_nbd::run(args),
+        Command::Cache(command) => cache::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,8 @@
 //! - a URL: `[RAM diff, SQLite auto-cache (read cache), HTTP blob]`; the
 //!   cache lives under `--cache-dir`, else petri's cache directory rule
 //!   (`PETRI_CACHE_DIR`, else the per-user cache folder), so it is shared
-//!   with test runs;
+//!   with test runs; `PETRI_CACHE` and `PETRI_CACHE_MAX_SIZE` apply as in
+//!   tests (`off` leaves the cache out);
 //! - a path: `[RAM diff, file]`.
 //!
 //! Lifecycle: open the stack, listen on the socket, print one line
@@ -138,11 +139,8 @@ fn describe_stack(
         Source::Url(url) => DiskPath::Remote { url: url.clone() },
         Source::Path(p) => DiskPath::Local(p.clone()),
     });
-    let cache_dir = || match cache_dir {
-        Some(dir) => Ok(dir.to_owned()),
-        None => petri::cache_dir::cache_dir(),
-    };
-    let mut handle = petri::disk_stack::disk_description(&disk, None, cache_dir)
+    let cache = || petri::cache_dir::cache_settings(cache_dir);
+    let mut handle = petri::disk_stack::disk_description(&disk, None, cache)
         .with_context(|| format!("describing the disk stack of {}", source.describe()))?;
     if let Some(forced) = format {
         for layer in &mut handle.layers {
@@ -216,11 +214,17 @@ async fn serve(source: &Source, handle: &LayeredDiskHandle, args: &ServeNbdArgs)
         if args.read_only { ", read-only" } else { "" },
         listener.nbd_uri()
     );
-    if let Some(cache) = handle.layers.iter().find_map(|l| match &l.layer {
+    let described_cache = handle.layers.iter().find_map(|l| match &l.layer {
         LayerKind::AutoCacheSqlite { cache_dir, .. } => Some(cache_dir),
         _ => None,
-    }) {
-        println!("petri-tool: read cache in {}", cache.display());
+    });
+    match (&opened.cache_file, described_cache) {
+        (Some(file), _) => println!("petri-tool: read cache {}", file.display()),
+        (None, Some(dir)) => println!(
+            "petri-tool: no read cache (none usable in {}, see the warning above)",
+            dir.display()
+        ),
+        (None, None) => {}
     }
     println!("petri-tool: stop with SIGINT (Ctrl-C) or SIGTERM");
 
@@ -364,13 +368,20 @@ mod tests {
         let url = "http://127.0.0.1:1/d/img.vhd?sig=S";
         let handle =
             describe_stack(&Source::Url(url.into()), Some(Path::new("/c")), None, false).unwrap();
+        // The cache's policy comes from the environment (PETRI_CACHE must
+        // not be `off` for this test).
+        let settings = petri::cache_dir::cache_settings(Some(Path::new("/c")))
+            .unwrap()
+            .expect("PETRI_CACHE=off");
         assert_eq!(
             handle.layers,
             vec![
                 LayerDescription::plain(LayerKind::Ram { len: None }),
                 LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
                     cache_dir: "/c".into(),
-                    key: None
+                    key: None,
+                    required: settings.required,
+                    max_size: settings.max_size,
                 }),
                 LayerDescription::plain(LayerKind::Blob {
                     url: url.into(),

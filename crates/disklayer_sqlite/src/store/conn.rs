@@ -67,8 +67,11 @@ pub(crate) fn open_conn(
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags)
+    let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| sql_err(path, "opening the database", e))?;
+    if read_only {
+        conn = usable_read_only(conn, path)?;
+    }
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| sql_err(path, "setting the busy timeout", e))?;
     conn.set_prepared_statement_cache_capacity(32);
@@ -83,6 +86,83 @@ pub(crate) fn open_conn(
     ))
     .map_err(|e| sql_err(path, "opening the database", e))?;
     Ok(conn)
+}
+
+/// A read-only connection that can read `path`: `conn` itself, or, in a
+/// directory this process cannot write, an immutable one.
+///
+/// DEVNOTE: SQLite reads a WAL-mode file through its `-shm` index, which
+/// it must create (and a `-wal`) if they do not exist, even for a
+/// read-only connection; in a read-only directory (a cache prepared
+/// by another user, a read-only mount) it cannot, and the first read fails
+/// with SQLITE_CANTOPEN. Then, if there is no `-wal` with frames in it,
+/// every committed transaction is in the file itself (the last process to
+/// close it checkpointed and removed the WAL), and the file is opened
+/// with `immutable=1`, which reads it without the index and without locks.
+/// That is safe as long as no process writes the file meanwhile; one that
+/// could (another user allowed to write there) might change pages under
+/// the reader, which the row checks and chunk checksums catch: such reads
+/// come from the layer below. A `-wal` with frames and no `-shm` cannot be
+/// read safely here: that is an error. (`PRAGMA query_only` would not
+/// help: it forbids writes through the connection but still needs the
+/// `-shm`.)
+fn usable_read_only(conn: Connection, path: &Path) -> Result<Connection, SqliteLayerError> {
+    let probe = conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0));
+    match probe {
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) => {}
+        _ => return Ok(conn),
+    }
+    drop(conn);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return Err(SqliteLayerError::Io {
+            path: path.to_path_buf(),
+            context: "opening the database read-only".into(),
+            source: std::io::Error::other(format!(
+                "its directory cannot be written and {} holds transactions not yet in the file                  (left by a process that did not close it); open it once where the directory                  can be written",
+                wal.display()
+            )),
+        });
+    }
+    open_immutable(path)
+}
+
+/// Opens `path` read-only with SQLite's `immutable=1` (see
+/// [`usable_read_only`]).
+#[cfg(unix)]
+fn open_immutable(path: &Path) -> Result<Connection, SqliteLayerError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::ffi::OsStringExt;
+    // A URI: `%`, `?` and `#` in the path must be escaped.
+    let mut uri = b"file:".to_vec();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => uri.extend_from_slice(format!("%{b:02X}").as_bytes()),
+            _ => uri.push(b),
+        }
+    }
+    uri.extend_from_slice(b"?immutable=1");
+    let uri = std::path::PathBuf::from(std::ffi::OsString::from_vec(uri));
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(&uri, flags)
+        .map_err(|e| sql_err(path, "opening the database read-only (immutable)", e))?;
+    conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
+        .map_err(|e| sql_err(path, "opening the database read-only (immutable)", e))?;
+    tracing::debug!(path = %path.display(), "opened read-only without a WAL index (read-only directory)");
+    Ok(conn)
+}
+
+#[cfg(not(unix))]
+fn open_immutable(path: &Path) -> Result<Connection, SqliteLayerError> {
+    Err(SqliteLayerError::Io {
+        path: path.to_path_buf(),
+        context: "opening the database read-only".into(),
+        source: std::io::Error::other("its directory cannot be written"),
+    })
 }
 
 /// Maps a SQLite error to [`SqliteLayerError`]: damage (a corrupt page, a

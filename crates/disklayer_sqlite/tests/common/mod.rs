@@ -6,6 +6,8 @@
 use disk_backend::{Disk, DiskError};
 use disk_layered::{DiskLayer, LayerConfiguration, LayerIo, LayeredDisk, SectorMarker};
 use disklayer_sqlite::AutoCacheSqliteDiskLayer;
+use disklayer_sqlite::Geometry;
+use disklayer_sqlite::auto_cache::LowerDisk;
 use rand::{RngCore, SeedableRng};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -141,4 +143,16 @@ pub fn list_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// What an auto-cache learns of a lower disk of `sectors` 512-byte
+/// sectors with disk id `id`.
+pub fn lower(sectors: u64, id: Option<[u8; 16]>) -> LowerDisk {
+    LowerDisk {
+        geometry: Geometry {
+            sector_count: sectors,
+            sector_size: 512,
+        },
+        disk_id: id,
+    }
 }
