@@ -52,36 +52,32 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
         crate::setup::ensure_mdbook()?;
         // The QEMU tests boot the built test guests (the petri test guest
         // and the Debian guest, one cold lazy boot and one local boot of
-        // the latter); build them (or find them up to date) before any test
-        // runs.
+        // the latter); build them and their prefetch lists (or find them up
+        // to date) before any test runs.
         let images = std::env::var_os("VMM_TEST_IMAGES")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| root.join("images"));
         for guest in BuiltGuest::ALL {
             let t = Instant::now();
             println!("==> xtask test: {guest} ({})", images.display());
-            let built = match guest {
-                BuiltGuest::PetriTestGuest => {
-                    crate::guest_image::build(&crate::guest_image::BuildOptions {
-                        out_dir: images.clone(),
-                        data_mib: crate::guest_image::DEFAULT_DATA_MIB,
-                        force: false,
-                    })
-                    .map(|(_, outcome)| outcome)
-                }
-                BuiltGuest::Debian12 => {
-                    crate::guest_image::debian::build(&images, false).map(|(_, outcome)| outcome)
-                }
-            }
+            let built = crate::guest_image::build_guest(
+                root,
+                &images,
+                guest,
+                crate::guest_image::DEFAULT_DATA_MIB,
+                false,
+                true,
+            )
             .with_context(|| format!("building {guest}"));
             match built {
-                Ok(outcome) => println!(
-                    "==> xtask test: {guest} {} in {:.1}s",
-                    match outcome {
+                Ok(built) => println!(
+                    "==> xtask test: {guest} {} in {:.1}s ({} prefetch lists recorded)",
+                    match built.outcome {
                         crate::guest_image::BuildOutcome::Built => "built",
                         crate::guest_image::BuildOutcome::UpToDate => "up to date",
                     },
-                    t.elapsed().as_secs_f64()
+                    t.elapsed().as_secs_f64(),
+                    built.lists_written
                 ),
                 // On a developer machine (not root, say) the tests that
                 // boot it skip with a printed reason instead; CI must run

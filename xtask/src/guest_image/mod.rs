@@ -27,6 +27,12 @@
 //!   exactly when the content does).
 //! - [`MANIFEST_FILE`]: JSON with each file's name, size and sha256, the
 //!   package versions used and the hash of all inputs.
+//! - `<disk>.prefetch` beside each root disk (raw and VHD), unless
+//!   `--no-prefetch-lists`: the disk's prefetch list, recorded by booting
+//!   the guest once through the real lazy stack ([`prefetch`]); a store
+//!   hosting this folder serves it, so a cold lazy boot fetches what the
+//!   boot reads ahead of the guest. Not byte-reproducible (it records
+//!   timings), and the raw disk's list names this store's validator.
 //!
 //! Invariants:
 //! - Deterministic: the same packages, e2fsprogs version and `--data-mib`
@@ -53,6 +59,7 @@ pub mod debian;
 mod host;
 mod initramfs;
 mod modules;
+pub mod prefetch;
 mod rootfs;
 mod scripts;
 mod smoke;
@@ -137,6 +144,10 @@ pub struct BuildImageArgs {
     /// Timeout of each smoke boot, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     smoke_timeout: u64,
+    /// Do not record the prefetch lists (`<disk>.prefetch`, one boot of
+    /// each streamed root disk through `petri-tool disk serve-nbd`).
+    #[arg(long)]
+    no_prefetch_lists: bool,
 }
 
 /// One output file in the manifest.
@@ -217,14 +228,14 @@ pub fn run(root: &Path, args: BuildImageArgs) -> Result<()> {
         .or_else(|| std::env::var_os("VMM_TEST_IMAGES").map(PathBuf::from))
         .unwrap_or_else(|| root.join("images"));
     let guests = args.guest.guests();
-    if args.smoke_boot {
+    if args.smoke_boot || !args.no_prefetch_lists {
         host::ensure_packages(
             if Path::new(host::QEMU_BINARY).exists() {
                 &[]
             } else {
                 &[host::QEMU_PACKAGE]
             },
-            "the smoke boot",
+            "the smoke boot and the prefetch lists",
         )?;
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -281,6 +292,13 @@ pub fn run(root: &Path, args: BuildImageArgs) -> Result<()> {
                 out_dir.display()
             ),
         }
+        if !args.no_prefetch_lists {
+            let work = target.join("guest-image-prefetch").join(guest.cli_name());
+            let written = prefetch::ensure_lists(root, &out_dir, guest, &work)?;
+            if written == 0 {
+                println!("guest-image: {guest}: prefetch lists up to date");
+            }
+        }
         if args.smoke_boot {
             let timeout = Duration::from_secs(args.smoke_timeout);
             let work = target.join("guest-image-smoke").join(guest.cli_name());
@@ -297,6 +315,62 @@ pub fn run(root: &Path, args: BuildImageArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What [`build_guest`] produced.
+pub struct BuiltImages {
+    /// Whether the images were built or found up to date.
+    pub outcome: BuildOutcome,
+    /// The guest's kernel release.
+    pub kernel_version: String,
+    /// Prefetch lists written (0 when they were up to date or not asked
+    /// for).
+    pub lists_written: usize,
+}
+
+/// Builds `guest` into `out_dir` (or finds it up to date) and, with
+/// `prefetch_lists`, records its missing or stale prefetch lists: what
+/// `build-image`, the main job and `cargo xtask test` each do before they
+/// use a guest.
+pub fn build_guest(
+    root: &Path,
+    out_dir: &Path,
+    guest: BuiltGuest,
+    data_mib: u64,
+    force: bool,
+    prefetch_lists: bool,
+) -> Result<BuiltImages> {
+    let (outcome, kernel_version) = match guest {
+        BuiltGuest::PetriTestGuest => {
+            let (m, outcome) = build(&BuildOptions {
+                out_dir: out_dir.to_owned(),
+                data_mib,
+                force,
+            })
+            .context("building the petri test guest")?;
+            (outcome, m.kernel_version)
+        }
+        BuiltGuest::Debian12 => {
+            let (m, outcome) =
+                debian::build(out_dir, force).context("building the Debian test guest")?;
+            (outcome, m.kernel_version)
+        }
+    };
+    let lists_written = if prefetch_lists {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(|t| root.join(t))
+            .unwrap_or_else(|| root.join("target"));
+        let work = target.join("guest-image-prefetch").join(guest.cli_name());
+        prefetch::ensure_lists(root, out_dir, guest, &work)
+            .with_context(|| format!("recording the prefetch lists of {guest}"))?
+    } else {
+        0
+    };
+    Ok(BuiltImages {
+        outcome,
+        kernel_version,
+        lists_written,
+    })
 }
 
 fn print_files(files: &[ManifestFile]) {

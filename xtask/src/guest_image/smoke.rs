@@ -59,14 +59,38 @@ pub struct BootReport {
     pub console: String,
 }
 
+/// Where the root disk of a boot comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum BootDisk<'a> {
+    /// A raw file, attached with `snapshot=on` (writes go to a temporary
+    /// overlay).
+    RawFile(&'a Path),
+    /// An NBD export (`nbd+unix:///?socket=...`) of a disk stack, which
+    /// keeps the guest's writes itself.
+    Nbd(&'a str),
+}
+
+impl BootDisk<'_> {
+    /// QEMU's `-drive` value for the root disk.
+    fn drive(&self) -> String {
+        match self {
+            BootDisk::RawFile(path) => format!(
+                "file={},format=raw,if=virtio,snapshot=on,id=root",
+                path.display()
+            ),
+            BootDisk::Nbd(uri) => format!("file={uri},format=raw,if=virtio,id=root"),
+        }
+    }
+}
+
 /// Files and settings of one boot.
 pub struct BootSpec<'a> {
     /// Kernel image.
     pub kernel: &'a Path,
     /// Initramfs.
     pub initrd: &'a Path,
-    /// Raw root disk.
-    pub disk: &'a Path,
+    /// The root disk.
+    pub disk: BootDisk<'a>,
     /// `petri.steps=` value (may be empty).
     pub steps: &'a str,
     /// Where the console log and the QMP socket go.
@@ -157,10 +181,7 @@ pub fn boot(spec: &BootSpec<'_>) -> Result<BootReport> {
         .arg("-append")
         .arg(&append)
         .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,snapshot=on,id=root",
-            spec.disk.display()
-        ))
+        .arg(spec.disk.drive())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -393,7 +414,7 @@ pub fn run(out_dir: &Path, work_dir: &Path, timeout: Duration) -> Result<Vec<Boo
         let r = boot(&BootSpec {
             kernel: &kernel,
             initrd: &initrd,
-            disk: &disk,
+            disk: BootDisk::RawFile(&disk),
             steps,
             work_dir: &dir,
             timeout,

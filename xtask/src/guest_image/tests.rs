@@ -215,7 +215,7 @@ fn guest_boots_runs_steps_and_powers_off() {
     let r = smoke::boot(&smoke::BootSpec {
         kernel: &out.join(KERNEL_FILE),
         initrd: &out.join(INITRD_FILE),
-        disk: &out.join(RAW_FILE),
+        disk: smoke::BootDisk::RawFile(&out.join(RAW_FILE)),
         steps: "hash-data,write-scratch,fail,bogus",
         work_dir: &dir.path().join("boot"),
         timeout: Duration::from_secs(600),

@@ -56,6 +56,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
 use std::process::Stdio;
+use std::time::Duration;
 use std::time::Instant;
 use url_redact::redact_url;
 use vmm_test_images::BuiltGuest;
@@ -63,6 +64,8 @@ use vmm_test_images::KnownTestArtifacts;
 
 /// `petri::cache_dir::PETRI_CACHE_DIR` (xtask does not link petri).
 const PETRI_CACHE_DIR_ENV: &str = "PETRI_CACHE_DIR";
+/// `disk_open::prefetch`'s switch (xtask does not link disk_open).
+const PETRI_PREFETCH_ENV: &str = "PETRI_PREFETCH";
 /// The QEMU binary the backend looks for on `PATH`.
 const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// The Debian package that provides it.
@@ -108,6 +111,26 @@ pub struct RunArgs {
     /// folder (they are then read locally, and the table says `local`).
     #[arg(long)]
     allow_local: bool,
+    /// Simulated network latency of the embedded store: milliseconds
+    /// before each request is answered (one round trip to a far-away
+    /// store; ~50 ms is an Azure store seen from a CI runner).
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    latency_ms: u64,
+    /// Milliseconds each new connection to the embedded store waits before
+    /// its first request (TCP and TLS handshakes) [default: twice
+    /// --latency-ms].
+    #[arg(long, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    connection_latency_ms: Option<u64>,
+    /// Run the tests with PETRI_PREFETCH=0: cold boots do not replay the
+    /// images' prefetch lists (to compare with and without).
+    #[arg(long)]
+    no_prefetch: bool,
+    /// Do not record the built guests' prefetch lists (`<disk>.prefetch`
+    /// in --images-dir, one boot each; the store serves them).
+    #[arg(long)]
+    no_prefetch_lists: bool,
     /// Extra arguments for `cargo nextest run` (after `--`).
     #[arg(last = true, value_name = "NEXTEST_ARGS")]
     nextest_args: Vec<String>,
@@ -173,31 +196,25 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
     };
     for guest in &guests {
         let started = Instant::now();
-        let (outcome, kernel) = match guest {
-            BuiltGuest::PetriTestGuest => {
-                let (m, outcome) = crate::guest_image::build(&crate::guest_image::BuildOptions {
-                    out_dir: images.clone(),
-                    data_mib: args.data_mib,
-                    force: false,
-                })
-                .context("building the petri test guest")?;
-                (outcome, m.kernel_version)
-            }
-            BuiltGuest::Debian12 => {
-                let (m, outcome) = crate::guest_image::debian::build(&images, false)
-                    .context("building the Debian test guest")?;
-                (outcome, m.kernel_version)
-            }
-        };
+        let built = crate::guest_image::build_guest(
+            root,
+            &images,
+            *guest,
+            args.data_mib,
+            false,
+            !args.no_prefetch_lists,
+        )?;
         println!(
-            "guest-test run: {guest} {} in {} ({:.1} s; kernel {kernel})",
-            if outcome == crate::guest_image::BuildOutcome::Built {
+            "guest-test run: {guest} {} in {} ({:.1} s; kernel {}; {} prefetch lists recorded)",
+            if built.outcome == crate::guest_image::BuildOutcome::Built {
                 "built"
             } else {
                 "up to date"
             },
             images.display(),
             started.elapsed().as_secs_f64(),
+            built.kernel_version,
+            built.lists_written,
         );
     }
 
@@ -209,7 +226,17 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
     let cache = prepare_cache(&work, args.cache_dir.as_deref(), args.clear_cache, root)?;
 
     // 6. The store.
+    let latency = blob_server::Latency {
+        per_request: Duration::from_millis(args.latency_ms),
+        per_connection: Duration::from_millis(
+            args.connection_latency_ms.unwrap_or(2 * args.latency_ms),
+        ),
+    };
     let store = match &args.base_url {
+        Some(_) if latency != blob_server::Latency::default() => bail!(
+            "--latency-ms and --connection-latency-ms apply to the embedded store only; \
+             leave out --base-url to use it"
+        ),
         Some(url) => Store::External(artifact_base_url(Some(url)).context("checking --base-url")?),
         None => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -218,9 +245,10 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
                 .build()
                 .context("starting the blob server's runtime")?;
             let server = runtime
-                .block_on(BlobServer::serve_dir(
+                .block_on(BlobServer::serve_dir_with(
                     &images,
                     (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+                    blob_server::BlobServerOptions { latency },
                 ))
                 .with_context(|| format!("serving {}", images.display()))?;
             Store::Embedded { runtime, server }
@@ -228,14 +256,24 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
     };
     let base_url = store.base_url();
     println!(
-        "guest-test run: store {} ({}), read cache {}, local images {}",
+        "guest-test run: store {} ({}), read cache {}, local images {}{}",
         redact_url(&base_url),
         match &store {
-            Store::Embedded { .. } => format!("embedded blob server hosting {}", images.display()),
+            Store::Embedded { .. } => format!(
+                "embedded blob server hosting {}, {} ms per request, {} ms per new connection",
+                images.display(),
+                latency.per_request.as_millis(),
+                latency.per_connection.as_millis()
+            ),
             Store::External(_) => "--base-url".to_owned(),
         },
         cache.display(),
-        local.display()
+        local.display(),
+        if args.no_prefetch {
+            ", prefetch lists not replayed (PETRI_PREFETCH=0)"
+        } else {
+            ""
+        }
     );
 
     // 7. Build the tests once, so the runs below time only the tests.
@@ -258,6 +296,7 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
         filter: &args.filter,
         filterset: filterset.as_deref(),
         extra: &args.nextest_args,
+        no_prefetch: args.no_prefetch,
     };
     let cold = run_phase(&env, &store, &work.join("cold"), "cold")?;
     let warm = if args.cold_only {
@@ -337,6 +376,8 @@ struct TestEnv<'a> {
     /// The nextest filterset selecting the chosen guests' tests.
     filterset: Option<&'a str>,
     extra: &'a [String],
+    /// Run the tests with `PETRI_PREFETCH=0`.
+    no_prefetch: bool,
 }
 
 /// One nextest run with the job's environment; `out` becomes the tests'
@@ -371,6 +412,7 @@ fn run_phase(env: &TestEnv<'_>, store: &Store, out: &Path, name: &str) -> Result
         .env(IMAGES_DIR_ENV, env.local)
         .env(petri_artifacts_common::TEST_OUTPUT_PATH_ENV, out)
         .env_remove(petri_artifacts_core::RemoteOverride::ENV_VAR)
+        .envs(env.no_prefetch.then_some((PETRI_PREFETCH_ENV, "0")))
         .stderr(Stdio::piped())
         .spawn()
         .context("starting cargo nextest")?;

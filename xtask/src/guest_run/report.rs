@@ -47,6 +47,16 @@ pub struct DiskReport {
     /// fields of the report object; a missing one reads as zero.
     #[serde(flatten)]
     pub counters: DiskCounters,
+    /// Read requests the guest sent to the disk's NBD export.
+    #[serde(default)]
+    pub nbd_read_requests: u64,
+    /// Bytes the guest read through the NBD export.
+    #[serde(default)]
+    pub nbd_bytes_read: u64,
+    /// The guest's disk-wait in microseconds: wall time with at least one
+    /// read outstanding at the NBD export.
+    #[serde(default)]
+    pub nbd_read_wait_micros: u64,
     /// Milliseconds the VM ran.
     #[serde(default)]
     pub vm_millis: u64,
@@ -113,6 +123,15 @@ pub struct TestTotals {
     pub requests: u64,
     /// Bytes served from the read cache.
     pub cache_hit: u64,
+    /// Bytes a prefetch fetched ahead of the guest (part of `fetched`).
+    pub prefetched: u64,
+    /// Read requests the guest sent to its disks.
+    pub guest_reads: u64,
+    /// Bytes the guest read from its disks.
+    pub guest_bytes_read: u64,
+    /// Microseconds the guest waited on its disks (summed over disks and
+    /// boots; each disk's time with at least one read outstanding).
+    pub disk_wait_micros: u64,
     /// Milliseconds the VMs ran.
     pub vm_millis: u64,
 }
@@ -140,6 +159,10 @@ pub fn aggregate(reports: &[DiskReport]) -> BTreeMap<String, TestTotals> {
         t.fetched += r.counters.remote_bytes_fetched;
         t.requests += r.counters.remote_requests;
         t.cache_hit += r.counters.cache_hit_bytes;
+        t.prefetched += r.counters.prefetched_bytes;
+        t.guest_reads += r.nbd_read_requests;
+        t.guest_bytes_read += r.nbd_bytes_read;
+        t.disk_wait_micros += r.nbd_read_wait_micros;
         boots.entry(&r.test).or_default().insert(r.boot);
         // Every disk of a boot reports the same VM time: count it once.
         if r.drive == "boot" || r.drive.is_empty() {
@@ -237,9 +260,11 @@ fn format_time(phase: &Phase, test: &str) -> String {
     }
 }
 
-/// The per-test table: the guest booted, boots per run, cold and warm time, bytes fetched
-/// and requests in each run (summed over the test's boots), image size and
-/// the fraction of the image the cold run read.
+/// The per-test table, one row per test and run (cold, then warm): the
+/// guest booted, boots, wall time, what the guest read (requests, bytes),
+/// what was fetched from the store (bytes, requests, the ratio to the bytes
+/// read, the part a prefetch fetched), the guest's disk-wait, the image size
+/// and the fraction of it fetched. Sums over the test's boots.
 pub fn render_table(cold: &Phase, warm: &Phase) -> String {
     let mut tests: Vec<&String> = cold.totals.keys().chain(warm.totals.keys()).collect();
     tests.sort();
@@ -247,59 +272,80 @@ pub fn render_table(cold: &Phase, warm: &Phase) -> String {
     let header = [
         "test",
         "guest",
+        "run",
         "boots",
-        "cold s",
-        "warm s",
-        "cold fetched",
-        "cold req",
-        "warm fetched",
-        "warm req",
-        "image",
+        "secs",
+        "reads",
         "read",
+        "fetched",
+        "req",
+        "fetched/read",
+        "prefetched",
+        "disk-wait s",
+        "image",
+        "of image",
     ];
-    let mut rows: Vec<[String; 11]> = Vec::new();
+    let mut rows: Vec<[String; 14]> = Vec::new();
     for test in tests {
-        let c = cold.totals.get(test);
-        let w = warm.totals.get(test);
-        let remote = c.or(w).is_some_and(|t| t.remote);
-        let fetched = |t: Option<&TestTotals>| match t {
-            None => "-".to_owned(),
-            Some(_) if !remote => "local".to_owned(),
-            Some(t) => format_bytes(t.fetched),
-        };
-        let requests = |t: Option<&TestTotals>| match t {
-            Some(t) if remote => t.requests.to_string(),
-            _ => "-".to_owned(),
-        };
-        let image = c.or(w).map(|t| t.image_bytes).unwrap_or(0);
-        let read = match c {
-            Some(t) if remote && image > 0 => {
-                format!("{:.2}%", t.fetched as f64 * 100.0 / image as f64)
-            }
-            _ => "-".to_owned(),
-        };
-        let guest = c
-            .or(w)
+        let any = cold.totals.get(test).or(warm.totals.get(test));
+        let remote = any.is_some_and(|t| t.remote);
+        let guest = any
             .map(|t| t.guest.as_str())
             .filter(|g| !g.is_empty())
             .unwrap_or("-");
-        rows.push([
-            test.clone(),
-            guest.to_owned(),
-            c.or(w).map_or("-".to_owned(), |t| t.boots.to_string()),
-            format_time(cold, test),
-            format_time(warm, test),
-            fetched(c),
-            requests(c),
-            fetched(w),
-            requests(w),
-            if image > 0 {
-                format_bytes(image)
-            } else {
-                "-".to_owned()
-            },
-            read,
-        ]);
+        let image = any.map_or(0, |t| t.image_bytes);
+        for (run, phase) in [("cold", cold), ("warm", warm)] {
+            let Some(t) = phase.totals.get(test) else {
+                continue;
+            };
+            let dash = || "-".to_owned();
+            let remote_cell = |cell: String| if remote { cell } else { dash() };
+            let measured = t.guest_reads > 0;
+            rows.push([
+                test.clone(),
+                guest.to_owned(),
+                run.to_owned(),
+                t.boots.to_string(),
+                format_time(phase, test),
+                if measured {
+                    t.guest_reads.to_string()
+                } else {
+                    dash()
+                },
+                if measured {
+                    format_bytes(t.guest_bytes_read)
+                } else {
+                    dash()
+                },
+                if remote {
+                    format_bytes(t.fetched)
+                } else {
+                    "local".to_owned()
+                },
+                remote_cell(t.requests.to_string()),
+                if remote && measured && t.guest_bytes_read > 0 {
+                    format!("{:.2}x", t.fetched as f64 / t.guest_bytes_read as f64)
+                } else {
+                    dash()
+                },
+                remote_cell(format_bytes(t.prefetched)),
+                if measured {
+                    format!("{:.2}", t.disk_wait_micros as f64 / 1e6)
+                } else {
+                    dash()
+                },
+                if image > 0 {
+                    format_bytes(image)
+                } else {
+                    dash()
+                },
+                if remote && image > 0 {
+                    format!("{:.2}%", t.fetched as f64 * 100.0 / image as f64)
+                } else {
+                    dash()
+                },
+            ]);
+        }
     }
     let mut widths = header.map(str::len);
     for row in &rows {
@@ -337,7 +383,9 @@ mod tests {
        "location": "http://127.0.0.1:4000/petri-test-guest-x64.vhd", "remote": true,
        "disk_bytes": 335544320, "remote_requests": 20, "remote_bytes_fetched": 3145728,
        "remote_retries": 0, "remote_errors": 0, "cache_hit_bytes": 0,
-       "cache_miss_bytes": 3145728, "cache_fill_bytes": 3145728, "vm_millis": 9000,
+       "cache_miss_bytes": 3145728, "cache_fill_bytes": 3145728,
+       "prefetched_bytes": 1048576, "nbd_read_requests": 300, "nbd_bytes_read": 1572864,
+       "nbd_read_wait_micros": 1250000, "vm_millis": 9000,
        "exit_code": 0, "a_field_added_later": [1, 2]},
       {"test": "qemu_linux_direct_x64::boot_remote", "boot": 2, "drive": "boot",
        "location": "http://127.0.0.1:4000/petri-test-guest-x64.vhd", "remote": true,
@@ -354,6 +402,9 @@ mod tests {
             remote: false,
             disk_bytes: 335_544_320,
             counters: DiskCounters::default(),
+            nbd_read_requests: 0,
+            nbd_bytes_read: 0,
+            nbd_read_wait_micros: 0,
             vm_millis: 5000,
         }
     }
@@ -375,6 +426,15 @@ mod tests {
         assert_eq!(t.cache_hit, 3 << 20);
         assert_eq!(t.image_bytes, 320 << 20);
         assert_eq!(t.vm_millis, 16_000);
+        assert_eq!(
+            (
+                t.guest_reads,
+                t.guest_bytes_read,
+                t.disk_wait_micros,
+                t.prefetched
+            ),
+            (300, 3 << 19, 1_250_000, 1 << 20)
+        );
         assert!(parse_counters_file("{not json").is_err());
         assert!(parse_counters_file(r#"[{"test": "x"}]"#).is_err());
     }
@@ -526,46 +586,92 @@ mod tests {
 
         let table = render_table(&cold, &warm);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3, "{table}");
+        // A header, then cold and warm rows per test, sorted by name.
+        assert_eq!(lines.len(), 5, "{table}");
         assert!(lines[0].starts_with("test"), "{table}");
         for col in [
-            "cold s",
-            "warm s",
-            "cold fetched",
-            "warm fetched",
-            "image",
-            "read",
+            "run",
+            "secs",
+            "reads",
+            "fetched",
+            "fetched/read",
+            "prefetched",
+            "disk-wait s",
+            "of image",
         ] {
             assert!(lines[0].contains(col), "{table}");
         }
-        // Sorted by name: local first.
-        let local_row = lines[1];
-        assert!(local_row.starts_with(local), "{table}");
-        assert!(local_row.contains("local"), "{table}");
-        assert!(
-            local_row.contains("5.0 vm"),
-            "no nextest line: VM time\n{table}"
-        );
-        let remote_row = lines[2];
-        assert!(remote_row.starts_with(remote), "{table}");
-        let cells: Vec<&str> = remote_row[remote.len()..]
-            .split("  ")
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect();
+        let cells = |row: &str, test: &str| -> Vec<String> {
+            assert!(row.starts_with(test), "{table}");
+            row[test.len()..]
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        // A local disk: nothing fetched, no NBD figures.
         assert_eq!(
-            cells,
+            cells(lines[1], local),
             [
                 "petri",
+                "cold",
+                "1",
+                "6.0",
+                "-",
+                "-",
+                "local",
+                "-",
+                "-",
+                "-",
+                "-",
+                "320.00 MiB",
+                "-"
+            ],
+            "{table}"
+        );
+        // No nextest line in the warm run: the VM time.
+        assert_eq!(
+            cells(lines[2], local)[1..4],
+            ["warm", "1", "5.0 vm"],
+            "{table}"
+        );
+        assert_eq!(
+            cells(lines[3], remote),
+            [
+                "petri",
+                "cold",
                 "1",
                 "12.3",
-                "8.0 FAIL",
+                "300",
+                "1.50 MiB",
                 "3.00 MiB",
                 "20",
-                "0 B",
-                "1",
+                "2.00x",
+                "1.00 MiB",
+                "1.25",
                 "320.00 MiB",
                 "0.94%"
+            ],
+            "{table}"
+        );
+        // The warm report carries no NBD figures: dashes, not zeros.
+        assert_eq!(
+            cells(lines[4], remote),
+            [
+                "petri",
+                "warm",
+                "1",
+                "8.0 FAIL",
+                "-",
+                "-",
+                "0 B",
+                "1",
+                "-",
+                "0 B",
+                "-",
+                "320.00 MiB",
+                "0.00%"
             ],
             "{table}"
         );

@@ -595,7 +595,7 @@ pub fn smoke(out_dir: &Path, work_dir: &Path, timeout: Duration) -> Result<()> {
     let r = super::smoke::boot(&super::smoke::BootSpec {
         kernel: &out_dir.join(KERNEL_FILE),
         initrd: &out_dir.join(INITRD_FILE),
-        disk: &disk,
+        disk: super::smoke::BootDisk::RawFile(&disk),
         steps: "",
         work_dir,
         timeout,
