@@ -57,6 +57,7 @@ pub use backend::PetriVmmBackend;
 pub use backend::PreparedVm;
 pub use backend::VmHandle;
 pub use backend::download_command;
+pub use disk_open::prefetch::prefetch_allowed_by_env;
 pub use disk_stack::DiskCounters;
 pub use harness::HarnessEnv;
 pub use harness::HostRequirements;

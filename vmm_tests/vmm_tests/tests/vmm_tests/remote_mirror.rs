@@ -3,7 +3,8 @@
 //! the backend reads it lazily through RAM diff, SQLite auto-cache and
 //! HTTP blob, exported to QEMU over NBD (see `mirror` for how each test
 //! gets its mirror). The petri test guest boots cold then warm; the Debian
-//! guest boots once, cold (the bench does the repeats).
+//! guest boots once, cold (the bench does the repeats), replaying the
+//! prefetch list the store holds beside the image.
 
 use crate::guest::SCRATCH_MARKER;
 use crate::guest::any_file_contains;
@@ -121,6 +122,50 @@ fn check_cold_boot(
     Ok(())
 }
 
+/// When the store holds the image's prefetch list (`<image>.prefetch`,
+/// which `cargo xtask guest-test build-image` records and `cargo xtask
+/// test` always builds, so required under CI), checks that the cold boot
+/// replayed it: the prefetch fetched nearly everything that was fetched
+/// (the guest's own misses were few), and nearly all of it was then read.
+fn check_prefetch_replayed(
+    c: &petri::DiskCounters,
+    mirror: &mirror::RemoteMirror,
+    image: KnownTestArtifacts,
+) -> anyhow::Result<()> {
+    let Some(served) = mirror.served_dir() else {
+        // The user's store: whether it publishes a list is its business.
+        return Ok(());
+    };
+    if !petri::prefetch_allowed_by_env() {
+        eprintln!("PETRI_PREFETCH turns prefetching off: the replay is not checked");
+        return Ok(());
+    }
+    let list = served.join(format!("{}.prefetch", image.file_name()));
+    if !list.is_file() {
+        ensure!(
+            !ci_env::in_ci(),
+            "{} is missing: cargo xtask test records it with the image",
+            list.display()
+        );
+        eprintln!("no prefetch list at {}: not checked", list.display());
+        return Ok(());
+    }
+    ensure!(
+        c.prefetched_bytes > 0 && c.prefetch_hit_reads > 0,
+        "the cold boot did not replay {}: {c:?}",
+        list.display()
+    );
+    ensure!(
+        c.prefetched_bytes * 10 >= c.remote_bytes_fetched * 9,
+        "the guest's own misses fetched more than a tenth of the bytes: {c:?}"
+    );
+    ensure!(
+        c.prefetch_used_bytes * 10 >= c.prefetched_bytes * 9,
+        "more than a tenth of the prefetched bytes were never read: {c:?}"
+    );
+    Ok(())
+}
+
 /// Fails unless the root disk of `config` is a URL of the mirror's store.
 fn expect_root_from_mirror<T: PetriVmmBackend>(
     config: &PetriVmBuilder<T>,
@@ -155,6 +200,7 @@ async fn cold_boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Res
     let c = run.counters;
     eprintln!("cold boot of the Debian guest: {c:?}");
     check_cold_boot(&c, KnownTestArtifacts::Debian12X64Vhd, 4, before, after)?;
+    check_prefetch_replayed(&c, &mirror, KnownTestArtifacts::Debian12X64Vhd)?;
     ensure!(
         !run.console.contains("PETRI_FAILED_UNIT"),
         "units failed:\n{}",
