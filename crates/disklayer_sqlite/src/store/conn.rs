@@ -76,17 +76,26 @@ pub(crate) fn open_conn(
         .map_err(|e| sql_err(path, "setting the busy timeout", e))?;
     conn.set_prepared_statement_cache_capacity(32);
     // `synchronous=NORMAL` in WAL mode keeps the file consistent on a
-    // crash; durability on demand comes from the store's `sync`.
+    // crash; durability on demand comes from the store's `sync`. A WAL
+    // file never shrinks by itself: after a long fill burst it would keep
+    // its peak size on disk for as long as the file is open, so a writer
+    // that restarts the WAL after a checkpoint truncates it to
+    // `journal_size_limit`.
     let mmap_size = match kind {
         ConnKind::Mapped => MMAP_SIZE,
         ConnKind::Plain => 0,
     };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous=NORMAL; PRAGMA mmap_size={mmap_size}; PRAGMA cache_size=-16384;"
+        "PRAGMA synchronous=NORMAL; PRAGMA mmap_size={mmap_size}; PRAGMA cache_size=-16384; \
+         PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"
     ))
     .map_err(|e| sql_err(path, "opening the database", e))?;
     Ok(conn)
 }
+
+/// The size a WAL file is truncated to when a writer restarts it (see
+/// [`open_conn`]'s use of `journal_size_limit`).
+const WAL_SIZE_LIMIT: u64 = 16 << 20;
 
 /// A read-only connection that can read `path`: `conn` itself, or, in a
 /// directory this process cannot write, an immutable one.
@@ -260,4 +269,26 @@ pub(crate) fn chunk_heads(
         .map_err(|e| sql_err(path, "reading chunk rows", e))?;
     rows.collect::<Result<_, _>>()
         .map_err(|e| sql_err(path, "reading chunk rows", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_cap_the_wal_they_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        for kind in [ConnKind::Mapped, ConnKind::Plain] {
+            let conn = open_conn(&path, false, kind).unwrap();
+            let limit: i64 = conn
+                .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(limit as u64, WAL_SIZE_LIMIT);
+        }
+    }
 }
