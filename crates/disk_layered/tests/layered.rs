@@ -12,7 +12,6 @@ use disk_layered::LayerConfiguration;
 use disk_layered::LayeredDisk;
 use disklayer_ram::RamDiskLayer;
 use futures::poll;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 const N: u64 = 1000;
@@ -29,7 +28,7 @@ async fn reads_prefer_upper_layers() {
     let mid = SharedRam::new(N);
     top.put(10, &pattern(10, 5, 1)).await;
     mid.put(12, &pattern(12, 10, 2)).await;
-    let file = FileDisk::with_content(&pattern(0, N, 3), true);
+    let file = file_disk(&pattern(0, N, 3));
     let d = stack(true, vec![plain(top), plain(mid), bottom(file)]).await;
 
     let got = read(&d, 8, 20).await;
@@ -52,7 +51,7 @@ async fn sparse_stack_without_full_bottom_reads_zero() {
 
 #[tokio::test]
 async fn metadata_comes_from_the_bottom() {
-    let file = FileDisk::with_content(&pattern(0, N, 3), true);
+    let file = file_disk(&pattern(0, N, 3));
     let d = stack(
         false,
         vec![
@@ -70,32 +69,28 @@ async fn metadata_comes_from_the_bottom() {
 
 #[tokio::test]
 async fn cache_fills_and_serves_second_read() {
-    let lower = GatedDisk::new(pattern(0, N, 5), 1000);
+    let lower = gated_disk(pattern(0, N, 5), 1000);
     let top = SharedRam::new(N);
     let c = SharedRam::new(N);
     let d = stack(
         false,
-        vec![
-            plain(top.clone()),
-            cache(c.clone()),
-            bottom(GatedHandle(lower.clone())),
-        ],
+        vec![plain(top.clone()), cache(c.clone()), bottom(lower.clone())],
     )
     .await;
 
     assert_eq!(read(&d, 100, 16).await, pattern(100, 16, 5));
-    assert_eq!(lower.started.load(Ordering::SeqCst), 1);
+    assert_eq!(lower.reads(), 1);
     let (bytes, bm) = c.peek(100, 16).await;
     assert!(bm.all_set(), "the cache was filled");
     assert_eq!(bytes, pattern(100, 16, 5));
     assert_eq!(top.inner.allocated_chunks(), 0, "fills never go to the top");
 
     assert_eq!(read(&d, 100, 16).await, pattern(100, 16, 5));
-    assert_eq!(lower.started.load(Ordering::SeqCst), 1, "second read hit");
+    assert_eq!(lower.reads(), 1, "second read hit");
 
     // Part hit, part miss: only the missing run goes down.
     assert_eq!(read(&d, 96, 24).await, pattern(96, 24, 5));
-    assert_eq!(*lower.log.lock(), vec![(100, 116), (96, 100), (116, 120)]);
+    assert_eq!(lower.read_log(), vec![(100, 116), (96, 100), (116, 120)]);
 
     let ctr = d.counters();
     assert_eq!(ctr.cache_hit_bytes, 16 * 512 + 16 * 512);
@@ -106,50 +101,42 @@ async fn cache_fills_and_serves_second_read() {
 
 #[tokio::test]
 async fn misses_widen_to_aligned_chunks_clipped_to_the_disk() {
-    let lower = GatedDisk::new(pattern(0, N, 5), 1000);
+    let lower = gated_disk(pattern(0, N, 5), 1000);
     let c = SharedRam::new(N).with_fill(64);
-    let d = stack(
-        true,
-        vec![cache(c.clone()), bottom(GatedHandle(lower.clone()))],
-    )
-    .await;
+    let d = stack(true, vec![cache(c.clone()), bottom(lower.clone())]).await;
 
     assert_eq!(read(&d, 70, 1).await, pattern(70, 1, 5));
-    assert_eq!(*lower.log.lock(), vec![(64, 128)]);
+    assert_eq!(lower.read_log(), vec![(64, 128)]);
     // Anything in the same chunk now hits.
     assert_eq!(read(&d, 100, 28).await, pattern(100, 28, 5));
-    assert_eq!(lower.started.load(Ordering::SeqCst), 1);
+    assert_eq!(lower.reads(), 1);
     // A read spanning a filled and two empty chunks fetches the empty ones
     // as one run.
     assert_eq!(read(&d, 120, 100).await, pattern(120, 100, 5));
-    assert_eq!(*lower.log.lock(), vec![(64, 128), (128, 256)]);
+    assert_eq!(lower.read_log(), vec![(64, 128), (128, 256)]);
     // The last chunk is clipped to the disk's end (1000 sectors).
     assert_eq!(read(&d, 990, 10).await, pattern(990, 10, 5));
-    assert_eq!(lower.log.lock().last(), Some(&(960, 1000)));
+    assert_eq!(lower.read_log().last(), Some(&(960, 1000)));
     assert!(c.peek(960, 40).await.1.all_set());
     assert_eq!(d.counters().cache_miss_bytes, (64 + 128 + 40) * 512);
 }
 
 #[tokio::test]
 async fn widened_fill_does_not_refetch_what_the_cache_has() {
-    let lower = GatedDisk::new(pattern(0, N, 5), 1000);
+    let lower = gated_disk(pattern(0, N, 5), 1000);
     let c = SharedRam::new(N).with_fill(64);
     // The cache already has sectors 0..10 (from an earlier run, say).
     c.put(0, &pattern(0, 10, 5)).await;
-    let d = stack(
-        true,
-        vec![cache(c.clone()), bottom(GatedHandle(lower.clone()))],
-    )
-    .await;
+    let d = stack(true, vec![cache(c.clone()), bottom(lower.clone())]).await;
     assert_eq!(read(&d, 5, 20).await, pattern(5, 20, 5));
-    assert_eq!(*lower.log.lock(), vec![(10, 64)]);
+    assert_eq!(lower.read_log(), vec![(10, 64)]);
 }
 
 #[tokio::test]
 async fn concurrent_misses_on_one_chunk_fetch_once() {
-    let lower = GatedDisk::new(pattern(0, N, 5), 0);
+    let lower = gated_disk(pattern(0, N, 5), 0);
     let c = SharedRam::new(N).with_fill(64);
-    let d = stack(true, vec![cache(c), bottom(GatedHandle(lower.clone()))]).await;
+    let d = stack(true, vec![cache(c), bottom(lower.clone())]).await;
 
     let mut b1 = vec![0; 4 * SS];
     let mut b2 = vec![0; 8 * SS];
@@ -157,25 +144,25 @@ async fn concurrent_misses_on_one_chunk_fetch_once() {
     let mut r2 = Box::pin(d.read(160, &mut b2));
     // The first read reaches the lower disk and blocks at the gate.
     assert!(matches!(poll!(r1.as_mut()), Poll::Pending));
-    assert_eq!(lower.started.load(Ordering::SeqCst), 1);
+    assert_eq!(lower.reads(), 1);
     // The second misses the same chunk and waits instead of reading.
     assert!(matches!(poll!(r2.as_mut()), Poll::Pending));
-    assert_eq!(lower.started.load(Ordering::SeqCst), 1);
+    assert_eq!(lower.reads(), 1);
 
-    lower.gate.add_permits(1);
+    lower.open_gate(1);
     let (a, b) = tokio::join!(r1, r2);
     a.unwrap();
     b.unwrap();
-    assert_eq!(*lower.log.lock(), vec![(128, 192)]);
+    assert_eq!(lower.read_log(), vec![(128, 192)]);
     assert_eq!(b1, pattern(130, 4, 5));
     assert_eq!(b2, pattern(160, 8, 5));
 }
 
 #[tokio::test]
 async fn a_waiter_fetches_itself_when_the_leader_fails() {
-    let lower = GatedDisk::new(pattern(0, N, 5), 0);
+    let lower = gated_disk(pattern(0, N, 5), 0);
     let c = SharedRam::new(N).with_fill(64);
-    let d = stack(true, vec![cache(c), bottom(GatedHandle(lower.clone()))]).await;
+    let d = stack(true, vec![cache(c), bottom(lower.clone())]).await;
 
     let mut b1 = vec![0; SS];
     let mut b2 = vec![0; SS];
@@ -183,20 +170,20 @@ async fn a_waiter_fetches_itself_when_the_leader_fails() {
     let mut r2 = Box::pin(d.read(1, &mut b2));
     assert!(matches!(poll!(r1.as_mut()), Poll::Pending));
     assert!(matches!(poll!(r2.as_mut()), Poll::Pending));
-    lower.fail_next.store(true, Ordering::SeqCst);
-    lower.gate.add_permits(2);
+    lower.fail_next_read();
+    lower.open_gate(2);
     let (a, b) = tokio::join!(r1, r2);
     assert!(matches!(a, Err(DiskError::Io { .. })));
     b.unwrap();
     assert_eq!(b2, pattern(1, 1, 5));
-    assert_eq!(lower.started.load(Ordering::SeqCst), 2);
+    assert_eq!(lower.reads(), 2);
 }
 
 #[tokio::test]
 async fn a_waiter_fetches_itself_when_the_leader_is_cancelled() {
-    let lower = GatedDisk::new(pattern(0, N, 5), 0);
+    let lower = gated_disk(pattern(0, N, 5), 0);
     let c = SharedRam::new(N).with_fill(64);
-    let d = stack(true, vec![cache(c), bottom(GatedHandle(lower.clone()))]).await;
+    let d = stack(true, vec![cache(c), bottom(lower.clone())]).await;
 
     let mut b1 = vec![0; SS];
     let mut b2 = vec![0; SS];
@@ -205,48 +192,43 @@ async fn a_waiter_fetches_itself_when_the_leader_is_cancelled() {
     assert!(matches!(poll!(r1.as_mut()), Poll::Pending));
     assert!(matches!(poll!(r2.as_mut()), Poll::Pending));
     drop(r1);
-    lower.gate.add_permits(1);
+    lower.open_gate(1);
     r2.await.unwrap();
     assert_eq!(b2, pattern(1, 1, 5));
 }
 
 #[tokio::test]
 async fn fill_never_overwrites_a_write_made_during_the_lower_read() {
-    let lower = GatedDisk::new(pattern(0, N, 5), 0);
+    let lower = gated_disk(pattern(0, N, 5), 0);
     // The read cache is also the top (write) layer: a guest write lands in
     // it while a fill for the same sectors is in flight.
     let c = SharedRam::new(N);
-    let d = stack(
-        false,
-        vec![cache(c.clone()), bottom(GatedHandle(lower.clone()))],
-    )
-    .await;
+    let d = stack(false, vec![cache(c.clone()), bottom(lower.clone())]).await;
 
     let mut buf = vec![0; 8 * SS];
     let mut r = Box::pin(d.read(0, &mut buf));
     assert!(matches!(poll!(r.as_mut()), Poll::Pending));
-    assert_eq!(lower.started.load(Ordering::SeqCst), 1);
+    assert_eq!(lower.reads(), 1);
     d.write(3, &pattern(3, 1, 0x77), false).await.unwrap();
-    lower.gate.add_permits(1);
+    lower.open_gate(1);
     r.await.unwrap();
 
     let mut want = pattern(0, 8, 5);
     want[3 * SS..4 * SS].copy_from_slice(&pattern(3, 1, 0x77));
     assert_eq!(read(&d, 0, 8).await, want);
     assert_eq!(c.peek(0, 8).await.0, want);
-    assert_eq!(lower.started.load(Ordering::SeqCst), 1);
+    assert_eq!(lower.reads(), 1);
 }
 
 #[tokio::test]
 async fn writes_reach_only_the_top_layer() {
     let content = pattern(0, N, 5);
-    let file = FileDisk::with_content(&content, true);
+    let file = file_disk(&content);
     let top = SharedRam::new(N);
     let c = SharedRam::new(N).with_fill(64);
-    let ram_file = file.file.try_clone().unwrap();
     let d = stack(
         false,
-        vec![plain(top.clone()), cache(c.clone()), bottom(file)],
+        vec![plain(top.clone()), cache(c.clone()), bottom(file.clone())],
     )
     .await;
 
@@ -264,9 +246,7 @@ async fn writes_reach_only_the_top_layer() {
     assert_eq!(c.peek(0, 64).await.0, content[..64 * SS]);
     assert_eq!(c.peek(500, 3).await.1.set_count(), 0);
     // The file is untouched.
-    let mut on_disk = vec![0; content.len()];
-    std::os::unix::fs::FileExt::read_exact_at(&ram_file, &mut on_disk, 0).unwrap();
-    assert_eq!(on_disk, content);
+    assert_eq!(file.contents(), content);
     assert_eq!(top.peek(10, 4).await.0, pattern(10, 4, 9));
 }
 
@@ -275,7 +255,7 @@ async fn write_through_layers_receive_writes() {
     let top = SharedRam::new(N);
     let second = SharedRam::new(N);
     let third = SharedRam::new(N);
-    let file = FileDisk::with_content(&pattern(0, N, 5), true);
+    let file = file_disk(&pattern(0, N, 5));
     let d = stack(
         false,
         vec![
@@ -294,7 +274,7 @@ async fn write_through_layers_receive_writes() {
 
 #[tokio::test]
 async fn out_of_range_and_read_only_errors() {
-    let file = FileDisk::with_content(&pattern(0, N, 5), true);
+    let file = file_disk(&pattern(0, N, 5));
     let layered = LayeredDisk::new(
         false,
         vec![
@@ -332,12 +312,9 @@ async fn out_of_range_and_read_only_errors() {
         Err(DiskError::InvalidArgument(_))
     ));
 
-    let ro = LayeredDisk::new(
-        true,
-        vec![bottom(FileDisk::with_content(&pattern(0, N, 5), true))],
-    )
-    .await
-    .unwrap();
+    let ro = LayeredDisk::new(true, vec![bottom(file_disk(&pattern(0, N, 5)))])
+        .await
+        .unwrap();
     assert!(matches!(
         ro.write(0, &buf, false).await,
         Err(DiskError::ReadOnly)
@@ -346,7 +323,7 @@ async fn out_of_range_and_read_only_errors() {
 }
 
 fn file_layer() -> LayerConfiguration {
-    bottom(FileDisk::with_content(&pattern(0, N, 5), true))
+    bottom(file_disk(&pattern(0, N, 5)))
 }
 
 async fn invalid(read_only: bool, layers: Vec<LayerConfiguration>) -> InvalidLayeredDisk {
@@ -477,23 +454,15 @@ async fn ram_layer_on_top_of_a_read_only_stack_takes_its_size() {
 
 #[tokio::test]
 async fn a_failed_fill_does_not_fail_the_read() {
-    let lower = GatedDisk::new(pattern(0, N, 5), 1000);
+    let lower = gated_disk(pattern(0, N, 5), 1000);
     let c = SharedRam {
         fail_wno: true,
         ..SharedRam::new(N).with_fill(64)
     };
-    let d = stack(
-        true,
-        vec![cache(c.clone()), bottom(GatedHandle(lower.clone()))],
-    )
-    .await;
+    let d = stack(true, vec![cache(c.clone()), bottom(lower.clone())]).await;
     assert_eq!(read(&d, 10, 4).await, pattern(10, 4, 5));
     assert_eq!(read(&d, 10, 4).await, pattern(10, 4, 5));
-    assert_eq!(
-        lower.started.load(Ordering::SeqCst),
-        2,
-        "nothing was cached"
-    );
+    assert_eq!(lower.reads(), 2, "nothing was cached");
     assert_eq!(c.peek(0, 64).await.1.set_count(), 0);
     let ctr = d.counters();
     assert_eq!(
@@ -568,7 +537,7 @@ async fn a_layered_disk_can_be_the_bottom_of_another() {
         true,
         vec![
             cache(SharedRam::new(N)),
-            bottom(FileDisk::with_content(&pattern(0, N, 5), true)),
+            bottom(file_disk(&pattern(0, N, 5))),
         ],
     )
     .await;

@@ -5,19 +5,17 @@
 
 mod common;
 
-use common::GatedDisk;
-use common::GatedHandle;
 use common::SS;
 use common::SharedRam;
-use disk_backend::Disk;
+use common::gated_disk;
 use disk_backend::DiskIo;
 use disk_layered::DiskLayer;
 use disk_layered::LayerConfiguration;
 use disk_layered::LayeredDisk;
 use disk_layered::PrefetchOptions;
+use disk_test_support::TestDisk;
 use disklayer_sqlite::SqliteDiskLayerConfig;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 const CHUNK_SECTORS: u64 = 64; // 32 KiB fill chunks
 const CHUNK: u64 = CHUNK_SECTORS * SS as u64;
@@ -27,15 +25,15 @@ fn image(chunks: u64) -> Vec<u8> {
 }
 
 /// `[RAM cache with 32 KiB fills, gated disk]`.
-async fn ram_cached(chunks: u64, permits: usize) -> (Arc<LayeredDisk>, Arc<GatedDisk>) {
-    let gated = GatedDisk::new(image(chunks), permits);
+async fn ram_cached(chunks: u64, permits: usize) -> (Arc<LayeredDisk>, TestDisk) {
+    let gated = gated_disk(image(chunks), permits);
     let ld = LayeredDisk::new(
         true,
         vec![
             LayerConfiguration::read_cache(DiskLayer::from_layer(
                 SharedRam::new(chunks * CHUNK_SECTORS).with_fill(CHUNK_SECTORS),
             )),
-            LayerConfiguration::plain(Disk::new(GatedHandle(gated.clone())).unwrap()),
+            LayerConfiguration::plain(gated.disk()),
         ],
     )
     .await
@@ -61,7 +59,7 @@ async fn listed_chunks_are_fetched_once_and_then_hit() {
     assert_eq!(report.failed_fetches, 0);
     // In list order; chunks that follow each other in it are fetched
     // together.
-    let mut log = gated.log.lock().clone();
+    let mut log = gated.read_log();
     log.sort();
     assert_eq!(
         log,
@@ -77,7 +75,7 @@ async fn listed_chunks_are_fetched_once_and_then_hit() {
         .await
         .unwrap();
     assert!(buf[..] == image(16)[bytes(4..6).start as usize..bytes(4..6).end as usize]);
-    assert_eq!(gated.started.load(Ordering::SeqCst), 3, "no new fetch");
+    assert_eq!(gated.reads(), 3, "no new fetch");
     let c = DiskIo::counters(&*ld);
     assert_eq!(c.prefetched_bytes, 5 * CHUNK);
     assert_eq!(c.prefetch_used_bytes, 2 * CHUNK);
@@ -105,7 +103,7 @@ async fn the_budget_caps_a_prefetch() {
         .await;
     assert!(report.over_budget);
     assert_eq!(report.fetched_bytes, 3 * CHUNK);
-    assert_eq!(gated.log.lock().clone(), vec![(0, 3 * CHUNK_SECTORS)]);
+    assert_eq!(gated.read_log(), vec![(0, 3 * CHUNK_SECTORS)]);
 }
 
 /// A guest read of a chunk being prefetched waits for that fetch instead
@@ -121,7 +119,7 @@ async fn a_guest_read_shares_the_prefetch_of_its_chunk() {
         })
     };
     // The prefetch's fetch has reached the bottom (and waits at the gate).
-    while gated.started.load(Ordering::SeqCst) < 1 {
+    while gated.reads() < 1 {
         tokio::task::yield_now().await;
     }
     let read = {
@@ -139,7 +137,7 @@ async fn a_guest_read_shares_the_prefetch_of_its_chunk() {
     for _ in 0..100 {
         tokio::task::yield_now().await;
     }
-    gated.gate.add_permits(1);
+    gated.open_gate(1);
     let buf = tokio::time::timeout(std::time::Duration::from_secs(30), read)
         .await
         .expect("the read shares the prefetch's fetch")
@@ -148,11 +146,7 @@ async fn a_guest_read_shares_the_prefetch_of_its_chunk() {
     let off = (2 * CHUNK + 8 * SS as u64) as usize;
     assert!(buf[..] == image(8)[off..off + 4096]);
     assert_eq!(prefetch.await.unwrap().fetched_bytes, CHUNK);
-    assert_eq!(
-        gated.started.load(Ordering::SeqCst),
-        1,
-        "one fetch for both"
-    );
+    assert_eq!(gated.reads(), 1, "one fetch for both");
 }
 
 /// With a read cache that can tell what it holds (SQLite), chunks it has
@@ -160,7 +154,7 @@ async fn a_guest_read_shares_the_prefetch_of_its_chunk() {
 #[tokio::test]
 async fn chunks_the_cache_holds_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let gated = GatedDisk::new(image(16), 1000);
+    let gated = gated_disk(image(16), 1000);
     let mut config = SqliteDiskLayerConfig::new(dir.path().join("c.dbhd"), true, false);
     config.chunk_size = CHUNK as u32;
     config.logically_read_only = true;
@@ -168,7 +162,7 @@ async fn chunks_the_cache_holds_are_skipped() {
         true,
         vec![
             LayerConfiguration::read_cache(DiskLayer::new(config)),
-            LayerConfiguration::plain(Disk::new(GatedHandle(gated.clone())).unwrap()),
+            LayerConfiguration::plain(gated.disk()),
         ],
     )
     .await
@@ -178,13 +172,13 @@ async fn chunks_the_cache_holds_are_skipped() {
     DiskIo::read(&ld, 2 * CHUNK_SECTORS, &mut buf)
         .await
         .unwrap();
-    assert_eq!(gated.started.load(Ordering::SeqCst), 1);
+    assert_eq!(gated.reads(), 1);
     let report = ld
         .prefetch(&[bytes(0..6)], PrefetchOptions::default())
         .await;
     assert_eq!(report.present_bytes, 2 * CHUNK);
     assert_eq!(report.fetched_bytes, 4 * CHUNK);
-    let mut log = gated.log.lock().clone();
+    let mut log = gated.read_log();
     log.sort();
     assert_eq!(
         log,

@@ -15,42 +15,30 @@ use common::*;
 use disk_backend::Disk;
 use disk_layered::DiskLayer;
 use disk_layered::LayerConfiguration;
+use disk_test_support::TestDisk;
+use disk_test_support::TestRng;
+use disk_test_support::test_rng;
 use disklayer_sqlite::SqliteDiskLayerConfig;
+use rand::Rng;
+use rand::RngCore;
 use std::path::Path;
-use std::sync::Arc;
 
 /// Sectors in the test disk: not a multiple of any fill chunk, so the
 /// clipped last chunk is exercised.
 const N: u64 = 777;
 
-/// splitmix64: small, seeded, deterministic.
-struct Rng(u64);
+/// `len` bytes from `rng`.
+fn bytes(rng: &mut TestRng, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    rng.fill_bytes(&mut v);
+    v
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len + 8);
-        while v.len() < len {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(len);
-        v
-    }
-    /// A random range of at most `max` sectors inside the disk.
-    fn range(&mut self, max: u64) -> (u64, u64) {
-        let s = self.below(N);
-        let n = 1 + self.below(max.min(N - s));
-        (s, n)
-    }
+/// A random range of at most `max` sectors inside the disk.
+fn range(rng: &mut TestRng, max: u64) -> (u64, u64) {
+    let s = rng.random_range(0..N);
+    let n = rng.random_range(1..=max.min(N - s));
+    (s, n)
 }
 
 /// The model: each sector's bytes, and whether it was unmapped since it
@@ -79,65 +67,29 @@ impl Model {
     }
 }
 
-/// Builds a stack over the shared file; `dir` is a scratch directory that
-/// outlives the stack (for SQLite files).
-type StackFn = fn(Arc<FileDisk>, &Path) -> Vec<LayerConfiguration>;
+/// Builds a stack over the shared file (a clone of the test's handle);
+/// `dir` is a scratch directory that outlives the stack (for SQLite files).
+type StackFn = fn(TestDisk, &Path) -> Vec<LayerConfiguration>;
 
-/// `DiskIo` over a shared [`FileDisk`] so the test can check the file.
-struct SharedFile(Arc<FileDisk>);
-
-impl disk_backend::DiskIo for SharedFile {
-    fn disk_type(&self) -> &str {
-        "testfile"
-    }
-    fn sector_count(&self) -> u64 {
-        self.0.sector_count
-    }
-    fn is_read_only(&self) -> bool {
-        true
-    }
-    async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), disk_backend::DiskError> {
-        disk_backend::DiskIo::read(&*self.0, sector, buf).await
-    }
-    async fn write(
-        &self,
-        _sector: u64,
-        _buf: &[u8],
-        _fua: bool,
-    ) -> Result<(), disk_backend::DiskError> {
-        Err(disk_backend::DiskError::ReadOnly)
-    }
-    async fn sync_cache(&self) -> Result<(), disk_backend::DiskError> {
-        Ok(())
-    }
-    async fn unmap(&self, _sector: u64, _count: u64) -> Result<(), disk_backend::DiskError> {
-        Err(disk_backend::DiskError::ReadOnly)
-    }
-}
-
-fn file_bottom(f: Arc<FileDisk>) -> LayerConfiguration {
-    bottom(SharedFile(f))
-}
-
-fn ram_cache_file(f: Arc<FileDisk>, _dir: &Path) -> Vec<LayerConfiguration> {
+fn ram_cache_file(f: TestDisk, _dir: &Path) -> Vec<LayerConfiguration> {
     vec![
         plain(SharedRam::new(N)),
         cache(SharedRam::new(N).with_fill(64)),
-        file_bottom(f),
+        bottom(f),
     ]
 }
 
-fn ram_two_caches_file(f: Arc<FileDisk>, _dir: &Path) -> Vec<LayerConfiguration> {
+fn ram_two_caches_file(f: TestDisk, _dir: &Path) -> Vec<LayerConfiguration> {
     vec![
         plain(SharedRam::new(N)),
         cache(SharedRam::new(N)),
         cache(SharedRam::new(N).with_fill(16)),
-        file_bottom(f),
+        bottom(f),
     ]
 }
 
-fn cache_on_top_file(f: Arc<FileDisk>, _dir: &Path) -> Vec<LayerConfiguration> {
-    vec![cache(SharedRam::new(N).with_fill(32)), file_bottom(f)]
+fn cache_on_top_file(f: TestDisk, _dir: &Path) -> Vec<LayerConfiguration> {
+    vec![cache(SharedRam::new(N).with_fill(32)), bottom(f)]
 }
 
 /// A SQLite layer in `dir`: 8 KiB chunks (16 sectors, so the 777-sector
@@ -150,35 +102,35 @@ fn sqlite(dir: &Path, name: &str, logically_read_only: bool) -> DiskLayer {
     DiskLayer::new(config)
 }
 
-fn ram_sqlite_cache_file(f: Arc<FileDisk>, dir: &Path) -> Vec<LayerConfiguration> {
+fn ram_sqlite_cache_file(f: TestDisk, dir: &Path) -> Vec<LayerConfiguration> {
     vec![
         plain(SharedRam::new(N)),
         LayerConfiguration::read_cache(sqlite(dir, "c.dbhd", true)),
-        file_bottom(f),
+        bottom(f),
     ]
 }
 
-fn ram_ram_cache_sqlite_cache_file(f: Arc<FileDisk>, dir: &Path) -> Vec<LayerConfiguration> {
+fn ram_ram_cache_sqlite_cache_file(f: TestDisk, dir: &Path) -> Vec<LayerConfiguration> {
     vec![
         plain(SharedRam::new(N)),
         cache(SharedRam::new(N).with_fill(64)),
         LayerConfiguration::read_cache(sqlite(dir, "c.dbhd", true)),
-        file_bottom(f),
+        bottom(f),
     ]
 }
 
-fn writable_sqlite_cache_file(f: Arc<FileDisk>, dir: &Path) -> Vec<LayerConfiguration> {
+fn writable_sqlite_cache_file(f: TestDisk, dir: &Path) -> Vec<LayerConfiguration> {
     vec![
         LayerConfiguration::read_cache(sqlite(dir, "w.dbhd", false)),
-        file_bottom(f),
+        bottom(f),
     ]
 }
 
 async fn run(seed: u64, make: StackFn, ops: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(seed);
-    let initial = rng.bytes(N as usize * SS);
-    let file = Arc::new(FileDisk::with_content(&initial, true));
+    let mut rng = test_rng(seed);
+    let initial = bytes(&mut rng, N as usize * SS);
+    let file = file_disk(&initial);
     let disk: Disk = stack(false, make(file.clone(), dir.path())).await;
     let mut model = Model {
         data: initial.clone(),
@@ -187,11 +139,11 @@ async fn run(seed: u64, make: StackFn, ops: usize) {
 
     for op in 0..ops {
         let what = format!("seed {seed} op {op}");
-        match rng.below(100) {
+        match rng.random_range(0..100) {
             0..45 => {
-                let (s, n) = rng.range(150);
+                let (s, n) = range(&mut rng, 150);
                 let mut buf = vec![0xcd; n as usize * SS];
-                if rng.below(2) == 0 {
+                if rng.random::<bool>() {
                     disk.read(s, &mut buf).await.unwrap();
                 } else {
                     // The owned path: a layer asked for the whole read gets
@@ -203,14 +155,16 @@ async fn run(seed: u64, make: StackFn, ops: usize) {
                 model.check_read(s, &buf, &what);
             }
             45..80 => {
-                let (s, n) = rng.range(100);
-                let data = rng.bytes(n as usize * SS);
-                disk.write(s, &data, rng.below(4) == 0).await.unwrap();
+                let (s, n) = range(&mut rng, 100);
+                let data = bytes(&mut rng, n as usize * SS);
+                disk.write(s, &data, rng.random_range(0..4) == 0)
+                    .await
+                    .unwrap();
                 model.data[s as usize * SS..(s + n) as usize * SS].copy_from_slice(&data);
                 model.unmapped[s as usize..(s + n) as usize].fill(false);
             }
             80..88 => {
-                let (s, n) = rng.range(200);
+                let (s, n) = range(&mut rng, 200);
                 disk.unmap(s, n).await.unwrap();
                 model.unmapped[s as usize..(s + n) as usize].fill(true);
             }
@@ -220,10 +174,10 @@ async fn run(seed: u64, make: StackFn, ops: usize) {
                 // fills cover the written sectors (same fill chunk) and
                 // must not clobber them. Reads avoid the written range, so
                 // their results are deterministic.
-                let (s, n) = rng.range(8);
-                let data = rng.bytes(n as usize * SS);
-                let left = s.saturating_sub(1 + rng.below(40))..s;
-                let right = s + n..(s + n + 1 + rng.below(40)).min(N);
+                let (s, n) = range(&mut rng, 8);
+                let data = bytes(&mut rng, n as usize * SS);
+                let left = s.saturating_sub(1 + rng.random_range(0..40))..s;
+                let right = s + n..(s + n + 1 + rng.random_range(0..40)).min(N);
                 let w = {
                     let d = disk.clone();
                     let data = data.clone();
@@ -255,7 +209,7 @@ async fn run(seed: u64, make: StackFn, ops: usize) {
             _ => {
                 // Concurrent readers on overlapping ranges (no writes in
                 // between): exercises single-flight fills.
-                let ranges: Vec<(u64, u64)> = (0..4).map(|_| rng.range(120)).collect();
+                let ranges: Vec<(u64, u64)> = (0..4).map(|_| range(&mut rng, 120)).collect();
                 let tasks: Vec<_> = ranges
                     .iter()
                     .map(|&(s, n)| {
@@ -277,10 +231,8 @@ async fn run(seed: u64, make: StackFn, ops: usize) {
     let mut all = vec![0; N as usize * SS];
     disk.read(0, &mut all).await.unwrap();
     model.check_read(0, &all, &format!("seed {seed} final"));
-    let mut on_disk = vec![0; initial.len()];
-    std::os::unix::fs::FileExt::read_exact_at(&file.file, &mut on_disk, 0).unwrap();
     assert!(
-        on_disk == initial,
+        file.contents() == initial,
         "seed {seed}: the bottom file was modified"
     );
 }

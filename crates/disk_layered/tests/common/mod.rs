@@ -1,14 +1,12 @@
-//! Test-only building blocks: a file-backed full disk, a bottom disk whose
-//! reads can be held at a gate and counted, and a shared RAM layer that can
-//! be inspected after it has been handed to a stack.
+//! Test-only building blocks: the bottom disks of these tests (made from
+//! `disk_test_support::TestDisk`), and a shared RAM layer that can be
+//! inspected after it has been handed to a stack.
 
 #![allow(dead_code)]
 
 use disk_backend::Disk;
-use disk_backend::DiskCounters;
 use disk_backend::DiskError;
 use disk_backend::DiskIo;
-use disk_backend::check_io_range;
 use disk_layered::DiskLayer;
 use disk_layered::LayerConfiguration;
 use disk_layered::LayerIo;
@@ -16,13 +14,9 @@ use disk_layered::LayeredDisk;
 use disk_layered::SectorBitmap;
 use disk_layered::SectorMarker;
 use disk_layered::WriteNoOverwrite;
+use disk_test_support::TestDisk;
 use disklayer_ram::RamDiskLayer;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
-use tokio::sync::Semaphore;
 
 pub const SS: usize = 512;
 
@@ -37,138 +31,19 @@ pub fn pattern(sector: u64, n: u64, tag: u8) -> Vec<u8> {
     v
 }
 
-/// A full disk stored in a real file, read and written with positioned I/O.
-pub struct FileDisk {
-    pub file: std::fs::File,
-    pub sector_count: u64,
-    pub read_only: bool,
-    pub reads: AtomicU64,
+/// A read-only disk in a real temp file holding `content`.
+pub fn file_disk(content: &[u8]) -> TestDisk {
+    TestDisk::in_temp_file(content).with_disk_id([0x42; 16])
 }
 
-impl FileDisk {
-    /// A temp file holding `content`.
-    pub fn with_content(content: &[u8], read_only: bool) -> Self {
-        let file = tempfile::tempfile().unwrap();
-        file.write_all_at(content, 0).unwrap();
-        FileDisk {
-            file,
-            sector_count: (content.len() / SS) as u64,
-            read_only,
-            reads: AtomicU64::new(0),
-        }
-    }
-}
-
-impl DiskIo for FileDisk {
-    fn disk_type(&self) -> &str {
-        "testfile"
-    }
-    fn sector_count(&self) -> u64 {
-        self.sector_count
-    }
-    fn is_read_only(&self) -> bool {
-        self.read_only
-    }
-    fn disk_id(&self) -> Option<[u8; 16]> {
-        Some([0x42; 16])
-    }
-    async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        check_io_range(sector, buf.len(), SS as u32, self.sector_count)?;
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.file
-            .read_exact_at(buf, sector * SS as u64)
-            .map_err(|e| DiskError::io("read test file", e))
-    }
-    async fn write(&self, sector: u64, buf: &[u8], _fua: bool) -> Result<(), DiskError> {
-        if self.read_only {
-            return Err(DiskError::ReadOnly);
-        }
-        check_io_range(sector, buf.len(), SS as u32, self.sector_count)?;
-        self.file
-            .write_all_at(buf, sector * SS as u64)
-            .map_err(|e| DiskError::io("write test file", e))
-    }
-    async fn sync_cache(&self) -> Result<(), DiskError> {
-        Ok(())
-    }
-    async fn unmap(&self, _sector: u64, _count: u64) -> Result<(), DiskError> {
-        Ok(())
-    }
-}
-
-/// A read-only full disk whose reads each wait for a permit of `gate`
-/// (released by the test) and are counted and logged.
-pub struct GatedDisk {
-    pub data: Vec<u8>,
-    pub gate: Semaphore,
-    pub started: AtomicU64,
-    pub log: parking_lot::Mutex<Vec<(u64, u64)>>,
-    pub fail_next: AtomicBool,
-}
-
-impl GatedDisk {
-    pub fn new(data: Vec<u8>, permits: usize) -> Arc<Self> {
-        Arc::new(GatedDisk {
-            data,
-            gate: Semaphore::new(permits),
-            started: AtomicU64::new(0),
-            log: parking_lot::Mutex::new(Vec::new()),
-            fail_next: AtomicBool::new(false),
-        })
-    }
-}
-
-/// `DiskIo` over a shared [`GatedDisk`], so the test keeps a handle.
-pub struct GatedHandle(pub Arc<GatedDisk>);
-
-impl DiskIo for GatedHandle {
-    fn disk_type(&self) -> &str {
-        "gated"
-    }
-    fn sector_count(&self) -> u64 {
-        (self.0.data.len() / SS) as u64
-    }
-    fn is_read_only(&self) -> bool {
-        true
-    }
-    fn disk_id(&self) -> Option<[u8; 16]> {
-        Some([7; 16])
-    }
-    fn counters(&self) -> DiskCounters {
-        DiskCounters {
-            remote_requests: self.0.started.load(Ordering::SeqCst),
-            ..Default::default()
-        }
-    }
-    async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let n = check_io_range(sector, buf.len(), SS as u32, self.sector_count())?;
-        self.0.started.fetch_add(1, Ordering::SeqCst);
-        self.0.log.lock().push((sector, sector + n));
-        self.0
-            .gate
-            .acquire()
-            .await
-            .map_err(|e| DiskError::io("gate", e))?
-            .forget();
-        if self.0.fail_next.swap(false, Ordering::SeqCst) {
-            return Err(DiskError::io(
-                "injected",
-                std::io::Error::other("injected failure"),
-            ));
-        }
-        let off = sector as usize * SS;
-        buf.copy_from_slice(&self.0.data[off..off + buf.len()]);
-        Ok(())
-    }
-    async fn write(&self, _sector: u64, _buf: &[u8], _fua: bool) -> Result<(), DiskError> {
-        Err(DiskError::ReadOnly)
-    }
-    async fn sync_cache(&self) -> Result<(), DiskError> {
-        Ok(())
-    }
-    async fn unmap(&self, _sector: u64, _count: u64) -> Result<(), DiskError> {
-        Err(DiskError::ReadOnly)
-    }
+/// A read-only in-memory disk whose reads are counted and logged, and each
+/// wait for a permit of its gate (`permits` to start with), released by
+/// the test.
+pub fn gated_disk(data: Vec<u8>, permits: usize) -> TestDisk {
+    TestDisk::from_bytes(data)
+        .with_disk_id([7; 16])
+        .with_gate(permits)
+        .logging_reads()
 }
 
 /// A RAM layer shared with the test (so its contents can be inspected after
