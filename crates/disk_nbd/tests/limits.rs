@@ -11,11 +11,11 @@ use common::Gated;
 use common::GatedDisk;
 use common::RawClient;
 use common::VecDisk;
-use common::pattern_bytes;
 use common::serve;
 use common::wait_for_stats;
 use disk_nbd::NbdServerOptions;
 use disk_nbd::protocol::*;
+use disk_test_support::random_bytes;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
@@ -66,7 +66,7 @@ async fn tiny_unaligned_writes_on_many_connections_stay_under_the_server_wide_ca
         for i in 0..WRITES {
             let n = c * WRITES + i;
             let offset = 100 + n * 256;
-            let payload = pattern_bytes(256, n as u64 + 1);
+            let payload = random_bytes(n as u64 + 1, 256);
             model[offset..offset + 256].copy_from_slice(&payload);
             requests.extend_from_slice(&write_request(n as u64, offset as u64, &payload));
         }
@@ -151,7 +151,7 @@ async fn a_client_that_takes_no_replies_is_closed_and_frees_the_cap() {
     // requests fill the cap until the stall timeout closes it. Then
     // another client is served.
     const CAP: usize = 256 << 10;
-    let initial = pattern_bytes(DISK_BYTES, 5);
+    let initial = random_bytes(5, DISK_BYTES);
     let (disk, _) = VecDisk::create(initial.clone(), false);
     let f = serve(
         disk,

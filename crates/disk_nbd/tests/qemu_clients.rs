@@ -6,14 +6,14 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::FileDisk;
 use common::VecDisk;
-use common::pattern_bytes;
 use common::require_tool;
 use common::serve;
 use disk_nbd::NbdServerOptions;
 use disk_nbd::NbdStats;
 use disk_nbd::serve_unix;
+use disk_test_support::TestDisk;
+use disk_test_support::random_bytes;
 use rand::Rng;
 use rand::SeedableRng;
 
@@ -117,7 +117,7 @@ async fn qemu_io_case(
     plan: impl FnOnce(&[u8]) -> (Vec<Session>, Vec<u8>),
 ) -> Option<NbdStats> {
     let bin = require_tool("qemu-io")?;
-    let initial = pattern_bytes(len, seed);
+    let initial = random_bytes(seed, len);
     let (disk, data) = VecDisk::create(initial.clone(), false);
     let server = disk_nbd::NbdServer::new(disk, options).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -185,9 +185,13 @@ async fn qemu_img_compare_finds_the_export_identical_to_its_source() {
     };
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.raw");
-    let bytes = pattern_bytes(8 << 20, 99);
+    let bytes = random_bytes(99, 8 << 20);
     std::fs::write(&source, &bytes).unwrap();
-    let s = serve(FileDisk::open(&source, true), NbdServerOptions::default()).await;
+    let s = serve(
+        TestDisk::open(&source).unwrap().disk(),
+        NbdServerOptions::default(),
+    )
+    .await;
     let out = qemu_img_compare(&qemu_img, &s.uri, &source).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("identical"));
@@ -380,14 +384,14 @@ async fn ram_diff_over_a_file_keeps_qemu_writes_out_of_the_file() {
 
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.raw");
-    let bytes = pattern_bytes(4 << 20, 21);
+    let bytes = random_bytes(21, 4 << 20);
     std::fs::write(&base, &bytes).unwrap();
     // The stack petri opens for a local image: RAM diff over the file.
     let stack = LayeredDisk::new(
         false,
         vec![
             LayerConfiguration::plain(DiskLayer::new(RamDiskLayer::lazy(None))),
-            LayerConfiguration::plain(FileDisk::open(&base, true)),
+            LayerConfiguration::plain(TestDisk::open(&base).unwrap().disk()),
         ],
     )
     .await
@@ -477,7 +481,7 @@ async fn qemu_boots_from_the_export_and_writes_through_it() {
     };
     use tokio::io::AsyncBufReadExt;
 
-    let mut image = pattern_bytes(1 << 20, 77);
+    let mut image = random_bytes(77, 1 << 20);
     image[..512].fill(0);
     image[..BOOT_CODE.len()].copy_from_slice(BOOT_CODE);
     image[510] = 0x55;

@@ -6,9 +6,14 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use common::{RawClient, VecDisk, pattern_bytes};
+use common::RawClient;
+use common::VecDisk;
+use disk_nbd::NbdListener;
+use disk_nbd::NbdServer;
+use disk_nbd::NbdServerOptions;
 use disk_nbd::protocol::*;
-use disk_nbd::{NbdListener, NbdServer, NbdServerOptions, serve_unix};
+use disk_nbd::serve_unix;
+use disk_test_support::random_bytes;
 use tokio::io::AsyncWriteExt;
 
 const DISK_BYTES: usize = 1 << 20;
@@ -24,7 +29,7 @@ struct Fixture {
 async fn fixture(options: NbdServerOptions, disk_read_only: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nbd.sock");
-    let initial = pattern_bytes(DISK_BYTES, 42);
+    let initial = random_bytes(42, DISK_BYTES);
     let (disk, data) = VecDisk::create(initial.clone(), disk_read_only);
     let listener = serve_unix(&socket, disk, options).await.unwrap();
     Fixture {
@@ -318,7 +323,7 @@ async fn writes_trims_zeroes_and_flush_reach_the_disk() {
     let mut expect = f.initial.clone();
 
     // Aligned write with FUA.
-    let payload = pattern_bytes(8192, 7);
+    let payload = random_bytes(7, 8192);
     assert_eq!(
         c.command(CMD_WRITE, CMD_FLAG_FUA, 4096, 8192, &payload)
             .await,
@@ -333,7 +338,7 @@ async fn writes_trims_zeroes_and_flush_reach_the_disk() {
         (70_000, 5000, 3),
         (130_001, 1, 4),
     ] {
-        let p = pattern_bytes(len, seed);
+        let p = random_bytes(seed, len);
         assert_eq!(c.command(CMD_WRITE, 0, off, len as u32, &p).await, 0);
         expect[off as usize..off as usize + len].copy_from_slice(&p);
     }
@@ -409,7 +414,7 @@ async fn many_requests_in_flight_on_one_connection() {
     // without waiting for any reply in between.
     let mut sent = Vec::new();
     for i in 0..64u64 {
-        let p = pattern_bytes(4096, 1000 + i);
+        let p = random_bytes(1000 + i, 4096);
         sent.extend_from_slice(
             &RequestHeader {
                 flags: 0,
@@ -450,7 +455,7 @@ async fn many_requests_in_flight_on_one_connection() {
     let disk = f.data.lock();
     for i in 0..64u64 {
         let off = i as usize * 8192;
-        assert_eq!(disk[off..off + 4096], pattern_bytes(4096, 1000 + i));
+        assert_eq!(disk[off..off + 4096], random_bytes(1000 + i, 4096));
     }
 }
 
@@ -466,7 +471,7 @@ async fn concurrent_clients_share_one_disk() {
             // exercise the read-modify-write lock.
             for j in 0..32u64 {
                 let off = j * 4096 + i * 100;
-                let p = pattern_bytes(100, i * 1000 + j);
+                let p = random_bytes(i * 1000 + j, 100);
                 assert_eq!(c.command(CMD_WRITE, 0, off, 100, &p).await, 0);
             }
             assert_eq!(c.command(CMD_FLUSH, 0, 0, 0, &[]).await, 0);
@@ -481,7 +486,7 @@ async fn concurrent_clients_share_one_disk() {
             let off = (j * 4096 + i * 100) as usize;
             assert_eq!(
                 disk[off..off + 100],
-                pattern_bytes(100, i * 1000 + j),
+                random_bytes(i * 1000 + j, 100),
                 "client {i} write {j}"
             );
         }
@@ -560,7 +565,7 @@ async fn shutdown_gives_up_on_a_client_that_stopped_reading() {
 #[tokio::test]
 async fn listening_rules_for_sockets_and_tcp() {
     let dir = tempfile::tempdir().unwrap();
-    let (disk, data) = VecDisk::create(pattern_bytes(64 << 10, 5), false);
+    let (disk, data) = VecDisk::create(random_bytes(5, 64 << 10), false);
     let server = NbdServer::new(disk, NbdServerOptions::default()).unwrap();
 
     // A regular file is never replaced; a live socket is not stolen.
@@ -651,7 +656,7 @@ fn inconsistent_options_are_rejected() {
 async fn four_kib_sector_disk_serves_byte_granular_requests() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nbd.sock");
-    let initial = pattern_bytes(256 << 10, 8);
+    let initial = random_bytes(8, 256 << 10);
     let (disk, data) = VecDisk::with_sector_size(initial.clone(), false, 4096);
     let listener = serve_unix(&socket, disk, NbdServerOptions::default())
         .await
@@ -667,7 +672,7 @@ async fn four_kib_sector_disk_serves_byte_granular_requests() {
         (16384, 4096, 4),
         ((256 << 10) - 10, 10, 5),
     ] {
-        let p = pattern_bytes(len, seed);
+        let p = random_bytes(seed, len);
         assert_eq!(c.command(CMD_WRITE, 0, off, len as u32, &p).await, 0);
         expect[off as usize..off as usize + len].copy_from_slice(&p);
         let (error, back) = c.read(off.saturating_sub(3), len as u32 + 3).await;
@@ -683,7 +688,8 @@ async fn four_kib_sector_disk_serves_byte_granular_requests() {
 
 #[tokio::test]
 async fn random_garbage_never_stops_the_server() {
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
+    use rand::SeedableRng;
     let f = writable().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xbad);
     for round in 0..60 {
@@ -758,7 +764,8 @@ async fn flush_and_fua_reach_the_disk_as_flushes() {
 
 #[tokio::test]
 async fn random_byte_granular_operations_match_a_model() {
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
+    use rand::SeedableRng;
     let f = writable().await;
     let (mut c, size, _) = RawClient::connect_go(&f.socket).await;
     let mut model = f.initial.clone();
@@ -768,7 +775,7 @@ async fn random_byte_granular_operations_match_a_model() {
         let off = rng.random_range(0..=(size as usize - len));
         match rng.random_range(0..10) {
             0..=3 => {
-                let p = pattern_bytes(len, step);
+                let p = random_bytes(step, len);
                 assert_eq!(c.command(CMD_WRITE, 0, off as u64, len as u32, &p).await, 0);
                 model[off..off + len].copy_from_slice(&p);
             }

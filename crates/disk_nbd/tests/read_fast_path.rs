@@ -5,20 +5,19 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::path::Path;
 
 use common::RawClient;
 use common::Served;
 use common::VecDisk;
-use common::pattern_bytes;
 use common::serve;
 use disk_backend::Disk;
-use disk_backend::DiskError;
-use disk_backend::DiskIo;
-use disk_backend::check_io_range;
 use disk_nbd::NbdServerOptions;
 use disk_nbd::protocol::*;
+use disk_test_support::TestDisk;
+use disk_test_support::random_bytes;
+use disk_test_support::test_rng;
+use rand::Rng;
 use tokio::io::AsyncWriteExt;
 
 const DISK_BYTES: usize = 4 << 20;
@@ -36,7 +35,7 @@ async fn serve_initial(disk: Disk, initial: Vec<u8>, options: NbdServerOptions) 
 }
 
 async fn vec_fixture(options: NbdServerOptions) -> Fixture {
-    let initial = pattern_bytes(DISK_BYTES, 77);
+    let initial = random_bytes(77, DISK_BYTES);
     let (disk, _) = VecDisk::create(initial.clone(), false);
     serve_initial(disk, initial, options).await
 }
@@ -192,7 +191,7 @@ async fn reads_that_do_not_continue_each_other_are_not_merged() {
     // A write between two contiguous reads keeps them apart too.
     reqs.extend_from_slice(&read_header(6, 65536, 512, 0));
     lens.insert(6, 512);
-    let payload = pattern_bytes(512, 5);
+    let payload = random_bytes(5, 512);
     reqs.extend_from_slice(
         &RequestHeader {
             flags: 0,
@@ -252,53 +251,12 @@ async fn merging_can_be_turned_off() {
     assert_eq!(f.served.listener.server().stats().disk_reads, 8);
 }
 
-/// A disk whose reads fail when they touch `bad` (sectors).
-struct BadRangeDisk {
-    data: Vec<u8>,
-    bad: Range<u64>,
-}
-
-impl DiskIo for BadRangeDisk {
-    fn disk_type(&self) -> &str {
-        "bad-range"
-    }
-    fn sector_count(&self) -> u64 {
-        self.data.len() as u64 / 512
-    }
-    fn is_read_only(&self) -> bool {
-        true
-    }
-    async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let n = check_io_range(sector, buf.len(), 512, self.sector_count())?;
-        if sector < self.bad.end && self.bad.start < sector + n {
-            return Err(DiskError::io(
-                "test read",
-                std::io::Error::other("bad sector"),
-            ));
-        }
-        let off = sector as usize * 512;
-        buf.copy_from_slice(&self.data[off..off + buf.len()]);
-        Ok(())
-    }
-    async fn write(&self, _sector: u64, _buf: &[u8], _fua: bool) -> Result<(), DiskError> {
-        Err(DiskError::ReadOnly)
-    }
-    async fn sync_cache(&self) -> Result<(), DiskError> {
-        Ok(())
-    }
-    async fn unmap(&self, _sector: u64, _count: u64) -> Result<(), DiskError> {
-        Err(DiskError::ReadOnly)
-    }
-}
-
 #[tokio::test]
 async fn a_failed_merged_read_fails_every_request_in_it_and_sends_no_data() {
-    let initial = pattern_bytes(1 << 20, 3);
-    let disk = Disk::new(BadRangeDisk {
-        data: initial.clone(),
-        bad: 20..21,
-    })
-    .unwrap();
+    let initial = random_bytes(3, 1 << 20);
+    let disk = TestDisk::from_bytes(initial.clone())
+        .failing_reads_touching(20..21)
+        .disk();
     let f = serve_initial(disk, initial, NbdServerOptions::default()).await;
     let (mut c, _, _) = RawClient::connect_go(&f.served.socket).await;
     // Sectors 16..24 in four requests: merged, and the merge touches the
@@ -344,19 +302,16 @@ async fn many_large_reads_in_flight_with_one_read_slot_arrive_intact() {
     let mut reqs = Vec::new();
     let mut lens = HashMap::new();
     let mut expect: HashMap<u64, (u64, u64)> = HashMap::new();
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = test_rng(1);
     for cookie in 0..200u64 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let len = 1 + (rng % (300 << 10)) as u32;
+        let len = rng.random_range(1..=300 << 10);
         // Three of every four continue the previous request, so some
         // merge.
         let off = if cookie % 4 != 0 {
             let (po, pl) = expect[&(cookie - 1)];
             (po + pl).min(DISK_BYTES as u64 - u64::from(len))
         } else {
-            (rng >> 20) % (DISK_BYTES as u64 - u64::from(len))
+            rng.random_range(0..DISK_BYTES as u64 - u64::from(len))
         };
         reqs.extend_from_slice(&read_header(cookie, off, len, 0));
         lens.insert(cookie, len as usize);
@@ -388,14 +343,14 @@ async fn connect_all(socket: &Path, n: usize) -> Vec<RawClient> {
 
 #[tokio::test]
 async fn multi_conn_clients_see_one_consistent_disk() {
-    let initial = pattern_bytes(DISK_BYTES, 12);
+    let initial = random_bytes(12, DISK_BYTES);
     let (disk, data, flushes) = VecDisk::create_counting(initial.clone());
     let f = serve_initial(disk, initial, NbdServerOptions::default()).await;
     let mut clients = connect_all(&f.served.socket, 4).await;
 
     // Connection 0 writes; once the write is acknowledged, every other
     // connection reads the new bytes (pipelined, merged reads included).
-    let new = pattern_bytes(256 << 10, 99);
+    let new = random_bytes(99, 256 << 10);
     let off = 1u64 << 20;
     assert_eq!(
         clients[0]

@@ -11,17 +11,17 @@ use std::time::Instant;
 use common::Gated;
 use common::GatedDisk;
 use common::RawClient;
-use common::pattern_bytes;
 use common::serve;
 use common::wait_for_stats;
 use disk_nbd::NbdServerOptions;
 use disk_nbd::protocol::*;
+use disk_test_support::random_bytes;
 
 const DISK_BYTES: usize = 1 << 20;
 
 #[tokio::test]
 async fn disk_wait_covers_a_held_read_and_stands_still_without_reads() {
-    let initial = pattern_bytes(DISK_BYTES, 9);
+    let initial = random_bytes(9, DISK_BYTES);
     let (disk, mut gate) = GatedDisk::create(initial.clone(), Gated::Reads);
     let served = serve(disk, NbdServerOptions::default()).await;
     let (socket, listener) = (&served.socket, &served.listener);
@@ -71,7 +71,7 @@ async fn disk_wait_covers_a_held_read_and_stands_still_without_reads() {
 
 #[tokio::test]
 async fn merged_and_refused_reads_are_counted() {
-    let initial = pattern_bytes(DISK_BYTES, 4);
+    let initial = random_bytes(4, DISK_BYTES);
     let (disk, mut gate) = GatedDisk::create(initial.clone(), Gated::Reads);
     let served = serve(disk, NbdServerOptions::default()).await;
     let (socket, listener) = (&served.socket, &served.listener);

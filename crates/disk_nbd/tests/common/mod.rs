@@ -1,15 +1,22 @@
-//! Test support: small `DiskIo` implementations, a raw NBD client that
-//! speaks the protocol byte by byte, and the external-tool check.
+//! Test support: writable in-memory `DiskIo` implementations (read-only
+//! test disks and seeded bytes come from `disk_test_support`), a raw NBD
+//! client that speaks the protocol byte by byte, and the external-tool
+//! check.
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use disk_backend::{Disk, DiskError, DiskIo, check_io_range, check_sector_range};
+use disk_backend::Disk;
+use disk_backend::DiskError;
+use disk_backend::DiskIo;
+use disk_backend::check_io_range;
+use disk_backend::check_sector_range;
 use disk_nbd::protocol::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// An in-memory disk whose bytes the test can inspect directly.
@@ -257,77 +264,6 @@ pub async fn wait_for_stats(
             server.stats()
         ),
     }
-}
-
-/// A disk over a real file (positional I/O), optionally read-only.
-pub struct FileDisk {
-    file: std::fs::File,
-    sectors: u64,
-    read_only: bool,
-}
-
-impl FileDisk {
-    pub fn open(path: &Path, read_only: bool) -> Disk {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .unwrap();
-        let len = file.metadata().unwrap().len();
-        assert!(len.is_multiple_of(512));
-        Disk::new(FileDisk {
-            file,
-            sectors: len / 512,
-            read_only,
-        })
-        .unwrap()
-    }
-}
-
-impl DiskIo for FileDisk {
-    fn disk_type(&self) -> &str {
-        "file"
-    }
-    fn sector_count(&self) -> u64 {
-        self.sectors
-    }
-    fn is_read_only(&self) -> bool {
-        self.read_only
-    }
-    async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        check_io_range(sector, buf.len(), 512, self.sectors)?;
-        self.file
-            .read_exact_at(buf, sector * 512)
-            .map_err(|e| DiskError::io("file read", e))
-    }
-    async fn write(&self, sector: u64, buf: &[u8], _fua: bool) -> Result<(), DiskError> {
-        check_io_range(sector, buf.len(), 512, self.sectors)?;
-        self.file
-            .write_all_at(buf, sector * 512)
-            .map_err(|e| DiskError::io("file write", e))
-    }
-    async fn sync_cache(&self) -> Result<(), DiskError> {
-        self.file
-            .sync_data()
-            .map_err(|e| DiskError::io("file sync", e))
-    }
-    async fn unmap(&self, _sector: u64, _count: u64) -> Result<(), DiskError> {
-        Ok(())
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-pub fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 /// Finds an external program. Missing: a failure under `CI=true`,
