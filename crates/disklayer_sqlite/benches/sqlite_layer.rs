@@ -10,60 +10,21 @@
 //! cases, for profiling. Prints a markdown table.
 
 use anyhow::Context;
-use disk_backend::{Disk, DiskError};
-use disk_layered::{DiskLayer, LayerConfiguration, LayerIo, LayeredDisk, SectorMarker};
-use disklayer_sqlite::{AutoCacheSqliteDiskLayer, SqliteDiskLayer};
-use rand::{RngCore, SeedableRng};
+use disk_backend::Disk;
+use disk_layered::DiskLayer;
+use disk_layered::LayerConfiguration;
+use disk_layered::LayeredDisk;
+use disk_test_support::TestDisk;
+use disklayer_sqlite::AutoCacheSqliteDiskLayer;
+use disklayer_sqlite::SqliteDiskLayer;
+use rand::RngCore;
+use rand::SeedableRng;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use std::time::Instant;
 
 const SS: u64 = 512;
-
-/// The image file as the bottom layer (read with `pread`).
-struct FileLayer {
-    file: std::fs::File,
-    sectors: u64,
-}
-
-impl LayerIo for FileLayer {
-    fn layer_type(&self) -> &str {
-        "bench-file"
-    }
-    fn sector_count(&self) -> u64 {
-        self.sectors
-    }
-    fn sector_size(&self) -> u32 {
-        SS as u32
-    }
-    fn disk_id(&self) -> Option<[u8; 16]> {
-        Some(*b"bench-disk-id-01")
-    }
-    fn is_logically_read_only(&self) -> bool {
-        true
-    }
-    async fn read(
-        &self,
-        sector: u64,
-        buf: &mut [u8],
-        mut marker: SectorMarker<'_>,
-    ) -> Result<(), DiskError> {
-        self.file
-            .read_exact_at(buf, sector * SS)
-            .map_err(|e| DiskError::io("reading the image", e))?;
-        marker.set_all();
-        Ok(())
-    }
-    async fn write(&self, _: u64, _: &[u8], _: bool) -> Result<(), DiskError> {
-        Err(DiskError::ReadOnly)
-    }
-    async fn sync_cache(&self) -> Result<(), DiskError> {
-        Ok(())
-    }
-    async fn unmap(&self, _: u64, _: u64, _: bool) -> Result<(), DiskError> {
-        Err(DiskError::ReadOnly)
-    }
-}
 
 /// The reference's layout: one row per 512-byte sector (`NULL` for an
 /// all-zero sector), one range query per read that collects a `Vec` per
@@ -233,18 +194,16 @@ async fn baseline_read(db: &PerSectorDb, size: u64, io: usize) -> anyhow::Result
     Ok(())
 }
 
-async fn stack(cache_dir: &Path, image: &Path, sectors: u64) -> anyhow::Result<Disk> {
-    let lower = FileLayer {
-        file: std::fs::File::open(image)?,
-        sectors,
-    };
+async fn stack(cache_dir: &Path, image: &Path) -> anyhow::Result<Disk> {
+    // The image file as the bottom layer (read with `pread`).
+    let lower = TestDisk::open(image)?.with_disk_id(*b"bench-disk-id-01");
     let disk = LayeredDisk::new(
         true,
         vec![
             LayerConfiguration::read_cache(DiskLayer::new(AutoCacheSqliteDiskLayer::new(
                 cache_dir, None, false,
             ))),
-            LayerConfiguration::plain(DiskLayer::from_layer(lower)),
+            LayerConfiguration::plain(lower.layer()),
         ],
     )
     .await?;
@@ -259,7 +218,6 @@ async fn run() -> anyhow::Result<()> {
         .context("BENCH_DISK_MIB")?
         .unwrap_or(512);
     let size = mib << 20;
-    let sectors = size / SS;
     let scratch = match std::env::var_os("BENCH_DIR") {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
@@ -288,7 +246,7 @@ async fn run() -> anyhow::Result<()> {
     for pass in 0..fill_passes {
         let cache_dir = scratch.path().join(format!("cache{pass}"));
         let t = Instant::now();
-        let d = stack(&cache_dir, &image, sectors).await?;
+        let d = stack(&cache_dir, &image).await?;
         disk_read(&d, size, 1 << 20).await?;
         fill = fill.max(mib_s(size, t.elapsed()));
         let counters = d.counters();
@@ -314,14 +272,14 @@ async fn run() -> anyhow::Result<()> {
     // The cache as a later process sees it: the filling process closed it
     // (its WAL checkpointed into the file) and it is opened afresh.
     drop(hot_disk);
-    let disk = stack(&cache_dir, &image, sectors).await?;
+    let disk = stack(&cache_dir, &image).await?;
     let cache_file = AutoCacheSqliteDiskLayer::new(&cache_dir, None, true)
         .cache_file_path(Some(*b"bench-disk-id-01"))?;
     let layer = SqliteDiskLayer::open(&cache_file, true).await?;
     // And as the filling process sees it right after a fill, with the
     // last fills still in the WAL (a second cache, filled just now).
     let hot_dir = scratch.path().join("cache-hot");
-    let hot_disk = stack(&hot_dir, &image, sectors).await?;
+    let hot_disk = stack(&hot_dir, &image).await?;
     disk_read(&hot_disk, size, 1 << 20).await?;
 
     // Flush every dirty page the fills left, so background writeback does

@@ -9,14 +9,24 @@
 
 mod common;
 
-use common::{cached_stack, child, list_files, lower, make_image};
+use common::cached_stack;
+use common::child;
+use common::list_files;
+use common::lower;
 use disk_layered::LayerAttach;
 use disk_layered::LowerLayerMetadata;
-use disklayer_sqlite::auto_cache::{CACHE_FILE_NAME, format_atomically, key_dir_name};
-use disklayer_sqlite::{AutoCacheSqliteDiskLayer, SqliteDiskLayer, SqliteLayerError};
-use std::io::{Read, Write};
+use disk_test_support::write_random_image;
+use disklayer_sqlite::AutoCacheSqliteDiskLayer;
+use disklayer_sqlite::SqliteDiskLayer;
+use disklayer_sqlite::SqliteLayerError;
+use disklayer_sqlite::auto_cache::CACHE_FILE_NAME;
+use disklayer_sqlite::auto_cache::format_atomically;
+use disklayer_sqlite::auto_cache::key_dir_name;
+use std::io::Read;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 
@@ -51,7 +61,7 @@ async fn persistence_in_a_new_process() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
     let cache_dir = dir.path().join("cache");
-    let data = make_image(&image, 77, 4 << 20).unwrap();
+    let data = write_random_image(&image, 77, 4 << 20).unwrap();
 
     let (disk, reads) = cached_stack(
         AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
@@ -121,7 +131,7 @@ async fn sixteen_processes_race_on_one_cache() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
     let cache_dir = dir.path().join("cache");
-    let data = make_image(&image, 99, 8 << 20).unwrap();
+    let data = write_random_image(&image, 99, 8 << 20).unwrap();
 
     let mut children = Vec::new();
     for i in 0..16 {
@@ -395,7 +405,7 @@ async fn hostile_keys_stay_inside_the_cache_dir() {
     let cache_dir = outer.path().join("cache");
     std::fs::create_dir(&cache_dir).unwrap();
     let image = outer.path().join("image.raw");
-    let data = make_image(&image, 5, 1 << 20).unwrap();
+    let data = write_random_image(&image, 5, 1 << 20).unwrap();
     let outside = |p: &PathBuf| !p.starts_with(&cache_dir) || *p == cache_dir;
     let before: Vec<_> = list_files(outer.path())
         .into_iter()

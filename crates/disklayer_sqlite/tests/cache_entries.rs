@@ -19,9 +19,9 @@ use blob_test_servers::error_chain;
 use common::cached_stack;
 use common::child;
 use common::lower;
-use common::make_image;
-use common::pattern;
 use disk_backend::Disk;
+use disk_test_support::random_bytes;
+use disk_test_support::write_random_image;
 use disklayer_sqlite::AutoCacheSqliteDiskLayer;
 use disklayer_sqlite::SqliteDiskLayer;
 use disklayer_sqlite::auto_cache::CACHE_FILE_NAME;
@@ -77,9 +77,9 @@ async fn a_read_only_directory_serves_the_cache_it_holds() {
     };
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
-    let data = make_image(&image, 1, 4 * MIB).unwrap();
+    let data = write_random_image(&image, 1, 4 * MIB).unwrap();
     let other_image = dir.path().join("other.raw");
-    let other = make_image(&other_image, 2, 4 * MIB).unwrap();
+    let other = write_random_image(&other_image, 2, 4 * MIB).unwrap();
     let cache_dir = fs.path().join("cache");
     let cache = || AutoCacheSqliteDiskLayer::new(&cache_dir, None, false);
     const OTHER: [u8; 16] = *b"other-disk-id-01";
@@ -162,7 +162,7 @@ async fn a_read_only_cache_with_an_unfinished_wal_is_refused() {
         .open_for(&lower(SECTORS, Some(ID)))
         .await
         .unwrap();
-    live.write_sectors(0, &pattern(3, MIB), false, false)
+    live.write_sectors(0, &random_bytes(3, MIB), false, false)
         .await
         .unwrap();
     // Copied while it is open: the file and a WAL with frames, no index.
@@ -199,7 +199,7 @@ async fn a_write_protected_cache_file_is_used_read_only() {
     captured_logs();
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
-    let data = make_image(&image, 4, 4 * MIB).unwrap();
+    let data = write_random_image(&image, 4, 4 * MIB).unwrap();
     let cache_dir = dir.path().join("cache");
     let cache = || AutoCacheSqliteDiskLayer::new(&cache_dir, None, false);
     let (disk, _) = cached_stack(cache(), &image, Some(ID)).await.unwrap();
@@ -231,7 +231,7 @@ async fn entry(cache_dir: &Path, key: &str, mib: usize, max: Option<u64>) -> Sql
         .unwrap();
     if mib > 0 {
         layer
-            .write_sectors(0, &pattern(mib as u64, mib * MIB), false, false)
+            .write_sectors(0, &random_bytes(mib as u64, mib * MIB), false, false)
             .await
             .unwrap();
         layer.sync().await.unwrap();
@@ -358,7 +358,7 @@ async fn the_limit_removes_least_recently_used_entries_never_one_in_use() {
     assert_eq!(names(&cache_dir), ["b", "e"]);
     let mut buf = vec![0u8; MIB];
     assert!(e.read_sectors(0, &mut buf).await.unwrap().all_present());
-    assert!(buf == pattern(1, MIB));
+    assert!(buf == random_bytes(1, MIB));
 
     // Released by its process, "b" can go; "e" is still open here.
     holder.release();
@@ -394,7 +394,7 @@ async fn closing_a_layer_keeps_the_limit() {
     let grows = entry(&cache_dir, "new", 0, Some(limit)).await;
     assert_eq!(names(&cache_dir), ["new", "old"]);
     grows
-        .write_sectors(0, &pattern(9, 4 * MIB), false, false)
+        .write_sectors(0, &random_bytes(9, 4 * MIB), false, false)
         .await
         .unwrap();
     drop(grows);

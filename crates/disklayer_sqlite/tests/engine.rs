@@ -4,12 +4,23 @@
 
 mod common;
 
-use common::{FileLayer, pattern};
-use disk_backend::{Disk, DiskError};
-use disk_layered::{DiskLayer, LayerConfiguration, LayerIo, LayeredDisk, WriteNoOverwrite};
+use disk_backend::Disk;
+use disk_backend::DiskError;
+use disk_layered::DiskLayer;
+use disk_layered::LayerConfiguration;
+use disk_layered::LayerIo;
+use disk_layered::LayeredDisk;
+use disk_layered::WriteNoOverwrite;
+use disk_test_support::TestDisk;
+use disk_test_support::random_bytes;
+use disk_test_support::write_random_image;
 use disklayer_ram::RamDiskLayer;
-use disklayer_sqlite::{FormatParams, SqliteDiskLayer, SqliteDiskLayerConfig, SqliteLayerError};
-use rand::{Rng, SeedableRng};
+use disklayer_sqlite::FormatParams;
+use disklayer_sqlite::SqliteDiskLayer;
+use disklayer_sqlite::SqliteDiskLayerConfig;
+use disklayer_sqlite::SqliteLayerError;
+use rand::Rng;
+use rand::SeedableRng;
 use std::sync::atomic::Ordering;
 
 const SS: usize = 512;
@@ -36,7 +47,7 @@ async fn round_trip_and_presence() {
     assert!(buf.iter().all(|&b| b == 0), "absent sectors read as zero");
 
     // A write spanning three chunks, starting mid-chunk.
-    let data = pattern(1, 30 * SS);
+    let data = random_bytes(1, 30 * SS);
     assert_eq!(
         layer.write_sectors(10, &data, true, false).await.unwrap(),
         30
@@ -48,7 +59,7 @@ async fn round_trip_and_presence() {
     assert!(buf[40 * SS..].iter().all(|&b| b == 0));
 
     // The last, short chunk.
-    let tail = pattern(2, 4 * SS);
+    let tail = random_bytes(2, 4 * SS);
     layer.write_sectors(96, &tail, true, false).await.unwrap();
     let mut b4 = vec![0u8; 4 * SS];
     let p = layer.read_sectors(96, &mut b4).await.unwrap();
@@ -60,7 +71,7 @@ async fn round_trip_and_presence() {
 
     // Overwrite inside a full chunk (in-place BLOB write) and inside a
     // partial chunk (read-modify-write).
-    let over = pattern(3, 8 * SS);
+    let over = random_bytes(3, 8 * SS);
     layer.write_sectors(20, &over, true, false).await.unwrap();
     layer.write_sectors(36, &over, true, false).await.unwrap();
     let p = layer.read_sectors(0, &mut buf).await.unwrap();
@@ -93,10 +104,10 @@ async fn write_no_overwrite_never_clobbers() {
     let layer = SqliteDiskLayer::create(&path, &params(64, 8192))
         .await
         .unwrap();
-    let newer = pattern(10, 3 * SS);
+    let newer = random_bytes(10, 3 * SS);
     layer.write_sectors(5, &newer, true, false).await.unwrap();
     // A full chunk too.
-    let full = pattern(11, 16 * SS);
+    let full = random_bytes(11, 16 * SS);
     layer.write_sectors(16, &full, true, false).await.unwrap();
 
     // A fill of everything with stale data writes only what was absent.
@@ -124,7 +135,7 @@ async fn unmap_clears_presence_and_deletes_empty_chunks() {
     let layer = SqliteDiskLayer::create(&path, &params(64, 8192))
         .await
         .unwrap();
-    let data = pattern(20, 64 * SS);
+    let data = random_bytes(20, 64 * SS);
     layer.write_sectors(0, &data, true, false).await.unwrap();
     layer.unmap_sectors(4, 8).await.unwrap(); // part of chunk 0
     layer.unmap_sectors(16, 16).await.unwrap(); // all of chunk 1
@@ -152,7 +163,7 @@ async fn logically_read_only_layer_takes_fills_only() {
     p.logically_read_only = true;
     let layer = SqliteDiskLayer::create(&path, &p).await.unwrap();
     assert!(layer.is_logically_read_only());
-    let data = pattern(30, 8 * SS);
+    let data = random_bytes(30, 8 * SS);
     assert!(matches!(
         layer.write_sectors(0, &data, true, false).await,
         Err(SqliteLayerError::Disk(DiskError::ReadOnly))
@@ -186,7 +197,7 @@ async fn concurrent_tasks_share_a_layer() {
     for t in 0..8u64 {
         let layer = layer.clone();
         tasks.push(tokio::spawn(async move {
-            let data = pattern(100 + t, 512 * SS);
+            let data = random_bytes(100 + t, 512 * SS);
             layer
                 .write_sectors(t * 512, &data, t % 2 == 0, false)
                 .await
@@ -218,7 +229,7 @@ async fn file_size_close_to_data_size() {
     let layer = SqliteDiskLayer::create(&path, &FormatParams::new(sectors, 512))
         .await
         .unwrap();
-    let chunk = pattern(40, 1 << 20);
+    let chunk = random_bytes(40, 1 << 20);
     for i in 0..64u64 {
         layer
             .write_sectors(i * 2048, &chunk, false, false)
@@ -260,7 +271,7 @@ async fn large_reads_do_not_map_the_file_small_reads_do() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("map.dbhd");
     let sectors = 8 * 2048; // 8 MiB
-    let data = pattern(41, 8 << 20);
+    let data = random_bytes(41, 8 << 20);
     {
         let layer = SqliteDiskLayer::create(&path, &FormatParams::new(sectors, 512))
             .await
@@ -314,7 +325,7 @@ async fn random_ops(seed: u64) {
         match rng.random_range(0..4) {
             0 | 1 => {
                 let overwrite = rng.random_bool(0.5);
-                let data = pattern(step, len as usize * SS);
+                let data = random_bytes(step, len as usize * SS);
                 layer
                     .write_sectors(start, &data, overwrite, false)
                     .await
@@ -375,9 +386,9 @@ async fn ram_over_cache_over_file() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
     let sectors = 4096u64; // 2 MiB
-    let mut model = common::make_image(&image, 50, sectors as usize * SS).unwrap();
+    let mut model = write_random_image(&image, 50, sectors as usize * SS).unwrap();
     let cache_path = dir.path().join("cache.dbhd");
-    let (lower, lower_reads) = FileLayer::open(&image, None).unwrap();
+    let lower = TestDisk::open(&image).unwrap();
     let mut cfg = SqliteDiskLayerConfig::new(&cache_path, true, false);
     cfg.logically_read_only = true;
     cfg.chunk_size = 65536;
@@ -387,7 +398,7 @@ async fn ram_over_cache_over_file() {
             vec![
                 LayerConfiguration::plain(DiskLayer::new(RamDiskLayer::lazy(None))),
                 LayerConfiguration::read_cache(DiskLayer::new(cfg)),
-                LayerConfiguration::plain(DiskLayer::from_layer(lower)),
+                LayerConfiguration::plain(lower.layer()),
             ],
         )
         .await
@@ -403,7 +414,7 @@ async fn ram_over_cache_over_file() {
         let range = start as usize * SS..(start + len) as usize * SS;
         match rng.random_range(0..10) {
             0..3 => {
-                let data = pattern(1000 + step, range.len());
+                let data = random_bytes(1000 + step, range.len());
                 disk.write(start, &data, false).await.unwrap();
                 model[range].copy_from_slice(&data);
                 maybe_zero[start as usize..(start + len) as usize].fill(false);
@@ -444,7 +455,7 @@ async fn ram_over_cache_over_file() {
         assert_eq!(s % 128, 0);
         assert!(n % 128 == 0 || s + n == sectors);
     }
-    assert!(lower_reads.load(Ordering::SeqCst) > 0);
+    assert!(lower.reads() > 0);
 }
 
 #[tokio::test]
@@ -455,15 +466,15 @@ async fn sqlite_config_checks_geometry() {
         .await
         .unwrap();
     let image = dir.path().join("image.raw");
-    common::make_image(&image, 1, 200 * SS).unwrap();
-    let (lower, _) = FileLayer::open(&image, None).unwrap();
+    write_random_image(&image, 1, 200 * SS).unwrap();
+    let lower = TestDisk::open(&image).unwrap();
     let err = LayeredDisk::new(
         true,
         vec![
             LayerConfiguration::read_cache(DiskLayer::new(SqliteDiskLayerConfig::new(
                 &path, false, false,
             ))),
-            LayerConfiguration::plain(DiskLayer::from_layer(lower)),
+            LayerConfiguration::plain(lower.layer()),
         ],
     )
     .await
@@ -503,7 +514,7 @@ async fn fill(path: &std::path::Path, sectors: u64) -> Vec<u8> {
     let layer = SqliteDiskLayer::create(path, &params(sectors, 65536))
         .await
         .unwrap();
-    let data = pattern(60, sectors as usize * SS);
+    let data = random_bytes(60, sectors as usize * SS);
     layer.write_sectors(0, &data, true, false).await.unwrap();
     data
 }
@@ -519,7 +530,7 @@ fn expect_corrupt(r: Result<impl std::fmt::Debug, SqliteLayerError>, what: &str)
 async fn garbage_and_foreign_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.dbhd");
-    std::fs::write(&garbage, pattern(1, 100_000)).unwrap();
+    std::fs::write(&garbage, random_bytes(1, 100_000)).unwrap();
     let msg = expect_corrupt(SqliteDiskLayer::open(&garbage, false).await, "garbage");
     assert!(msg.contains("garbage.dbhd"), "{msg}");
 
@@ -661,7 +672,7 @@ async fn tampered_metadata_and_rows_are_detected() {
             .await
             .unwrap();
         layer
-            .write_sectors(0, &pattern(1, 200 * SS), true, false)
+            .write_sectors(0, &random_bytes(1, 200 * SS), true, false)
             .await
             .unwrap();
         drop(layer);
@@ -751,7 +762,7 @@ async fn standalone_disk() {
     .unwrap();
     assert_eq!(disk.disk_type(), "sqlite");
     assert_eq!(disk.size_bytes(), 64 * 512);
-    let data = pattern(8, 4 * SS);
+    let data = random_bytes(8, 4 * SS);
     disk.write(60, &data, true).await.unwrap();
     let mut buf = vec![0u8; 4 * SS];
     disk.read(60, &mut buf).await.unwrap();
@@ -828,7 +839,7 @@ async fn four_kib_sectors() {
         ..FormatParams::new(40, 4096)
     };
     let layer = SqliteDiskLayer::create(&path, &p).await.unwrap();
-    let data = pattern(44, 5 * 4096);
+    let data = random_bytes(44, 5 * 4096);
     layer.write_sectors(14, &data, true, false).await.unwrap();
     drop(layer);
     let layer = SqliteDiskLayer::open(&path, true).await.unwrap();

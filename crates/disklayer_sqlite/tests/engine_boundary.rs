@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::pattern;
 use disk_layered::WriteNoOverwrite;
+use disk_test_support::random_bytes;
 use disklayer_sqlite::FormatParams;
 use disklayer_sqlite::MAX_QUEUED_FILL_BYTES;
 use disklayer_sqlite::SqliteDiskLayer;
@@ -39,7 +39,7 @@ async fn a_full_fill_queue_waits_without_blocking_the_runtime_thread() {
     // The bound's worth of fills is accepted at once.
     let per_chunk = (MIB / 512) as u64;
     for i in 0..(MAX_QUEUED_FILL_BYTES / MIB) as u64 {
-        let data = pattern(i, MIB);
+        let data = random_bytes(i, MIB);
         let fill = layer.write_no_overwrite(i * per_chunk, &data);
         assert!(
             fill.now_or_never().is_some(),
@@ -48,7 +48,7 @@ async fn a_full_fill_queue_waits_without_blocking_the_runtime_thread() {
     }
     // One more must wait for room.
     let last = (MAX_QUEUED_FILL_BYTES / MIB) as u64;
-    let last_data = pattern(last, MIB);
+    let last_data = random_bytes(last, MIB);
     let mut waiting = Box::pin(layer.write_no_overwrite(last * per_chunk, &last_data));
     assert!((&mut waiting).now_or_never().is_none(), "the queue is full");
 
@@ -56,8 +56,8 @@ async fn a_full_fill_queue_waits_without_blocking_the_runtime_thread() {
     let mut buf = vec![0u8; 2 * MIB];
     let p = layer.read_sectors(per_chunk * 3, &mut buf).await.unwrap();
     assert!(p.all_present());
-    assert!(buf[..MIB] == pattern(3, MIB)[..]);
-    assert!(buf[MIB..] == pattern(4, MIB)[..]);
+    assert!(buf[..MIB] == random_bytes(3, MIB)[..]);
+    assert!(buf[MIB..] == random_bytes(4, MIB)[..]);
 
     // Release the lock: the queue drains and the waiting fill is accepted.
     drop(lock);
@@ -79,10 +79,10 @@ fn works_under_an_executor_that_is_not_tokio() {
         let layer = SqliteDiskLayer::create(&path, &FormatParams::new(4096, 512))
             .await
             .unwrap();
-        let data = pattern(5, MIB);
+        let data = random_bytes(5, MIB);
         layer.write_sectors(0, &data, true, false).await.unwrap();
         layer
-            .write_no_overwrite(2048, &pattern(6, MIB))
+            .write_no_overwrite(2048, &random_bytes(6, MIB))
             .await
             .unwrap();
         let mut buf = vec![0u8; 2 * MIB];
@@ -104,9 +104,9 @@ async fn owned_reads_match_borrowed_reads() {
     let layer = SqliteDiskLayer::create(&path, &FormatParams::new(4096, 512))
         .await
         .unwrap();
-    let data = pattern(7, 300 * 512);
+    let data = random_bytes(7, 300 * 512);
     layer.write_sectors(100, &data, true, false).await.unwrap();
-    let queued = pattern(8, 64 * 512);
+    let queued = random_bytes(8, 64 * 512);
     layer.write_no_overwrite(1000, &queued).await.unwrap();
 
     for (sector, len) in [
@@ -139,7 +139,7 @@ async fn dropping_the_layer_on_a_worker_commits_the_queue() {
         .unwrap();
     for i in 0..8u64 {
         layer
-            .write_no_overwrite(i * 2048, &pattern(i, MIB))
+            .write_no_overwrite(i * 2048, &random_bytes(i, MIB))
             .await
             .unwrap();
     }

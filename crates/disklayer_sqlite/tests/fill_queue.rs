@@ -8,9 +8,10 @@
 
 mod common;
 
-use common::pattern;
 use disk_layered::WriteNoOverwrite;
-use disklayer_sqlite::{FormatParams, SqliteDiskLayer};
+use disk_test_support::random_bytes;
+use disklayer_sqlite::FormatParams;
+use disklayer_sqlite::SqliteDiskLayer;
 use rusqlite::Connection;
 use std::path::Path;
 
@@ -38,7 +39,7 @@ async fn queued_fill_is_read_before_commit_and_is_in_the_file_after_close() {
     let layer = SqliteDiskLayer::create(&path, &FormatParams::new(4 * 2048, 512))
         .await
         .unwrap();
-    let data = pattern(7, 2 << 20);
+    let data = random_bytes(7, 2 << 20);
 
     let lock = hold_write_lock(&path);
     // Returns without waiting for SQLite (the lock would block it).
@@ -55,7 +56,7 @@ async fn queued_fill_is_read_before_commit_and_is_in_the_file_after_close() {
     assert!(buf[5120 * SS..].iter().all(|&b| b == 0));
 
     // A fill that overlaps the queued one does not replace its bytes.
-    let other = pattern(8, 1 << 20);
+    let other = random_bytes(8, 1 << 20);
     layer.write_no_overwrite(2048, &other).await.unwrap();
     let mut one = vec![0u8; 1 << 20];
     layer.read_sectors(2048, &mut one).await.unwrap();
@@ -80,7 +81,7 @@ async fn unmap_waits_for_queued_fills() {
     let layer = SqliteDiskLayer::create(&path, &FormatParams::new(2048, 512))
         .await
         .unwrap();
-    let data = pattern(9, 1 << 20);
+    let data = random_bytes(9, 1 << 20);
 
     let lock = hold_write_lock(&path);
     layer.write_no_overwrite(0, &data).await.unwrap();
@@ -107,7 +108,7 @@ async fn sync_and_stats_include_queued_fills_on_a_current_thread_runtime() {
         .unwrap();
     for i in 0..8u64 {
         layer
-            .write_no_overwrite(i * 2048, &pattern(i, 1 << 20))
+            .write_no_overwrite(i * 2048, &random_bytes(i, 1 << 20))
             .await
             .unwrap();
     }
@@ -128,7 +129,7 @@ async fn read_only_layer_refuses_fills_immediately() {
         .unwrap();
     let layer = SqliteDiskLayer::open(&path, true).await.unwrap();
     let err = layer
-        .write_no_overwrite(0, &pattern(1, 4096))
+        .write_no_overwrite(0, &random_bytes(1, 4096))
         .await
         .unwrap_err();
     assert!(matches!(err, disk_backend::DiskError::ReadOnly), "{err:?}");

@@ -10,9 +10,9 @@ mod common;
 
 use blob_test_servers::Tmpfs;
 use common::cached_stack;
-use common::make_image;
-use common::pattern;
 use disk_backend::Disk;
+use disk_test_support::random_bytes;
+use disk_test_support::write_random_image;
 use disklayer_sqlite::AutoCacheSqliteDiskLayer;
 use disklayer_sqlite::FormatParams;
 use disklayer_sqlite::SqliteDiskLayer;
@@ -70,7 +70,7 @@ async fn flipped_cached_bytes_are_never_returned_and_are_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
     let cache_dir = dir.path().join("cache");
-    let data = make_image(&image, 31, 8 * MIB).unwrap();
+    let data = write_random_image(&image, 31, 8 * MIB).unwrap();
 
     // Cold: fill the cache, close it.
     {
@@ -138,7 +138,7 @@ async fn small_reads_verify_the_pieces_they_touch() {
         ..FormatParams::new(4096, 512)
     };
     let layer = SqliteDiskLayer::create(&path, &params).await.unwrap();
-    let data = pattern(3, 2 * MIB);
+    let data = random_bytes(3, 2 * MIB);
     layer.write_sectors(0, &data, false, false).await.unwrap();
     drop(layer);
     // Flip one byte at 8 KiB + 100: piece 2 of chunk 0.
@@ -168,7 +168,7 @@ async fn damage_in_a_writable_layer_is_an_error() {
     let layer = SqliteDiskLayer::create(&path, &FormatParams::new(4096, 512))
         .await
         .unwrap();
-    let data = pattern(4, MIB);
+    let data = random_bytes(4, MIB);
     layer.write_sectors(0, &data, true, false).await.unwrap();
     drop(layer);
     flip_where(&path, &data[MIB / 2..MIB / 2 + 64], 16);
@@ -193,7 +193,7 @@ async fn damage_in_a_writable_layer_is_an_error() {
 async fn unusable_cache_files_are_moved_aside_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
-    let data = make_image(&image, 32, 4 * MIB).unwrap();
+    let data = write_random_image(&image, 32, 4 * MIB).unwrap();
     for (what, damage) in [
         (
             "garbage",
@@ -292,7 +292,7 @@ fn write_v1_file(path: &Path, logically_read_only: bool, data: &[u8]) {
 async fn writable_layers_of_the_old_format_are_upgraded() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.dbhd");
-    let data = pattern(9, 3 * MIB);
+    let data = random_bytes(9, 3 * MIB);
     write_v1_file(&path, false, &data);
 
     let err = SqliteDiskLayer::open(&path, true).await.unwrap_err();
@@ -318,7 +318,7 @@ async fn writable_layers_of_the_old_format_are_upgraded() {
 async fn read_caches_of_the_old_format_are_recreated() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
-    let data = make_image(&image, 33, 2 * MIB).unwrap();
+    let data = write_random_image(&image, 33, 2 * MIB).unwrap();
     let cache_dir = dir.path().join("cache");
     let file = cache_file(&cache_dir);
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
@@ -344,7 +344,7 @@ async fn read_caches_of_the_old_format_are_recreated() {
 async fn damaged_index_pages_do_not_stop_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
-    let data = make_image(&image, 34, 8 * MIB).unwrap();
+    let data = write_random_image(&image, 34, 8 * MIB).unwrap();
     // Pages 3, 4 and 5 (offsets 2, 3 and 4 x 64 KiB) hold the metadata
     // table, its index and the chunk index's root.
     let mut set_aside_count = 0;
@@ -421,7 +421,7 @@ async fn damage_found_during_a_read_switches_to_the_layer_below() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
     let cache_dir = dir.path().join("cache");
-    let data = make_image(&image, 35, 32 * MIB).unwrap();
+    let data = write_random_image(&image, 35, 32 * MIB).unwrap();
     let stack = || {
         cached_stack(
             AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
@@ -491,7 +491,7 @@ async fn a_full_file_system_pauses_fills_instead_of_refetching() {
     };
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
-    let data = make_image(&image, 36, 24 * MIB).unwrap();
+    let data = write_random_image(&image, 36, 24 * MIB).unwrap();
     let cache_dir = fs.path().join("cache");
     let (disk, lower_reads) = cached_stack(
         AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
