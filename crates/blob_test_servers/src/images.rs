@@ -1,68 +1,20 @@
-//! Deterministic test images and hashing helpers.
+//! Deterministic test images (seeded random data, flat or fixed VHD1) and
+//! hashing helpers.
 
 use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
+use rand::RngCore as _;
 use sha2::Digest as _;
 use vhd1_defs::Footer;
 
-/// A small, fast, seeded pseudo-random generator (xorshift64*). Not for
-/// cryptography; the same seed always yields the same bytes.
-#[derive(Debug, Clone)]
-pub struct TestRng(u64);
-
-impl TestRng {
-    /// A generator for `seed` (any value, including 0, is fine).
-    pub fn new(seed: u64) -> Self {
-        // Mix the seed (splitmix64 step) so nearby seeds diverge and 0 is
-        // not a fixed point.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Self(if z == 0 { 1 } else { z })
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A value in `0..bound` (`bound` > 0; slight modulo bias is fine for tests).
-    pub fn below(&mut self, bound: u64) -> u64 {
-        if bound == 0 {
-            0
-        } else {
-            self.next_u64() % bound
-        }
-    }
-
-    /// Fills `buf` with random bytes.
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        let mut chunks = buf.chunks_exact_mut(8);
-        for c in &mut chunks {
-            c.copy_from_slice(&self.next_u64().to_le_bytes());
-        }
-        let rest = chunks.into_remainder();
-        if !rest.is_empty() {
-            let v = self.next_u64().to_le_bytes();
-            rest.copy_from_slice(&v[..rest.len()]);
-        }
-    }
-}
-
-/// `len` deterministic random bytes for `seed`.
-pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    TestRng::new(seed).fill(&mut v);
-    v
-}
+// The seeded generator of test images and tests (xoshiro256++) is
+// disk_test_support's, named here too so that an image written below and
+// the bytes a test expects of it come from one generator.
+pub use disk_test_support::TestRng;
+pub use disk_test_support::random_bytes;
+pub use disk_test_support::test_rng;
 
 /// Writes `len` deterministic random bytes for `seed` to `path` (the same
 /// bytes as [`random_bytes`]`(seed, len)`), streaming in 1 MiB chunks.
@@ -71,15 +23,15 @@ pub fn write_random_file(path: &Path, seed: u64, len: u64) -> anyhow::Result<Str
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
     );
-    let mut rng = TestRng::new(seed);
+    let mut rng = test_rng(seed);
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
         let n = usize::try_from(left.min(buf.len() as u64))?;
-        // Keep the byte stream identical to random_bytes: only the final
-        // chunk can be shorter than a multiple of 8.
-        rng.fill(&mut buf[..n]);
+        // The same bytes as random_bytes: only the final chunk can be
+        // shorter than a multiple of 8.
+        rng.fill_bytes(&mut buf[..n]);
         f.write_all(&buf[..n])?;
         hasher.update(&buf[..n]);
         left -= n as u64;

@@ -10,6 +10,7 @@ use disk_blob::BlobCounters;
 use disk_blob::BlobError;
 use disk_blob::HttpBlob;
 use disk_blob::HttpBlobOptions;
+use rand::Rng;
 use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,7 +104,7 @@ async fn ranges_are_byte_exact_and_pinned() {
         ..fast_opts()
     };
     let blob = HttpBlob::open(&server.url(PATH), opts).await.unwrap();
-    let mut rng = blob_test_servers::images::TestRng::new(99);
+    let mut rng = blob_test_servers::images::test_rng(99);
     let mut cases: Vec<(usize, usize)> = vec![
         (0, 1),
         (len - 1, 1),
@@ -113,8 +114,8 @@ async fn ranges_are_byte_exact_and_pinned() {
         (len - 300_000, 300_000),
     ];
     for _ in 0..40 {
-        let off = rng.below(len as u64) as usize;
-        let n = 1 + rng.below((len - off).min(600_000) as u64) as usize;
+        let off = rng.random_range(0..len);
+        let n = rng.random_range(1..=(len - off).min(600_000));
         cases.push((off, n));
     }
     for (off, n) in cases {

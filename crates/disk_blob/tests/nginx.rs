@@ -15,6 +15,7 @@ use disk_blob::Blob;
 use disk_blob::BlobDisk;
 use disk_blob::HttpBlob;
 use disk_blob::HttpBlobOptions;
+use rand::Rng;
 use sha2::Digest;
 use std::sync::Arc;
 
@@ -44,11 +45,11 @@ async fn nginx_flat_blob_random_and_full_reads() {
     assert!(v.last_modified.is_some());
 
     // Random reads.
-    let mut rng = blob_test_servers::images::TestRng::new(1);
+    let mut rng = blob_test_servers::images::test_rng(1);
     let mut expect_bytes = 0;
     for _ in 0..200 {
-        let off = rng.below(len);
-        let n = 1 + rng.below((len - off).min(3 * MIB)) as usize;
+        let off = rng.random_range(0..len);
+        let n = rng.random_range(1..=(len - off).min(3 * MIB)) as usize;
         let mut buf = vec![0u8; n];
         blob.read(&mut buf, off).await.unwrap();
         assert!(

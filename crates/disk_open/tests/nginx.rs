@@ -2,7 +2,7 @@
 //! image, as flat and as fixed VHD1.
 
 use blob_test_servers::NginxServer;
-use blob_test_servers::images::TestRng;
+use blob_test_servers::images::test_rng;
 use blob_test_servers::images::write_fixed_vhd1;
 use blob_test_servers::images::write_random_file;
 use blob_test_servers::remote_stack;
@@ -12,6 +12,7 @@ use disk_backend_resources::BlobFormat;
 use disk_backend_resources::LayeredDiskHandle;
 use disk_open::OpenOptions;
 use disk_open::open;
+use rand::Rng;
 use sha2::Digest;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -24,11 +25,11 @@ fn remote(cache_dir: &Path, url: &str, format: BlobFormat) -> LayeredDiskHandle 
 
 /// Random reads of 4 KiB to 1 MiB compared byte for byte with the file.
 async fn random_reads_match(disk: &Disk, file: &std::fs::File, seed: u64, count: usize) {
-    let mut rng = TestRng::new(seed);
+    let mut rng = test_rng(seed);
     let sectors = disk.sector_count();
     for _ in 0..count {
-        let len_sectors = 8 << rng.below(9); // 4 KiB ..= 1 MiB
-        let start = rng.below(sectors - len_sectors);
+        let len_sectors = 8 << rng.random_range(0..9); // 4 KiB ..= 1 MiB
+        let start = rng.random_range(0..sectors - len_sectors);
         let mut got = vec![0u8; (len_sectors * 512) as usize];
         disk.read(start, &mut got).await.unwrap();
         let mut want = vec![0u8; got.len()];
