@@ -48,6 +48,9 @@ use disk_backend_resources::BlobFormat;
 use disk_backend_resources::LayerDescription;
 use disk_backend_resources::LayerKind;
 use disk_backend_resources::LayeredDiskHandle;
+use rand::Rng;
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 use std::path::Path;
 use std::path::PathBuf;
@@ -293,30 +296,18 @@ async fn open_stack(stack: &StackArgs, with_read_cache: bool) -> Result<Disk> {
 /// The baseline's database file name inside the cache directory.
 const PER_SECTOR_DB: &str = "per-sector.db";
 
-/// A small seeded generator (splitmix64), so that the driver, the stack run
-/// and the baseline run all read the same offsets.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// The byte offsets of `count` random reads of `io_size` (aligned to
-/// `io_size`) inside a disk of `size` bytes.
+/// `io_size`) inside a disk of `size` bytes. Seeded with a fixed algorithm
+/// (xoshiro256++), so that the stack run and the baseline run read the
+/// same offsets and a seed in a report keeps meaning the same reads.
 fn random_offsets(seed: u64, count: u64, io_size: usize, size: u64) -> Result<Vec<u64>> {
     let slots = size / io_size as u64;
     if slots == 0 {
         bail!("the disk ({size} bytes) is smaller than one read of {io_size} bytes");
     }
-    let mut rng = SplitMix(seed);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     Ok((0..count)
-        .map(|_| (rng.next() % slots) * io_size as u64)
+        .map(|_| rng.random_range(0..slots) * io_size as u64)
         .collect())
 }
 
