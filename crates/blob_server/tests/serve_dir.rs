@@ -10,6 +10,7 @@ use bytes::Bytes;
 use disk_blob::Blob;
 use disk_blob::HttpBlob;
 use disk_blob::HttpBlobOptions;
+use disk_test_support::random_bytes;
 use http::Request;
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -24,19 +25,6 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// Deterministic, position-dependent bytes (a wrong offset shows).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 struct Reply {
@@ -85,7 +73,7 @@ async fn start(dir: &Path) -> BlobServer {
 #[tokio::test]
 async fn head_and_full_get_describe_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern(300_000, 1);
+    let data = random_bytes(1, 300_000);
     std::fs::write(dir.path().join("disk.raw"), &data).unwrap();
     let server = start(dir.path()).await;
     let c = client();
@@ -119,7 +107,7 @@ async fn head_and_full_get_describe_the_file() {
 #[tokio::test]
 async fn ranges_are_exact_and_out_of_range_is_416() {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern(10_000, 2);
+    let data = random_bytes(2, 10_000);
     std::fs::write(dir.path().join("a b.vhd"), &data).unwrap();
     let server = start(dir.path()).await;
     let c = client();
@@ -168,7 +156,7 @@ async fn ranges_are_exact_and_out_of_range_is_416() {
 #[tokio::test]
 async fn conditions_pin_the_version() {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern(4096, 3);
+    let data = random_bytes(3, 4096);
     std::fs::write(dir.path().join("img.raw"), &data).unwrap();
     let server = start(dir.path()).await;
     let c = client();
@@ -231,7 +219,7 @@ async fn conditions_pin_the_version() {
 #[tokio::test]
 async fn http_blob_reads_match_the_file_over_reused_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern(5 << 20, 4);
+    let data = random_bytes(4, 5 << 20);
     std::fs::write(dir.path().join("big.raw"), &data).unwrap();
     let server = start(dir.path()).await;
     let opts = HttpBlobOptions {
@@ -268,7 +256,7 @@ async fn http_blob_reads_match_the_file_over_reused_connections() {
 #[tokio::test]
 async fn latency_delays_every_request_and_each_new_connection_once() {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern(1 << 20, 7);
+    let data = random_bytes(7, 1 << 20);
     std::fs::write(dir.path().join("img.raw"), &data).unwrap();
     let latency = Latency {
         per_request: Duration::from_millis(2),
@@ -342,7 +330,7 @@ async fn latency_delays_every_request_and_each_new_connection_once() {
 async fn a_replaced_file_is_an_image_change_not_mixed_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("img.raw");
-    std::fs::write(&path, pattern(1 << 20, 5)).unwrap();
+    std::fs::write(&path, random_bytes(5, 1 << 20)).unwrap();
     let server = start(dir.path()).await;
     let blob = HttpBlob::open(&server.url("img.raw"), HttpBlobOptions::default())
         .await
@@ -350,7 +338,7 @@ async fn a_replaced_file_is_an_image_change_not_mixed_bytes() {
     // Replace it atomically with other bytes of another length (so the tag
     // differs even on a filesystem with coarse timestamps).
     let tmp = dir.path().join("img.raw.new");
-    std::fs::write(&tmp, pattern((1 << 20) + 512, 6)).unwrap();
+    std::fs::write(&tmp, random_bytes(6, (1 << 20) + 512)).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     let mut buf = vec![0u8; 4096];
     let err = blob.read(&mut buf, 0).await.unwrap_err();
@@ -365,7 +353,7 @@ async fn a_replaced_file_is_an_image_change_not_mixed_bytes() {
 async fn a_replacement_with_the_same_length_and_mtime_is_an_image_change() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("img.raw");
-    let old = pattern(1 << 20, 8);
+    let old = random_bytes(8, 1 << 20);
     std::fs::write(&path, &old).unwrap();
     let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
     let server = start(dir.path()).await;
@@ -373,7 +361,7 @@ async fn a_replacement_with_the_same_length_and_mtime_is_an_image_change() {
         .await
         .unwrap();
     let tmp = dir.path().join("img.raw.new");
-    std::fs::write(&tmp, pattern(1 << 20, 9)).unwrap();
+    std::fs::write(&tmp, random_bytes(9, 1 << 20)).unwrap();
     std::fs::File::options()
         .write(true)
         .open(&tmp)
@@ -460,7 +448,7 @@ async fn loopback_only_and_a_directory_root() {
 #[tokio::test]
 async fn shutdown_closes_idle_keep_alive_connections_and_stops_listening() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("f.raw"), pattern(1000, 7)).unwrap();
+    std::fs::write(dir.path().join("f.raw"), random_bytes(7, 1000)).unwrap();
     let server = start(dir.path()).await;
     let addr = server.local_addr();
     let c = client();

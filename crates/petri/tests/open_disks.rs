@@ -18,15 +18,7 @@ const MARKER: &[u8] = b"WRITTEN_BY_THE_TEST_NOT_IN_THE_IMAGE";
 
 /// Deterministic, non-repeating disk contents.
 fn disk_data() -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..DISK_BYTES)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    blob_test_servers::images::random_bytes(1, DISK_BYTES)
 }
 
 fn vhd(data: &[u8]) -> Vec<u8> {
