@@ -11,6 +11,9 @@ use blob_test_servers::NginxServer;
 use blob_test_servers::Times;
 use common::*;
 use http::Method;
+use std::path::Path;
+use std::process::Child;
+use std::process::Stdio;
 use std::time::Duration;
 
 /// A length that is not a multiple of the piece size.
@@ -21,6 +24,73 @@ fn fault_server(data: &[u8]) -> (FaultServer, String) {
     server.put_blob(&format!("/vhds/{FILE}"), data.to_vec());
     let base = server.url("/vhds");
     (server, base)
+}
+
+/// The downloaded file holds exactly `data`.
+fn assert_downloaded(out: &Path, data: &[u8]) {
+    assert_eq!(sha(&out.join(FILE)), sha_bytes(data));
+}
+
+/// A download stopped (with an error) once `bytes` are written.
+fn stopped_download(base: &str, out: &Path, bytes: u64) -> Run {
+    let r = download(base, out, &["--stop-after-bytes", &bytes.to_string()]);
+    assert!(!r.ok, "{}", r.text);
+    r
+}
+
+/// Resumes the download recorded in `out` (no faults, counters reset):
+/// it succeeds, fetches only the `LEN - done` bytes missing, and the file
+/// is `data`.
+fn resume_fetches_only_the_rest(
+    server: &FaultServer,
+    base: &str,
+    out: &Path,
+    data: &[u8],
+    done: u64,
+) -> Run {
+    server.clear_faults();
+    server.reset_stats();
+    let r = download(base, out, &[]);
+    assert!(r.ok, "{}", r.text);
+    assert_eq!(server.bytes_served(), LEN as u64 - done);
+    assert_downloaded(out, data);
+    r
+}
+
+/// Starts a download with `jobs` parallel requests whose GETs after the
+/// first `pieces` stall, and returns the process once those pieces are
+/// recorded (it is still running). `output` receives its stdout and
+/// stderr.
+fn start_until_recorded(
+    server: &FaultServer,
+    base: &str,
+    out: &Path,
+    jobs: &str,
+    pieces: u32,
+    output: fn() -> Stdio,
+) -> Child {
+    server.add_fault(
+        FaultRule::new(
+            Fault::StallBody {
+                after: Some(0),
+                duration: Duration::from_secs(600),
+            },
+            Times::Always,
+        )
+        .method(Method::GET)
+        .skip(pieces),
+    );
+    let mut cmd = download_cmd();
+    let mut args = small_args(base, out);
+    let at = args.iter().position(|a| a == "--jobs").unwrap();
+    args[at + 1] = jobs.into();
+    cmd.args(args)
+        .args(["--artifacts", NAME])
+        .stdout(output())
+        .stderr(output());
+    let mut child = cmd.spawn().unwrap();
+    wait_for_recorded(out, u64::from(pieces) * PIECE, &mut child);
+    child
 }
 
 #[test]
@@ -36,7 +106,7 @@ fn full_download_from_nginx_equals_the_source_and_is_skipped_next_time() {
 
     let r = download(&nginx.base_url(), out.path(), &[]);
     assert!(r.ok, "{}", r.text);
-    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    assert_downloaded(out.path(), &data);
     // Only the final file is left: no .part, no sidecar.
     assert_eq!(files_in(out.path()), [FILE]);
     // 1 HEAD + one GET per piece.
@@ -53,7 +123,7 @@ fn full_download_from_nginx_equals_the_source_and_is_skipped_next_time() {
     let r = download(&nginx.base_url(), out.path(), &["--force"]);
     assert!(r.ok, "{}", r.text);
     assert!(nginx.request_count().unwrap() > requests);
-    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    assert_downloaded(out.path(), &data);
 }
 
 #[test]
@@ -61,11 +131,15 @@ fn a_size_that_differs_from_the_catalog_is_an_error_naming_both() {
     let data = image(2, 4096);
     let (_server, base) = fault_server(&data);
     let out = tempfile::tempdir().unwrap();
-    let mut cmd = download_cmd();
-    cmd.args(["--base-url", &base, "--output-folder"])
-        .arg(out.path())
-        .args(["--artifacts", NAME]);
-    let r = run(&mut cmd);
+    // The catalog's size is checked (not the tests' small options).
+    let checked_download = || {
+        let mut cmd = download_cmd();
+        cmd.args(["--base-url", &base, "--output-folder"])
+            .arg(out.path())
+            .args(["--artifacts", NAME]);
+        run(&mut cmd)
+    };
+    let r = checked_download();
     assert!(!r.ok, "{}", r.text);
     assert!(r.text.contains(NAME), "{}", r.text);
     assert!(r.text.contains("4096"), "{}", r.text);
@@ -74,11 +148,7 @@ fn a_size_that_differs_from_the_catalog_is_an_error_naming_both() {
 
     // An existing file of the wrong size is not silently accepted either.
     std::fs::write(out.path().join(FILE), b"short").unwrap();
-    let mut cmd = download_cmd();
-    cmd.args(["--base-url", &base, "--output-folder"])
-        .arg(out.path())
-        .args(["--artifacts", NAME]);
-    let r = run(&mut cmd);
+    let r = checked_download();
     assert!(!r.ok, "{}", r.text);
     assert!(r.text.contains("--force"), "{}", r.text);
 }
@@ -89,23 +159,14 @@ fn an_interrupted_download_resumes_and_fetches_only_the_rest() {
     let (server, base) = fault_server(&data);
     let out = tempfile::tempdir().unwrap();
 
-    let r = download(
-        &base,
-        out.path(),
-        &["--stop-after-bytes", &(10 * PIECE).to_string()],
-    );
-    assert!(!r.ok, "{}", r.text);
+    let r = stopped_download(&base, out.path(), 10 * PIECE);
     assert!(r.text.contains("resumes"), "{}", r.text);
     assert!(!out.path().join(FILE).exists());
     let done = recorded_bytes(out.path());
     assert!(done >= 10 * PIECE && done < LEN as u64, "{done}");
 
-    server.reset_stats();
-    let r = download(&base, out.path(), &[]);
-    assert!(r.ok, "{}", r.text);
+    let r = resume_fetches_only_the_rest(&server, &base, out.path(), &data, done);
     assert!(r.text.contains("resumed"), "{}", r.text);
-    assert_eq!(server.bytes_served(), LEN as u64 - done);
-    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
     assert_eq!(files_in(out.path()), [FILE]);
 }
 
@@ -113,41 +174,16 @@ fn an_interrupted_download_resumes_and_fetches_only_the_rest() {
 fn a_killed_download_resumes_and_fetches_only_the_rest() {
     let data = image(4, LEN);
     let (server, base) = fault_server(&data);
+    let out = tempfile::tempdir().unwrap();
     // The first 6 GETs go through; every later one stalls, so the process
     // is killed with exactly 6 pieces on disk.
-    server.add_fault(
-        FaultRule::new(
-            Fault::StallBody {
-                after: Some(0),
-                duration: Duration::from_secs(600),
-            },
-            Times::Always,
-        )
-        .method(Method::GET)
-        .skip(6),
-    );
-    let out = tempfile::tempdir().unwrap();
-    let mut cmd = download_cmd();
-    let mut args = small_args(&base, out.path());
-    let jobs = args.iter().position(|a| a == "--jobs").unwrap();
-    args[jobs + 1] = "2".into();
-    cmd.args(args)
-        .args(["--artifacts", NAME])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    wait_for_recorded(out.path(), 6 * PIECE, &mut child);
+    let mut child = start_until_recorded(&server, &base, out.path(), "2", 6, Stdio::null);
     child.kill().unwrap();
     child.wait().unwrap();
     let done = recorded_bytes(out.path());
     assert_eq!(done, 6 * PIECE);
 
-    server.clear_faults();
-    server.reset_stats();
-    let r = download(&base, out.path(), &[]);
-    assert!(r.ok, "{}", r.text);
-    assert_eq!(server.bytes_served(), LEN as u64 - done);
-    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    resume_fetches_only_the_rest(&server, &base, out.path(), &data, done);
 }
 
 #[test]
@@ -155,12 +191,7 @@ fn an_image_replaced_between_runs_restarts_from_zero() {
     let data = image(5, LEN);
     let (server, base) = fault_server(&data);
     let out = tempfile::tempdir().unwrap();
-    let r = download(
-        &base,
-        out.path(),
-        &["--stop-after-bytes", &(8 * PIECE).to_string()],
-    );
-    assert!(!r.ok, "{}", r.text);
+    stopped_download(&base, out.path(), 8 * PIECE);
     assert!(recorded_bytes(out.path()) > 0);
 
     let new = image(6, LEN - 4096);
@@ -170,7 +201,7 @@ fn an_image_replaced_between_runs_restarts_from_zero() {
     assert!(r.ok, "{}", r.text);
     assert!(r.text.contains("starting from zero"), "{}", r.text);
     assert_eq!(server.bytes_served(), new.len() as u64);
-    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&new));
+    assert_downloaded(out.path(), &new);
 }
 
 #[test]
@@ -178,12 +209,7 @@ fn an_image_that_changes_during_the_resume_restarts_from_zero() {
     let data = image(7, LEN);
     let (server, base) = fault_server(&data);
     let out = tempfile::tempdir().unwrap();
-    let r = download(
-        &base,
-        out.path(),
-        &["--stop-after-bytes", &(8 * PIECE).to_string()],
-    );
-    assert!(!r.ok, "{}", r.text);
+    stopped_download(&base, out.path(), 8 * PIECE);
 
     // The resume's HEAD still sees the old version; its first GET replaces
     // the image, so that GET (pinned with If-Match) fails as changed.
@@ -196,7 +222,7 @@ fn an_image_that_changes_during_the_resume_restarts_from_zero() {
     let r = download(&base, out.path(), &[]);
     assert!(r.ok, "{}", r.text);
     assert!(r.text.contains("changed on the server"), "{}", r.text);
-    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&new));
+    assert_downloaded(out.path(), &new);
     // The whole new image was fetched after the restart.
     assert!(server.bytes_served() >= new.len() as u64);
 }
@@ -230,8 +256,7 @@ fn forbidden_says_check_the_sas_token_and_never_prints_it() {
     assert!(!r.text.contains("BADSECRET"), "{}", r.text);
 
     let good = format!("{base}?sv=2024&sig=GOODTOKEN");
-    let r = download(&good, out.path(), &["--stop-after-bytes", "1"]);
-    assert!(!r.ok, "{}", r.text);
+    let r = stopped_download(&good, out.path(), 1);
     assert!(!r.text.contains("GOODTOKEN"), "{}", r.text);
     // The sidecar keeps the URL without its query.
     let state = std::fs::read_to_string(sidecar(out.path())).unwrap();
@@ -241,7 +266,7 @@ fn forbidden_says_check_the_sas_token_and_never_prints_it() {
     let r = download(&good, out.path(), &[]);
     assert!(r.ok, "{}", r.text);
     assert!(!r.text.contains("GOODTOKEN"), "{}", r.text);
-    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    assert_downloaded(out.path(), &data);
     // Every request carried the token.
     assert!(
         server
@@ -271,7 +296,7 @@ fn downloads_run_jobs_range_requests_in_parallel() {
     let out = tempfile::tempdir().unwrap();
     let r = download(&base, out.path(), &[]);
     assert!(r.ok, "{}", r.text);
-    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    assert_downloaded(out.path(), &data);
     assert_eq!(server.max_in_flight(), 4, "--jobs 4");
 }
 
@@ -292,7 +317,7 @@ fn https_with_a_trusted_ca_works_and_an_untrusted_one_says_tls() {
     std::fs::write(&ca, server.ca_cert_pem().unwrap()).unwrap();
     let r = download(&base, out.path(), &["--ca-cert", &ca.display().to_string()]);
     assert!(r.ok, "{}", r.text);
-    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    assert_downloaded(out.path(), &data);
 }
 
 #[test]
@@ -315,28 +340,8 @@ fn dry_run_contacts_nothing_and_writes_nothing() {
 fn ctrl_c_keeps_the_progress_and_says_how_to_resume() {
     let data = image(13, LEN);
     let (server, base) = fault_server(&data);
-    server.add_fault(
-        FaultRule::new(
-            Fault::StallBody {
-                after: Some(0),
-                duration: Duration::from_secs(600),
-            },
-            Times::Always,
-        )
-        .method(Method::GET)
-        .skip(5),
-    );
     let out = tempfile::tempdir().unwrap();
-    let mut cmd = download_cmd();
-    let mut args = small_args(&base, out.path());
-    let jobs = args.iter().position(|a| a == "--jobs").unwrap();
-    args[jobs + 1] = "1".into();
-    cmd.args(args)
-        .args(["--artifacts", NAME])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    wait_for_recorded(out.path(), 5 * PIECE, &mut child);
+    let child = start_until_recorded(&server, &base, out.path(), "1", 5, Stdio::piped);
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -353,12 +358,7 @@ fn ctrl_c_keeps_the_progress_and_says_how_to_resume() {
     assert!(text.contains("resumes"), "{text}");
     assert_eq!(recorded_bytes(out.path()), 5 * PIECE);
 
-    server.clear_faults();
-    server.reset_stats();
-    let r = download(&base, out.path(), &[]);
-    assert!(r.ok, "{}", r.text);
-    assert_eq!(server.bytes_served(), LEN as u64 - 5 * PIECE);
-    assert_eq!(sha(&out.path().join(FILE)), sha_bytes(&data));
+    resume_fetches_only_the_rest(&server, &base, out.path(), &data, 5 * PIECE);
 }
 
 #[test]
