@@ -12,7 +12,6 @@ use vhd1_defs::Footer;
 // The seeded generator of test images and tests (xoshiro256++) is
 // disk_test_support's, named here too so that an image written below and
 // the bytes a test expects of it come from one generator.
-pub use disk_test_support::TestRng;
 pub use disk_test_support::random_bytes;
 pub use disk_test_support::test_rng;
 

@@ -36,6 +36,14 @@ pub(crate) fn buffer_capacity(len: usize) -> usize {
 /// requests, so every user overwrites the bytes it uses before sending any
 /// of them (a disk read fills its whole buffer or fails; a payload read is
 /// exact). A whole buffer can be lent by value (a disk's `read_owned`).
+///
+/// DEVNOTE: not one pool type with `disk_blob`'s piece pool or the SQLite
+/// engine's buffers, because its rules are its own: client requests have
+/// any length from a byte to 32 MiB, so buffers are matched by size class
+/// of capacity and bounded in bytes (a count would bound nothing), and the
+/// classes are also what [`crate::memory`] charges a request in flight.
+/// The piece pool matches one exact length and returns buffers on drop;
+/// the engine keeps a few buffers of any size by count.
 #[derive(Default)]
 pub(crate) struct BufPool {
     idle: parking_lot::Mutex<Idle>,

@@ -85,6 +85,14 @@ const KEEP_SPARE_FILLS: usize = 32;
 const KEEP_READ_BUFFERS: usize = 8;
 const MAX_KEPT_READ_BUFFER: usize = 16 << 20;
 
+// DEVNOTE: the fill and read buffer lists are not `disk_nbd`'s size-class
+// pool or `disk_blob`'s piece pool, nor one shared pool type: a fill copies
+// into any spare buffer (extending it) and comes back only if no reader's
+// overlay snapshot still holds it; a read resizes any spare buffer to its
+// length. A few buffers of the sizes last used, bounded by count, is all
+// either needs; size classes, byte caps or drop guards are rules neither
+// has.
+
 thread_local! {
     /// Set on the threads the engine owns (see [`enter_engine_thread`]).
     static ENGINE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

@@ -7,6 +7,16 @@ use std::sync::Arc;
 /// zeroing pass and a page fault per 4 KiB for every byte fetched ahead:
 /// ~15% of the CPU of a cold sequential pass with no cache above the blob
 /// (`perf`, 512 MiB from nginx on loopback).
+///
+/// DEVNOTE: not one pool type with `disk_nbd`'s request buffers or the
+/// SQLite engine's read and fill buffers, because the rules differ where
+/// it matters: pieces come in one length (the piece size, and the blob's
+/// shorter tail), so matching the exact length always hits with no resize
+/// and no size classes; a piece is shared by readers and dropped wherever
+/// the readahead lets it go, so it returns itself on drop (a guard that
+/// holds the pool) instead of being handed back; and the bound is a count,
+/// the readahead window in pieces. The NBD pool matches size classes of
+/// capacity under a byte cap, the engine keeps a few buffers of any size.
 pub(super) struct PiecePool {
     bufs: Mutex<Vec<Vec<u8>>>,
     /// Most buffers kept; more are freed.
