@@ -269,8 +269,7 @@ fn vhd_is_raw_plus_footer_keyed_by_content() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("d.raw");
     let vhd = dir.path().join("d.vhd");
-    let mut data = vec![0u8; 3 << 20];
-    rootfs::Prng::new(1).fill(&mut data);
+    let data = blob_test_servers::images::random_bytes(1, 3 << 20);
     std::fs::write(&raw, &data).unwrap();
     let (raw_sha, vhd_sha, id) = write_vhd(&raw, &vhd, data.len() as u64).unwrap();
     let bytes = std::fs::read(&vhd).unwrap();
