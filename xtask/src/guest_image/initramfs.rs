@@ -12,7 +12,6 @@
 //! FUTURE: kernels whose modules are compressed (`.ko.xz`, `.ko.zst`) are
 //! rejected with a clear error; decompress them here when needed.
 
-use super::cpio::Archive;
 use super::host::HostParts;
 use super::modules::PlannedModule;
 use super::rootfs::FIXED_TIME;
@@ -20,6 +19,7 @@ use super::scripts;
 use anyhow::Context;
 use anyhow::Result;
 use anyhow::bail;
+use initrd_cpio::Archive;
 
 /// The modules the root disk needs; dependencies come from `modules.dep`.
 pub const WANTED_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];

@@ -54,7 +54,6 @@
 //! their own work directory and rename complete files into place; the last
 //! one wins, and both produce the same bytes anyway.
 
-mod cpio;
 pub mod debian;
 mod host;
 mod initramfs;
