@@ -12,8 +12,9 @@
 //! - `cargo xtask lint`: the dependency rules of ARCHITECTURE.md against
 //!   `cargo metadata`, doc links and the Guide's structure (also run by
 //!   `cargo xtask test`).
-//! - `cargo xtask bench`: the lazy disk against curl, cat and nbdkit, side
-//!   by side, with a markdown report.
+//! - `cargo xtask bench`: builds `disk-bench` and runs its suite: the lazy
+//!   disk against curl, cat and nbdkit, side by side, with a markdown
+//!   report.
 //! - `cargo xtask guest-test build-image`: the small Linux test guest.
 //! - `cargo xtask guest-test download-image`: test images from the image
 //!   store (all, named ones, or those selected tests need locally).
@@ -56,7 +57,8 @@ enum Command {
     /// workspace, doc links and the Guide's pages and links.
     Lint,
     /// Benchmark the lazy disk against curl, cat and nbdkit, side by side
-    /// (release build), and write a markdown report.
+    /// (release build), and write a markdown report: builds `disk-bench`
+    /// and runs `disk-bench suite` with the options given.
     Bench(bench::BenchArgs),
     /// Guest images for VMM tests.
     #[command(subcommand)]

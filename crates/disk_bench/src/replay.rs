@@ -107,7 +107,7 @@ pub async fn replay(disk: &Disk, trace: &[TracedRead]) -> Result<Replayed> {
             let ended = Instant::now();
             busy.lock().end(ended);
             result.with_context(|| format!("reading {len} bytes at sector {sector}"))?;
-            Ok((ended, crate::fold(0, &buf)))
+            Ok((ended, crate::workloads::fold(0, &buf)))
         }));
     }
     let mut last = t0;

@@ -1,11 +1,11 @@
-//! The processes the benchmark drives: `disk-bench`, curl, cat, nbdcopy,
-//! nbdkit and QEMU.
+//! The processes the suite drives: its own workloads (this binary, or a
+//! `--baseline-bin`), curl, cat, nbdcopy, nbdkit and QEMU.
 
 use super::GuestFiles;
+use crate::workloads::Output;
 use anyhow::Context;
 use anyhow::Result;
 use anyhow::bail;
-use serde::Deserialize;
 use std::io::BufRead;
 use std::io::BufReader;
 use std::path::Path;
@@ -18,48 +18,8 @@ use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
-/// The JSON line `disk-bench` prints.
-#[derive(Debug, Deserialize)]
-pub struct BenchOut {
-    pub bytes_read: u64,
-    pub reads: u64,
-    pub secs: f64,
-    /// Closing the disk after the timed part (queued cache fills
-    /// committed, WAL checkpointed).
-    #[serde(default)]
-    pub close_secs: f64,
-    pub remote_requests: u64,
-    pub remote_bytes_fetched: u64,
-    pub cache_file_bytes: u64,
-    pub cached_data_bytes: u64,
-    pub peak_rss_bytes: u64,
-    pub checksum: u64,
-}
-
-/// Builds `disk-bench` in release mode and returns its path.
-pub fn build_disk_bench(root: &Path) -> Result<PathBuf> {
-    println!("bench: cargo build --release -p disk_bench");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(["build", "--release", "-p", "disk_bench"])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building disk-bench failed ({status})");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release/disk-bench");
-    if !bin.exists() {
-        bail!("{} was not built", bin.display());
-    }
-    Ok(bin)
-}
-
 /// Runs one `disk-bench` workload and parses its JSON line.
-pub fn disk_bench(bin: &Path, args: &[String]) -> Result<BenchOut> {
+pub fn disk_bench(bin: &Path, args: &[String]) -> Result<Output> {
     let out = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
@@ -200,7 +160,7 @@ impl NbdServerProc {
     }
 
     /// Closes the server's stdin (it shuts down) and reads its figures.
-    pub fn stop(mut self) -> Result<BenchOut> {
+    pub fn stop(mut self) -> Result<Output> {
         drop(self.stdin.take());
         let mut line = String::new();
         self.stdout.read_line(&mut line)?;
