@@ -248,7 +248,9 @@ pub trait DiskIo: Send + Sync + 'static {
 mod erased {
     //! Object-safe mirror of [`DiskIo`](super::DiskIo), kept in its own module so
     //! its method names never shadow the public trait's.
-    use super::{DiskCounters, DiskError, DiskIo};
+    use super::DiskCounters;
+    use super::DiskError;
+    use super::DiskIo;
     use std::future::Future;
     use std::pin::Pin;
 

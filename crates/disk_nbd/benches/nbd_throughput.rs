@@ -11,9 +11,14 @@
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
-use disk_backend::{Disk, DiskError, DiskIo, check_io_range};
-use disk_nbd::{NbdServerOptions, serve_unix};
+use anyhow::Context;
+use anyhow::bail;
+use disk_backend::Disk;
+use disk_backend::DiskError;
+use disk_backend::DiskIo;
+use disk_backend::check_io_range;
+use disk_nbd::NbdServerOptions;
+use disk_nbd::serve_unix;
 
 /// A flat in-memory disk (reads copy out of one buffer under a read lock).
 struct MemDisk {

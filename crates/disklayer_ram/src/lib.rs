@@ -34,11 +34,18 @@
 
 #![forbid(unsafe_code)]
 
-use disk_backend::{DEFAULT_SECTOR_SIZE, Disk, DiskError, check_sector_range};
-use disk_layered::{
-    InvalidLayeredDisk, LayerAttach, LayerConfiguration, LayerIo, LayeredDisk, LowerLayerMetadata,
-    SectorMarker, WriteNoOverwrite,
-};
+use disk_backend::DEFAULT_SECTOR_SIZE;
+use disk_backend::Disk;
+use disk_backend::DiskError;
+use disk_backend::check_sector_range;
+use disk_layered::InvalidLayeredDisk;
+use disk_layered::LayerAttach;
+use disk_layered::LayerConfiguration;
+use disk_layered::LayerIo;
+use disk_layered::LayeredDisk;
+use disk_layered::LowerLayerMetadata;
+use disk_layered::SectorMarker;
+use disk_layered::WriteNoOverwrite;
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 

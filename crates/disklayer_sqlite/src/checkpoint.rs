@@ -3,7 +3,8 @@
 //! Position: used by the store's writer after each commit; the thread and
 //! its connection live as long as the store.
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Condvar;
+use parking_lot::Mutex;
 
 /// Runs WAL checkpoints on a thread of its own, so a writer never waits
 /// for one.

@@ -78,8 +78,10 @@ pub use source::RemoteAccess;
 pub use source::RemoteOverride;
 pub use source::effective_remote_access;
 
-/// URL redaction, re-exported from the `url_redact` crate for convenience.
-pub use url_redact::{RedactedUrl, redact_url, strip_query};
+// URL redaction, re-exported from the `url_redact` crate for convenience.
+pub use url_redact::RedactedUrl;
+pub use url_redact::redact_url;
+pub use url_redact::strip_query;
 
 // Used by the declare macros; not part of the public API.
 #[doc(hidden)]
