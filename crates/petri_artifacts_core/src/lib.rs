@@ -58,6 +58,8 @@ mod requirements;
 mod resolved;
 mod resolver;
 mod source;
+#[cfg(test)]
+mod test_support;
 
 pub use handle::ArtifactHandle;
 pub use handle::ArtifactId;

@@ -412,6 +412,7 @@ impl From<&TestArtifactRequirements> for ArtifactListOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::panic_message;
     use std::cell::RefCell;
     use std::collections::BTreeSet;
 
@@ -667,17 +668,6 @@ mod tests {
             .remote(DISK_A, "https://h/a.vhd?sig=SECRET")
             .remote(DISK_B, "https://h/b.vhd?sig=SECRET");
         r.resolve(&resolver).unwrap()
-    }
-
-    fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
-        let err = std::panic::catch_unwind(f).expect_err("expected a panic");
-        match err.downcast::<String>() {
-            Ok(s) => *s,
-            Err(err) => err
-                .downcast::<&str>()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-        }
     }
 
     #[test]

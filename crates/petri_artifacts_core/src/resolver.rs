@@ -174,6 +174,7 @@ impl<'a> ArtifactResolver<'a> {
 mod tests {
     use super::*;
     use crate::requirements::ResolveTestArtifact;
+    use crate::test_support::panic_message;
     use std::path::Path;
     use std::path::PathBuf;
 
@@ -302,17 +303,6 @@ mod tests {
         let _ = r.require_source(DISK, RemoteAccess::LocalOnly);
 
         assert_eq!(reqs.access(DISK), Some(RemoteAccess::LocalOnly));
-    }
-
-    fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
-        let err = std::panic::catch_unwind(f).expect_err("expected a panic");
-        match err.downcast::<String>() {
-            Ok(s) => *s,
-            Err(err) => err
-                .downcast::<&str>()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-        }
     }
 
     #[test]
