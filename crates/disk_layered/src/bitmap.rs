@@ -231,6 +231,8 @@ impl SectorMarker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::Rng;
+    use rand::SeedableRng;
 
     #[test]
     fn set_and_runs_across_words() {
@@ -269,21 +271,15 @@ mod tests {
 
     #[test]
     fn matches_naive_model() {
-        // Seeded xorshift so the test is deterministic.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        // Seeded, so a failure repeats.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
         for _ in 0..200 {
-            let len = rnd() % 300;
+            let len = rng.random_range(0..300);
             let mut b = SectorBitmap::new(7, len);
             let mut model = vec![false; len as usize];
             for _ in 0..5 {
-                let s = 7 + rnd() % (len + 1);
-                let e = s + rnd() % 100;
+                let s = 7 + rng.random_range(0..=len);
+                let e = s + rng.random_range(0..100);
                 b.set_range(s..e);
                 for i in s..e.min(7 + len) {
                     model[(i - 7) as usize] = true;
