@@ -58,6 +58,7 @@ mod tls;
 mod tools;
 
 pub use errors::error_chain;
+pub use errors::error_renderings;
 pub use fault_server::Fault;
 pub use fault_server::FaultRule;
 pub use fault_server::FaultServer;

@@ -1,17 +1,20 @@
 //! `HttpBlob` against a real HTTP(S) server on 127.0.0.1 with injected
 //! faults (`blob_test_servers::FaultServer`).
 
+mod common;
+
 use blob_test_servers::Fault;
 use blob_test_servers::FaultServer;
 use blob_test_servers::Times;
+use blob_test_servers::error_renderings;
 use blob_test_servers::images::random_bytes;
+use common::read_vec;
 use disk_blob::Blob;
 use disk_blob::BlobCounters;
 use disk_blob::BlobError;
 use disk_blob::HttpBlob;
 use disk_blob::HttpBlobOptions;
 use rand::Rng;
-use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,23 +36,6 @@ fn server_with(len: usize, seed: u64) -> (FaultServer, Vec<u8>) {
     let data = random_bytes(seed, len);
     server.put_blob(PATH, data.clone());
     (server, data)
-}
-
-/// Display, Debug and every source of an error, for "no secret" checks.
-fn full_chain(e: &(dyn Error + 'static)) -> String {
-    let mut s = format!("{e} | {e:?}");
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(" | {c} | {c:?}"));
-        cur = c.source();
-    }
-    s
-}
-
-async fn read_vec(blob: &dyn Blob, offset: u64, len: usize) -> Result<Vec<u8>, BlobError> {
-    let mut buf = vec![0u8; len];
-    blob.read(&mut buf, offset).await?;
-    Ok(buf)
 }
 
 #[tokio::test]
@@ -351,7 +337,7 @@ async fn refused_credentials_at_open_are_access_refused() {
         "{err:?}"
     );
     assert!(err.to_string().contains(disk_blob::ACCESS_REFUSED_ADVICE));
-    assert!(!full_chain(&err).contains("EXPIRED"));
+    assert!(!error_renderings(&err).contains("EXPIRED"));
     assert_eq!(server.request_count(), 2);
     // 401 is the same class.
     server.set_required_query_token(None);
@@ -539,7 +525,7 @@ async fn redirect_loops_and_long_chains_fail() {
         matches!(err, BlobError::TooManyRedirects { max: 5, .. }),
         "{err:?}"
     );
-    assert!(!full_chain(&err).contains("SECRET"));
+    assert!(!error_renderings(&err).contains("SECRET"));
 
     // Six hops is one too many; five is fine.
     for i in 0..6 {
@@ -564,11 +550,13 @@ async fn tls_needs_the_custom_root() {
 
     let err = HttpBlob::open(&url, fast_opts()).await.unwrap_err();
     assert!(matches!(err, BlobError::Tls { .. }), "{err:?}");
-    assert!(!full_chain(&err).contains("SECRET"));
+    assert!(!error_renderings(&err).contains("SECRET"));
     assert!(
-        full_chain(&err).to_lowercase().contains("certificate"),
+        error_renderings(&err)
+            .to_lowercase()
+            .contains("certificate"),
         "{}",
-        full_chain(&err)
+        error_renderings(&err)
     );
 
     for root in [
@@ -598,7 +586,7 @@ async fn https_to_http_redirect_is_refused() {
         matches!(err, BlobError::HttpsToHttpRedirect { .. }),
         "{err:?}"
     );
-    assert!(!full_chain(&err).contains("SECRET"));
+    assert!(!error_renderings(&err).contains("SECRET"));
     assert_eq!(plain.request_count(), 0);
 }
 
@@ -645,7 +633,7 @@ async fn connection_refused_is_connect_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, BlobError::Connect { .. }), "{err:?}");
-    assert!(!full_chain(&err).contains("SECRET"));
+    assert!(!error_renderings(&err).contains("SECRET"));
 }
 
 /// Polls (bounded) until the server has seen `n` requests.

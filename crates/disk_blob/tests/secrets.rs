@@ -2,17 +2,19 @@
 //! error's sources or a log line. A binary of its own, so that its global
 //! `tracing` subscriber sees every log line of the process.
 
+mod common;
+
 use blob_test_servers::Fault;
 use blob_test_servers::FaultRule;
 use blob_test_servers::FaultServer;
 use blob_test_servers::Times;
+use blob_test_servers::error_renderings;
 use blob_test_servers::images::random_bytes;
+use common::read_vec;
 use disk_blob::Blob;
 use disk_blob::BlobError;
 use disk_blob::HttpBlob;
 use disk_blob::HttpBlobOptions;
-use std::error::Error;
-use std::sync::Arc;
 use std::time::Duration;
 
 const PATH: &str = "/images/disk.img";
@@ -25,50 +27,12 @@ fn fast_opts() -> HttpBlobOptions {
     }
 }
 
-fn full_chain(e: &(dyn Error + 'static)) -> String {
-    let mut s = format!("{e} | {e:?}");
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(" | {c} | {c:?}"));
-        cur = c.source();
-    }
-    s
-}
-
-async fn read_vec(blob: &dyn Blob, offset: u64, len: usize) -> Result<Vec<u8>, BlobError> {
-    let mut buf = vec![0u8; len];
-    blob.read(&mut buf, offset).await?;
-    Ok(buf)
-}
-
-/// A `tracing` writer that keeps everything in memory.
-#[derive(Clone, Default)]
-struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Provokes one error of as many classes as a server can produce, with a
 /// secret in every URL, and checks that the secret appears in no error (or
 /// its sources) and no log line.
 #[tokio::test]
 async fn secrets_never_appear_in_errors_or_logs() {
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
-
+    let logs = blob_test_servers::captured_logs();
     let server = FaultServer::start().unwrap();
     server.put_blob(PATH, random_bytes(22, 100_000));
     server.set_required_query_token(Some("sig=SECRET"));
@@ -134,7 +98,7 @@ async fn secrets_never_appear_in_errors_or_logs() {
 
     let mut kinds = std::collections::BTreeSet::new();
     for e in &errors {
-        let chain = full_chain(e);
+        let chain = error_renderings(e);
         assert!(!chain.contains("SECRET"), "secret leaked: {chain}");
         kinds.insert(
             format!("{e:?}")
@@ -145,7 +109,7 @@ async fn secrets_never_appear_in_errors_or_logs() {
         );
     }
     assert!(kinds.len() >= 10, "{kinds:?}");
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.contains("http blob closed"), "{logs}");
     assert!(!logs.contains("SECRET"), "secret leaked into logs: {logs}");
 }
