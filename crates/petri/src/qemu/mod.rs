@@ -45,6 +45,9 @@
 //! FUTURE: UEFI and PCAT boots (OVMF/SeaBIOS), a KVM probe boot, QMP for
 //! orderly shutdown and block statistics.
 
+mod console;
+mod counters;
+
 use crate::PetriTestParams;
 use crate::backend::HostSupport;
 use crate::backend::PetriVmmBackend;
@@ -58,21 +61,21 @@ use crate::disk_stack::drive_description;
 use crate::disk_stack::open_description;
 use crate::vm::Drive;
 use anyhow::Context as _;
+use console::Console;
+use console::pump_lines;
+use console::wait_for_line;
+pub use counters::DiskCountersReport;
 use disk_backend_resources::LayerKind;
 use disk_backend_resources::LayeredDiskHandle;
 use petri_artifacts_core::ErasedArtifactHandle;
 use petri_artifacts_core::RemoteAccess;
-use serde::Serialize;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
-use tokio::io::AsyncBufReadExt as _;
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 
 /// The variable naming the QEMU binary (default: `qemu-system-x86_64` on
@@ -95,9 +98,6 @@ pub const DISK_COUNTERS_MARKER: &str = "PETRI_DISK_COUNTERS";
 /// The file in the test's log directory holding every boot's
 /// [`DiskCountersReport`]s as a JSON array.
 pub const DISK_COUNTERS_FILE: &str = "disk-counters.json";
-
-/// Console lines kept in an error message.
-const CONSOLE_TAIL_LINES: usize = 40;
 
 /// Errors of the QEMU backend.
 #[derive(Debug, thiserror::Error)]
@@ -281,133 +281,6 @@ impl PetriVmmBackend for QemuPetriBackend {
     }
 }
 
-/// What one VM's disk did, as printed after [`DISK_COUNTERS_MARKER`] and
-/// stored in [`DISK_COUNTERS_FILE`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct DiskCountersReport {
-    /// The full test name.
-    pub test: String,
-    /// Which boot of the test (1 for the first).
-    pub boot: u32,
-    /// The drive: `boot` or `drive<N>`.
-    pub drive: String,
-    /// The image: a path, or a URL with its query redacted.
-    pub location: String,
-    /// Whether the image was read from a remote store.
-    pub remote: bool,
-    /// The disk size the guest saw, in bytes.
-    pub disk_bytes: u64,
-    /// The disk's counters, as fields of this object (`remote_requests`,
-    /// `remote_bytes_fetched`, ..., one per [`DiskCounters`] field).
-    #[serde(flatten)]
-    pub counters: DiskCounters,
-    /// Read requests the guest sent to the NBD export.
-    #[serde(default)]
-    pub nbd_read_requests: u64,
-    /// Bytes the guest read through the NBD export.
-    #[serde(default)]
-    pub nbd_bytes_read: u64,
-    /// The guest's disk-wait time in microseconds: wall time with at least
-    /// one read request outstanding at the NBD export.
-    #[serde(default)]
-    pub nbd_read_wait_micros: u64,
-    /// Milliseconds from launch to the end of the VM.
-    pub vm_millis: u64,
-    /// QEMU's exit code, if it exited on its own.
-    pub exit_code: Option<i32>,
-}
-
-struct ConsoleState {
-    lines: Vec<String>,
-    closed: bool,
-}
-
-/// The serial console shared by the reader task and the VM handle.
-struct Console {
-    state: Mutex<ConsoleState>,
-    changed: watch::Sender<u64>,
-}
-
-impl Console {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ConsoleState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn push(&self, line: String) {
-        self.lock().lines.push(line);
-        self.changed.send_modify(|n| *n += 1);
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.changed.send_modify(|n| *n += 1);
-    }
-
-    fn tail(&self) -> String {
-        let state = self.lock();
-        let start = state.lines.len().saturating_sub(CONSOLE_TAIL_LINES);
-        let mut out = String::new();
-        for line in &state.lines[start..] {
-            out.push_str("\n    | ");
-            out.push_str(line);
-        }
-        if out.is_empty() {
-            out.push_str("\n    (no console output)");
-        }
-        out
-    }
-}
-
-/// Waits until a line at or after `*next_line` contains `needle`; moves
-/// `*next_line` past it. Fails on timeout or when the console closes
-/// first, with the console tail.
-async fn wait_for_line(
-    console: &Console,
-    rx: &mut watch::Receiver<u64>,
-    next_line: &mut usize,
-    needle: &str,
-    timeout: Duration,
-    log: &Path,
-) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        {
-            let state = console.lock();
-            if let Some((i, line)) = state
-                .lines
-                .iter()
-                .enumerate()
-                .skip(*next_line)
-                .find(|(_, l)| l.contains(needle))
-            {
-                *next_line = i + 1;
-                return Ok(line.clone());
-            }
-            *next_line = (*next_line).max(state.lines.len());
-            if state.closed {
-                drop(state);
-                anyhow::bail!(
-                    "the console closed (QEMU exited) before a line containing {needle:?} \
-                     appeared; console {}:{}",
-                    log.display(),
-                    console.tail()
-                );
-            }
-        }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => {}
-            // The sender is gone: the next pass sees `closed`.
-            Ok(Err(_)) => console.close(),
-            Err(_) => anyhow::bail!(
-                "timed out after {timeout:?} waiting for a console line containing {needle:?}; \
-                 console {}:{}",
-                log.display(),
-                console.tail()
-            ),
-        }
-    }
-}
-
 struct ServedDisk {
     name: String,
     opened: OpenedDisk,
@@ -453,46 +326,6 @@ fn drive_args(socket: &Path, read_only: bool) -> String {
         arg.push_str(",readonly=on");
     }
     arg
-}
-
-async fn pump_lines<R>(reader: R, file: PathBuf, console: Option<Arc<Console>>)
-where
-    R: tokio::io::AsyncRead + Unpin,
-{
-    let mut out = match tokio::fs::File::create(&file).await {
-        Ok(f) => Some(f),
-        Err(err) => {
-            tracing::warn!(file = %file.display(), %err, "cannot create the console log");
-            None
-        }
-    };
-    let mut reader = tokio::io::BufReader::new(reader);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                if let Some(f) = &mut out
-                    && f.write_all(&buf).await.is_err()
-                {
-                    out = None;
-                }
-                if let Some(console) = &console {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\r', '\n'])
-                        .to_owned();
-                    console.push(line);
-                }
-            }
-        }
-    }
-    if let Some(f) = &mut out {
-        let _ = f.flush().await;
-    }
-    if let Some(console) = console {
-        console.close();
-    }
 }
 
 impl QemuVm {
@@ -603,14 +436,7 @@ impl QemuVm {
         let mut child = cmd
             .spawn()
             .map_err(io_err(format!("starting {}", qemu.display())))?;
-        let (changed, console_rx) = watch::channel(0);
-        let console = Arc::new(Console {
-            state: Mutex::new(ConsoleState {
-                lines: Vec::new(),
-                closed: false,
-            }),
-            changed,
-        });
+        let (console, console_rx) = Console::new();
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(pump_lines(
                 stdout,
@@ -732,7 +558,7 @@ impl QemuVm {
         // Let the console reader drain what QEMU wrote before exiting.
         let drained = async {
             loop {
-                if self.console.lock().closed {
+                if self.console.is_closed() {
                     break;
                 }
                 if self.console_rx.changed().await.is_err() {
@@ -819,7 +645,7 @@ impl VmHandle for QemuVm {
     }
 
     fn console_text(&self) -> String {
-        self.console.lock().lines.join("\n")
+        self.console.text()
     }
 
     fn boot_disk_counters(&self) -> Option<DiskCounters> {
@@ -834,59 +660,6 @@ impl VmHandle for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The counters are fields of the report object (what the main job in
-    /// xtask parses, one per `DiskCounters` field), and a report
-    /// round-trips.
-    #[test]
-    fn counters_report_json_has_one_field_per_counter() {
-        let report = DiskCountersReport {
-            test: "t".into(),
-            boot: 2,
-            drive: "boot".into(),
-            location: "http://h/x.vhd?<redacted>".into(),
-            remote: true,
-            disk_bytes: 4096,
-            counters: DiskCounters {
-                remote_requests: 3,
-                remote_bytes_fetched: 1024,
-                cache_hit_bytes: 512,
-                ..DiskCounters::default()
-            },
-            nbd_read_requests: 4,
-            nbd_bytes_read: 2048,
-            nbd_read_wait_micros: 77,
-            vm_millis: 9,
-            exit_code: Some(0),
-        };
-        let json = serde_json::to_value(&report).unwrap();
-        let fields = json.as_object().unwrap();
-        let counters = serde_json::to_value(report.counters).unwrap();
-        let counters = counters.as_object().unwrap();
-        assert!(counters.len() >= 7, "{counters:?}");
-        for (name, value) in counters {
-            assert_eq!(fields.get(name), Some(value), "{name}: {json}");
-        }
-        for name in [
-            "test",
-            "boot",
-            "drive",
-            "location",
-            "remote",
-            "disk_bytes",
-            "nbd_read_requests",
-            "nbd_bytes_read",
-            "nbd_read_wait_micros",
-            "vm_millis",
-            "exit_code",
-        ] {
-            assert!(fields.contains_key(name), "{name} missing: {json}");
-        }
-        assert_eq!(fields.len(), 11 + counters.len(), "{json}");
-        assert_eq!(json["remote_bytes_fetched"], 1024);
-        let back: DiskCountersReport = serde_json::from_value(json).unwrap();
-        assert_eq!(back, report);
-    }
 
     #[test]
     fn accel_parsing() {
@@ -927,112 +700,6 @@ mod tests {
         );
         assert!(!arg.contains("readonly"), "{arg}");
         assert!(drive_args(Path::new("/s"), true).ends_with(",readonly=on"));
-    }
-
-    fn console() -> (Arc<Console>, watch::Receiver<u64>) {
-        let (changed, rx) = watch::channel(0);
-        let console = Arc::new(Console {
-            state: Mutex::new(ConsoleState {
-                lines: Vec::new(),
-                closed: false,
-            }),
-            changed,
-        });
-        (console, rx)
-    }
-
-    #[tokio::test]
-    async fn console_waits_for_lines_in_order_and_reports_the_tail() {
-        let (console, mut rx) = console();
-        let log = Path::new("/logs/console.log");
-        let feeder = {
-            let console = console.clone();
-            tokio::spawn(async move {
-                for line in [
-                    "boot",
-                    "PETRI_GUEST_READY uptime=1",
-                    "PETRI_STEP a status=0",
-                ] {
-                    console.push(line.into());
-                    tokio::task::yield_now().await;
-                }
-            })
-        };
-        let mut next = 0;
-        let ready = wait_for_line(
-            &console,
-            &mut rx,
-            &mut next,
-            "READY",
-            Duration::from_secs(60),
-            log,
-        )
-        .await
-        .unwrap();
-        assert_eq!(ready, "PETRI_GUEST_READY uptime=1");
-        let step = wait_for_line(
-            &console,
-            &mut rx,
-            &mut next,
-            "PETRI_STEP a",
-            Duration::from_secs(60),
-            log,
-        )
-        .await
-        .unwrap();
-        assert!(step.ends_with("status=0"));
-        feeder.await.unwrap();
-        // A matched line is not matched again: this one never comes.
-        let err = wait_for_line(
-            &console,
-            &mut rx,
-            &mut next,
-            "READY",
-            Duration::from_millis(20),
-            log,
-        )
-        .await
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("timed out") && err.contains("\"READY\""),
-            "{err}"
-        );
-        assert!(err.contains("/logs/console.log"), "{err}");
-        assert!(err.contains("| PETRI_STEP a status=0"), "{err}");
-
-        // After the console closes, waiting fails at once with the tail.
-        console.close();
-        let err = wait_for_line(
-            &console,
-            &mut rx,
-            &mut next,
-            "DONE",
-            Duration::from_secs(600),
-            log,
-        )
-        .await
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("console closed") && err.contains("| boot"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn console_tail_is_bounded() {
-        let (console, _rx) = console();
-        assert!(console.tail().contains("(no console output)"));
-        for i in 0..100 {
-            console.push(format!("line {i}"));
-        }
-        let tail = console.tail();
-        assert_eq!(tail.lines().count(), CONSOLE_TAIL_LINES + 1, "{tail}");
-        assert!(
-            tail.ends_with("| line 99") && !tail.contains("| line 59\n"),
-            "{tail}"
-        );
     }
 
     #[test]
