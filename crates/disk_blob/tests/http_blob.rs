@@ -1,5 +1,9 @@
 //! `HttpBlob` against a real HTTP(S) server on 127.0.0.1 with injected
 //! faults (`blob_test_servers::FaultServer`).
+//!
+//! DEVNOTE: one file of over 800 lines on purpose: it is `HttpBlob`'s
+//! contract against one fault server (ranges, retries, validators,
+//! redirects, TLS, readahead), each test short and independent.
 
 mod common;
 

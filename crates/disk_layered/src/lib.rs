@@ -78,6 +78,12 @@
 //! DEVNOTE: the hot path (a read that hits) does no per-sector work: the
 //! presence bitmap is handled 64 sectors per word, and each layer is
 //! called once per run.
+//!
+//! DEVNOTE: over 800 lines, kept whole: after the model above, it is one
+//! type, `LayeredDisk`, whose read path (presence, fill widening,
+//! single-flight of fills) is one flow over private state (`CacheState`,
+//! the in-flight map); the layer traits, the bitmap and the prefetch
+//! runner are modules of their own.
 
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,9 @@
 //! Protocol-level tests with a byte-level client: handshake options,
 //! transmission commands, malformed input, concurrency and shutdown.
+//!
+//! DEVNOTE: one file of over 800 lines on purpose: it is the byte-level
+//! conformance suite of one protocol, each test short and independent;
+//! the raw client and the test disks it shares are in `tests/common`.
 
 mod common;
 

@@ -40,6 +40,11 @@
 //! - Reads land in a buffer owned by the job (recycled through a pool)
 //!   and are copied into the caller's buffer once: safe code cannot lend
 //!   a borrowed buffer to another thread.
+//!
+//! DEVNOTE: over 1000 lines, kept whole: the invariants above span the
+//! caller API, the reader pool and the owner thread, and are reviewed
+//! together. If it grows, the seams are the reader pool (`Reader`,
+//! `ReaderPool`) and the owner thread (`run_owner`, `commit_fills`).
 
 use crate::SqliteLayerError;
 use crate::VerifyReport;

@@ -1,6 +1,11 @@
 //! The SQLite layer on its own and inside a layered disk: round trips,
 //! presence, write-no-overwrite, unmap, file size, a random model check,
 //! and damaged files.
+//!
+//! DEVNOTE: one file of over 800 lines on purpose: the layer's behaviour
+//! as one suite (the random model check reuses the round-trip helpers);
+//! integrity, the fill queue and the cache directory have files of their
+//! own.
 
 mod common;
 

@@ -4,6 +4,11 @@
 //! Everything here blocks. Only the engine's own threads (`engine.rs`)
 //! call it, each with the connections it owns; see the crate
 //! documentation for the file format.
+//!
+//! DEVNOTE: over 900 lines, kept whole: it is the `Store`, the operations
+//! on chunk rows (read, presence, write, unmap, verify), which share the
+//! row-shape and damage rules; the chunk format, the schema and the
+//! connections are the submodules.
 
 mod checksum;
 mod chunk;
