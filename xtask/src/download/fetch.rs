@@ -27,6 +27,16 @@
 //!   atomically and the directory is synced.
 //! - No URL query (SAS token) is printed or stored: messages use redacted
 //!   URLs, the sidecar stores the URL without its query.
+//!
+//! DEVNOTE: this stays in xtask rather than becoming a crate. Its HTTP
+//! client is already a crate (`disk_blob::HttpBlob`), and what is left is
+//! tied to `download-image`: errors name catalog artifacts and advise its
+//! options (`--base-url`, `--output-folder`), progress goes to its bars.
+//! It is tested alone already: the range, resume, validator and full-disk
+//! rules by the unit tests below, and whole downloads (interruption and
+//! Ctrl-C, resume, an image that changes, TLS, parallel ranges) by
+//! `xtask/tests/download_image.rs` against nginx and the fault server. A
+//! crate would add an interface, not a test.
 
 use super::progress::FileProgress;
 use super::progress::Progress;
