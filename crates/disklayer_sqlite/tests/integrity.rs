@@ -21,6 +21,8 @@ use disklayer_sqlite::auto_cache::CACHE_FILE_NAME;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 const ID: [u8; 16] = *b"integrity-disk-1";
@@ -36,6 +38,43 @@ async fn read_all(disk: &Disk) -> Vec<u8> {
     let mut buf = vec![0u8; disk.size_bytes() as usize];
     disk.read(0, &mut buf).await.unwrap();
     buf
+}
+
+/// `[auto-cache in cache_dir (read cache), image]`, as every test here
+/// opens it, and the count of the image layer's reads.
+async fn open(cache_dir: &Path, image: &Path) -> anyhow::Result<(Disk, Arc<AtomicU64>)> {
+    cached_stack(
+        AutoCacheSqliteDiskLayer::new(cache_dir, None, false),
+        image,
+        Some(ID),
+    )
+    .await
+}
+
+/// Whether a damaged cache file was moved aside beside `file` (kept for
+/// inspection as `cache.dbhd.corrupt-*`).
+fn moved_aside(file: &Path) -> bool {
+    std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("cache.dbhd.corrupt-")
+        })
+}
+
+/// A new opener (as the next process would be) reads the whole image
+/// from the cache alone and finds no damage: the cache is whole again.
+async fn assert_served_from_cache(cache_dir: &Path, image: &Path, data: &[u8], what: &str) {
+    let (disk, lower_reads) = open(cache_dir, image).await.unwrap();
+    assert!(read_all(&disk).await == data, "{what}");
+    assert_eq!(
+        lower_reads.load(Ordering::SeqCst),
+        0,
+        "{what}: read from below, the cache is not whole"
+    );
+    assert_eq!(disk.counters().cache_damaged_chunks, 0, "{what}");
 }
 
 /// Flips `len` bytes of `file` where `needle` (bytes of the image) is
@@ -74,13 +113,7 @@ async fn flipped_cached_bytes_are_never_returned_and_are_repaired() {
 
     // Cold: fill the cache, close it.
     {
-        let (disk, _) = cached_stack(
-            AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
-            &image,
-            Some(ID),
-        )
-        .await
-        .unwrap();
+        let (disk, _) = open(&cache_dir, &image).await.unwrap();
         assert!(read_all(&disk).await == data);
     }
     // Damage 4 KiB inside chunk 3.
@@ -99,13 +132,7 @@ async fn flipped_cached_bytes_are_never_returned_and_are_repaired() {
 
     // A reader gets the image's bytes, from below for the damaged chunk.
     {
-        let (disk, lower_reads) = cached_stack(
-            AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
-            &image,
-            Some(ID),
-        )
-        .await
-        .unwrap();
+        let (disk, lower_reads) = open(&cache_dir, &image).await.unwrap();
         assert!(read_all(&disk).await == data, "damaged bytes were returned");
         assert!(
             lower_reads.load(Ordering::SeqCst) >= 1,
@@ -114,16 +141,7 @@ async fn flipped_cached_bytes_are_never_returned_and_are_repaired() {
         assert_eq!(disk.counters().cache_damaged_chunks, 1);
     }
     // Repaired: the next process needs nothing from below.
-    let (disk, lower_reads) = cached_stack(
-        AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
-        &image,
-        Some(ID),
-    )
-    .await
-    .unwrap();
-    assert!(read_all(&disk).await == data);
-    assert_eq!(lower_reads.load(Ordering::SeqCst), 0);
-    assert_eq!(disk.counters().cache_damaged_chunks, 0);
+    assert_served_from_cache(&cache_dir, &image, &data, "after the repair").await;
 }
 
 /// Small, unaligned reads verify the whole checksum piece they touch: a
@@ -219,43 +237,21 @@ async fn unusable_cache_files_are_moved_aside_and_replaced() {
     ] {
         let cache_dir = dir.path().join(format!("cache-{what}"));
         {
-            let (disk, _) = cached_stack(
-                AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
-                &image,
-                Some(ID),
-            )
-            .await
-            .unwrap();
+            let (disk, _) = open(&cache_dir, &image).await.unwrap();
             assert!(read_all(&disk).await == data);
         }
         damage(&cache_file(&cache_dir));
-        let (disk, _) = cached_stack(
-            AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
-            &image,
-            Some(ID),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let (disk, _) = open(&cache_dir, &image)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
         assert!(read_all(&disk).await == data, "{what}");
         drop(disk);
-        let names: Vec<String> = std::fs::read_dir(cache_file(&cache_dir).parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
         assert!(
-            names.iter().any(|n| n.starts_with("cache.dbhd.corrupt-")),
-            "{what}: the damaged file is kept aside: {names:?}"
+            moved_aside(&cache_file(&cache_dir)),
+            "{what}: the damaged file is kept aside"
         );
         // The new file is whole: a further process reads it all.
-        let (disk, lower_reads) = cached_stack(
-            AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
-            &image,
-            Some(ID),
-        )
-        .await
-        .unwrap();
-        assert!(read_all(&disk).await == data, "{what}");
-        assert_eq!(lower_reads.load(Ordering::SeqCst), 0, "{what}");
+        assert_served_from_cache(&cache_dir, &image, &data, what).await;
     }
 }
 
@@ -325,13 +321,7 @@ async fn read_caches_of_the_old_format_are_recreated() {
     // Old cached bytes that differ from the image: they must not be served.
     write_v1_file(&file, true, &vec![0xee; data.len()]);
 
-    let (disk, lower_reads) = cached_stack(
-        AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
-        &image,
-        Some(ID),
-    )
-    .await
-    .unwrap();
+    let (disk, lower_reads) = open(&cache_dir, &image).await.unwrap();
     assert!(read_all(&disk).await == data);
     assert!(lower_reads.load(Ordering::SeqCst) > 0);
 }
@@ -350,15 +340,8 @@ async fn damaged_index_pages_do_not_stop_the_disk() {
     let mut set_aside_count = 0;
     for page in [2u64, 3, 4] {
         let cache_dir = dir.path().join(format!("cache-{page}"));
-        let stack = || {
-            cached_stack(
-                AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
-                &image,
-                Some(ID),
-            )
-        };
         {
-            let (disk, _) = stack().await.unwrap();
+            let (disk, _) = open(&cache_dir, &image).await.unwrap();
             assert!(read_all(&disk).await == data);
         }
         let file = cache_file(&cache_dir);
@@ -377,36 +360,22 @@ async fn damaged_index_pages_do_not_stop_the_disk() {
         f.write_all_at(&bytes, at).unwrap();
         drop(f);
 
-        let (disk, _) = stack()
+        let (disk, _) = open(&cache_dir, &image)
             .await
             .unwrap_or_else(|e| panic!("page {page}: {e:#}"));
         assert!(read_all(&disk).await == data, "page {page}");
         drop(disk);
-        let set_aside = std::fs::read_dir(file.parent().unwrap())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with("cache.dbhd.corrupt-")
-            });
+        let set_aside = moved_aside(&file);
         // Damage SQLite never reads (free space in a page) may go
         // unnoticed; damage it reads must not stop the disk. Either way
         // the next process reads the image.
         set_aside_count += usize::from(set_aside);
-        let (disk, lower_reads) = stack().await.unwrap();
+        let (disk, _) = open(&cache_dir, &image).await.unwrap();
         assert!(read_all(&disk).await == data, "page {page}");
+        drop(disk);
         if set_aside {
-            drop(disk);
-            let (disk, lower_reads) = stack().await.unwrap();
-            assert!(read_all(&disk).await == data, "page {page}");
-            assert_eq!(
-                lower_reads.load(Ordering::SeqCst),
-                0,
-                "page {page}: fresh cache filled"
-            );
-        } else {
-            let _ = lower_reads;
+            let what = format!("page {page}: the fresh cache");
+            assert_served_from_cache(&cache_dir, &image, &data, &what).await;
         }
     }
     assert!(set_aside_count > 0, "the damage must be noticed somewhere");
@@ -422,15 +391,8 @@ async fn damage_found_during_a_read_switches_to_the_layer_below() {
     let image = dir.path().join("image.raw");
     let cache_dir = dir.path().join("cache");
     let data = write_random_image(&image, 35, 32 * MIB).unwrap();
-    let stack = || {
-        cached_stack(
-            AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
-            &image,
-            Some(ID),
-        )
-    };
     {
-        let (disk, _) = stack().await.unwrap();
+        let (disk, _) = open(&cache_dir, &image).await.unwrap();
         assert!(read_all(&disk).await == data);
     }
     // Chunk 15's row: its cell holds the record header (column types:
@@ -454,7 +416,7 @@ async fn damage_found_during_a_read_switches_to_the_layer_below() {
     f.write_all_at(&[0x0e], (at - 2048 - 5) as u64).unwrap();
     drop(f);
 
-    let (disk, _) = stack().await.unwrap();
+    let (disk, _) = open(&cache_dir, &image).await.unwrap();
     // 1 MiB at a time: the chunks before the damaged one come from the
     // file (it opened fine), the rest from below.
     let mut got = vec![0u8; data.len()];
@@ -464,20 +426,11 @@ async fn damage_found_during_a_read_switches_to_the_layer_below() {
     assert!(got == data, "the reader gets the image");
     assert_eq!(disk.counters().cache_hit_bytes, 15 * MIB as u64);
     drop(disk);
-    let names: Vec<String> = std::fs::read_dir(file.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        names.iter().any(|n| n.starts_with("cache.dbhd.corrupt-")),
-        "{names:?}"
-    );
-    let (disk, _) = stack().await.unwrap();
+    assert!(moved_aside(&file));
+    let (disk, _) = open(&cache_dir, &image).await.unwrap();
     assert!(read_all(&disk).await == data);
     drop(disk);
-    let (disk, lower_reads) = stack().await.unwrap();
-    assert!(read_all(&disk).await == data);
-    assert_eq!(lower_reads.load(Ordering::SeqCst), 0, "a fresh, full cache");
+    assert_served_from_cache(&cache_dir, &image, &data, "a fresh, full cache").await;
 }
 
 /// A cache on a file system that fills up: once a fill fails, fills pause
@@ -493,13 +446,7 @@ async fn a_full_file_system_pauses_fills_instead_of_refetching() {
     let image = dir.path().join("image.raw");
     let data = write_random_image(&image, 36, 24 * MIB).unwrap();
     let cache_dir = fs.path().join("cache");
-    let (disk, lower_reads) = cached_stack(
-        AutoCacheSqliteDiskLayer::new(&cache_dir, None, false),
-        &image,
-        Some(ID),
-    )
-    .await
-    .unwrap();
+    let (disk, lower_reads) = open(&cache_dir, &image).await.unwrap();
     // 64 KiB reads: with widened 1 MiB fills that fail, every read would
     // fetch a whole chunk again. The first half (twice what the file
     // system holds) makes fills fail; the sync waits for the queued fills,
