@@ -441,19 +441,39 @@ fn inputs_hash(
 /// The manifest in `out_dir` if it describes up-to-date outputs for
 /// `inputs`.
 fn up_to_date(out_dir: &Path, inputs: &str) -> Option<Manifest> {
-    let text = std::fs::read_to_string(out_dir.join(MANIFEST_FILE)).ok()?;
-    let m: Manifest = serde_json::from_str(&text).ok()?;
-    if m.format != FORMAT || m.inputs_sha256 != inputs {
-        return None;
-    }
-    files_present(out_dir, &m.files).then_some(m)
+    current_manifest(out_dir, MANIFEST_FILE, FORMAT, inputs)
 }
 
-/// Whether every file of a manifest is in `out_dir` with its recorded size.
-fn files_present(out_dir: &Path, files: &[ManifestFile]) -> bool {
-    files.iter().all(|f| {
+/// What the up-to-date check reads of a guest's manifest: the format
+/// version of the builder that wrote it, the hash of its inputs, and the
+/// files it describes.
+trait BuiltManifest: serde::de::DeserializeOwned {
+    fn built(&self) -> (u32, &str, &[ManifestFile]);
+}
+
+impl BuiltManifest for Manifest {
+    fn built(&self) -> (u32, &str, &[ManifestFile]) {
+        (self.format, &self.inputs_sha256, &self.files)
+    }
+}
+
+/// The manifest `name` in `out_dir` if it parses, was written by a
+/// builder of `format` from `inputs`, and every file it lists is in
+/// `out_dir` with its recorded size: the one rule of both guests' "already
+/// built" check.
+fn current_manifest<M: BuiltManifest>(
+    out_dir: &Path,
+    name: &str,
+    format: u32,
+    inputs: &str,
+) -> Option<M> {
+    let text = std::fs::read_to_string(out_dir.join(name)).ok()?;
+    let m: M = serde_json::from_str(&text).ok()?;
+    let (built_format, built_inputs, files) = m.built();
+    let files_present = files.iter().all(|f| {
         std::fs::metadata(out_dir.join(&f.name)).is_ok_and(|md| md.is_file() && md.len() == f.size)
-    })
+    });
+    (built_format == format && built_inputs == inputs && files_present).then_some(m)
 }
 
 /// Moves the built `files` from `work` into `out_dir`, then writes the

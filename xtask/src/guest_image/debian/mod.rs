@@ -252,10 +252,13 @@ fn inputs_hash(apt_sources: &str, mmdebstrap_version: &str, mke2fs_version: &str
 /// The manifest in `out_dir` if it describes up-to-date outputs for
 /// `inputs`.
 fn up_to_date(out_dir: &Path, inputs: &str) -> Option<DebianManifest> {
-    let text = std::fs::read_to_string(out_dir.join(MANIFEST_FILE)).ok()?;
-    let m: DebianManifest = serde_json::from_str(&text).ok()?;
-    (m.format == FORMAT && m.inputs_sha256 == inputs && super::files_present(out_dir, &m.files))
-        .then_some(m)
+    super::current_manifest(out_dir, MANIFEST_FILE, FORMAT, inputs)
+}
+
+impl super::BuiltManifest for DebianManifest {
+    fn built(&self) -> (u32, &str, &[ManifestFile]) {
+        (self.format, &self.inputs_sha256, &self.files)
+    }
 }
 
 /// `'...'` quoting for a shell word.
