@@ -22,7 +22,6 @@ use super::smoke;
 use anyhow::Context;
 use anyhow::Result;
 use anyhow::bail;
-use blob_server::BlobServer;
 use std::io::BufRead;
 use std::io::BufReader;
 use std::path::Path;
@@ -76,17 +75,7 @@ pub fn ensure_lists(root: &Path, images: &Path, guest: BuiltGuest, work: &Path) 
     let kernel = file_of(ImageKind::Kernel)?;
     let initrd = file_of(ImageKind::Initrd)?;
     let tool = build_petri_tool(root)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the blob server's runtime")?;
-    let server = runtime
-        .block_on(BlobServer::serve_dir(
-            images,
-            (std::net::Ipv4Addr::LOCALHOST, 0).into(),
-        ))
-        .with_context(|| format!("serving {}", images.display()))?;
+    let (runtime, server) = crate::guest_run::serve_images(images, Default::default())?;
     let mut written = 0;
     let result = (|| -> Result<()> {
         for disk in &disks {

@@ -147,6 +147,27 @@ enum Store {
     External(String),
 }
 
+/// Serves `images` with the workspace's blob server on 127.0.0.1 (a free
+/// port), on a runtime of its own that must outlive the server.
+pub(crate) fn serve_images(
+    images: &Path,
+    options: blob_server::BlobServerOptions,
+) -> Result<(tokio::runtime::Runtime, BlobServer)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the blob server's runtime")?;
+    let server = runtime
+        .block_on(BlobServer::serve_dir_with(
+            images,
+            (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            options,
+        ))
+        .with_context(|| format!("serving {}", images.display()))?;
+    Ok((runtime, server))
+}
+
 impl Store {
     fn base_url(&self) -> String {
         match self {
@@ -239,18 +260,8 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
         ),
         Some(url) => Store::External(artifact_base_url(Some(url)).context("checking --base-url")?),
         None => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the blob server's runtime")?;
-            let server = runtime
-                .block_on(BlobServer::serve_dir_with(
-                    &images,
-                    (std::net::Ipv4Addr::LOCALHOST, 0).into(),
-                    blob_server::BlobServerOptions { latency },
-                ))
-                .with_context(|| format!("serving {}", images.display()))?;
+            let (runtime, server) =
+                serve_images(&images, blob_server::BlobServerOptions { latency })?;
             Store::Embedded { runtime, server }
         }
     };
