@@ -5,8 +5,9 @@
 //! What xtask adds is what only xtask knows: the Debian packages of the
 //! peers (`--install`), where the build puts the binary, the bench
 //! directory under `target/`, and where `cargo xtask guest-test
-//! build-image` put the test guest (passed as `--guest-*` when it is
-//! there). Every other option is the suite's and is passed on unchanged.
+//! build-image` put the test guests (passed as `--guest-*` and, for the
+//! Debian guest, `--distro-*` when they are there). Every other option is
+//! the suite's and is passed on unchanged.
 
 use anyhow::Context;
 use anyhow::Result;
@@ -24,7 +25,8 @@ pub struct BenchArgs {
     #[arg(long)]
     install: bool,
     /// Options of `disk-bench suite`, passed on unchanged: --quick,
-    /// --reps N, --guest-reps N, --out FILE, --skip-nbd, --skip-guest,
+    /// --reps N, --guest-reps N, --distro-reps N, --out FILE, --skip-nbd,
+    /// --skip-guest,
     /// --only GROUPS, --baseline-bin FILE (`cargo xtask bench -- --help`
     /// lists them all).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -51,7 +53,10 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         .arg("suite")
         .arg("--bench-dir")
         .arg(root.join("target/bench"));
-    if let Some(guest) = guest_files(root) {
+    for guest in [guest_files(root), distro_files(root)]
+        .into_iter()
+        .flatten()
+    {
         for (option, path) in guest {
             suite.arg(option).arg(path);
         }
@@ -97,6 +102,26 @@ fn guest_files(root: &Path) -> Option<[(&'static str, PathBuf); 4]> {
         ("--guest-initrd", dir.join(crate::guest_image::INITRD_FILE)),
         ("--guest-raw", dir.join(crate::guest_image::RAW_FILE)),
         ("--guest-vhd", dir.join(crate::guest_image::VHD_FILE)),
+    ];
+    files.iter().all(|(_, p)| p.exists()).then_some(files)
+}
+
+/// The suite's `--distro-*` options for the built Debian guest, if all its
+/// files are there.
+fn distro_files(root: &Path) -> Option<[(&'static str, PathBuf); 4]> {
+    use vmm_test_images::KnownTestArtifacts as A;
+    let dir = root.join("images");
+    let files = [
+        (
+            "--distro-kernel",
+            dir.join(A::Debian12X64Kernel.file_name()),
+        ),
+        (
+            "--distro-initrd",
+            dir.join(A::Debian12X64Initrd.file_name()),
+        ),
+        ("--distro-raw", dir.join(A::Debian12X64Raw.file_name())),
+        ("--distro-vhd", dir.join(A::Debian12X64Vhd.file_name())),
     ];
     files.iter().all(|(_, p)| p.exists()).then_some(files)
 }

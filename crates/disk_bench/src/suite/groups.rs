@@ -482,9 +482,115 @@ impl Bench {
         cache: &Path,
         sock: &Path,
     ) -> Result<(f64, Output)> {
+        self.boot_with(g, &self.stack_args(url, "vhd1", cache), sock)
+    }
+
+    /// The Debian guest (a real distribution boot, ~40 MB read of 2 GiB)
+    /// from a store with 0, 20 and 50 ms per request (and twice that per
+    /// new connection, for the handshakes), cold, without and with the
+    /// prefetch list `cargo xtask guest-test build-image` recorded beside
+    /// the VHD; beside a local boot and a warm one. Each repetition runs
+    /// every case once, in turn, so the machine's drift spreads evenly.
+    pub(super) fn distro(&mut self, g: &GuestFiles) -> Result<()> {
+        println!("bench: Debian guest boot (QEMU TCG, to its marker)");
+        let mut list = g.vhd.clone().into_os_string();
+        list.push(".prefetch");
+        let list = std::path::PathBuf::from(list);
+        let has_list = list.is_file();
+        const LATENCIES: [u64; 3] = [0, 20, 50];
+        let mut servers = Vec::new();
+        for ms in LATENCIES {
+            let server = FaultServer::builder()
+                .latency(Duration::from_millis(ms))
+                .connection_latency(Duration::from_millis(2 * ms))
+                .start()
+                .context("starting the latency server")?;
+            server.put_file("/debian.vhd", &g.vhd)?;
+            if has_list {
+                server.put_file("/debian.vhd.prefetch", &list)?;
+            }
+            servers.push(server);
+        }
+        let sock = self.work.join("distro.sock");
+        let mut local = Vec::new();
+        let mut warm = Vec::new();
+        // [latency][without, with prefetch]
+        let mut cold: Vec<[Vec<Sample>; 2]> =
+            LATENCIES.iter().map(|_| Default::default()).collect();
+        for rep in 0..self.plan.distro_reps {
+            println!("bench: Debian guest, repetition {}", rep + 1);
+            let secs = tools::boot(g, &tools::BootDisk::Local(&g.raw))?;
+            local.push(Sample {
+                value: secs,
+                ..Default::default()
+            });
+            for (i, server) in servers.iter().enumerate() {
+                let url = server.url("/debian.vhd");
+                for (with_list, samples) in cold[i].iter_mut().enumerate() {
+                    if with_list == 1 && !has_list {
+                        continue;
+                    }
+                    let dir = self.fresh_dir("cache")?;
+                    let mut args = self.stack_args(&url, "vhd1", &dir);
+                    if with_list == 0 {
+                        args.push("--no-prefetch".into());
+                    }
+                    let (secs, o) = self.boot_with(g, &args, &sock)?;
+                    samples.push(o.sample(secs));
+                    if i == 0 && with_list == 0 {
+                        // The cache this cold boot filled, in a new process.
+                        let (secs, o) = self.boot_with(g, &args, &sock)?;
+                        warm.push(o.sample(secs));
+                    }
+                }
+            }
+        }
+        let r = &mut self.report;
+        r.push(
+            "distro-local",
+            "Debian boot: local raw file (QEMU snapshot=on)",
+            Unit::Seconds,
+            local,
+        );
+        r.push(
+            "distro-warm",
+            "Debian boot: remote VHD, warm (new process, same cache)",
+            Unit::Seconds,
+            warm,
+        );
+        for (ms, [without, with]) in LATENCIES.iter().zip(cold) {
+            r.push(
+                &format!("distro-cold-{ms}ms"),
+                &format!("Debian boot: remote, cold, {ms} ms per request, no prefetch list"),
+                Unit::Seconds,
+                without,
+            );
+            let key = format!("distro-cold-{ms}ms-prefetch");
+            let label = format!("Debian boot: remote, cold, {ms} ms per request, prefetch list");
+            if has_list {
+                r.push(&key, &label, Unit::Seconds, with);
+            } else {
+                r.skipped(
+                    &key,
+                    &label,
+                    Unit::Seconds,
+                    "no prefetch list beside the VHD (cargo xtask guest-test build-image records it)",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Boots `g` over our NBD export of the stack `stack_args` describes;
+    /// the time runs from starting the server process to the done marker.
+    fn boot_with(
+        &self,
+        g: &GuestFiles,
+        stack_args: &[String],
+        sock: &Path,
+    ) -> Result<(f64, Output)> {
         let t = std::time::Instant::now();
-        let server =
-            tools::NbdServerProc::start(&self.bin, &self.stack_args(url, "vhd1", cache), sock)?;
+        let server = tools::NbdServerProc::start(&self.bin, stack_args, sock)?;
         tools::boot(g, &tools::BootDisk::Nbd(server.uri()))?;
         let secs = t.elapsed().as_secs_f64();
         let out = server.stop()?;

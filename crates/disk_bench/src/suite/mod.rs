@@ -84,7 +84,7 @@ pub struct SuiteArgs {
     #[arg(long)]
     skip_nbd: bool,
     /// Run only these workload groups (comma-separated: refs, stack,
-    /// baseline, rss, nbd, guest); default all.
+    /// baseline, rss, nbd, guest, distro); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// A `disk-bench` binary built from another tree (for example the
@@ -107,6 +107,26 @@ pub struct SuiteArgs {
     /// ... and as a fixed VHD1.
     #[arg(long, requires = "guest_kernel")]
     guest_vhd: Option<PathBuf>,
+    /// The built Debian 12 systemd guest (`cargo xtask guest-test
+    /// build-image --guest debian`), which `cargo xtask bench` passes when
+    /// it is there: its kernel, ... Its root disk's prefetch list is
+    /// `<vhd>.prefetch` beside the VHD (build-image records it).
+    #[arg(long, requires_all = ["distro_initrd", "distro_raw", "distro_vhd"])]
+    distro_kernel: Option<PathBuf>,
+    /// ... its initramfs, ...
+    #[arg(long, requires = "distro_kernel")]
+    distro_initrd: Option<PathBuf>,
+    /// ... its root disk as a raw file, ...
+    #[arg(long, requires = "distro_kernel")]
+    distro_raw: Option<PathBuf>,
+    /// ... and as a fixed VHD1.
+    #[arg(long, requires = "distro_kernel")]
+    distro_vhd: Option<PathBuf>,
+    /// Repetitions of each Debian guest boot (default 3, 1 with --quick):
+    /// each repetition boots it 8 times (local, warm, and cold at 0, 20
+    /// and 50 ms per request with and without the prefetch list).
+    #[arg(long)]
+    distro_reps: Option<usize>,
 }
 
 /// Sizes of one run.
@@ -116,6 +136,7 @@ struct Plan {
     random_reads: u64,
     reps: usize,
     guest_reps: usize,
+    distro_reps: usize,
 }
 
 const SEED: u64 = 0x5eed_b10b;
@@ -131,6 +152,7 @@ pub fn run(args: SuiteArgs) -> Result<()> {
             random_reads: 500,
             reps: args.reps.unwrap_or(1),
             guest_reps: args.guest_reps.unwrap_or(1),
+            distro_reps: args.distro_reps.unwrap_or(1),
         }
     } else {
         Plan {
@@ -139,10 +161,11 @@ pub fn run(args: SuiteArgs) -> Result<()> {
             random_reads: 20_000,
             reps: args.reps.unwrap_or(3),
             guest_reps: args.guest_reps.unwrap_or(5),
+            distro_reps: args.distro_reps.unwrap_or(3),
         }
     };
-    if plan.reps == 0 || plan.guest_reps == 0 {
-        bail!("--reps and --guest-reps must be at least 1");
+    if plan.reps == 0 || plan.guest_reps == 0 || plan.distro_reps == 0 {
+        bail!("--reps, --guest-reps and --distro-reps must be at least 1");
     }
     if let Some(base) = &args.baseline_bin
         && !base.is_file()
@@ -152,6 +175,7 @@ pub fn run(args: SuiteArgs) -> Result<()> {
     // The workloads are this binary's own subcommands.
     let bin = std::env::current_exe().context("finding the disk-bench binary")?;
     let guest = GuestFiles::from_args(&args)?;
+    let distro = GuestFiles::distro_from_args(&args)?;
     let work = args.bench_dir.join("work");
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
@@ -222,6 +246,22 @@ pub fn run(args: SuiteArgs) -> Result<()> {
                     .skipped("boot-local", "guest boot", Unit::Seconds, why);
             }
             Some(g) => b.guest(&nginx, g)?,
+        }
+    }
+    if on("distro") {
+        match &distro {
+            _ if args.skip_guest => {
+                let why = "skipped (--skip-guest)";
+                b.report
+                    .skipped("distro-local", "Debian guest boot", Unit::Seconds, why);
+            }
+            None => {
+                let why = "Debian guest images missing: run cargo xtask guest-test build-image \
+                           --guest debian (cargo xtask bench then passes them as --distro-kernel ...)";
+                b.report
+                    .skipped("distro-local", "Debian guest boot", Unit::Seconds, why);
+            }
+            Some(g) => b.distro(g)?,
         }
     }
     targets::targets(&mut b.report);
@@ -304,6 +344,10 @@ impl Output {
             cache_file: Some(self.cache_file_bytes as f64),
             cached_data: Some(self.cached_data_bytes as f64),
             peak_rss: Some(self.peak_rss_bytes as f64),
+            // Only an NBD export or a replay sees the client's waits.
+            disk_wait: matches!(self.workload.as_str(), "serve-nbd" | "replay")
+                .then_some(self.disk_wait_secs),
+            prefetched: Some(self.prefetched_bytes as f64),
         }
     }
 
@@ -403,8 +447,18 @@ impl Bench {
     }
 }
 
-/// The built test guest.
+/// Which built guest a [`GuestFiles`] is: how it boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    /// The petri test guest, booted with `petri.steps=read-data`.
+    Petri,
+    /// The Debian 12 systemd guest, booted to its marker.
+    Debian,
+}
+
+/// A built test guest.
 pub struct GuestFiles {
+    kind: GuestKind,
     kernel: PathBuf,
     initrd: PathBuf,
     raw: PathBuf,
@@ -414,23 +468,47 @@ pub struct GuestFiles {
 impl GuestFiles {
     /// The guest named by `--guest-*`, if given; every file must exist.
     fn from_args(args: &SuiteArgs) -> Result<Option<Self>> {
-        let (Some(kernel), Some(initrd), Some(raw), Some(vhd)) = (
-            &args.guest_kernel,
-            &args.guest_initrd,
-            &args.guest_raw,
-            &args.guest_vhd,
-        ) else {
+        Self::from_paths(
+            GuestKind::Petri,
+            [
+                &args.guest_kernel,
+                &args.guest_initrd,
+                &args.guest_raw,
+                &args.guest_vhd,
+            ],
+            "--guest-*; build the guest with cargo xtask guest-test build-image",
+        )
+    }
+
+    /// The Debian guest named by `--distro-*`, if given.
+    fn distro_from_args(args: &SuiteArgs) -> Result<Option<Self>> {
+        Self::from_paths(
+            GuestKind::Debian,
+            [
+                &args.distro_kernel,
+                &args.distro_initrd,
+                &args.distro_raw,
+                &args.distro_vhd,
+            ],
+            "--distro-*; build the guest with cargo xtask guest-test build-image --guest debian",
+        )
+    }
+
+    fn from_paths(
+        kind: GuestKind,
+        paths: [&Option<PathBuf>; 4],
+        hint: &str,
+    ) -> Result<Option<Self>> {
+        let [Some(kernel), Some(initrd), Some(raw), Some(vhd)] = paths else {
             return Ok(None);
         };
         for p in [kernel, initrd, raw, vhd] {
             if !p.is_file() {
-                bail!(
-                    "{}: no such file (--guest-*; build the guest with cargo xtask guest-test build-image)",
-                    p.display()
-                );
+                bail!("{}: no such file ({hint})", p.display());
             }
         }
         Ok(Some(GuestFiles {
+            kind,
             kernel: kernel.clone(),
             initrd: initrd.clone(),
             raw: raw.clone(),

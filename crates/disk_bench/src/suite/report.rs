@@ -41,6 +41,10 @@ pub struct Sample {
     pub cached_data: Option<f64>,
     /// Peak resident set size, bytes.
     pub peak_rss: Option<f64>,
+    /// The client's disk-wait (time with a read outstanding), seconds.
+    pub disk_wait: Option<f64>,
+    /// Bytes a prefetch fetched ahead (part of `fetched`).
+    pub prefetched: Option<f64>,
 }
 
 /// The per-sample figures a row reports (each the median over samples).
@@ -60,6 +64,10 @@ pub enum Field {
     CachePerData,
     /// Peak RSS bytes.
     PeakRss,
+    /// The client's disk-wait, seconds.
+    DiskWait,
+    /// Bytes prefetched.
+    Prefetched,
 }
 
 impl Sample {
@@ -72,6 +80,8 @@ impl Sample {
             Field::CacheFile => self.cache_file,
             Field::CachePerData => ratio(self.cache_file?, self.cached_data?),
             Field::PeakRss => self.peak_rss,
+            Field::DiskWait => self.disk_wait,
+            Field::Prefetched => self.prefetched,
         }
     }
 }
@@ -235,8 +245,8 @@ impl Report {
     pub fn markdown(&self, header: &str) -> String {
         let mut s = String::new();
         s.push_str(header);
-        s.push_str("\n\n| workload | reps | median | spread (min-max) | HTTP requests | fetched (MiB) | fetched / read | cache file (MiB) | cache file / cached data | peak RSS (MiB) | note |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("\n\n| workload | reps | median | spread (min-max) | HTTP requests | fetched (MiB) | fetched / read | prefetched (MiB) | disk-wait (s) | cache file (MiB) | cache file / cached data | peak RSS (MiB) | note |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in &self.rows {
             let value = match r.median(Field::Value) {
                 Some(v) => format!("{} {}", fmt_value(v, r.unit), r.unit.name()),
@@ -248,7 +258,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.label,
                 r.samples.len(),
                 value,
@@ -256,6 +266,8 @@ impl Report {
                 opt(r.median(Field::Requests), |v| format!("{v:.0}")),
                 opt(r.median(Field::Fetched), mib),
                 opt(r.median(Field::FetchedPerRead), |v| format!("{v:.3}")),
+                opt(r.median(Field::Prefetched).filter(|v| *v > 0.0), mib),
+                opt(r.median(Field::DiskWait), |v| format!("{v:.2}")),
                 opt(r.median(Field::CacheFile), mib),
                 opt(r.median(Field::CachePerData), |v| format!("{v:.3}")),
                 opt(r.median(Field::PeakRss), mib),
@@ -395,6 +407,7 @@ mod tests {
                 fetched: Some(2.0 * 1024.0 * 1024.0),
                 bytes_read: Some(1024.0 * 1024.0),
                 peak_rss: Some(50.0 * 1024.0 * 1024.0),
+                disk_wait: Some(0.25),
                 ..Default::default()
             }],
         );
@@ -411,7 +424,7 @@ mod tests {
         assert!(md.starts_with("# Bench\n"), "{md}");
         assert!(
             md.contains(
-                "| cold seq 1 MiB | 1 | 123.5 MB/s | 123.5-123.5 | 7 | 2.0 | 2.000 | - | - | 50.0 |  |"
+                "| cold seq 1 MiB | 1 | 123.5 MB/s | 123.5-123.5 | 7 | 2.0 | 2.000 | - | 0.25 | - | - | 50.0 |  |"
             ),
             "{md}"
         );

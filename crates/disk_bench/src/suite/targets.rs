@@ -124,6 +124,28 @@ const TARGETS: &[(&str, Measure, Cmp, f64)] = &[
         AtMost,
         2.0,
     ),
+    (
+        "Debian boot cold, 50 ms per request, prefetch list / local",
+        Ratio("distro-cold-50ms-prefetch", "distro-local"),
+        AtMost,
+        1.05,
+    ),
+];
+
+/// Targets on the guest's disk-wait (seconds with a read outstanding at
+/// the NBD export): a cold Debian boot from a far-away store with the
+/// image's prefetch list, and (context) the same without the list.
+const WAIT_TARGETS: &[(&str, &str, f64)] = &[
+    (
+        "Debian boot cold, 50 ms per request, prefetch list: disk-wait",
+        "distro-cold-50ms-prefetch",
+        1.0,
+    ),
+    (
+        "(context) Debian boot cold, 50 ms per request, no list: disk-wait",
+        "distro-cold-50ms",
+        1.0,
+    ),
 ];
 
 /// Adds every target to `r`: [`TARGETS`], then (with `--baseline-bin`)
@@ -135,6 +157,9 @@ pub(super) fn targets(r: &mut Report) {
             Median(key, field) => r.get(key, *field),
         };
         r.target(label, measured, *cmp, *bar, "x");
+    }
+    for (label, key, bar) in WAIT_TARGETS {
+        r.target(label, r.get(key, Field::DiskWait), AtMost, *bar, " s");
     }
     // With --baseline-bin: ours against the baseline build, side by side.
     for key in [
@@ -185,8 +210,22 @@ mod tests {
         row(&mut r, "curl", 100.0);
         row(&mut r, "boot-warm", 21.0);
         row(&mut r, "boot-local", 20.0);
+        r.push(
+            "distro-cold-50ms-prefetch",
+            "x",
+            Unit::Seconds,
+            vec![Sample {
+                value: 20.0,
+                disk_wait: Some(0.4),
+                ..Default::default()
+            }],
+        );
         targets(&mut r);
-        assert_eq!(r.targets.len(), TARGETS.len() + 2, "without a baseline");
+        assert_eq!(
+            r.targets.len(),
+            TARGETS.len() + WAIT_TARGETS.len() + 2,
+            "without a baseline"
+        );
         assert_eq!(r.targets[0].label, "cold sequential 64 KiB / curl");
         assert_eq!(r.targets[0].passed(), None);
         assert_eq!(r.targets[1].measured, Some(0.7));
@@ -197,10 +236,15 @@ mod tests {
             .find(|t| t.label == "guest boot warm remote / local")
             .unwrap();
         assert_eq!((boot.measured, boot.passed()), (Some(1.05), Some(true)));
+        // Disk-wait targets read the row's disk-wait, in seconds.
+        let wait = &r.targets[TARGETS.len()];
+        assert_eq!(wait.label, WAIT_TARGETS[0].0);
+        assert_eq!((wait.measured, wait.passed()), (Some(0.4), Some(true)));
+        assert_eq!(r.targets[TARGETS.len() + 1].passed(), None, "no such row");
         row(&mut r, "base-flat-cold-seq-1m", 140.0);
         r.targets.clear();
         targets(&mut r);
-        let base = &r.targets[TARGETS.len()];
+        let base = &r.targets[TARGETS.len() + WAIT_TARGETS.len()];
         assert_eq!(
             base.label,
             "(context) flat-cold-seq-1m: ours / baseline build"
