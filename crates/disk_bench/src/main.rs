@@ -68,7 +68,7 @@ enum Cmd {
     /// Every workload against its peers (curl, cat, nbdkit, QEMU), one
     /// process each, and the markdown report (what `cargo xtask bench`
     /// runs).
-    Suite(suite::SuiteArgs),
+    Suite(Box<suite::SuiteArgs>),
     #[command(flatten)]
     Workload(Workload),
 }
@@ -145,7 +145,7 @@ enum Workload {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Suite(args) => suite::run(args),
+        Cmd::Suite(args) => suite::run(*args),
         Cmd::Workload(workload) => run_workload(workload),
     }
 }
