@@ -1,0 +1,461 @@
+//! Images made by `qemu-img` from a raw image with data, holes and zero
+//! regions, and images built by the defs crates, read through
+//! `disk_sparse` from local files and compared byte for byte with the raw
+//! image; damaged images give errors that name the image and the
+//! structure.
+
+use blob_test_servers::images::TestRng;
+use blob_test_servers::require_tool;
+use disk_backend::DiskIo;
+use disk_blob::Blob;
+use disk_blob::BlobReadFuture;
+use disk_blob::FileBlob;
+use disk_sparse::ExtensionHint;
+use disk_sparse::ImageFormat;
+use disk_sparse::MetaReader;
+use disk_sparse::SparseDisk;
+use disk_sparse::detect;
+use disk_sparse::open_sparse;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+const MIB: usize = 1 << 20;
+
+/// A raw image of `size` bytes: random data, never-written holes, and
+/// regions explicitly written with zeros.
+fn raw_image(path: &Path, size: usize) -> Vec<u8> {
+    let mut data = vec![0u8; size];
+    let mut rng = TestRng::new(16);
+    // (start MiB, len in KiB, kind): 1 = random, 0 = zeros written.
+    let regions: &[(usize, usize, u8)] = &[
+        (0, 1536, 1),
+        (3, 4, 1),
+        (5, 2048, 0),
+        (9, 3072, 1),
+        (14, 64, 1),
+        (20, 512, 0),
+        (size / MIB - 1, 1024, 1),
+    ];
+    for &(mib, kib, kind) in regions {
+        let start = mib * MIB;
+        let end = (start + kib * 1024).min(size);
+        if kind == 1 {
+            rng.fill(&mut data[start..end]);
+        }
+    }
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every (file name, qemu-img arguments) variant the tests read.
+pub fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        ("small.vhdx", vec!["-O", "vhdx", "-o", "block_size=1M"]),
+        ("default.vhdx", vec!["-O", "vhdx"]),
+        (
+            "dynamic.vhd",
+            vec!["-O", "vpc", "-o", "subformat=dynamic,force_size=on"],
+        ),
+        ("c64k.qcow2", vec!["-O", "qcow2", "-o", "cluster_size=64k"]),
+        ("c2m.qcow2", vec!["-O", "qcow2", "-o", "cluster_size=2M"]),
+        ("v2.qcow2", vec!["-O", "qcow2", "-o", "compat=0.10"]),
+        (
+            "z64k.qcow2",
+            vec!["-c", "-O", "qcow2", "-o", "cluster_size=64k"],
+        ),
+        (
+            "z2m.qcow2",
+            vec!["-c", "-O", "qcow2", "-o", "cluster_size=2M"],
+        ),
+        (
+            "zstd.qcow2",
+            vec!["-c", "-O", "qcow2", "-o", "compression_type=zstd"],
+        ),
+    ]
+}
+
+async fn open_file(path: &Path) -> Result<SparseDisk, disk_sparse::SparseError> {
+    let blob: Arc<dyn Blob> = Arc::new(FileBlob::open(path).await.unwrap());
+    let meta = Arc::new(MetaReader::new(blob, None));
+    let hint = ExtensionHint::from_location(&path.display().to_string());
+    let format = detect(&meta, hint).await?;
+    open_sparse(meta, format).await
+}
+
+async fn read_all(disk: &SparseDisk, chunk: usize) -> Vec<u8> {
+    let size = (disk.sector_count() * 512) as usize;
+    let mut out = vec![0u8; size];
+    for (i, piece) in out.chunks_mut(chunk).enumerate() {
+        DiskIo::read(disk, (i * chunk / 512) as u64, piece)
+            .await
+            .unwrap();
+    }
+    out
+}
+
+#[tokio::test]
+async fn qemu_img_images_read_back_identical() {
+    if require_tool("qemu-img").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw_path = dir.path().join("disk.raw");
+    let raw = raw_image(&raw_path, 32 * MIB);
+    // Zero clusters (version 3 zero flag) over allocated data.
+    let zeroed = dir.path().join("zeroed.qcow2");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw_path.to_str().unwrap(),
+        zeroed.to_str().unwrap(),
+    ]);
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -z 0 1M"])
+        .arg(&zeroed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut zeroed_raw = raw.clone();
+    zeroed_raw[..MIB].fill(0);
+    let mut cases = vec![(zeroed, zeroed_raw, ImageFormat::Qcow2)];
+    for (name, args) in variants() {
+        let path = dir.path().join(name);
+        let mut full = vec!["convert", "-f", "raw"];
+        full.extend(args);
+        full.push(raw_path.to_str().unwrap());
+        full.push(path.to_str().unwrap());
+        qemu_img(&full);
+        let format = if name.ends_with(".vhdx") {
+            ImageFormat::Vhdx
+        } else if name.ends_with(".vhd") {
+            ImageFormat::DynamicVhd1
+        } else {
+            ImageFormat::Qcow2
+        };
+        cases.push((path, raw.clone(), format));
+    }
+    for (path, want, format) in cases {
+        let disk = open_file(&path).await.unwrap();
+        assert_eq!(disk.format(), format, "{}", path.display());
+        assert_eq!(disk.sector_count() * 512, want.len() as u64);
+        for chunk in [MIB, 64 << 10, 4096 * 3] {
+            let got = read_all(&disk, chunk).await;
+            assert!(
+                got == want,
+                "{} read in {chunk}-byte pieces differs",
+                path.display()
+            );
+        }
+        // Random unaligned-to-block reads.
+        let mut rng = TestRng::new(7);
+        for _ in 0..100 {
+            let len = (1 + rng.below(512) as usize) * 512;
+            let start = rng.below((want.len() - len) as u64 / 512) as usize * 512;
+            let mut got = vec![0u8; len];
+            DiskIo::read(&disk, (start / 512) as u64, &mut got)
+                .await
+                .unwrap();
+            assert!(
+                got == want[start..start + len],
+                "{} at {start}+{len}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn built_images_read_back_identical() {
+    let mut data = vec![0u8; 9 * MIB + 4096];
+    TestRng::new(3).fill(&mut data[..MIB]);
+    TestRng::new(4).fill(&mut data[5 * MIB..6 * MIB + 512]);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes, id) in [
+        (
+            "b.vhd",
+            vhd1_defs::dynamic::build_dynamic(&data, 2 << 20, [5; 16]),
+            [5u8; 16],
+        ),
+        (
+            "b.vhdx",
+            vhdx_defs::build_vhdx(&data, 1 << 20, 512, vhdx_defs::Guid([6; 16])),
+            [6u8; 16],
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let disk = open_file(&path).await.unwrap();
+        assert_eq!(DiskIo::disk_id(&disk), Some(id), "{name}");
+        assert!(read_all(&disk, MIB).await == data, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn names_that_contradict_the_content_are_refused() {
+    if require_tool("qemu-img").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw_path = dir.path().join("disk.raw");
+    raw_image(&raw_path, 24 * MIB);
+    let q = dir.path().join("disk.vhd");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw_path.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    let e = open_file(&q).await.unwrap_err().to_string();
+    assert!(
+        e.contains("disk.vhd") && e.contains("VHD (.vhd)") && e.contains("qcow2"),
+        "{e}"
+    );
+    let x = dir.path().join("disk.vhdx");
+    std::fs::copy(&raw_path, &x).unwrap();
+    let e = open_file(&x).await.unwrap_err().to_string();
+    assert!(e.contains("VHDX (.vhdx)") && e.contains("raw data"), "{e}");
+    // No hint: the content decides (a qcow2 named .img, as clouds ship them).
+    let img = dir.path().join("cloud.img");
+    std::fs::copy(&q, &img).unwrap();
+    assert_eq!(open_file(&img).await.unwrap().format(), ImageFormat::Qcow2);
+}
+
+/// An in-memory blob, for images damaged in the test.
+struct MemBlob(Vec<u8>);
+
+impl Blob for MemBlob {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read<'a>(&'a self, buf: &'a mut [u8], offset: u64) -> BlobReadFuture<'a> {
+        let r = match self.0.get(offset as usize..offset as usize + buf.len()) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            None => Err(disk_blob::BlobError::OutOfRange {
+                offset,
+                len: buf.len() as u64,
+                blob_len: self.0.len() as u64,
+            }),
+        };
+        Box::pin(std::future::ready(r))
+    }
+    fn describe(&self) -> String {
+        "memory://damaged.img".into()
+    }
+}
+
+async fn open_mem(
+    bytes: Vec<u8>,
+    hint: ExtensionHint,
+) -> Result<SparseDisk, disk_sparse::SparseError> {
+    let meta = Arc::new(MetaReader::new(Arc::new(MemBlob(bytes)), None));
+    let format = detect(&meta, hint).await?;
+    open_sparse(meta, format).await
+}
+
+/// Opens and reads every sector; the first error's text.
+async fn first_error(bytes: Vec<u8>, hint: ExtensionHint) -> Option<String> {
+    let disk = match open_mem(bytes, hint).await {
+        Ok(d) => d,
+        Err(e) => return Some(format!("{e:#}")),
+    };
+    let mut buf = vec![0u8; MIB];
+    let sectors = disk.sector_count();
+    let mut s = 0;
+    while s < sectors {
+        let n = (sectors - s).min(2048);
+        if let Err(e) = DiskIo::read(&disk, s, &mut buf[..(n * 512) as usize]).await {
+            let mut text = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(inner) = src {
+                text.push_str(": ");
+                text.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            return Some(text);
+        }
+        s += n;
+    }
+    None
+}
+
+fn be32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+#[tokio::test]
+async fn damaged_images_give_clear_errors() {
+    let mut data = vec![0u8; 6 * MIB];
+    TestRng::new(9).fill(&mut data[..3 * MIB]);
+    // Dynamic VHD: BAT at 1536 (footer copy + header before it).
+    let vhd = vhd1_defs::dynamic::build_dynamic(&data, 2 << 20, [1; 16]);
+    let mut past_end = vhd.clone();
+    be32(&mut past_end, 1536 + 4, 0x00ff_0000);
+    let e = first_error(past_end, ExtensionHint::Vhd).await.unwrap();
+    assert!(
+        e.contains("damaged.img") && e.contains("block") && e.contains("outside the file"),
+        "{e}"
+    );
+    let mut looped = vhd.clone();
+    be32(&mut looped, 1536 + 4, 3); // block 1 at the BAT's own sector
+    let e = first_error(looped, ExtensionHint::Vhd).await.unwrap();
+    assert!(e.contains("inside the BAT"), "{e}");
+    let mut bad_sum = vhd.clone();
+    bad_sum[512 + 40] ^= 1; // dynamic header, checksum not fixed
+    let e = first_error(bad_sum, ExtensionHint::Vhd).await.unwrap();
+    assert!(e.contains("dynamic header checksum"), "{e}");
+    let truncated = vhd[..vhd.len() / 2].to_vec();
+    let e = first_error(truncated, ExtensionHint::Vhd).await;
+    assert!(e.is_some(), "a truncated dynamic VHD read without error");
+
+    // VHDX: CRC mismatch in both headers, BAT entry past the end.
+    let vhdx = vhdx_defs::build_vhdx(&data, 1 << 20, 512, vhdx_defs::Guid([2; 16]));
+    let mut bad = vhdx.clone();
+    bad[(64 << 10) + 200] ^= 1;
+    bad[(128 << 10) + 200] ^= 1;
+    let e = first_error(bad, ExtensionHint::Vhdx).await.unwrap();
+    assert!(
+        e.contains("damaged.img") && e.contains("header") && e.contains("CRC-32C"),
+        "{e}"
+    );
+    let mut bad = vhdx.clone();
+    let bat = 3 << 20;
+    bad[bat + 8..bat + 16].copy_from_slice(&((1u64 << 40) | 6).to_le_bytes());
+    let e = first_error(bad, ExtensionHint::Vhdx).await.unwrap();
+    assert!(
+        e.contains("payload block 1") && e.contains("outside the file"),
+        "{e}"
+    );
+    let e = first_error(vhdx[..200 << 10].to_vec(), ExtensionHint::Vhdx)
+        .await
+        .unwrap();
+    assert!(e.contains("damaged.img"), "{e}");
+}
+
+#[tokio::test]
+async fn damaged_qcow2_gives_clear_errors() {
+    if require_tool("qemu-img").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw_path = dir.path().join("disk.raw");
+    raw_image(&raw_path, 24 * MIB);
+    let q = dir.path().join("d.qcow2");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw_path.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    let good = std::fs::read(&q).unwrap();
+    let l1 = u64::from_be_bytes(good[40..48].try_into().unwrap()) as usize;
+    let l2 = (u64::from_be_bytes(good[l1..l1 + 8].try_into().unwrap()) & qcow2_defs::OFFSET_MASK)
+        as usize;
+    // An L2 entry out of range.
+    let mut bad = good.clone();
+    bad[l2..l2 + 8].copy_from_slice(&(1u64 << 45).to_be_bytes());
+    let e = first_error(bad, ExtensionHint::Qcow2).await.unwrap();
+    assert!(
+        e.contains("damaged.img")
+            && e.contains("L2 entry of guest cluster 0")
+            && e.contains("outside the file"),
+        "{e}"
+    );
+    // An L2 entry pointing back at the L1 table.
+    let mut bad = good.clone();
+    bad[l2..l2 + 8].copy_from_slice(&(l1 as u64).to_be_bytes());
+    let e = first_error(bad, ExtensionHint::Qcow2).await.unwrap();
+    assert!(e.contains("L1 table"), "{e}");
+    // An L1 entry past the end.
+    let mut bad = good.clone();
+    bad[l1..l1 + 8].copy_from_slice(&(1u64 << 44).to_be_bytes());
+    let e = first_error(bad, ExtensionHint::Qcow2).await.unwrap();
+    assert!(e.contains("L1 entry 0"), "{e}");
+    // A backing file.
+    let mut bad = good.clone();
+    bad[8..16].copy_from_slice(&0x200u64.to_be_bytes());
+    bad[16..20].copy_from_slice(&4u32.to_be_bytes());
+    bad[0x200..0x204].copy_from_slice(b"base");
+    let e = first_error(bad, ExtensionHint::Qcow2).await.unwrap();
+    assert!(e.contains("backing file \"base\""), "{e}");
+    // Truncated after the header.
+    let e = first_error(good[..l2].to_vec(), ExtensionHint::Qcow2)
+        .await
+        .unwrap();
+    assert!(e.contains("damaged.img"), "{e}");
+}
+
+/// Random damage to the metadata of real images, opened and read whole:
+/// an error or bytes, never a panic (bounded, seeded).
+#[tokio::test]
+async fn fuzz_damaged_images() {
+    let mut data = vec![0u8; 4 * MIB];
+    TestRng::new(11).fill(&mut data[..MIB + 4096]);
+    let mut images = vec![
+        (
+            vhd1_defs::dynamic::build_dynamic(&data, 1 << 20, [1; 16]),
+            ExtensionHint::Vhd,
+            4096usize,
+        ),
+        (
+            vhdx_defs::build_vhdx(&data, 1 << 20, 512, vhdx_defs::Guid([2; 16])),
+            ExtensionHint::Vhdx,
+            4 << 20,
+        ),
+    ];
+    if blob_test_servers::find_tool("qemu-img").is_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("r.raw");
+        std::fs::write(&raw, &data).unwrap();
+        for (name, args) in [
+            ("a.qcow2", vec!["-O", "qcow2"]),
+            ("c.qcow2", vec!["-c", "-O", "qcow2"]),
+        ] {
+            let p = dir.path().join(name);
+            let mut full = vec!["convert", "-f", "raw"];
+            full.extend(args);
+            full.extend([raw.to_str().unwrap(), p.to_str().unwrap()]);
+            qemu_img(&full);
+            images.push((std::fs::read(&p).unwrap(), ExtensionHint::Qcow2, 0x50000));
+        }
+    }
+    let mut rng = TestRng::new(99);
+    for round in 0..120 {
+        let (img, hint, meta_len) = &images[round % images.len()];
+        let mut bad = img.clone();
+        for _ in 0..(1 + rng.below(6)) {
+            let at = rng.below((*meta_len).min(bad.len()) as u64) as usize;
+            bad[at] = rng.next_u64() as u8;
+        }
+        if rng.below(4) == 0 {
+            let cut = rng.below(bad.len() as u64) as usize;
+            bad.truncate(cut);
+        }
+        let _ = first_error(bad, *hint).await;
+    }
+}
