@@ -134,17 +134,18 @@ async fn vhd1_image_is_keyed_by_unique_id_and_footer_is_not_disk_data() {
     assert!(read_all(&disk, 256 << 10).await == data);
     let mut past_end = [0u8; 512];
     assert!(disk.read(disk.sector_count(), &mut past_end).await.is_err());
-    // One key directory named by the unique id, plus the footer cache.
+    // One key directory named by the unique id, plus the image metadata
+    // (the footer piece).
     assert_eq!(
         key_dirs(cache.path()),
         vec![
             "0a0000000000000000000000000000ff".to_string(),
-            "vhd1-footers".to_string()
+            "image-metadata".to_string()
         ]
     );
     drop(disk);
 
-    // A warm open takes the footer from the footer cache: one HEAD, no GET.
+    // A warm open takes the footer from the metadata pieces: one HEAD, no GET.
     server.reset_stats();
     let disk = open(&handle, &OpenOptions::default()).await.unwrap();
     assert!(read_all(&disk, MIB).await == data);
@@ -156,16 +157,28 @@ async fn vhd1_image_is_keyed_by_unique_id_and_footer_is_not_disk_data() {
             .join("0a0000000000000000000000000000ff/cache.dbhd")
             .is_file()
     );
-    // A corrupt cached footer is caught by the footer check, not served.
-    let footers: Vec<_> = std::fs::read_dir(cache.path().join("vhd1-footers"))
+    drop(disk);
+    // A damaged piece file is never served: its check fails, the footer
+    // is fetched again (one GET) and the piece rewritten.
+    let version_dirs: Vec<_> = std::fs::read_dir(cache.path().join("image-metadata"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(footers.len(), 1);
-    std::fs::write(&footers[0], [0u8; 512]).unwrap();
-    drop(disk);
-    let err = open(&handle, &OpenOptions::default()).await.unwrap_err();
-    assert!(matches!(err, OpenError::BlobDisk { .. }), "{err}");
+    assert_eq!(version_dirs.len(), 1);
+    let pieces: Vec<_> = std::fs::read_dir(&version_dirs[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(pieces.len(), 1, "{pieces:?}");
+    let mut raw = std::fs::read(&pieces[0]).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 0xff;
+    std::fs::write(&pieces[0], &raw).unwrap();
+    server.reset_stats();
+    let disk = open(&handle, &OpenOptions::default()).await.unwrap();
+    assert!(read_all(&disk, MIB).await == data);
+    assert_eq!(server.request_count(), 2, "{:?}", server.requests());
+    assert_ne!(std::fs::read(&pieces[0]).unwrap(), raw);
 }
 
 #[tokio::test]

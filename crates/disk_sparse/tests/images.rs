@@ -6,6 +6,9 @@
 
 use blob_test_servers::images::TestRng;
 use blob_test_servers::require_tool;
+use blob_test_servers::sparse_images::SPARSE_VARIANTS;
+use blob_test_servers::sparse_images::convert_with_qemu_img;
+use blob_test_servers::sparse_images::write_sparse_raw;
 use disk_backend::DiskIo;
 use disk_blob::Blob;
 use disk_blob::BlobReadFuture;
@@ -22,32 +25,6 @@ use std::sync::Arc;
 
 const MIB: usize = 1 << 20;
 
-/// A raw image of `size` bytes: random data, never-written holes, and
-/// regions explicitly written with zeros.
-fn raw_image(path: &Path, size: usize) -> Vec<u8> {
-    let mut data = vec![0u8; size];
-    let mut rng = TestRng::new(16);
-    // (start MiB, len in KiB, kind): 1 = random, 0 = zeros written.
-    let regions: &[(usize, usize, u8)] = &[
-        (0, 1536, 1),
-        (3, 4, 1),
-        (5, 2048, 0),
-        (9, 3072, 1),
-        (14, 64, 1),
-        (20, 512, 0),
-        (size / MIB - 1, 1024, 1),
-    ];
-    for &(mib, kib, kind) in regions {
-        let start = mib * MIB;
-        let end = (start + kib * 1024).min(size);
-        if kind == 1 {
-            rng.fill(&mut data[start..end]);
-        }
-    }
-    std::fs::write(path, &data).unwrap();
-    data
-}
-
 fn qemu_img(args: &[&str]) {
     let out = Command::new("qemu-img").args(args).output().unwrap();
     assert!(
@@ -57,31 +34,8 @@ fn qemu_img(args: &[&str]) {
     );
 }
 
-/// Every (file name, qemu-img arguments) variant the tests read.
-pub fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
-    vec![
-        ("small.vhdx", vec!["-O", "vhdx", "-o", "block_size=1M"]),
-        ("default.vhdx", vec!["-O", "vhdx"]),
-        (
-            "dynamic.vhd",
-            vec!["-O", "vpc", "-o", "subformat=dynamic,force_size=on"],
-        ),
-        ("c64k.qcow2", vec!["-O", "qcow2", "-o", "cluster_size=64k"]),
-        ("c2m.qcow2", vec!["-O", "qcow2", "-o", "cluster_size=2M"]),
-        ("v2.qcow2", vec!["-O", "qcow2", "-o", "compat=0.10"]),
-        (
-            "z64k.qcow2",
-            vec!["-c", "-O", "qcow2", "-o", "cluster_size=64k"],
-        ),
-        (
-            "z2m.qcow2",
-            vec!["-c", "-O", "qcow2", "-o", "cluster_size=2M"],
-        ),
-        (
-            "zstd.qcow2",
-            vec!["-c", "-O", "qcow2", "-o", "compression_type=zstd"],
-        ),
-    ]
+fn raw_image(path: &Path, size: usize) -> Vec<u8> {
+    write_sparse_raw(path, size).unwrap()
 }
 
 async fn open_file(path: &Path) -> Result<SparseDisk, disk_sparse::SparseError> {
@@ -135,16 +89,11 @@ async fn qemu_img_images_read_back_identical() {
     let mut zeroed_raw = raw.clone();
     zeroed_raw[..MIB].fill(0);
     let mut cases = vec![(zeroed, zeroed_raw, ImageFormat::Qcow2)];
-    for (name, args) in variants() {
-        let path = dir.path().join(name);
-        let mut full = vec!["convert", "-f", "raw"];
-        full.extend(args);
-        full.push(raw_path.to_str().unwrap());
-        full.push(path.to_str().unwrap());
-        qemu_img(&full);
-        let format = if name.ends_with(".vhdx") {
+    for v in SPARSE_VARIANTS {
+        let path = convert_with_qemu_img(&raw_path, dir.path(), v).unwrap();
+        let format = if v.name.ends_with(".vhdx") {
             ImageFormat::Vhdx
-        } else if name.ends_with(".vhd") {
+        } else if v.name.ends_with(".vhd") {
             ImageFormat::DynamicVhd1
         } else {
             ImageFormat::Qcow2
