@@ -313,6 +313,9 @@ fn clear_errors_without_secrets() {
     let server = FaultServer::start().unwrap();
     let missing = format!("{}?sig=SECRET", server.url("/missing.vhd"));
 
+    // A name that contradicts the content: a raw image called .vhdx.
+    server.put_blob("/win.vhdx", vec![0u8; 1 << 20]);
+    let contradicting = format!("{}?sig=SECRET", server.url("/win.vhdx"));
     // (source, extra arguments, what the error must say)
     let cases: [(&str, &[&str], &[&str]); 4] = [
         ("/no/such/image.vhd", &[], &["/no/such/image.vhd"]),
@@ -323,9 +326,9 @@ fn clear_errors_without_secrets() {
             &["missing.vhd?<redacted>", "404"],
         ),
         (
-            "https://h/win.vhdx?sig=SECRET",
+            &contradicting,
             &["--cache-dir", cache],
-            &["VHDX"],
+            &["VHDX (.vhdx)", "raw data", "win.vhdx?<redacted>"],
         ),
     ];
     for (source, extra, says) in cases {
