@@ -96,6 +96,34 @@ pub fn write_sparse_raw(path: &Path, size: usize) -> anyhow::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// Writes a raw benchmark image of `size` bytes (a multiple of 4 MiB):
+/// each 4 MiB stripe holds 1.5 MiB of random data, 1.5 MiB of
+/// compressible data (random nibbles) and a 1 MiB hole, so converted
+/// images have allocated, compressible and unallocated parts throughout.
+/// Writes in stripes; returns nothing but errors.
+pub fn write_striped_raw(path: &Path, seed: u64, size: u64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let stripe = 4 * MIB;
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    let mut rng = TestRng::new(seed);
+    let mut buf = vec![0u8; stripe];
+    for _ in 0..size / stripe as u64 {
+        let (random, rest) = buf.split_at_mut(3 * MIB / 2);
+        let (compressible, hole) = rest.split_at_mut(3 * MIB / 2);
+        rng.fill(random);
+        rng.fill(compressible);
+        for b in compressible.iter_mut() {
+            *b &= 0x0f;
+        }
+        hole.fill(0);
+        f.write_all(&buf)?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
 /// Runs `qemu-img convert -f raw <variant args> raw out` and returns the
 /// output path (`dir/<variant name>`).
 pub fn convert_with_qemu_img(

@@ -87,6 +87,21 @@ pub(crate) fn push_extent(out: &mut Vec<Extent>, e: Extent) {
     }
 }
 
+/// Splits `offset..offset + len` at multiples of `unit` (a block or
+/// cluster size): `(unit index, offset in the unit, length)` per piece.
+pub(crate) fn split_units(
+    offset: u64,
+    len: u64,
+    unit: u64,
+) -> impl Iterator<Item = (u64, u64, u64)> {
+    let end = offset.saturating_add(len);
+    std::iter::successors(Some(offset).filter(|&o| o < end), move |&o| {
+        let next = (o / unit + 1) * unit;
+        (next < end).then_some(next)
+    })
+    .map(move |o| (o / unit, o % unit, (unit - o % unit).min(end - o)))
+}
+
 /// The format-specific part of a sparse disk: how a disk range maps to
 /// extents.
 pub(crate) enum Mapper {
@@ -394,5 +409,18 @@ impl DiskIo for SparseDisk {
 
     async fn unmap(&self, _sector: u64, _count: u64) -> Result<(), DiskError> {
         Err(DiskError::ReadOnly)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_split_at_boundaries() {
+        let v: Vec<_> = split_units(1000, 5000, 2048).collect();
+        assert_eq!(v, [(0, 1000, 1048), (1, 0, 2048), (2, 0, 1904)]);
+        assert_eq!(split_units(4096, 0, 512).count(), 0);
+        assert_eq!(split_units(0, 512, 512).collect::<Vec<_>>(), [(0, 0, 512)]);
     }
 }

@@ -6,6 +6,7 @@ use crate::disk::Extent;
 use crate::disk::Mapper;
 use crate::disk::Opened;
 use crate::disk::push_extent;
+use crate::disk::split_units;
 use qcow2_defs::Cluster;
 use qcow2_defs::Header;
 use qcow2_defs::Layout;
@@ -71,16 +72,11 @@ impl Qcow2Mapper {
     pub(crate) async fn map(
         &self,
         meta: &MetaReader,
-        mut offset: u64,
+        offset: u64,
         len: u64,
         out: &mut Vec<Extent>,
     ) -> Result<(), SparseError> {
-        let end = offset + len;
-        let cs = self.layout.cluster_size;
-        while offset < end {
-            let cluster = self.layout.cluster_of(offset);
-            let in_cluster = offset % cs;
-            let n = (cs - in_cluster).min(end - offset);
+        for (cluster, in_cluster, n) in split_units(offset, len, self.layout.cluster_size) {
             let e = match self.cluster(meta, cluster).await? {
                 Cluster::Unallocated | Cluster::Zero => Extent::Zero(n),
                 Cluster::Data(at) => Extent::File {
@@ -99,7 +95,6 @@ impl Qcow2Mapper {
                 },
             };
             push_extent(out, e);
-            offset += n;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use crate::disk::Extent;
 use crate::disk::Mapper;
 use crate::disk::Opened;
 use crate::disk::push_extent;
+use crate::disk::split_units;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -119,20 +120,16 @@ impl VhdMapper {
     pub(crate) async fn map(
         &self,
         meta: &MetaReader,
-        mut offset: u64,
+        offset: u64,
         len: u64,
         out: &mut Vec<Extent>,
     ) -> Result<(), SparseError> {
-        let end = offset + len;
         let bs = u64::from(self.layout.block_size);
-        while offset < end {
-            let (block, in_block) = self.layout.block_of(offset);
-            let n = (bs - in_block).min(end - offset);
+        for (block, in_block, n) in split_units(offset, len, bs) {
             match self.block(meta, block).await? {
                 None => push_extent(out, Extent::Zero(n)),
                 Some(loc) => self.map_block(meta, block, loc, in_block, n, out).await?,
             }
-            offset += n;
         }
         Ok(())
     }

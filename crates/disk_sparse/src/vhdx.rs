@@ -7,6 +7,7 @@ use crate::disk::Extent;
 use crate::disk::Mapper;
 use crate::disk::Opened;
 use crate::disk::push_extent;
+use crate::disk::split_units;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,27 +126,19 @@ impl VhdxMapper {
     pub(crate) async fn map(
         &self,
         meta: &MetaReader,
-        mut offset: u64,
+        offset: u64,
         len: u64,
         out: &mut Vec<Extent>,
     ) -> Result<(), SparseError> {
-        let end = offset + len;
-        let bs = u64::from(self.bat.block_size);
-        while offset < end {
-            let block = offset / bs;
-            let in_block = offset % bs;
-            let n = (bs - in_block).min(end - offset);
-            match self.block(meta, block).await? {
-                Block::Zero => push_extent(out, Extent::Zero(n)),
-                Block::Present(at) => push_extent(
-                    out,
-                    Extent::File {
-                        offset: at + in_block,
-                        len: n,
-                    },
-                ),
-            }
-            offset += n;
+        for (block, in_block, n) in split_units(offset, len, self.bat.block_size.into()) {
+            let e = match self.block(meta, block).await? {
+                Block::Zero => Extent::Zero(n),
+                Block::Present(at) => Extent::File {
+                    offset: at + in_block,
+                    len: n,
+                },
+            };
+            push_extent(out, e);
         }
         Ok(())
     }

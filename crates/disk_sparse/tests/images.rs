@@ -7,6 +7,7 @@
 use blob_test_servers::images::TestRng;
 use blob_test_servers::require_tool;
 use blob_test_servers::sparse_images::SPARSE_VARIANTS;
+use blob_test_servers::sparse_images::SparseVariant;
 use blob_test_servers::sparse_images::convert_with_qemu_img;
 use blob_test_servers::sparse_images::write_sparse_raw;
 use disk_backend::DiskIo;
@@ -20,22 +21,30 @@ use disk_sparse::SparseDisk;
 use disk_sparse::detect;
 use disk_sparse::open_sparse;
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
 const MIB: usize = 1 << 20;
 
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// Plain qcow2 (version 3, 64 KiB clusters).
+const QCOW2: SparseVariant = SparseVariant {
+    name: "plain.qcow2",
+    args: &["-O", "qcow2"],
+};
 
-fn raw_image(path: &Path, size: usize) -> Vec<u8> {
-    write_sparse_raw(path, size).unwrap()
+/// Writes the raw test image of `size` bytes into `dir` and converts it
+/// with `variant`, named `name`: the raw bytes and the image's path.
+fn raw_and_converted(
+    dir: &Path,
+    size: usize,
+    variant: SparseVariant,
+    name: &'static str,
+) -> (Vec<u8>, PathBuf) {
+    let raw_path = dir.join("disk.raw");
+    let raw = write_sparse_raw(&raw_path, size).unwrap();
+    let path = convert_with_qemu_img(&raw_path, dir, &SparseVariant { name, ..variant }).unwrap();
+    (raw, path)
 }
 
 async fn open_file(path: &Path) -> Result<SparseDisk, disk_sparse::SparseError> {
@@ -64,18 +73,8 @@ async fn qemu_img_images_read_back_identical() {
     }
     let dir = tempfile::tempdir().unwrap();
     let raw_path = dir.path().join("disk.raw");
-    let raw = raw_image(&raw_path, 32 * MIB);
     // Zero clusters (version 3 zero flag) over allocated data.
-    let zeroed = dir.path().join("zeroed.qcow2");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw_path.to_str().unwrap(),
-        zeroed.to_str().unwrap(),
-    ]);
+    let (raw, zeroed) = raw_and_converted(dir.path(), 32 * MIB, QCOW2, "zeroed.qcow2");
     let out = Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -z 0 1M"])
         .arg(&zeroed)
@@ -163,17 +162,7 @@ async fn names_that_contradict_the_content_are_refused() {
     }
     let dir = tempfile::tempdir().unwrap();
     let raw_path = dir.path().join("disk.raw");
-    raw_image(&raw_path, 24 * MIB);
-    let q = dir.path().join("disk.vhd");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw_path.to_str().unwrap(),
-        q.to_str().unwrap(),
-    ]);
+    let (_, q) = raw_and_converted(dir.path(), 24 * MIB, QCOW2, "disk.vhd");
     let e = open_file(&q).await.unwrap_err().to_string();
     assert!(
         e.contains("disk.vhd") && e.contains("VHD (.vhd)") && e.contains("qcow2"),
@@ -309,18 +298,7 @@ async fn damaged_qcow2_gives_clear_errors() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let raw_path = dir.path().join("disk.raw");
-    raw_image(&raw_path, 24 * MIB);
-    let q = dir.path().join("d.qcow2");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw_path.to_str().unwrap(),
-        q.to_str().unwrap(),
-    ]);
+    let (_, q) = raw_and_converted(dir.path(), 24 * MIB, QCOW2, "d.qcow2");
     let good = std::fs::read(&q).unwrap();
     let l1 = u64::from_be_bytes(good[40..48].try_into().unwrap()) as usize;
     let l2 = (u64::from_be_bytes(good[l1..l1 + 8].try_into().unwrap()) & qcow2_defs::OFFSET_MASK)
@@ -381,15 +359,14 @@ async fn fuzz_damaged_images() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("r.raw");
         std::fs::write(&raw, &data).unwrap();
-        for (name, args) in [
-            ("a.qcow2", vec!["-O", "qcow2"]),
-            ("c.qcow2", vec!["-c", "-O", "qcow2"]),
+        for v in [
+            QCOW2,
+            SparseVariant {
+                name: "c.qcow2",
+                args: &["-c", "-O", "qcow2"],
+            },
         ] {
-            let p = dir.path().join(name);
-            let mut full = vec!["convert", "-f", "raw"];
-            full.extend(args);
-            full.extend([raw.to_str().unwrap(), p.to_str().unwrap()]);
-            qemu_img(&full);
+            let p = convert_with_qemu_img(&raw, dir.path(), &v).unwrap();
             images.push((std::fs::read(&p).unwrap(), ExtensionHint::Qcow2, 0x50000));
         }
     }

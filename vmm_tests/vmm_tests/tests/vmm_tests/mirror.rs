@@ -91,9 +91,22 @@ impl RemoteMirror {
         self.nginx.as_ref().map(|(_, d)| d.as_path())
     }
 
-    /// The store's base URL (may hold a secret query: do not print).
-    pub fn base_url(&self) -> &str {
-        &self.base_url
+    /// Checks that `config` boots from a remote root disk this mirror
+    /// serves (and not, say, from a local copy).
+    pub fn check_serves_root<T: petri::PetriVmmBackend>(
+        &self,
+        config: &petri::PetriVmBuilder<T>,
+    ) -> anyhow::Result<()> {
+        let root = crate::guest::boot_disk(config)?;
+        let base = self.base_url.split('?').next().unwrap_or_default();
+        match &root {
+            petri::Disk::Differencing(petri::DiskPath::Remote { url }) => anyhow::ensure!(
+                url.starts_with(base),
+                "the root disk {root:?} is not served by the test's store"
+            ),
+            other => anyhow::bail!("expected a remote root disk, got {other:?}"),
+        }
+        Ok(())
     }
 
     /// A mirror for a test that requires the built guest files `needed`:

@@ -52,19 +52,7 @@ pub fn conversion_for(name: &str) -> Option<&'static Conversion> {
 async fn boot_converted<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> {
     let name = config.params().test_name.clone();
     let mirror = mirror::take(&name)?;
-    let root = config
-        .firmware()
-        .boot_drive()
-        .and_then(|d| d.disk)
-        .context("no boot disk")?;
-    let base = mirror.base_url().split('?').next().unwrap_or_default();
-    match &root {
-        petri::Disk::Differencing(petri::DiskPath::Remote { url }) => ensure!(
-            url.starts_with(base),
-            "the root disk {root:?} is not served by the test's mirror"
-        ),
-        other => anyhow::bail!("expected a remote root disk, got {other:?}"),
-    }
+    mirror.check_serves_root(&config)?;
     let served = mirror
         .served_dir()
         .context("the converted image is served by the test's own nginx")?
