@@ -487,9 +487,12 @@ async fn open_bottom(
         ImageFormat::FixedVhd1 | ImageFormat::DynamicVhd1 => disk
             .disk_id()
             .map(|id| format!("vhd1-id:{}", disklayer_sqlite::auto_cache::hex(&id))),
-        ImageFormat::Vhdx => disk
-            .disk_id()
-            .map(|id| format!("vhdx-data-write-guid:{}", disklayer_sqlite::auto_cache::hex(&id))),
+        ImageFormat::Vhdx => disk.disk_id().map(|id| {
+            format!(
+                "vhdx-data-write-guid:{}",
+                disklayer_sqlite::auto_cache::hex(&id)
+            )
+        }),
         ImageFormat::Flat | ImageFormat::Qcow2 => match (url, prefix) {
             (Some(url), Some(prefix)) => validator_string(&blob.validators(), blob.len())
                 .map(|v| format!("{prefix}:{};{v}", url_path(url))),

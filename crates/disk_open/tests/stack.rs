@@ -331,8 +331,9 @@ async fn malformed_descriptions_are_errors() {
 }
 
 /// Threads of one process (parallel test cases, say) opening different
-/// VHD1 images into one cache directory each get their own footer cached:
-/// no thread's footer lands under another image's key.
+/// VHD1 images into one cache directory each get their own footer cached
+/// (the metadata piece that holds it): no thread's piece lands under
+/// another image's key.
 #[test]
 fn threads_opening_different_images_keep_their_own_footers() {
     const THREADS: usize = 16;
@@ -381,23 +382,28 @@ fn threads_opening_different_images_keep_their_own_footers() {
         }
     });
 
-    // One footer file per image, each holding one image's footer, and no
-    // temporary file left behind.
-    let footer_dir = cache.path().join("vhd1-footers");
-    let mut cached: Vec<Vec<u8>> = std::fs::read_dir(&footer_dir)
-        .unwrap()
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .collect();
-    let mut footers: Vec<Vec<u8>> = images
-        .iter()
-        .map(|(_, _, image)| image[image.len() - 512..].to_vec())
-        .collect();
-    cached.sort();
-    footers.sort();
-    assert!(
-        cached == footers,
-        "the footer cache does not hold one footer per image"
-    );
+    // One version directory per image, each holding one piece (the last
+    // 64 KiB-aligned piece, with the footer) whose bytes are that image's,
+    // and no temporary file left behind.
+    let meta_dir = cache.path().join("image-metadata");
+    let mut cached: Vec<Vec<u8>> = Vec::new();
+    for version in std::fs::read_dir(&meta_dir).unwrap() {
+        let files: Vec<_> = std::fs::read_dir(version.unwrap().path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        cached.push(std::fs::read(&files[0]).unwrap());
+    }
+    assert_eq!(cached.len(), THREADS);
+    for (url, _, image) in &images {
+        let tail = &image[64 * 1024..];
+        assert_eq!(
+            cached.iter().filter(|c| c.ends_with(tail)).count(),
+            1,
+            "{url}: its footer piece is not cached exactly once"
+        );
+    }
 
     // Warm: each image opens from its cached footer (no footer GET), and
     // the footer it gets is its own (right id and size, checked above).

@@ -96,8 +96,8 @@ impl PieceDir {
             std::process::id(),
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::write(&tmp, &bytes)?;
-        let r = std::fs::rename(&tmp, self.file(offset));
+        let r =
+            std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, self.file(offset)));
         if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
