@@ -6,38 +6,19 @@
 //! disk counts the bytes.
 
 use blob_test_servers::NginxServer;
+use blob_test_servers::remote_stack;
 use blob_test_servers::require_tool;
 use blob_test_servers::sparse_images::SPARSE_VARIANTS;
 use blob_test_servers::sparse_images::convert_with_qemu_img;
 use blob_test_servers::sparse_images::write_sparse_raw;
 use disk_backend::Disk;
 use disk_backend_resources::BlobFormat;
-use disk_backend_resources::LayerDescription;
-use disk_backend_resources::LayerKind;
-use disk_backend_resources::LayeredDiskHandle;
 use disk_open::OpenOptions;
 use disk_open::open;
 use std::path::Path;
 
 const MIB: usize = 1 << 20;
 const RAW_SIZE: usize = 48 * MIB;
-
-fn remote(cache_dir: &Path, url: &str) -> LayeredDiskHandle {
-    LayeredDiskHandle {
-        layers: vec![
-            LayerDescription::plain(LayerKind::Ram { len: None }),
-            LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
-                cache_dir: cache_dir.to_path_buf(),
-                key: None,
-            }),
-            LayerDescription::plain(LayerKind::Blob {
-                url: url.to_string(),
-                format: BlobFormat::Auto,
-            }),
-        ],
-        read_only: false,
-    }
-}
 
 /// `qemu-img compare` of the raw image against `disk` exported over NBD.
 async fn compare_over_nbd(disk: Disk, raw: &Path) {
@@ -106,7 +87,7 @@ fn sparse_images_through_the_full_stack_cold_and_warm() {
         let file_len = std::fs::metadata(&path).unwrap().len();
         let url = nginx.url(&format!("/{}", v.name));
         let cache = tempfile::tempdir().unwrap();
-        let handle = remote(cache.path(), &url);
+        let handle = remote_stack(cache.path(), &url, BlobFormat::Auto, true);
 
         // Cold.
         let before = nginx.request_count().unwrap();

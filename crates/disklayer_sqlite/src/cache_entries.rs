@@ -22,8 +22,9 @@
 //! - `replace.lock`, `.tmp-*`: see the auto-cache.
 //!
 //! Anything else directly in the cache directory (such as
-//! `vhd1-footers/`) is not an entry: it counts towards the directory's
-//! size and is left alone.
+//! `image-metadata/`, where `disk_open` keeps the images' metadata
+//! pieces) is not an entry: it counts towards the directory's size and is
+//! left alone.
 //!
 //! # Invariants
 //!

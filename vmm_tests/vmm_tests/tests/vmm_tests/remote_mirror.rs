@@ -8,7 +8,6 @@
 
 use crate::guest::SCRATCH_MARKER;
 use crate::guest::any_file_contains;
-use crate::guest::boot_disk;
 use crate::guest::boot_guest;
 use crate::guest::dir_bytes;
 use crate::mirror;
