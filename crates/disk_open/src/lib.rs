@@ -476,9 +476,12 @@ async fn open_bottom(
             ImageFormat::Flat | ImageFormat::Qcow2 => {
                 validator_string(&blob.validators(), blob.len())
             }
-            ImageFormat::Vhdx => disk
-                .disk_id()
-                .map(|id| format!("vhdx-data-write-guid {}", disklayer_sqlite::auto_cache::hex(&id))),
+            ImageFormat::Vhdx => disk.disk_id().map(|id| {
+                format!(
+                    "vhdx-data-write-guid {}",
+                    disklayer_sqlite::auto_cache::hex(&id)
+                )
+            }),
             ImageFormat::FixedVhd1 | ImageFormat::DynamicVhd1 => None,
         },
         disk_size: None,

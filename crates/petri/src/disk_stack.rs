@@ -167,9 +167,7 @@ pub async fn open_drive(
     let Some(disk) = &drive.disk else {
         return Ok(None);
     };
-    let mut description = disk_description(disk, || {
-        crate::cache_dir::cache_settings(cache_dir)
-    })?;
+    let mut description = disk_description(disk, || crate::cache_dir::cache_settings(cache_dir))?;
     description.read_only = drive.is_dvd;
     open_description(description, drive.artifact, options)
         .await
@@ -186,9 +184,7 @@ pub fn drive_description(
     let Some(disk) = &drive.disk else {
         return Ok(None);
     };
-    let mut handle = disk_description(disk, || {
-        crate::cache_dir::cache_settings(cache_dir)
-    })?;
+    let mut handle = disk_description(disk, || crate::cache_dir::cache_settings(cache_dir))?;
     handle.read_only = drive.is_dvd;
     Ok(Some(handle))
 }
