@@ -245,6 +245,30 @@ fn catalog_matches_the_store() {
             4_804_688,
             "PetriTestGuestX64Initrd",
         ),
+        (
+            Debian12X64Vhd,
+            "petri-debian-12-x64.vhd",
+            2_147_992_064,
+            "Debian12X64Vhd",
+        ),
+        (
+            Debian12X64Raw,
+            "petri-debian-12-x64.raw",
+            2_147_991_552,
+            "Debian12X64Raw",
+        ),
+        (
+            Debian12X64Kernel,
+            "petri-debian-12-x64.vmlinuz",
+            8_247_232,
+            "Debian12X64Kernel",
+        ),
+        (
+            Debian12X64Initrd,
+            "petri-debian-12-x64.initrd",
+            30_230_566,
+            "Debian12X64Initrd",
+        ),
     ];
     for &(a, file, size, cli) in table {
         assert_eq!(
