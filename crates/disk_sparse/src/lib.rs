@@ -93,7 +93,7 @@ pub enum SparseError {
         image_len: u64,
     },
     /// The VHD1 footer is bad.
-    #[error("{image} is not a usable VHD: {source}")]
+    #[error("{image} is not a usable VHD")]
     Vhd1Footer {
         /// The image.
         image: String,
@@ -102,7 +102,7 @@ pub enum SparseError {
         source: vhd1_defs::FooterError,
     },
     /// A dynamic VHD1 structure is bad.
-    #[error("{image} is not a usable dynamic VHD: {source}")]
+    #[error("{image} is not a usable dynamic VHD")]
     Vhd1 {
         /// The image.
         image: String,
@@ -111,7 +111,7 @@ pub enum SparseError {
         source: vhd1_defs::dynamic::DynamicError,
     },
     /// A VHDX structure is bad.
-    #[error("{image} is not a usable VHDX: {source}")]
+    #[error("{image} is not a usable VHDX")]
     Vhdx {
         /// The image.
         image: String,
@@ -120,7 +120,7 @@ pub enum SparseError {
         source: vhdx_defs::VhdxError,
     },
     /// A qcow2 structure is bad.
-    #[error("{image} is not a usable qcow2 image: {source}")]
+    #[error("{image} is not a usable qcow2 image")]
     Qcow2 {
         /// The image.
         image: String,

@@ -163,14 +163,14 @@ async fn names_that_contradict_the_content_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let raw_path = dir.path().join("disk.raw");
     let (_, q) = raw_and_converted(dir.path(), 24 * MIB, QCOW2, "disk.vhd");
-    let e = open_file(&q).await.unwrap_err().to_string();
+    let e = blob_test_servers::error_chain(&open_file(&q).await.unwrap_err());
     assert!(
         e.contains("disk.vhd") && e.contains("VHD (.vhd)") && e.contains("qcow2"),
         "{e}"
     );
     let x = dir.path().join("disk.vhdx");
     std::fs::copy(&raw_path, &x).unwrap();
-    let e = open_file(&x).await.unwrap_err().to_string();
+    let e = blob_test_servers::error_chain(&open_file(&x).await.unwrap_err());
     assert!(e.contains("VHDX (.vhdx)") && e.contains("raw data"), "{e}");
     // No hint: the content decides (a qcow2 named .img, as clouds ship them).
     let img = dir.path().join("cloud.img");
@@ -217,7 +217,7 @@ async fn open_mem(
 async fn first_error(bytes: Vec<u8>, hint: ExtensionHint) -> Option<String> {
     let disk = match open_mem(bytes, hint).await {
         Ok(d) => d,
-        Err(e) => return Some(format!("{e:#}")),
+        Err(e) => return Some(blob_test_servers::error_chain(&e)),
     };
     let mut buf = vec![0u8; MIB];
     let sectors = disk.sector_count();
@@ -225,14 +225,7 @@ async fn first_error(bytes: Vec<u8>, hint: ExtensionHint) -> Option<String> {
     while s < sectors {
         let n = (sectors - s).min(2048);
         if let Err(e) = DiskIo::read(&disk, s, &mut buf[..(n * 512) as usize]).await {
-            let mut text = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(inner) = src {
-                text.push_str(": ");
-                text.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            return Some(text);
+            return Some(blob_test_servers::error_chain(&e));
         }
         s += n;
     }
@@ -383,5 +376,135 @@ async fn fuzz_damaged_images() {
             bad.truncate(cut);
         }
         let _ = first_error(bad, *hint).await;
+    }
+}
+
+/// Runs `qemu-img` with `args`; panics with its stderr if it fails.
+fn qemu_img(dir: &Path, args: &[&str]) {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Images this reader cannot read on its own, made by the tools that make
+/// them (qemu-img) or by editing a built image the way those tools would:
+/// each is refused at open with an error that names the file, says what
+/// the image is and what to do, and no data is read.
+#[tokio::test]
+async fn images_that_cannot_be_read_alone_are_refused_by_name() {
+    if require_tool("qemu-img").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    qemu_img(dir, &["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    qemu_img(
+        dir,
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "backed.qcow2",
+        ],
+    );
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=s0,data=password",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+            "luks.qcow2",
+            "4M",
+        ],
+    );
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=external.raw",
+            "external.qcow2",
+            "4M",
+        ],
+    );
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "subclusters.qcow2",
+            "4M",
+        ],
+    );
+
+    // A differencing VHD: a dynamic VHD whose footer (both copies) says
+    // differencing and whose header names its parent.
+    let mut data = vec![0u8; 4 * MIB];
+    TestRng::new(5).fill(&mut data[..MIB]);
+    let mut vhd = vhd1_defs::dynamic::build_dynamic(&data, 2 << 20, [7; 16]);
+    let mut footer = vhd1_defs::Footer::parse(vhd[..512].try_into().unwrap()).unwrap();
+    footer.disk_type = vhd1_defs::DISK_TYPE_DIFFERENCING;
+    let footer = footer.to_bytes();
+    let end = vhd.len();
+    vhd[..512].copy_from_slice(&footer);
+    vhd[end - 512..].copy_from_slice(&footer);
+    let mut header = vhd1_defs::dynamic::DynamicHeader::parse(&vhd[512..1536]).unwrap();
+    header.parent_name = "parent.vhd".into();
+    vhd[512..1536].copy_from_slice(&header.to_bytes());
+    std::fs::write(dir.join("child.vhd"), &vhd).unwrap();
+
+    // A VHDX that was not closed cleanly: both headers name a log that
+    // holds a valid entry.
+    let mut vhdx = vhdx_defs::build_vhdx(&data, 1 << 20, 512, vhdx_defs::Guid([8; 16]));
+    let log_guid = vhdx_defs::Guid([9; 16]);
+    let mut log_at = 0;
+    for off in vhdx_defs::HEADER_OFFSETS {
+        let off = off as usize;
+        let mut h = vhdx_defs::Header::parse(&vhdx[off..off + 4096]).unwrap();
+        h.log_guid = log_guid;
+        log_at = h.log_offset as usize;
+        vhdx[off..off + 4096].copy_from_slice(&h.to_bytes());
+    }
+    let entry = &mut vhdx[log_at..log_at + 4096];
+    entry[..4].copy_from_slice(b"loge");
+    entry[8..12].copy_from_slice(&4096u32.to_le_bytes());
+    entry[32..48].copy_from_slice(&log_guid.0);
+    let crc = vhdx_defs::crc32c_with_zeroed(entry, 4);
+    entry[4..8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(dir.join("dirty.vhdx"), &vhdx).unwrap();
+
+    for (file, says) in [
+        ("backed.qcow2", &["backing file \"base.qcow2\"", "flatten"][..]),
+        ("luks.qcow2", &["encrypted"][..]),
+        ("external.qcow2", &["external data file"][..]),
+        ("subclusters.qcow2", &["extended L2", "extended_l2=on"][..]),
+        ("child.vhd", &["parent.vhd"][..]),
+        ("dirty.vhdx", &["log", "VHDX-aware tool"][..]),
+    ] {
+        let path = dir.join(file);
+        let e = match open_file(&path).await {
+            Ok(_) => panic!("{file} was opened"),
+            Err(e) => blob_test_servers::error_chain(&e),
+        };
+        assert!(e.contains(&path.display().to_string()), "{file}: {e}");
+        for s in says {
+            assert!(e.contains(s), "{file}: {e:?} does not say {s:?}");
+        }
     }
 }

@@ -237,8 +237,8 @@ impl DynamicHeader {
         })
     }
 
-    /// Encodes the header (for tests and tools), with a correct checksum
-    /// and no parent.
+    /// Encodes the header (for tests and tools), with a correct checksum;
+    /// the parent's name as UTF-16BE, cut at 256 code units.
     pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[..8].copy_from_slice(&HEADER_COOKIE);
@@ -253,6 +253,10 @@ impl DynamicHeader {
             .copy_from_slice(&self.block_size.to_be_bytes());
         b[offsets::PARENT_UNIQUE_ID..offsets::PARENT_UNIQUE_ID + 16]
             .copy_from_slice(&self.parent_unique_id);
+        for (i, unit) in self.parent_name.encode_utf16().take(256).enumerate() {
+            let at = offsets::PARENT_NAME + 2 * i;
+            b[at..at + 2].copy_from_slice(&unit.to_be_bytes());
+        }
         let c = header_checksum(&b);
         b[offsets::CHECKSUM..offsets::CHECKSUM + 4].copy_from_slice(&c.to_be_bytes());
         b
