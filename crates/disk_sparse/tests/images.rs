@@ -408,7 +408,15 @@ async fn images_that_cannot_be_read_alone_are_refused_by_name() {
     qemu_img(
         dir,
         &[
-            "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "backed.qcow2",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "backed.qcow2",
         ],
     );
     qemu_img(
@@ -490,7 +498,10 @@ async fn images_that_cannot_be_read_alone_are_refused_by_name() {
     std::fs::write(dir.join("dirty.vhdx"), &vhdx).unwrap();
 
     for (file, says) in [
-        ("backed.qcow2", &["backing file \"base.qcow2\"", "flatten"][..]),
+        (
+            "backed.qcow2",
+            &["backing file \"base.qcow2\"", "flatten"][..],
+        ),
         ("luks.qcow2", &["encrypted"][..]),
         ("external.qcow2", &["external data file"][..]),
         ("subclusters.qcow2", &["extended L2", "extended_l2=on"][..]),
