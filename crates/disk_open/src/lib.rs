@@ -44,7 +44,10 @@
 //! (one verified file per piece, written atomically, see
 //! [`disk_sparse::PieceDir`]), so a warm open of an image whose data the
 //! read cache holds sends only the validating HEAD and fetches no bytes.
-//! Every structure is parsed and checked again on each open.
+//! Every structure is parsed and checked again on each open. Each open
+//! marks its version directory used; [`image_metadata::prune`] removes
+//! versions unused for a while (`petri-tool cache prune`). The size limit
+//! of the cache directory counts these pieces but never removes them.
 //!
 //! # Prefetch
 //!
@@ -76,6 +79,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod image_metadata;
 pub mod prefetch;
 
 use disk_backend::Disk;
@@ -296,11 +300,11 @@ impl Blob for FooterCachedBlob {
 /// Where the metadata pieces of a remote image are kept, if they can be.
 fn piece_dir(cache_dir: &Path, url: &str, blob: &dyn Blob) -> Option<PieceDir> {
     let validator = validator_string(&blob.validators(), blob.len())?;
-    Some(PieceDir::new(
-        cache_dir
-            .join("image-metadata")
-            .join(version_hash(url, &validator)),
-    ))
+    let dir = cache_dir
+        .join(image_metadata::DIR_NAME)
+        .join(version_hash(url, &validator));
+    image_metadata::mark_used(&dir);
+    Some(PieceDir::new(dir))
 }
 
 /// `blob` with its fixed-VHD1 footer (the last 512 bytes) served from the
