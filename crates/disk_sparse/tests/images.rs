@@ -404,28 +404,12 @@ async fn images_that_cannot_be_read_alone_are_refused_by_name() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    qemu_img(dir, &["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
-    qemu_img(
-        dir,
+    // qcow2 images made by qemu-img: a backing file, LUKS encryption, an
+    // external data file, extended L2 entries.
+    for args in [
+        &["base.qcow2", "4M"][..],
+        &["-b", "base.qcow2", "-F", "qcow2", "backed.qcow2"],
         &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "backed.qcow2",
-        ],
-    );
-    qemu_img(
-        dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
             "--object",
             "secret,id=s0,data=password",
             "-o",
@@ -433,33 +417,11 @@ async fn images_that_cannot_be_read_alone_are_refused_by_name() {
             "luks.qcow2",
             "4M",
         ],
-    );
-    qemu_img(
-        dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "data_file=external.raw",
-            "external.qcow2",
-            "4M",
-        ],
-    );
-    qemu_img(
-        dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on",
-            "subclusters.qcow2",
-            "4M",
-        ],
-    );
+        &["-o", "data_file=external.raw", "external.qcow2", "4M"],
+        &["-o", "extended_l2=on", "subclusters.qcow2", "4M"],
+    ] {
+        qemu_img(dir, &[&["create", "-q", "-f", "qcow2"][..], args].concat());
+    }
 
     // A differencing VHD: a dynamic VHD whose footer (both copies) says
     // differencing and whose header names its parent.
