@@ -68,9 +68,9 @@
 //! with [`OpenError::Cache`]. A cache that exists but cannot be written is
 //! used read-only (the auto-cache says so). Each open records in the
 //! cache entry where the image is (its URL without the query) and which
-//! version it is (the VHD unique id, the VHDX data write GUID or the server's validator), and keeps the
-//! description's size limit for the cache directory (see
-//! `disklayer_sqlite::cache_entries`).
+//! version it is (the VHD unique id, the VHDX data write GUID or the
+//! server's validator), and keeps the description's size limit for the
+//! cache directory (see `disklayer_sqlite::cache_entries`).
 //!
 //! DEVNOTE: an image keyed by its content id relies on an image that
 //! changes getting a new id (the reference does this for VHDs; VHDX
