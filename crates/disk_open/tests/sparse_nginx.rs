@@ -181,12 +181,24 @@ fn sparse_images_through_the_full_stack_cold_and_warm() {
             let footer = vhd1_defs::Footer::parse(image[..512].try_into().unwrap()).unwrap();
             Some(footer.unique_id_hex())
         };
-        match want {
-            Some(id) => assert_eq!(dirs[0], id, "{}: keyed by its content id", v.name),
+        match &want {
+            Some(id) => assert_eq!(&dirs[0], id, "{}: keyed by its content id", v.name),
             None => assert!(
                 dirs[0].starts_with(&format!("qcow2-{}-", v.name)),
                 "{dirs:?}"
             ),
+        }
+        // The entry says where the image is and which version it holds
+        // (what `petri-tool cache list` shows).
+        let info = disklayer_sqlite::cache_entries::read_info(&cache.path().join(&dirs[0]))
+            .expect("entry.json");
+        assert_eq!(info.location.as_deref(), Some(url.as_str()), "{}", v.name);
+        assert_eq!(info.disk_size, Some(RAW_SIZE as u64), "{}", v.name);
+        let identity = info.identity.unwrap_or_default();
+        match (&want, v.name.ends_with(".vhdx")) {
+            (Some(id), true) => assert_eq!(identity, format!("vhdx-data-write-guid {id}")),
+            (Some(id), false) => assert_eq!(identity, format!("vhd-id {id}")),
+            (None, _) => assert!(identity.starts_with("etag:"), "{}: {identity}", v.name),
         }
 
         // Warm: one HEAD, no bytes, still identical.
