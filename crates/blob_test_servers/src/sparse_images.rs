@@ -2,8 +2,9 @@
 //! one raw image with data, holes and zero regions, for the tests and
 //! benchmarks of the sparse formats.
 
-use crate::images::TestRng;
+use crate::images::test_rng;
 use anyhow::Context as _;
+use rand::RngCore as _;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
@@ -71,7 +72,7 @@ pub const SPARSE_VARIANTS: &[SparseVariant] = &[
 /// Returns the bytes.
 pub fn write_sparse_raw(path: &Path, size: usize) -> anyhow::Result<Vec<u8>> {
     let mut data = vec![0u8; size];
-    let mut rng = TestRng::new(16);
+    let mut rng = test_rng(16);
     // (start MiB, length KiB, compressible); everything else reads zero.
     let regions: [(usize, usize, bool); 6] = [
         (0, 1536, false),
@@ -85,7 +86,7 @@ pub fn write_sparse_raw(path: &Path, size: usize) -> anyhow::Result<Vec<u8>> {
         let start = mib * MIB;
         let end = (start + kib * 1024).min(size);
         let region = &mut data[start..end];
-        rng.fill(region);
+        rng.fill_bytes(region);
         if compressible {
             for b in region.iter_mut() {
                 *b &= 0x0f;
@@ -107,13 +108,13 @@ pub fn write_striped_raw(path: &Path, seed: u64, size: u64) -> anyhow::Result<()
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
     );
-    let mut rng = TestRng::new(seed);
+    let mut rng = test_rng(seed);
     let mut buf = vec![0u8; stripe];
     for _ in 0..size / stripe as u64 {
         let (random, rest) = buf.split_at_mut(3 * MIB / 2);
         let (compressible, hole) = rest.split_at_mut(3 * MIB / 2);
-        rng.fill(random);
-        rng.fill(compressible);
+        rng.fill_bytes(random);
+        rng.fill_bytes(compressible);
         for b in compressible.iter_mut() {
             *b &= 0x0f;
         }

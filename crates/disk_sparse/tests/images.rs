@@ -4,7 +4,7 @@
 //! image; damaged images give errors that name the image and the
 //! structure.
 
-use blob_test_servers::images::TestRng;
+use blob_test_servers::images::test_rng;
 use blob_test_servers::require_tool;
 use blob_test_servers::sparse_images::SPARSE_VARIANTS;
 use blob_test_servers::sparse_images::SparseVariant;
@@ -20,6 +20,7 @@ use disk_sparse::MetaReader;
 use disk_sparse::SparseDisk;
 use disk_sparse::detect;
 use disk_sparse::open_sparse;
+use rand::RngCore as _;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
@@ -112,10 +113,10 @@ async fn qemu_img_images_read_back_identical() {
             );
         }
         // Random unaligned-to-block reads.
-        let mut rng = TestRng::new(7);
+        let mut rng = test_rng(7);
         for _ in 0..100 {
-            let len = (1 + rng.below(512) as usize) * 512;
-            let start = rng.below((want.len() - len) as u64 / 512) as usize * 512;
+            let len = (1 + (rng.next_u64() % 512) as usize) * 512;
+            let start = (rng.next_u64() % ((want.len() - len) as u64 / 512)) as usize * 512;
             let mut got = vec![0u8; len];
             DiskIo::read(&disk, (start / 512) as u64, &mut got)
                 .await
@@ -132,8 +133,8 @@ async fn qemu_img_images_read_back_identical() {
 #[tokio::test]
 async fn built_images_read_back_identical() {
     let mut data = vec![0u8; 9 * MIB + 4096];
-    TestRng::new(3).fill(&mut data[..MIB]);
-    TestRng::new(4).fill(&mut data[5 * MIB..6 * MIB + 512]);
+    test_rng(3).fill_bytes(&mut data[..MIB]);
+    test_rng(4).fill_bytes(&mut data[5 * MIB..6 * MIB + 512]);
     let dir = tempfile::tempdir().unwrap();
     for (name, bytes, id) in [
         (
@@ -239,7 +240,7 @@ fn be32(b: &mut [u8], at: usize, v: u32) {
 #[tokio::test]
 async fn damaged_images_give_clear_errors() {
     let mut data = vec![0u8; 6 * MIB];
-    TestRng::new(9).fill(&mut data[..3 * MIB]);
+    test_rng(9).fill_bytes(&mut data[..3 * MIB]);
     // Dynamic VHD: BAT at 1536 (footer copy + header before it).
     let vhd = vhd1_defs::dynamic::build_dynamic(&data, 2 << 20, [1; 16]);
     let mut past_end = vhd.clone();
@@ -335,7 +336,7 @@ async fn damaged_qcow2_gives_clear_errors() {
 #[tokio::test]
 async fn fuzz_damaged_images() {
     let mut data = vec![0u8; 4 * MIB];
-    TestRng::new(11).fill(&mut data[..MIB + 4096]);
+    test_rng(11).fill_bytes(&mut data[..MIB + 4096]);
     let mut images = vec![
         (
             vhd1_defs::dynamic::build_dynamic(&data, 1 << 20, [1; 16]),
@@ -363,16 +364,16 @@ async fn fuzz_damaged_images() {
             images.push((std::fs::read(&p).unwrap(), ExtensionHint::Qcow2, 0x50000));
         }
     }
-    let mut rng = TestRng::new(99);
+    let mut rng = test_rng(99);
     for round in 0..120 {
         let (img, hint, meta_len) = &images[round % images.len()];
         let mut bad = img.clone();
-        for _ in 0..(1 + rng.below(6)) {
-            let at = rng.below((*meta_len).min(bad.len()) as u64) as usize;
+        for _ in 0..(1 + (rng.next_u64() % 6)) {
+            let at = (rng.next_u64() % ((*meta_len).min(bad.len()) as u64)) as usize;
             bad[at] = rng.next_u64() as u8;
         }
-        if rng.below(4) == 0 {
-            let cut = rng.below(bad.len() as u64) as usize;
+        if rng.next_u64().is_multiple_of(4) {
+            let cut = (rng.next_u64() % (bad.len() as u64)) as usize;
             bad.truncate(cut);
         }
         let _ = first_error(bad, *hint).await;
@@ -428,7 +429,7 @@ async fn images_that_cannot_be_read_alone_are_refused_by_name() {
     // A differencing VHD: a dynamic VHD whose footer (both copies) says
     // differencing and whose header names its parent.
     let mut data = vec![0u8; 4 * MIB];
-    TestRng::new(5).fill(&mut data[..MIB]);
+    test_rng(5).fill_bytes(&mut data[..MIB]);
     let mut vhd = vhd1_defs::dynamic::build_dynamic(&data, 2 << 20, [7; 16]);
     let mut footer = vhd1_defs::Footer::parse(vhd[..512].try_into().unwrap()).unwrap();
     footer.disk_type = vhd1_defs::DISK_TYPE_DIFFERENCING;
