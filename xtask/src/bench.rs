@@ -21,7 +21,7 @@ use std::process::Command;
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Install missing Debian packages (nbdkit, libnbd-bin, curl,
-    /// qemu-utils, qemu-system-x86) with apt-get first.
+    /// qemu-utils, qemu-block-extra, qemu-system-x86) with apt-get first.
     #[arg(long)]
     install: bool,
     /// Options of `disk-bench suite`, passed on unchanged: --quick,
@@ -43,6 +43,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             "libnbd-bin",
             "curl",
             "qemu-utils",
+            "qemu-block-extra",
             "qemu-system-x86",
         ])?;
     }

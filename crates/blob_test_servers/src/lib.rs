@@ -28,6 +28,9 @@
 //! - [`captured_logs`]: every log line of the test process, to count
 //!   warnings; [`error_chain`]: an error and its sources on one line.
 //! - [`remote_stack`]: the disk stack description of a remote image.
+//! - [`sparse_images`]: a raw image with data, holes and zero regions,
+//!   and the `qemu-img` conversions of it (VHDX, dynamic VHD, qcow2) that
+//!   the sparse-format tests and benchmarks read.
 //!
 //! Invariants: servers listen on 127.0.0.1 only, on a free port chosen at
 //! start; every server stops when dropped. No function here synchronises
@@ -53,6 +56,7 @@ pub mod images;
 mod logs;
 mod mounts;
 mod nginx;
+pub mod sparse_images;
 mod stacks;
 mod tls;
 mod tools;

@@ -49,10 +49,24 @@ pub struct LayerDescription {
 /// How a blob's bytes map to the disk's sectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobFormat {
+    /// Decided by the opener from the content (magic at offset 0, a VHD
+    /// footer at the end), with the file name's extension as a hint: any
+    /// of the formats below; content without magic is flat (a fixed VHD1
+    /// for a `.vhd` or `.vmgs` name), and content that contradicts the
+    /// extension is an error.
+    Auto,
     /// The blob is the disk, byte for byte.
     Flat,
     /// The blob is a fixed VHD1: the disk followed by a 512-byte footer.
     FixedVhd1,
+    /// A dynamic VHD1 (footer copy, dynamic header, BAT, blocks with
+    /// sector bitmaps). Differencing VHDs are refused.
+    DynamicVhd1,
+    /// A VHDX (non-differencing, with an empty log).
+    Vhdx,
+    /// A qcow2 image, version 2 or 3, without backing file, encryption or
+    /// external data file.
+    Qcow2,
 }
 
 /// The kinds of layer a stack can be built from.

@@ -23,6 +23,9 @@ use std::time::Instant;
 /// How the blob maps to the disk.
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum Format {
+    /// Detected from the content, the URL's extension as a hint (flat,
+    /// fixed or dynamic VHD1, VHDX, qcow2).
+    Auto,
     Flat,
     Vhd1,
 }
@@ -124,6 +127,7 @@ pub(crate) struct Output {
 fn handle(stack: &StackArgs, with_read_cache: bool) -> LayeredDiskHandle {
     let mut layers = vec![LayerDescription::plain(LayerKind::Ram { len: None })];
     let format = match stack.format {
+        Format::Auto => BlobFormat::Auto,
         Format::Flat => BlobFormat::Flat,
         Format::Vhd1 => BlobFormat::FixedVhd1,
     };
@@ -180,7 +184,7 @@ const PER_SECTOR_DB: &str = "per-sector.db";
 /// `io_size`) inside a disk of `size` bytes. Seeded with a fixed algorithm
 /// (xoshiro256++), so that the stack run and the baseline run read the
 /// same offsets and a seed in a report keeps meaning the same reads.
-fn random_offsets(seed: u64, count: u64, io_size: usize, size: u64) -> Result<Vec<u64>> {
+pub(crate) fn random_offsets(seed: u64, count: u64, io_size: usize, size: u64) -> Result<Vec<u64>> {
     let slots = size / io_size as u64;
     if slots == 0 {
         bail!("the disk ({size} bytes) is smaller than one read of {io_size} bytes");
@@ -504,6 +508,7 @@ async fn open_per_sector(stack: &StackArgs) -> Result<Disk> {
     let bottom = match stack.format {
         Format::Flat => disk_blob::BlobDisk::new_flat(blob)?,
         Format::Vhd1 => disk_blob::BlobDisk::new_fixed_vhd1(blob).await?,
+        Format::Auto => bail!("the per-sector baseline takes --format flat or vhd1"),
     };
     let bottom = Disk::new(bottom)?;
     std::fs::create_dir_all(&stack.cache_dir)?;

@@ -8,27 +8,46 @@
 //! [`disk_layered::LayeredDisk`]. This crate depends on every layer crate;
 //! no layer crate depends on it, so dependencies stay one-directional.
 //!
+//! # Formats
+//!
+//! The bottom blob's format is the description's [`BlobFormat`]; with
+//! [`BlobFormat::Auto`] it is detected from the content (magic at offset
+//! 0, a VHD footer at the end) with the file name's extension as a hint
+//! ([`disk_sparse::detect`]). Flat and fixed-VHD1 blobs become a
+//! `disk_blob::BlobDisk`; dynamic VHD1, VHDX and qcow2 images a
+//! [`disk_sparse::SparseDisk`].
+//!
 //! # Cache keys
 //!
 //! An auto-cache layer without an explicit key is keyed by what it caches:
-//! - over a fixed VHD1, by the footer's unique id (the auto-cache does this
-//!   itself from the lower layer's disk id);
-//! - over a flat HTTP blob, which has no id, by [`flat_blob_cache_key`]: the
-//!   URL without its query (never the SAS token) plus the server's validator
-//!   (the ETag, else Last-Modified and the length). A replaced image gets a
-//!   new key, so it never serves stale data;
-//! - over a flat blob whose server sends no validator at all, nothing can
+//! - over a fixed or dynamic VHD1 or a VHDX, by the image's own content id
+//!   (the VHD unique id, the VHDX data write GUID; the auto-cache does
+//!   this itself from the lower layer's disk id);
+//! - over a flat or qcow2 HTTP blob, which has no trustworthy id, by
+//!   [`url_cache_key`]: the format, the URL without its query (never the
+//!   SAS token) plus the server's validator (the ETag, else Last-Modified
+//!   and the length). A replaced image gets a new key, so it never serves
+//!   stale data;
+//! - over such a blob whose server sends no validator at all, nothing can
 //!   tell a replaced image from the cached one, so the cache layer is left
 //!   out (with a warning) rather than risking stale data.
 //!
-//! # Footer cache
+//! # Image metadata cache
 //!
-//! Presenting a fixed VHD1 needs its footer (the last 512 bytes), which
-//! costs a range GET at every open. When the stack has an auto-cache and
-//! the server sends a validator, the footer is kept in
-//! `<cache dir>/vhd1-footers/<hash of URL without query + validator>` and
-//! served from there, so a warm open sends only the validating HEAD and
-//! fetches no bytes. The footer is validated again on every use.
+//! Opening an image needs some of its bytes beyond the data the guest
+//! reads: the first piece (format magic, headers), a fixed VHD1's footer,
+//! and, as reads arrive, a sparse format's BAT or L1/L2 tables. They are
+//! read through a [`disk_sparse::MetaReader`] in aligned 64 KiB pieces.
+//! When the stack has an auto-cache and the server sends a validator, the
+//! pieces are also kept in
+//! `<cache dir>/image-metadata/<hash of URL without query + validator>/`
+//! (one verified file per piece, written atomically, see
+//! [`disk_sparse::PieceDir`]), so a warm open of an image whose data the
+//! read cache holds sends only the validating HEAD and fetches no bytes.
+//! Every structure is parsed and checked again on each open. Each open
+//! marks its version directory used; [`image_metadata::prune`] removes
+//! versions unused for a while (`petri-tool cache prune`). The size limit
+//! of the cache directory counts these pieces but never removes them.
 //!
 //! # Prefetch
 //!
@@ -49,16 +68,18 @@
 //! with [`OpenError::Cache`]. A cache that exists but cannot be written is
 //! used read-only (the auto-cache says so). Each open records in the
 //! cache entry where the image is (its URL without the query) and which
-//! version it is (the VHD id or the server's validator), and keeps the
-//! description's size limit for the cache directory (see
-//! `disklayer_sqlite::cache_entries`).
+//! version it is (the VHD unique id, the VHDX data write GUID or the
+//! server's validator), and keeps the description's size limit for the
+//! cache directory (see `disklayer_sqlite::cache_entries`).
 //!
-//! DEVNOTE: a fixed VHD1 keyed by its unique id relies on an image that
-//! changes getting a new id (as the reference does); within one open, reads
-//! are still pinned to the validator seen at open by `disk_blob`.
+//! DEVNOTE: an image keyed by its content id relies on an image that
+//! changes getting a new id (the reference does this for VHDs; VHDX
+//! changes its data write GUID by itself); within one open, reads are
+//! still pinned to the validator seen at open by `disk_blob`.
 
 #![forbid(unsafe_code)]
 
+pub mod image_metadata;
 pub mod prefetch;
 
 use disk_backend::Disk;
@@ -78,6 +99,11 @@ use disk_layered::DiskLayer;
 use disk_layered::InvalidLayeredDisk;
 use disk_layered::LayerConfiguration;
 use disk_layered::LayeredDisk;
+use disk_sparse::ExtensionHint;
+use disk_sparse::ImageFormat;
+use disk_sparse::MetaReader;
+use disk_sparse::PieceDir;
+use disk_sparse::SparseError;
 use disklayer_ram::RamDiskLayer;
 use disklayer_sqlite::Geometry;
 use disklayer_sqlite::SqliteDiskLayerConfig;
@@ -162,6 +188,16 @@ pub enum OpenError {
         #[source]
         source: BlobDiskError,
     },
+    /// The image's format could not be detected, or its structures are
+    /// not those of a usable image of that format.
+    #[error("opening the image {what}")]
+    Image {
+        /// A path or redacted URL.
+        what: String,
+        /// The cause (it names the structure).
+        #[source]
+        source: SparseError,
+    },
     /// The layers could not be assembled.
     #[error("assembling the disk stack")]
     Layers(#[source] InvalidLayeredDisk),
@@ -180,24 +216,36 @@ pub enum OpenError {
     },
 }
 
-/// The cache key of a flat HTTP blob: a readable prefix taken from the
-/// file name, then a SHA-256 over the URL without its query string and the
-/// server's validator. Returns `None` when the server sent no validator (no
-/// ETag, no Last-Modified): such a blob must not be cached persistently.
+/// The cache key of a flat HTTP blob: [`url_cache_key`] with the prefix
+/// `flat`.
 pub fn flat_blob_cache_key(url: &str, validators: &BlobValidators, len: u64) -> Option<String> {
+    url_cache_key("flat", url, validators, len)
+}
+
+/// The cache key of an HTTP blob without a content id (flat, qcow2): the
+/// format's prefix, a readable part taken from the file name, then a
+/// SHA-256 over the URL without its query string and the server's
+/// validator. Returns `None` when the server sent no validator (no ETag,
+/// no Last-Modified): such a blob must not be cached persistently.
+pub fn url_cache_key(
+    prefix: &str,
+    url: &str,
+    validators: &BlobValidators,
+    len: u64,
+) -> Option<String> {
     let validator = validator_string(validators, len)?;
     let hash = version_hash(url, &validator);
     let name = strip_query(url).rsplit('/').next().unwrap_or_default();
-    let prefix: String = name
+    let readable: String = name
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         .take(48)
         .collect();
     let hash = &hash[..32];
-    Some(if prefix.is_empty() || prefix.starts_with('.') {
-        format!("flat-{hash}")
+    Some(if readable.is_empty() || readable.starts_with('.') {
+        format!("{prefix}-{hash}")
     } else {
-        format!("flat-{prefix}-{hash}")
+        format!("{prefix}-{readable}-{hash}")
     })
 }
 
@@ -249,38 +297,30 @@ impl Blob for FooterCachedBlob {
     }
 }
 
-/// Where the footer of a remote VHD1 is kept, if it can be cached.
-fn footer_cache_path(cache_dir: &Path, url: &str, blob: &dyn Blob) -> Option<PathBuf> {
+/// Where the metadata pieces of a remote image are kept, if they can be.
+fn piece_dir(cache_dir: &Path, url: &str, blob: &dyn Blob) -> Option<PieceDir> {
     let validator = validator_string(&blob.validators(), blob.len())?;
-    Some(
-        cache_dir
-            .join("vhd1-footers")
-            .join(version_hash(url, &validator)),
-    )
+    let dir = cache_dir
+        .join(image_metadata::DIR_NAME)
+        .join(version_hash(url, &validator));
+    image_metadata::mark_used(&dir);
+    Some(PieceDir::new(dir))
 }
 
-/// Reads the footer of `blob` (at most one 512-byte GET) and stores it at
-/// `path`, or serves it from `path` when present. Failures to store are
-/// only logged: the footer cache is an optimisation.
-async fn with_cached_footer(blob: Arc<dyn Blob>, path: &Path) -> Result<Arc<dyn Blob>, BlobError> {
+/// `blob` with its fixed-VHD1 footer (the last 512 bytes) served from the
+/// metadata reader's pieces, so a warm open reads no bytes for it.
+async fn with_cached_footer(
+    blob: Arc<dyn Blob>,
+    meta: &MetaReader,
+) -> Result<Arc<dyn Blob>, SparseError> {
     let len = blob.len();
     let Some(footer_offset) = len.checked_sub(512) else {
         return Ok(blob);
     };
-    if let Ok(bytes) = std::fs::read(path)
-        && let Ok(footer) = <[u8; 512]>::try_from(bytes.as_slice())
-    {
-        return Ok(Arc::new(FooterCachedBlob {
-            inner: blob,
-            footer_offset,
-            footer,
-        }));
-    }
-    let mut footer = [0u8; 512];
-    blob.read(&mut footer, footer_offset).await?;
-    if let Err(e) = store_atomically(path, &footer) {
-        tracing::debug!(path = %path.display(), error = %e, "could not cache a VHD1 footer");
-    }
+    let bytes = meta.read(footer_offset..len, "VHD footer").await?;
+    let Ok(footer) = <[u8; 512]>::try_from(bytes.as_slice()) else {
+        return Ok(blob);
+    };
     Ok(Arc::new(FooterCachedBlob {
         inner: blob,
         footer_offset,
@@ -290,7 +330,7 @@ async fn with_cached_footer(blob: Arc<dyn Blob>, path: &Path) -> Result<Arc<dyn 
 
 /// Writes `data` to `path` through a temporary file and a rename, so a
 /// reader never sees a partial file. The temporary file has a unique name:
-/// threads of one process storing different footers into one directory at
+/// threads of one process storing different files into one directory at
 /// once each rename their own bytes.
 fn store_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -319,15 +359,16 @@ struct Bottom {
     /// The HTTP blob, for a remote image (its store may hold a prefetch
     /// list).
     http: Option<Arc<HttpBlob>>,
-    /// What a prefetch list of this image must name: a fixed VHD1's id,
-    /// else the URL path and validator of a flat blob (`None` without
-    /// either).
+    /// What a prefetch list of this image must name: a VHD1's unique id, a
+    /// VHDX's data write GUID, else the URL path and validator of a flat
+    /// or qcow2 blob (`None` without either).
     identity: Option<String>,
-    /// Whether the bottom is a flat HTTP blob (no disk id to key a cache).
-    flat_http: bool,
-    /// For a flat HTTP blob: the key its auto-cache must use, or `None`
-    /// when the server sent no validator.
-    flat_http_key: Option<String>,
+    /// Whether the bottom is an HTTP blob without a content id (flat,
+    /// qcow2), whose cache is keyed by URL and validator.
+    url_keyed: bool,
+    /// For such a blob: the key its auto-cache must use, or `None` when
+    /// the server sent no validator.
+    url_key: Option<String>,
     /// What a cache entry of this disk records about it.
     entry_info: EntryInfo,
 }
@@ -338,97 +379,139 @@ async fn open_bottom(
     cache_dir: Option<&Path>,
 ) -> Result<Bottom, OpenError> {
     let mut http = None;
-    let (blob, format, flat_http): (Arc<dyn Blob>, BlobFormat, bool) = match kind {
-        LayerKind::File { path, format } => {
-            let blob = FileBlob::open(path)
-                .await
-                .map_err(|source| OpenError::OpenFile {
-                    path: path.clone(),
-                    source,
-                })?;
-            (Arc::new(blob), *format, false)
-        }
-        LayerKind::Blob { url, format } => {
-            let blob = HttpBlob::open(url, options.http.clone())
-                .await
-                .map_err(|source| OpenError::OpenBlob {
-                    url: RedactedUrl(url).to_string(),
-                    source,
-                })?;
-            let blob = Arc::new(blob);
-            http = Some(blob.clone());
-            let mut blob: Arc<dyn Blob> = blob;
-            if let (BlobFormat::FixedVhd1, Some(dir)) = (format, cache_dir)
-                && let Some(path) = footer_cache_path(dir, url, &*blob)
-            {
-                blob = with_cached_footer(blob, &path).await.map_err(|source| {
-                    OpenError::OpenBlob {
+    let (blob, format, location, url): (Arc<dyn Blob>, BlobFormat, String, Option<&str>) =
+        match kind {
+            LayerKind::File { path, format } => {
+                let blob = FileBlob::open(path)
+                    .await
+                    .map_err(|source| OpenError::OpenFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                (Arc::new(blob), *format, path.display().to_string(), None)
+            }
+            LayerKind::Blob { url, format } => {
+                let blob = HttpBlob::open(url, options.http.clone())
+                    .await
+                    .map_err(|source| OpenError::OpenBlob {
                         url: RedactedUrl(url).to_string(),
                         source,
-                    }
-                })?;
+                    })?;
+                let blob = Arc::new(blob);
+                http = Some(blob.clone());
+                (blob, *format, url.clone(), Some(url.as_str()))
             }
-            (blob, *format, *format == BlobFormat::Flat)
-        }
-        other => return Err(OpenError::BottomNotFullDisk(layer_name(other))),
-    };
+            other => return Err(OpenError::BottomNotFullDisk(layer_name(other))),
+        };
     let what = blob.describe();
+    let image_error = |source| OpenError::Image {
+        what: what.clone(),
+        source,
+    };
+    let pieces = match (url, cache_dir) {
+        (Some(url), Some(dir)) => piece_dir(dir, url, &*blob),
+        _ => None,
+    };
+    let meta = Arc::new(MetaReader::new(blob.clone(), pieces));
+    let image_format = match format {
+        BlobFormat::Auto => disk_sparse::detect(&meta, ExtensionHint::from_location(&location))
+            .await
+            .map_err(image_error)?,
+        BlobFormat::Flat => ImageFormat::Flat,
+        BlobFormat::FixedVhd1 => ImageFormat::FixedVhd1,
+        BlobFormat::DynamicVhd1 => ImageFormat::DynamicVhd1,
+        BlobFormat::Vhdx => ImageFormat::Vhdx,
+        BlobFormat::Qcow2 => ImageFormat::Qcow2,
+    };
+    tracing::debug!(image = %what, format = ?image_format, "opening the bottom of a disk stack");
+    let blob_disk_error = |source| OpenError::BlobDisk {
+        what: what.clone(),
+        source,
+    };
+    let disk = match image_format {
+        ImageFormat::Flat => Disk::new(BlobDisk::new_flat(blob.clone()).map_err(blob_disk_error)?),
+        ImageFormat::FixedVhd1 => {
+            let blob = with_cached_footer(blob.clone(), &meta)
+                .await
+                .map_err(image_error)?;
+            Disk::new(
+                BlobDisk::new_fixed_vhd1(blob)
+                    .await
+                    .map_err(blob_disk_error)?,
+            )
+        }
+        ImageFormat::DynamicVhd1 | ImageFormat::Vhdx | ImageFormat::Qcow2 => Disk::new(
+            disk_sparse::open_sparse(meta, image_format)
+                .await
+                .map_err(image_error)?,
+        ),
+    }
+    .map_err(OpenError::Disk)?;
+    let prefix = match image_format {
+        ImageFormat::Flat => Some("flat"),
+        ImageFormat::Qcow2 => Some("qcow2"),
+        _ => None,
+    };
+    let (url_keyed, url_key) = match (url, prefix) {
+        (Some(url), Some(prefix)) => {
+            let key = url_cache_key(prefix, url, &blob.validators(), blob.len());
+            if key.is_none() {
+                tracing::warn!(
+                    blob = %what,
+                    "the server sent no ETag or Last-Modified for this image, which has no \
+                     content id; its persistent read cache is disabled so a replaced image \
+                     can never be served stale"
+                );
+            }
+            (true, key)
+        }
+        _ => (false, None),
+    };
     let entry_info = EntryInfo {
         location: Some(match kind {
             LayerKind::Blob { url, .. } => strip_query(&redact_url(url)).to_owned(),
             LayerKind::File { path, .. } => path.display().to_string(),
             _ => what.clone(),
         }),
-        // A fixed VHD1 is known by its unique id (the auto-cache records
-        // it); a flat blob by the server's validator.
-        identity: match format {
-            BlobFormat::Flat => validator_string(&blob.validators(), blob.len()),
-            BlobFormat::FixedVhd1 => None,
+        // A VHD1 is known by its unique id (the auto-cache records it from
+        // the disk id); a VHDX by its data write GUID; the others by the
+        // server's validator.
+        identity: match image_format {
+            ImageFormat::Flat | ImageFormat::Qcow2 => {
+                validator_string(&blob.validators(), blob.len())
+            }
+            ImageFormat::Vhdx => disk.disk_id().map(|id| {
+                format!(
+                    "vhdx-data-write-guid {}",
+                    disklayer_sqlite::auto_cache::hex(&id)
+                )
+            }),
+            ImageFormat::FixedVhd1 | ImageFormat::DynamicVhd1 => None,
         },
         disk_size: None,
     };
-    let flat_http_key = if flat_http {
-        let key = match kind {
-            LayerKind::Blob { url, .. } => flat_blob_cache_key(url, &blob.validators(), blob.len()),
-            _ => None,
-        };
-        if key.is_none() {
-            tracing::warn!(
-                blob = %what,
-                "the server sent no ETag or Last-Modified for this flat image; \
-                 its persistent read cache is disabled so a replaced image can never be served stale"
-            );
-        }
-        key
-    } else {
-        None
-    };
-    let flat_identity = match (kind, flat_http) {
-        (LayerKind::Blob { url, .. }, true) => validator_string(&blob.validators(), blob.len())
-            .map(|v| format!("flat:{};{v}", url_path(url))),
-        _ => None,
-    };
-    let blob_disk = match format {
-        BlobFormat::Flat => BlobDisk::new_flat(blob),
-        BlobFormat::FixedVhd1 => BlobDisk::new_fixed_vhd1(blob).await,
-    }
-    .map_err(|source| OpenError::BlobDisk {
-        what: what.clone(),
-        source,
-    })?;
-    let disk = Disk::new(blob_disk).map_err(OpenError::Disk)?;
-    let identity = match format {
-        BlobFormat::FixedVhd1 => disk
+    let identity = match image_format {
+        ImageFormat::FixedVhd1 | ImageFormat::DynamicVhd1 => disk
             .disk_id()
             .map(|id| format!("vhd1-id:{}", disklayer_sqlite::auto_cache::hex(&id))),
-        BlobFormat::Flat => flat_identity,
+        ImageFormat::Vhdx => disk.disk_id().map(|id| {
+            format!(
+                "vhdx-data-write-guid:{}",
+                disklayer_sqlite::auto_cache::hex(&id)
+            )
+        }),
+        ImageFormat::Flat | ImageFormat::Qcow2 => match (url, prefix) {
+            (Some(url), Some(prefix)) => validator_string(&blob.validators(), blob.len())
+                .map(|v| format!("{prefix}:{};{v}", url_path(url))),
+            _ => None,
+        },
     };
     Ok(Bottom {
         disk,
         http,
         identity,
-        flat_http_key,
-        flat_http,
+        url_keyed,
+        url_key,
         entry_info,
     })
 }
@@ -510,7 +593,7 @@ pub async fn open_with_details(
             } => {
                 let key = match key {
                     Some(k) => Some(k.clone()),
-                    None if bottom.flat_http => match &bottom.flat_http_key {
+                    None if bottom.url_keyed => match &bottom.url_key {
                         Some(k) => Some(k.clone()),
                         // No validator: leave the cache out (warned above).
                         None => continue,

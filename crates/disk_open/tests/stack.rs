@@ -134,17 +134,18 @@ async fn vhd1_image_is_keyed_by_unique_id_and_footer_is_not_disk_data() {
     assert!(read_all(&disk, 256 << 10).await == data);
     let mut past_end = [0u8; 512];
     assert!(disk.read(disk.sector_count(), &mut past_end).await.is_err());
-    // One key directory named by the unique id, plus the footer cache.
+    // One key directory named by the unique id, plus the image metadata
+    // (the footer piece).
     assert_eq!(
         key_dirs(cache.path()),
         vec![
             "0a0000000000000000000000000000ff".to_string(),
-            "vhd1-footers".to_string()
+            "image-metadata".to_string()
         ]
     );
     drop(disk);
 
-    // A warm open takes the footer from the footer cache: one HEAD, no GET.
+    // A warm open takes the footer from the metadata pieces: one HEAD, no GET.
     server.reset_stats();
     let disk = open(&handle, &OpenOptions::default()).await.unwrap();
     assert!(read_all(&disk, MIB).await == data);
@@ -156,16 +157,28 @@ async fn vhd1_image_is_keyed_by_unique_id_and_footer_is_not_disk_data() {
             .join("0a0000000000000000000000000000ff/cache.dbhd")
             .is_file()
     );
-    // A corrupt cached footer is caught by the footer check, not served.
-    let footers: Vec<_> = std::fs::read_dir(cache.path().join("vhd1-footers"))
+    drop(disk);
+    // A damaged piece file is never served: its check fails, the footer
+    // is fetched again (one GET) and the piece rewritten.
+    let version_dirs: Vec<_> = std::fs::read_dir(cache.path().join("image-metadata"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(footers.len(), 1);
-    std::fs::write(&footers[0], [0u8; 512]).unwrap();
-    drop(disk);
-    let err = open(&handle, &OpenOptions::default()).await.unwrap_err();
-    assert!(matches!(err, OpenError::BlobDisk { .. }), "{err}");
+    assert_eq!(version_dirs.len(), 1);
+    let pieces: Vec<_> = std::fs::read_dir(&version_dirs[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(pieces.len(), 1, "{pieces:?}");
+    let mut raw = std::fs::read(&pieces[0]).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 0xff;
+    std::fs::write(&pieces[0], &raw).unwrap();
+    server.reset_stats();
+    let disk = open(&handle, &OpenOptions::default()).await.unwrap();
+    assert!(read_all(&disk, MIB).await == data);
+    assert_eq!(server.request_count(), 2, "{:?}", server.requests());
+    assert_ne!(std::fs::read(&pieces[0]).unwrap(), raw);
 }
 
 #[tokio::test]
@@ -318,8 +331,9 @@ async fn malformed_descriptions_are_errors() {
 }
 
 /// Threads of one process (parallel test cases, say) opening different
-/// VHD1 images into one cache directory each get their own footer cached:
-/// no thread's footer lands under another image's key.
+/// VHD1 images into one cache directory each get their own footer cached
+/// (the metadata piece that holds it): no thread's piece lands under
+/// another image's key.
 #[test]
 fn threads_opening_different_images_keep_their_own_footers() {
     const THREADS: usize = 16;
@@ -368,23 +382,28 @@ fn threads_opening_different_images_keep_their_own_footers() {
         }
     });
 
-    // One footer file per image, each holding one image's footer, and no
-    // temporary file left behind.
-    let footer_dir = cache.path().join("vhd1-footers");
-    let mut cached: Vec<Vec<u8>> = std::fs::read_dir(&footer_dir)
-        .unwrap()
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .collect();
-    let mut footers: Vec<Vec<u8>> = images
-        .iter()
-        .map(|(_, _, image)| image[image.len() - 512..].to_vec())
-        .collect();
-    cached.sort();
-    footers.sort();
-    assert!(
-        cached == footers,
-        "the footer cache does not hold one footer per image"
-    );
+    // One version directory per image, each holding one piece (the last
+    // 64 KiB-aligned piece, with the footer) whose bytes are that image's,
+    // and no temporary file left behind.
+    let meta_dir = cache.path().join("image-metadata");
+    let mut cached: Vec<Vec<u8>> = Vec::new();
+    for version in std::fs::read_dir(&meta_dir).unwrap() {
+        let files: Vec<_> = std::fs::read_dir(version.unwrap().path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        cached.push(std::fs::read(&files[0]).unwrap());
+    }
+    assert_eq!(cached.len(), THREADS);
+    for (url, _, image) in &images {
+        let tail = &image[64 * 1024..];
+        assert_eq!(
+            cached.iter().filter(|c| c.ends_with(tail)).count(),
+            1,
+            "{url}: its footer piece is not cached exactly once"
+        );
+    }
 
     // Warm: each image opens from its cached footer (no footer GET), and
     // the footer it gets is its own (right id and size, checked above).

@@ -22,8 +22,9 @@
 //! - `replace.lock`, `.tmp-*`: see the auto-cache.
 //!
 //! Anything else directly in the cache directory (such as
-//! `vhd1-footers/`) is not an entry: it counts towards the directory's
-//! size and is left alone.
+//! `image-metadata/`, where `disk_open` keeps the images' metadata
+//! pieces) is not an entry: it counts towards the directory's size and is
+//! left alone.
 //!
 //! # Invariants
 //!
@@ -84,9 +85,9 @@ pub struct EntryInfo {
     /// Where the image is: its URL without the query string, or its path.
     #[serde(default)]
     pub location: Option<String>,
-    /// Which version of the image: `vhd-id <hex>` for a fixed VHD, else
-    /// the server's validator (`etag:...`, or `last-modified:...` and the
-    /// length).
+    /// Which version of the image: `vhd-id <hex>` for a VHD,
+    /// `vhdx-data-write-guid <hex>` for a VHDX, else the server's
+    /// validator (`etag:...`, or `last-modified:...` and the length).
     #[serde(default)]
     pub identity: Option<String>,
     /// The disk's size in bytes.

@@ -12,18 +12,23 @@
 //! - memory disk: `[Ram { len: Some(len) }]`;
 //! - persistent / temporary disk file: `[Sqlite { path, create: true }]`.
 //!
-//! Format rule ([`blob_format`]): by the URL path with query and fragment
-//! stripped (or the file name): `.vhd` and `.vmgs` are fixed VHD1, `.vhdx`
-//! is an error naming the artifact and its download command (a VHDX cannot
-//! be read as a blob), anything else is flat.
+//! Format rule: every image is described as [`BlobFormat::Auto`]; the
+//! opener reads its content (magic at offset 0, a VHD footer at the end)
+//! and takes the extension of the URL path (query and fragment stripped)
+//! or file name as a hint: flat, fixed or dynamic VHD1, VHDX and qcow2 are
+//! all read lazily, and a name that contradicts the content (a `.vhd`
+//! holding qcow2) is an error naming both. Content without magic keeps
+//! the extension rule: `.vhd` and `.vmgs` are fixed VHD1, anything else
+//! flat.
 //!
 //! Cache key rule: the description leaves `key: None` and the opener
 //! derives the key when it opens the blob, because the key needs data only
-//! the open has: for a fixed VHD1 it is the disk's unique id from the
-//! footer (lowercase zero-padded hex); for a flat blob it is derived from
-//! the URL path (never the query, which may hold a SAS token) plus the
-//! server's validator (ETag, else Last-Modified and length) from the HEAD
-//! response, so a replaced image never serves stale cached blocks.
+//! the open has: for a VHD1 it is the disk's unique id from the footer
+//! (lowercase zero-padded hex), for a VHDX its data write GUID; for a flat
+//! or qcow2 blob it is derived from the URL path (never the query, which
+//! may hold a SAS token) plus the server's validator (ETag, else
+//! Last-Modified and length) from the HEAD response, so a replaced image
+//! never serves stale cached blocks.
 //!
 //! Describing does no I/O: the cache settings are looked up (through the
 //! closure the caller passes) only for a remote disk.
@@ -50,23 +55,11 @@ use disk_backend_resources::LayerKind;
 use disk_backend_resources::LayeredDiskHandle;
 use petri_artifacts_core::ErasedArtifactHandle;
 use petri_artifacts_core::redact_url;
-use petri_artifacts_core::strip_query;
 use std::path::Path;
 
 /// Errors describing a disk stack.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskStackError {
-    /// A VHDX image cannot be opened as a blob or file disk.
-    #[error(
-        "{location} is a VHDX image, which cannot be opened as a disk here \
-         (only fixed VHD1 and flat images are supported): {artifact}"
-    )]
-    UnsupportedVhdx {
-        /// Where the image is (URL redacted).
-        location: String,
-        /// The artifact and how to get it.
-        artifact: String,
-    },
     /// No cache settings for the remote disk's read cache (no cache
     /// directory, or a cache variable with a bad value).
     #[error("cannot set up the remote disk's read cache")]
@@ -174,50 +167,11 @@ pub async fn open_drive(
     let Some(disk) = &drive.disk else {
         return Ok(None);
     };
-    let mut description = disk_description(disk, drive.artifact, || {
-        crate::cache_dir::cache_settings(cache_dir)
-    })?;
+    let mut description = disk_description(disk, || crate::cache_dir::cache_settings(cache_dir))?;
     description.read_only = drive.is_dvd;
     open_description(description, drive.artifact, options)
         .await
         .map(Some)
-}
-
-/// An unsupported image format found by [`blob_format`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnsupportedFormat {
-    /// A VHDX image.
-    Vhdx,
-}
-
-/// The blob format of an image, by the extension of the URL path (query
-/// and fragment stripped) or file name. Case-insensitive.
-pub fn blob_format(url_or_path: &str) -> Result<BlobFormat, UnsupportedFormat> {
-    let path = strip_query(url_or_path);
-    let file_name = path.rsplit(['/', '\\']).next().unwrap_or(path);
-    let ext = match file_name.rsplit_once('.') {
-        Some((_, ext)) => ext.to_ascii_lowercase(),
-        None => String::new(),
-    };
-    match ext.as_str() {
-        "vhd" | "vmgs" => Ok(BlobFormat::FixedVhd1),
-        "vhdx" => Err(UnsupportedFormat::Vhdx),
-        _ => Ok(BlobFormat::Flat),
-    }
-}
-
-fn local_format(
-    path: &Path,
-    artifact: Option<ErasedArtifactHandle>,
-) -> Result<BlobFormat, DiskStackError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    blob_format(&name).map_err(|UnsupportedFormat::Vhdx| DiskStackError::UnsupportedVhdx {
-        location: path.display().to_string(),
-        artifact: describe_artifact(artifact),
-    })
 }
 
 /// The stack description of `drive`'s disk (`None` for an empty drive),
@@ -230,9 +184,7 @@ pub fn drive_description(
     let Some(disk) = &drive.disk else {
         return Ok(None);
     };
-    let mut handle = disk_description(disk, drive.artifact, || {
-        crate::cache_dir::cache_settings(cache_dir)
-    })?;
+    let mut handle = disk_description(disk, || crate::cache_dir::cache_settings(cache_dir))?;
     handle.read_only = drive.is_dvd;
     Ok(Some(handle))
 }
@@ -241,7 +193,6 @@ pub fn drive_description(
 /// settings of a remote disk (`None`: no persistent cache).
 pub fn disk_description(
     disk: &Disk,
-    artifact: Option<ErasedArtifactHandle>,
     cache: impl FnOnce() -> Result<Option<CacheSettings>, CacheSettingsError>,
 ) -> Result<LayeredDiskHandle, DiskStackError> {
     let layers = match disk {
@@ -250,16 +201,10 @@ pub fn disk_description(
             LayerDescription::plain(LayerKind::Ram { len: None }),
             LayerDescription::plain(LayerKind::File {
                 path: path.clone(),
-                format: local_format(path, artifact)?,
+                format: BlobFormat::Auto,
             }),
         ],
         Disk::Differencing(DiskPath::Remote { url }) => {
-            let format = blob_format(url).map_err(|UnsupportedFormat::Vhdx| {
-                DiskStackError::UnsupportedVhdx {
-                    location: redact_url(url),
-                    artifact: describe_artifact(artifact),
-                }
-            })?;
             let mut layers = vec![LayerDescription::plain(LayerKind::Ram { len: None })];
             if let Some(cache) = cache()? {
                 layers.push(LayerDescription::read_cache(LayerKind::AutoCacheSqlite {
@@ -272,7 +217,7 @@ pub fn disk_description(
             }
             layers.push(LayerDescription::plain(LayerKind::Blob {
                 url: url.clone(),
-                format,
+                format: BlobFormat::Auto,
             }));
             layers
         }
@@ -293,8 +238,6 @@ pub fn disk_description(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use petri_artifacts_vmm_test::artifacts::test_vhd;
-    use petri_artifacts_vmm_test::artifacts::test_vmgs;
     use std::path::PathBuf;
 
     /// The cache directory the backends' translation tests use.
@@ -338,80 +281,47 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn remote_vhd_is_ram_over_auto_cache_over_vhd1_blob() {
+    fn remote_vhd_is_ram_over_auto_cache_over_blob() {
         let url = "https://hvlitetestvhds.blob.core.windows.net/vhds/ubuntu-24.04-server-cloudimg-amd64.vhd?sv=1&sig=SECRET";
-        let handle = disk_description(
-            &remote(url),
-            Some(test_vhd::UBUNTU_2404_SERVER_X64.erase()),
-            cache,
-        )
-        .unwrap();
-        assert_eq!(handle, remote_stack(url, BlobFormat::FixedVhd1));
+        let handle = disk_description(&remote(url), cache).unwrap();
+        assert_eq!(handle, remote_stack(url, BlobFormat::Auto));
         // The SAS token survives in the data (the opener needs it) but not
         // in its Debug output.
         assert!(!format!("{handle:?}").contains("SECRET"));
     }
 
     #[test]
-    fn remote_formats_follow_the_url_path_not_the_query() {
-        for (url, format) in [
-            ("http://127.0.0.1:8080/imgs/a.vmgs", BlobFormat::FixedVhd1),
-            ("http://127.0.0.1:8080/imgs/A.VHD", BlobFormat::FixedVhd1),
-            (
-                "http://127.0.0.1:8080/imgs/FreeBSD-13.2-RELEASE-amd64-dvd1.iso",
-                BlobFormat::Flat,
-            ),
-            (
-                "http://127.0.0.1:8080/imgs/disk.raw?x=a.vhd",
-                BlobFormat::Flat,
-            ),
-            (
-                "http://127.0.0.1:8080/imgs/disk.vhd?sig=a.iso#frag.raw",
-                BlobFormat::FixedVhd1,
-            ),
-            ("http://127.0.0.1:8080/imgs/noext", BlobFormat::Flat),
+    fn every_image_format_is_left_to_the_opener() {
+        // The opener detects the format from the content, with the URL
+        // path's extension (never the query) as a hint; VHDX and qcow2
+        // images are described like any other.
+        for url in [
+            "http://127.0.0.1:8080/imgs/a.vmgs",
+            "http://127.0.0.1:8080/imgs/A.VHD",
+            "http://127.0.0.1:8080/imgs/FreeBSD-13.2-RELEASE-amd64-dvd1.iso",
+            "http://127.0.0.1:8080/imgs/disk.raw?x=a.vhd",
+            "https://acct.blob.core.windows.net/vhds/windows11.vhdx?sig=SECRET",
+            "http://127.0.0.1:8080/imgs/noble-server-cloudimg-amd64.img",
+            "http://127.0.0.1:8080/imgs/guest.qcow2",
         ] {
-            let handle = disk_description(&remote(url), None, cache).unwrap();
-            assert_eq!(handle, remote_stack(url, format), "{url}");
+            let handle = disk_description(&remote(url), cache).unwrap();
+            assert_eq!(handle, remote_stack(url, BlobFormat::Auto), "{url}");
         }
     }
 
     #[test]
-    fn remote_vhdx_is_rejected_with_the_download_command() {
-        let url = "https://acct.blob.core.windows.net/vhds/windows11.vhdx?sig=SECRET";
-        let err = disk_description(
-            &remote(url),
-            Some(test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase()),
-            cache,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("VHDX"), "{err}");
-        assert!(err.contains("WINDOWS_11_ENTERPRISE_AARCH64"), "{err}");
-        let known = vmm_test_images::KnownTestArtifacts::from_handle(
-            test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase(),
-        )
-        .unwrap();
-        assert!(err.contains(&known.download_command()), "{err}");
-        assert!(err.contains("windows11.vhdx?<redacted>"), "{err}");
-        assert!(!err.contains("SECRET"), "{err}");
-    }
-
-    #[test]
     fn local_disks_are_ram_over_file() {
-        for (path, format) in [
-            ("/images/ubuntu.vhd", BlobFormat::FixedVhd1),
-            ("/images/state.vmgs", BlobFormat::FixedVhd1),
-            ("/images/freebsd.iso", BlobFormat::Flat),
-            ("/images/disk.img", BlobFormat::Flat),
+        for path in [
+            "/images/ubuntu.vhd",
+            "/images/state.vmgs",
+            "/images/freebsd.iso",
+            "/images/disk.img",
+            "/images/w.vhdx",
         ] {
             // A local disk needs no cache directory.
-            let handle = disk_description(
-                &Disk::Differencing(DiskPath::Local(path.into())),
-                None,
-                no_cache,
-            )
-            .unwrap();
+            let handle =
+                disk_description(&Disk::Differencing(DiskPath::Local(path.into())), no_cache)
+                    .unwrap();
             assert_eq!(
                 handle,
                 LayeredDiskHandle {
@@ -419,7 +329,7 @@ pub(crate) mod tests {
                         LayerDescription::plain(LayerKind::Ram { len: None }),
                         LayerDescription::plain(LayerKind::File {
                             path: path.into(),
-                            format,
+                            format: BlobFormat::Auto,
                         }),
                     ],
                     read_only: false,
@@ -427,21 +337,11 @@ pub(crate) mod tests {
                 "{path}"
             );
         }
-        let err = disk_description(
-            &Disk::Differencing(DiskPath::Local("/images/w.vhdx".into())),
-            Some(test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase()),
-            no_cache,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, DiskStackError::UnsupportedVhdx { .. }),
-            "{err}"
-        );
     }
 
     #[test]
     fn remote_disk_without_cache_dir_is_an_error() {
-        let err = disk_description(&remote("http://127.0.0.1/a.vhd"), None, no_cache).unwrap_err();
+        let err = disk_description(&remote("http://127.0.0.1/a.vhd"), no_cache).unwrap_err();
         assert!(matches!(err, DiskStackError::Cache(_)), "{err}");
     }
 
@@ -455,7 +355,7 @@ pub(crate) mod tests {
                 max_size: Some(20 << 30),
             }))
         };
-        let handle = disk_description(&remote(url), None, required).unwrap();
+        let handle = disk_description(&remote(url), required).unwrap();
         assert_eq!(
             handle.layers[1].layer,
             LayerKind::AutoCacheSqlite {
@@ -467,7 +367,7 @@ pub(crate) mod tests {
         );
         // PETRI_CACHE=off: RAM over the blob, no cache directory needed.
         let off = [("PETRI_CACHE", "off")];
-        let handle = disk_description(&remote(url), None, || {
+        let handle = disk_description(&remote(url), || {
             crate::cache_dir::cache_settings_with(
                 |name| {
                     off.iter()
@@ -485,7 +385,7 @@ pub(crate) mod tests {
                 LayerDescription::plain(LayerKind::Ram { len: None }),
                 LayerDescription::plain(LayerKind::Blob {
                     url: url.into(),
-                    format: BlobFormat::FixedVhd1,
+                    format: BlobFormat::Auto,
                 }),
             ]
         );
@@ -494,7 +394,7 @@ pub(crate) mod tests {
     #[test]
     fn memory_and_persistent_disks() {
         assert_eq!(
-            disk_description(&Disk::Memory(1 << 20), None, no_cache).unwrap(),
+            disk_description(&Disk::Memory(1 << 20), no_cache).unwrap(),
             LayeredDiskHandle {
                 layers: vec![LayerDescription::plain(LayerKind::Ram {
                     len: Some(1 << 20)
@@ -503,7 +403,7 @@ pub(crate) mod tests {
             }
         );
         assert_eq!(
-            disk_description(&Disk::Persistent("/logs/vmgs.dbhd".into()), None, no_cache).unwrap(),
+            disk_description(&Disk::Persistent("/logs/vmgs.dbhd".into()), no_cache).unwrap(),
             LayeredDiskHandle {
                 layers: vec![LayerDescription::plain(LayerKind::Sqlite {
                     path: "/logs/vmgs.dbhd".into(),
@@ -513,17 +413,5 @@ pub(crate) mod tests {
                 read_only: false,
             }
         );
-    }
-
-    #[test]
-    fn vmgs_artifact_is_vhd1() {
-        let url = "http://127.0.0.1:9/vmgs.vmgs";
-        let handle = disk_description(
-            &remote(url),
-            Some(test_vmgs::VMGS_WITH_BOOT_ENTRY.erase()),
-            cache,
-        )
-        .unwrap();
-        assert_eq!(handle, remote_stack(url, BlobFormat::FixedVhd1));
     }
 }

@@ -173,7 +173,7 @@ mod tests {
             artifact: Some(test_iso::FREE_BSD_13_2_X64.erase()),
         };
         let translated = backend.translate_drive(&drive).unwrap();
-        let mut expected = remote_stack(url, BlobFormat::Flat);
+        let mut expected = remote_stack(url, BlobFormat::Auto);
         expected.read_only = true;
         assert_eq!(translated.disk, Some(expected));
         assert!(translated.is_dvd);

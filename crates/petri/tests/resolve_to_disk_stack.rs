@@ -113,7 +113,7 @@ fn openvmm_reads_a_missing_image_lazily_from_the_store() {
             }),
             LayerDescription::plain(LayerKind::Blob {
                 url: url.into(),
-                format: BlobFormat::FixedVhd1
+                format: BlobFormat::Auto
             }),
         ]
     );
@@ -155,7 +155,7 @@ fn openvmm_uses_a_local_iso_when_present() {
             LayerDescription::plain(LayerKind::Ram { len: None }),
             LayerDescription::plain(LayerKind::File {
                 path: iso,
-                format: BlobFormat::Flat
+                format: BlobFormat::Auto
             }),
         ]
     );

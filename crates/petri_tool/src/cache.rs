@@ -6,14 +6,17 @@
 //! cached image (see `disklayer_sqlite::cache_entries`):
 //!
 //! - `list` prints one row per entry (or JSON with `--json`): where the
-//!   image is (URL without its query), which version (VHD id or the
-//!   server's validator), disk size, bytes cached and their share of the
-//!   disk, bytes the entry takes, last use and state (`ok`, `in use`,
-//!   `corrupt-aside` when damaged files are kept aside);
+//!   image is (URL without its query), which version (VHD id, VHDX data
+//!   write GUID or the server's validator), disk size, bytes cached and
+//!   their share of the disk, bytes the entry takes, last use and state
+//!   (`ok`, `in use`, `corrupt-aside` when damaged files are kept aside);
 //! - `prune` removes damaged files kept aside, then entries by
 //!   `--entry`, `--older-than`, `--all` and `--max-size` (default
 //!   `PETRI_CACHE_MAX_SIZE`), never one that a process has open, and
-//!   prints what it freed;
+//!   prints what it freed; `--all` and `--older-than` also remove the
+//!   image metadata (headers, block tables) of image versions not opened
+//!   since (`disk_open::image_metadata`), which the next open fetches
+//!   again if it needs it;
 //! - `verify` checks every entry (SQLite's integrity check and every
 //!   chunk's checksums) and fails, saying what to do, if any is damaged.
 //!
@@ -393,6 +396,18 @@ fn prune(args: &PruneArgs) -> Result<()> {
                 println!("removed entry {} ({what}): {}", e.name, human(bytes));
             }
             None => kept_in_use.push(e.name.clone()),
+        }
+    }
+    if args.all || cutoff.is_some() {
+        let cutoff = if args.all { None } else { cutoff };
+        let removed = disk_open::image_metadata::prune(&cache_dir, cutoff)
+            .with_context(|| format!("removing image metadata in {}", cache_dir.display()))?;
+        for (path, bytes) in removed {
+            println!(
+                "removed image metadata {} ({})",
+                path.display(),
+                human(bytes)
+            );
         }
     }
     if let Some(max) = max_size {

@@ -18,8 +18,10 @@
 //! the client's reads as the export saw them: read requests, bytes read and
 //! the disk-wait time (wall time with at least one read outstanding).
 //!
-//! DEVNOTE: `--format` overrides the format the extension implies, except
-//! that a `.vhdx` image is always refused (it cannot be read as either).
+//! Formats: `--format auto` (the default) detects the image's format from
+//! its content (magic at offset 0, a VHD footer at the end) with the
+//! extension as a hint, and reads flat, fixed VHD1, dynamic VHD1, VHDX and
+//! qcow2 images; another `--format` forces one.
 
 use anyhow::Context;
 use anyhow::Result;
@@ -49,10 +51,11 @@ pub struct ServeNbdArgs {
     /// $XDG_CACHE_HOME/petri or ~/.cache/petri].
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// How the image's bytes map to the disk [default: by extension: .vhd and
-    /// .vmgs are fixed VHD1, anything else flat].
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    format: Option<FormatArg>,
+    /// The image's format. `auto` detects it from the content (magic at
+    /// offset 0, a VHD footer at the end), with the extension as a hint; a
+    /// name that contradicts the content is an error.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "auto")]
+    format: FormatArg,
     /// Export the disk read-only (clients' writes are refused instead of
     /// being kept in RAM).
     #[arg(long)]
@@ -75,17 +78,31 @@ pub struct ServeNbdArgs {
 /// `--format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum FormatArg {
+    /// Detected from the content, the extension as a hint.
+    Auto,
     /// The image is the disk, byte for byte.
     Flat,
     /// A fixed VHD1: the disk followed by a 512-byte footer.
     Vhd1,
+    /// A dynamic VHD1 (differencing VHDs are refused).
+    #[value(name = "vhd1-dynamic")]
+    Vhd1Dynamic,
+    /// A VHDX (differencing VHDX and a log to replay are refused).
+    Vhdx,
+    /// A qcow2 image, version 2 or 3 (backing files, encryption and
+    /// external data files are refused).
+    Qcow2,
 }
 
 impl From<FormatArg> for BlobFormat {
     fn from(f: FormatArg) -> Self {
         match f {
+            FormatArg::Auto => BlobFormat::Auto,
             FormatArg::Flat => BlobFormat::Flat,
             FormatArg::Vhd1 => BlobFormat::FixedVhd1,
+            FormatArg::Vhd1Dynamic => BlobFormat::DynamicVhd1,
+            FormatArg::Vhdx => BlobFormat::Vhdx,
+            FormatArg::Qcow2 => BlobFormat::Qcow2,
         }
     }
 }
@@ -132,7 +149,7 @@ impl Source {
 fn describe_stack(
     source: &Source,
     cache_dir: Option<&Path>,
-    format: Option<FormatArg>,
+    format: FormatArg,
     read_only: bool,
 ) -> Result<LayeredDiskHandle> {
     let disk = petri::Disk::Differencing(match source {
@@ -140,15 +157,13 @@ fn describe_stack(
         Source::Path(p) => DiskPath::Local(p.clone()),
     });
     let cache = || petri::cache_dir::cache_settings(cache_dir);
-    let mut handle = petri::disk_stack::disk_description(&disk, None, cache)
+    let mut handle = petri::disk_stack::disk_description(&disk, cache)
         .with_context(|| format!("describing the disk stack of {}", source.describe()))?;
-    if let Some(forced) = format {
-        for layer in &mut handle.layers {
-            if let LayerKind::File { format, .. } | LayerKind::Blob { format, .. } =
-                &mut layer.layer
-            {
-                *format = forced.into();
-            }
+    for layer in &mut handle.layers {
+        if let LayerKind::File { format: f, .. } | LayerKind::Blob { format: f, .. } =
+            &mut layer.layer
+        {
+            *f = format.into();
         }
     }
     handle.read_only = read_only;
@@ -366,8 +381,13 @@ mod tests {
     #[test]
     fn url_stack_is_ram_over_auto_cache_over_blob() {
         let url = "http://127.0.0.1:1/d/img.vhd?sig=S";
-        let handle =
-            describe_stack(&Source::Url(url.into()), Some(Path::new("/c")), None, false).unwrap();
+        let handle = describe_stack(
+            &Source::Url(url.into()),
+            Some(Path::new("/c")),
+            FormatArg::Auto,
+            false,
+        )
+        .unwrap();
         // The cache's policy comes from the environment (PETRI_CACHE must
         // not be `off` for this test).
         let settings = petri::cache_dir::cache_settings(Some(Path::new("/c")))
@@ -385,7 +405,7 @@ mod tests {
                 }),
                 LayerDescription::plain(LayerKind::Blob {
                     url: url.into(),
-                    format: BlobFormat::FixedVhd1
+                    format: BlobFormat::Auto
                 }),
             ]
         );
@@ -397,7 +417,7 @@ mod tests {
         let handle = describe_stack(
             &Source::Path("/i/disk.vhd".into()),
             None,
-            Some(FormatArg::Flat),
+            FormatArg::Flat,
             true,
         )
         .unwrap();
@@ -415,7 +435,7 @@ mod tests {
         let handle = describe_stack(
             &Source::Url("http://h/disk.raw".into()),
             Some(Path::new("/c")),
-            Some(FormatArg::Vhd1),
+            FormatArg::Vhd1,
             false,
         )
         .unwrap();
@@ -429,18 +449,30 @@ mod tests {
     }
 
     #[test]
-    fn vhdx_is_refused_with_a_redacted_url() {
-        let err = describe_stack(
-            &Source::Url("https://h/w.vhdx?sig=SECRET".into()),
-            Some(Path::new("/c")),
-            Some(FormatArg::Flat),
-            false,
-        )
-        .unwrap_err();
-        let text = format!("{err:#}");
-        assert!(text.contains("VHDX"), "{text}");
-        assert!(text.contains("w.vhdx?<redacted>"), "{text}");
-        assert!(!text.contains("SECRET"), "{text}");
+    fn every_format_can_be_named() {
+        use clap::ValueEnum as _;
+        for (name, format) in [
+            ("auto", BlobFormat::Auto),
+            ("flat", BlobFormat::Flat),
+            ("vhd1", BlobFormat::FixedVhd1),
+            ("vhd1-dynamic", BlobFormat::DynamicVhd1),
+            ("vhdx", BlobFormat::Vhdx),
+            ("qcow2", BlobFormat::Qcow2),
+        ] {
+            let arg = FormatArg::from_str(name, false).unwrap();
+            let handle = describe_stack(
+                &Source::Url("https://h/w.vhdx?sig=SECRET".into()),
+                Some(Path::new("/c")),
+                arg,
+                false,
+            )
+            .unwrap();
+            assert!(
+                matches!(handle.layers[2].layer, LayerKind::Blob { format: f, .. } if f == format),
+                "{name}"
+            );
+        }
+        assert_eq!(FormatArg::value_variants().len(), 6);
     }
 
     #[test]

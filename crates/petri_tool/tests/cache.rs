@@ -228,6 +228,17 @@ async fn list_prune_and_verify_a_real_cache_directory() {
     let rows = list_json(&cache_dir);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["entry"], held_entry);
+    // ... and removes every image's metadata pieces, which are fetched
+    // again when needed (even the open disk's: it keeps what it read).
+    assert!(
+        run.stdout.contains("removed image metadata"),
+        "{}",
+        run.stdout
+    );
+    let versions = std::fs::read_dir(cache_dir.join("image-metadata"))
+        .unwrap()
+        .count();
+    assert_eq!(versions, 0);
 
     // Once closed, a size limit of nothing removes it.
     drop(held_disk);

@@ -313,6 +313,9 @@ fn clear_errors_without_secrets() {
     let server = FaultServer::start().unwrap();
     let missing = format!("{}?sig=SECRET", server.url("/missing.vhd"));
 
+    // A name that contradicts the content: a raw image called .vhdx.
+    server.put_blob("/win.vhdx", vec![0u8; 1 << 20]);
+    let contradicting = format!("{}?sig=SECRET", server.url("/win.vhdx"));
     // (source, extra arguments, what the error must say)
     let cases: [(&str, &[&str], &[&str]); 4] = [
         ("/no/such/image.vhd", &[], &["/no/such/image.vhd"]),
@@ -323,9 +326,9 @@ fn clear_errors_without_secrets() {
             &["missing.vhd?<redacted>", "404"],
         ),
         (
-            "https://h/win.vhdx?sig=SECRET",
+            &contradicting,
             &["--cache-dir", cache],
-            &["VHDX"],
+            &["VHDX (.vhdx)", "raw data", "win.vhdx?<redacted>"],
         ),
     ];
     for (source, extra, says) in cases {
@@ -480,4 +483,86 @@ fn a_recorded_prefetch_list_published_in_the_store_is_replayed() {
         "fetched {fetched} for an image of {len}: {}",
         replayed.counters
     );
+}
+
+/// Sparse images served from the embedded test server (which counts the
+/// requests and bytes it answers): the format is detected from the
+/// content (a qcow2 named `.img`, as clouds ship them) or named with
+/// `--format`; the export holds the raw image's bytes; the cold run
+/// fetches no more than the image's allocated bytes and a tenth; the warm
+/// run fetches nothing.
+#[test]
+fn sparse_images_stream_with_the_format_detected_or_named() {
+    use blob_test_servers::sparse_images::SparseVariant;
+    use blob_test_servers::sparse_images::convert_with_qemu_img;
+    use blob_test_servers::sparse_images::write_sparse_raw;
+    if require_tool("qemu-img").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    write_sparse_raw(&raw, 24 << 20).unwrap();
+    let server = FaultServer::start().unwrap();
+    let variants: [(SparseVariant, &[&str]); 3] = [
+        (
+            SparseVariant {
+                name: "cloud.img",
+                args: &["-c", "-O", "qcow2"],
+            },
+            &[],
+        ),
+        (
+            SparseVariant {
+                name: "dynamic.vhd",
+                args: &["-O", "vpc", "-o", "subformat=dynamic,force_size=on"],
+            },
+            &["--format", "vhd1-dynamic"],
+        ),
+        (
+            SparseVariant {
+                name: "disk.vhdx",
+                args: &["-O", "vhdx", "-o", "block_size=1M"],
+            },
+            &["--format", "auto"],
+        ),
+    ];
+    for (variant, extra) in variants {
+        let name = variant.name;
+        let image = convert_with_qemu_img(&raw, dir.path(), &variant).unwrap();
+        let image_len = std::fs::metadata(&image).unwrap().len();
+        server.put_file(&format!("/{name}"), &image).unwrap();
+        let url = format!("{}?sig=SECRET", server.url(&format!("/{name}")));
+        let run_dir = dir.path().join(format!("run-{name}"));
+        std::fs::create_dir(&run_dir).unwrap();
+        let files = Files::in_dir(&run_dir);
+
+        server.reset_stats();
+        let cold = files.cached_run(&url, &raw, extra, "TERM", |_| {});
+        let fetched = cold.n("remote_bytes_fetched");
+        assert!(fetched > 0, "{name}: {}", cold.counters);
+        assert!(
+            fetched as f64 <= image_len as f64 * 1.1,
+            "{name}: fetched {fetched} of a {image_len}-byte image"
+        );
+        assert_eq!(server.bytes_served(), fetched, "{name}");
+        assert_eq!(server.request_count(), cold.n("remote_requests"), "{name}");
+
+        server.reset_stats();
+        let warm = files.cached_run(&url, &raw, extra, "INT", |_| {});
+        warm.assert_fetched_nothing();
+        assert_eq!(server.bytes_served(), 0, "{name}");
+        assert_eq!(server.request_count(), 1, "{name}: only the HEAD");
+    }
+
+    // A named format that the content contradicts is refused, naming the
+    // image (the URL without its query) and the structure.
+    let socket = dir.path().join("s.sock");
+    let err = fails(
+        &format!("{}?sig=SECRET", server.url("/cloud.img")),
+        socket.to_str().unwrap(),
+        &["--format", "vhdx"],
+    );
+    assert!(err.contains("cloud.img?<redacted>"), "{err}");
+    assert!(err.contains("VHDX"), "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
 }

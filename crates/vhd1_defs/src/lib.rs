@@ -1,6 +1,7 @@
 //! On-disk definitions of the VHD1 ("Virtual Hard Disk Image Format
 //! Specification", version 1.0) footer, with a parser, a validator for
-//! fixed disks and a writer.
+//! fixed disks and a writer; the dynamic disk header, BAT and sector
+//! bitmaps are in [`dynamic`].
 //!
 //! Position in the data flow: `disk_blob`'s `BlobDisk::new_fixed_vhd1`
 //! reads the last [`FOOTER_SIZE`] bytes of a blob (local file or HTTP) and
@@ -23,9 +24,9 @@
 //! - [`Footer::to_bytes`] always writes a correct checksum, so
 //!   `Footer::parse(&f.to_bytes())` round-trips.
 //!
-//! FUTURE: dynamic and differencing VHD1 (dynamic header, BAT, parent
-//! locators) are not described here; readers reject them via
-//! [`FooterError::NotFixed`].
+//! Dynamic disks ([`dynamic`]) are read by `disk_sparse`; differencing
+//! disks (which need their parent) are refused with
+//! [`dynamic::DynamicError::Differencing`].
 //!
 //! DEVNOTE: `data_offset` is not validated for fixed disks. The spec says
 //! it is `0xFFFFFFFFFFFFFFFF` for a fixed disk (and [`Footer::new_fixed`]
@@ -33,6 +34,8 @@
 //! an otherwise valid image over an unused field helps no one.
 
 #![forbid(unsafe_code)]
+
+pub mod dynamic;
 
 use std::fmt;
 

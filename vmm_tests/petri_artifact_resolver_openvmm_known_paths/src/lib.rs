@@ -19,8 +19,10 @@
 //!   `ArtifactSource::Remote { url }` with url = base URL + `/` +
 //!   percent-encoded file name ([`artifact_url`]), base URL from
 //!   [`artifact_base_url`] (`$PETRI_ARTIFACT_BASE_URL`, else the default
-//!   Azure container). An image with no remote form (the VHDX) returns the
-//!   original local error, unchanged.
+//!   Azure container). Every disk image has a remote form (flat, VHD1 and
+//!   VHDX alike: the disk layer reads them lazily); a file with none (the
+//!   test guest's kernel and initramfs, which the VMM loads itself)
+//!   returns the original local error, unchanged.
 //! - The per-test log directory
 //!   (`petri_artifacts_common::artifacts::TEST_LOG_DIRECTORY`) resolves to
 //!   `$TEST_OUTPUT_PATH/<test name>`, by default
@@ -287,10 +289,11 @@ impl fmt::Display for LocalArtifactNotFound {
         if !a.remote_capable() {
             write!(
                 f,
-                "\n  {} images cannot be read remotely, so it must be downloaded",
+                "\n  {} cannot be read remotely, so it must be present locally",
                 match a.format() {
-                    vmm_test_images::ImageFormat::Vhdx => "VHDX",
-                    _ => "such",
+                    vmm_test_images::ImageFormat::File =>
+                        "a file the VMM loads itself (kernel, initramfs)",
+                    _ => "this image",
                 }
             )?;
         }

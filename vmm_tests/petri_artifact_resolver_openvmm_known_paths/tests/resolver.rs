@@ -249,7 +249,7 @@ fn a_directory_with_the_image_name_is_not_a_hit() {
 }
 
 #[test]
-fn vhdx_is_never_remote_and_keeps_the_original_error() {
+fn vhdx_resolves_to_the_store_like_any_disk() {
     let fx = Fixture::new();
     let env = ResolverEnv {
         base_url: Some("http://127.0.0.1:8080/mirror?sig=SECRET".into()),
@@ -257,25 +257,14 @@ fn vhdx_is_never_remote_and_keeps_the_original_error() {
     };
     let r = fx.resolver(env);
     let h = test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.erase();
-    let err = r.resolve_source(h).unwrap_err();
-    // The error is the local lookup's error itself, not a new one.
-    let typed = err.downcast_ref::<LocalArtifactNotFound>().unwrap();
-    assert_eq!(
-        typed.artifact,
-        KnownTestArtifacts::Windows11EnterpriseAarch64Vhdx
-    );
-    assert_eq!(err.chain().count(), 1);
-    let msg = full(&err);
-    assert!(msg.contains("VHDX"), "{msg}");
-    assert!(
-        msg.contains("--artifacts Windows11EnterpriseAarch64Vhdx"),
-        "{msg}"
-    );
-    assert!(
-        !msg.contains("SECRET") && !msg.contains("127.0.0.1"),
-        "{msg}"
-    );
-
+    match r.resolve_source(h).unwrap() {
+        ArtifactSource::Remote { url } => assert_eq!(
+            url,
+            "http://127.0.0.1:8080/mirror/\
+             windows11preview-arm64-win11-24h2-ent-26100.3775.250406-1.vhdx?sig=SECRET"
+        ),
+        other => panic!("expected a remote source, got {other:?}"),
+    }
     // With the file present it resolves locally.
     touch(
         &fx.custom
@@ -288,13 +277,49 @@ fn vhdx_is_never_remote_and_keeps_the_original_error() {
 }
 
 #[test]
-fn vhdx_through_requirements_is_local_only() {
+fn kernel_is_never_remote_and_keeps_the_original_error() {
+    use petri_artifacts_vmm_test::artifacts::test_linux_direct;
+    let fx = Fixture::new();
+    let env = ResolverEnv {
+        base_url: Some("http://127.0.0.1:8080/mirror?sig=SECRET".into()),
+        ..fx.env_custom()
+    };
+    let r = fx.resolver(env);
+    let h = test_linux_direct::PETRI_TEST_GUEST_KERNEL_X64.erase();
+    let err = r.resolve_source(h).unwrap_err();
+    // The error is the local lookup's error itself, not a new one.
+    let typed = err.downcast_ref::<LocalArtifactNotFound>().unwrap();
+    assert_eq!(typed.artifact, KnownTestArtifacts::PetriTestGuestX64Kernel);
+    assert_eq!(err.chain().count(), 1);
+    let msg = full(&err);
+    assert!(msg.contains("cannot be read remotely"), "{msg}");
+    assert!(msg.contains("cargo xtask guest-test build-image"), "{msg}");
+    assert!(
+        !msg.contains("SECRET") && !msg.contains("127.0.0.1"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn vhdx_is_local_only_where_the_backend_says_so() {
     let fx = Fixture::new();
     let r = fx.resolver(fx.env_custom());
+    // OpenVMM and QEMU allow remote access: the VHDX may stream.
     let mut reqs = TestArtifactRequirements::with_override(RemoteOverride::NoOverride);
     reqs.require(
         test_vhd::WINDOWS_11_ENTERPRISE_AARCH64,
         RemoteAccess::Allow,
+        false,
+    );
+    assert_eq!(
+        reqs.access(test_vhd::WINDOWS_11_ENTERPRISE_AARCH64),
+        Some(RemoteAccess::Allow)
+    );
+    // Hyper-V needs it locally: a miss names the download command.
+    let mut reqs = TestArtifactRequirements::with_override(RemoteOverride::NoOverride);
+    reqs.require(
+        test_vhd::WINDOWS_11_ENTERPRISE_AARCH64,
+        RemoteAccess::LocalOnly,
         false,
     );
     assert_eq!(
@@ -537,7 +562,7 @@ fn download_helpers_for_xtask() {
     assert_eq!(
         env.download_url(KnownTestArtifacts::Windows11EnterpriseAarch64Vhdx)
             .unwrap(),
-        "http://127.0.0.1:9/m/windows11preview_arm64.vhdx?sig=S"
+        "http://127.0.0.1:9/m/windows11preview-arm64-win11-24h2-ent-26100.3775.250406-1.vhdx?sig=S"
     );
     assert_eq!(fx.env().download_dir(), fx.root.join("images"));
     assert_eq!(

@@ -11,13 +11,14 @@
 //!
 //! Invariants:
 //!
-//! - VHD (fixed VHD1), ISO (flat) and VMGS (fixed VHD1) images are declared
-//!   with `declare_blob_artifacts!`: they may be read lazily over HTTP.
-//! - The VHDX image is declared with `declare_artifacts!`: it is never
-//!   served remotely (FUTURE: lazy VHDX reads).
-//! - Every `FILENAME` is unique and its extension matches the format the
-//!   blob layer infers from a URL path (`.vhd`/`.vmgs` fixed VHD1, `.iso`
-//!   flat, `.vhdx` rejected); `vmm_test_images` tests this.
+//! - Disk images (VHD, VHDX), ISOs (flat) and VMGS files (fixed VHD1) are
+//!   declared with `declare_blob_artifacts!`: they may be read lazily over
+//!   HTTP (the disk layer reads flat, fixed and dynamic VHD1, VHDX and
+//!   qcow2).
+//! - Every `FILENAME` is unique and its extension names its format
+//!   (`.vhd`/`.vmgs` VHD1, `.vhdx` VHDX, `.iso` flat), which the disk
+//!   layer takes as a hint and checks against the content;
+//!   `vmm_test_images` tests this.
 //!
 //! - The built test guests ([`artifacts::test_linux_direct`]: the small
 //!   petri test guest and the Debian 12 systemd guest) are built on this
@@ -26,8 +27,9 @@
 //!   their root disks, raw (flat) and fixed VHD1, are blob-capable, so a
 //!   test can boot them from any HTTP mirror of the images folder.
 //!
-//! DEVNOTE: only the Ubuntu 24.04 x64, Alpine 3.23 x64 and FreeBSD 13.2 VHD
-//! sizes are taken from the reference store; the others are plausible
+//! DEVNOTE: the Ubuntu 24.04 and 25.04 x64, Alpine 3.23 (both
+//! architectures), FreeBSD 13.2 VHD and Windows 11 aarch64 VHDX sizes are
+//! taken from the reference store's catalog; the others are plausible
 //! values marked "size not verified against the store" where they are
 //! declared.
 
@@ -62,15 +64,13 @@ pub mod artifacts {
             UBUNTU_2404_SERVER_X64,
             /// Ubuntu 24.04 server cloud image, aarch64.
             UBUNTU_2404_SERVER_AARCH64,
+            /// Ubuntu 25.04 server cloud image, x64.
+            UBUNTU_2504_SERVER_X64,
             /// Alpine Linux 3.23 (UEFI, cloud-init), x64.
             ALPINE_3_23_X64,
             /// Alpine Linux 3.23 (UEFI, cloud-init), aarch64.
             ALPINE_3_23_AARCH64,
-        }
-
-        petri_artifacts_core::declare_artifacts! {
-            /// Windows 11 Enterprise, aarch64. A VHDX: local only, since
-            /// VHDX cannot be read lazily yet.
+            /// Windows 11 Enterprise, aarch64 (a VHDX).
             WINDOWS_11_ENTERPRISE_AARCH64,
         }
 
@@ -102,7 +102,7 @@ pub mod artifacts {
         }
         impl IsHostedOnBlobStore for GEN2_WINDOWS_DATA_CENTER_CORE2025_X64 {
             const FILENAME: &'static str =
-                "WindowsServer-2025-datacenter-core-smalldisk-g2-26100.1742.240906.vhd";
+                "WindowsServer-2025-datacenter-core-smalldisk-g2-26100.3476.250306.vhd";
             // DEVNOTE: size not verified against the store
             const SIZE: u64 = 32_214_352_384;
         }
@@ -135,6 +135,15 @@ pub mod artifacts {
             const SIZE: u64 = 3_758_211_584;
         }
 
+        impl IsTestVhd for UBUNTU_2504_SERVER_X64 {
+            const OS_FLAVOR: OsFlavor = OsFlavor::Linux;
+            const ARCH: MachineArch = MachineArch::X64;
+        }
+        impl IsHostedOnBlobStore for UBUNTU_2504_SERVER_X64 {
+            const FILENAME: &'static str = "ubuntu-25.04-server-cloudimg-amd64.vhd";
+            const SIZE: u64 = 3_758_211_584;
+        }
+
         impl IsTestVhd for ALPINE_3_23_X64 {
             const OS_FLAVOR: OsFlavor = OsFlavor::Linux;
             const ARCH: MachineArch = MachineArch::X64;
@@ -150,8 +159,7 @@ pub mod artifacts {
         }
         impl IsHostedOnBlobStore for ALPINE_3_23_AARCH64 {
             const FILENAME: &'static str = "nocloud_alpine-3.23.2-aarch64-uefi-cloudinit-r0.vhd";
-            // DEVNOTE: size not verified against the store
-            const SIZE: u64 = 224_494_080;
+            const SIZE: u64 = 258_015_744;
         }
 
         impl IsTestVhd for WINDOWS_11_ENTERPRISE_AARCH64 {
@@ -159,8 +167,8 @@ pub mod artifacts {
             const ARCH: MachineArch = MachineArch::Aarch64;
         }
         impl IsHostedOnBlobStore for WINDOWS_11_ENTERPRISE_AARCH64 {
-            const FILENAME: &'static str = "windows11preview_arm64.vhdx";
-            // DEVNOTE: size not verified against the store
+            const FILENAME: &'static str =
+                "windows11preview-arm64-win11-24h2-ent-26100.3775.250406-1.vhdx";
             const SIZE: u64 = 24_398_266_368;
         }
     }
@@ -358,8 +366,8 @@ mod tests {
     }
 
     #[test]
-    fn vhdx_is_not_blob_capable_and_the_rest_are() {
-        assert!(!test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.is_blob_capable());
+    fn disks_are_blob_capable_and_guest_boot_files_are_not() {
+        assert!(test_vhd::WINDOWS_11_ENTERPRISE_AARCH64.is_blob_capable());
         assert!(test_vhd::UBUNTU_2404_SERVER_X64.is_blob_capable());
         assert!(test_iso::FREE_BSD_13_2_X64.is_blob_capable());
         assert!(test_vmgs::VMGS_WITH_BOOT_ENTRY.is_blob_capable());

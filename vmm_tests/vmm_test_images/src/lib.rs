@@ -37,10 +37,14 @@
 //! - every variant maps to a distinct handle and a distinct file name;
 //! - every variant round-trips through its command-line name and serde;
 //! - [`KnownTestArtifacts::remote_capable`] is the handle's blob flag, and
-//!   it is `true` exactly for formats a blob disk can present
-//!   ([`ImageFormat::FixedVhd1`] and [`ImageFormat::Flat`]);
-//! - the format agrees with what the blob layer infers from the file name
-//!   ([`ImageFormat::from_file_name`]);
+//!   it is `true` exactly for disk formats the disk layer reads lazily
+//!   ([`ImageFormat::FixedVhd1`], [`ImageFormat::Flat`] and
+//!   [`ImageFormat::Vhdx`]; it also reads dynamic VHD1 and qcow2);
+//! - the format agrees with what the file name's extension says
+//!   ([`ImageFormat::from_file_name`]), which the disk layer takes as a
+//!   hint and checks against the content;
+//! - every entry's file name, size and command-line name are pinned by a
+//!   table in the tests, so a change is deliberate;
 //! - `(macro keyword, macro name)` pairs are unique.
 //!
 //! Nothing here does I/O.
@@ -203,25 +207,25 @@ pub enum ImageFormat {
     FixedVhd1,
     /// The file is the disk, byte for byte (ISO, raw).
     Flat,
-    /// VHDX: cannot be presented as a blob disk yet.
+    /// VHDX, read lazily like the others.
     Vhdx,
     /// Not a disk: a file the VMM loads itself (kernel, initramfs).
     File,
 }
 
 impl ImageFormat {
-    /// Whether a blob disk can present this format, i.e. whether an image
-    /// in it may be read lazily from a URL.
+    /// Whether the disk layer can read this format lazily, i.e. whether an
+    /// image in it may be read from a URL.
     pub const fn is_blob_readable(self) -> bool {
         match self {
-            ImageFormat::FixedVhd1 | ImageFormat::Flat => true,
-            ImageFormat::Vhdx | ImageFormat::File => false,
+            ImageFormat::FixedVhd1 | ImageFormat::Flat | ImageFormat::Vhdx => true,
+            ImageFormat::File => false,
         }
     }
 
-    /// The format the blob layer infers from a URL path's file name:
-    /// `.vhd` and `.vmgs` are fixed VHD1, `.vhdx` is VHDX (to be rejected,
-    /// never treated as flat), anything else is flat. Case-insensitive.
+    /// The format a file name's extension names: `.vhd` and `.vmgs` are
+    /// VHD1, `.vhdx` is VHDX, anything else is flat. Case-insensitive.
+    /// (The disk layer decides from the content; this is its hint.)
     pub fn from_file_name(file_name: &str) -> ImageFormat {
         let ext = match file_name.rsplit_once('.') {
             Some((_, ext)) => ext.to_ascii_lowercase(),
@@ -423,11 +427,13 @@ catalog! {
     /// Ubuntu 24.04 server, aarch64 (VHD).
     Ubuntu2404ServerAarch64Vhd => test_vhd::UBUNTU_2404_SERVER_AARCH64,
         "ubuntu_2404_server_aarch64", Vhd, FixedVhd1, Download;
+    /// Ubuntu 25.04 server, x64 (VHD).
+    Ubuntu2504ServerX64Vhd => test_vhd::UBUNTU_2504_SERVER_X64, "ubuntu_2504_server_x64", Vhd, FixedVhd1, Download;
     /// Alpine Linux 3.23, x64 (VHD).
     Alpine323X64Vhd => test_vhd::ALPINE_3_23_X64, "alpine_3_23_x64", Vhd, FixedVhd1, Download;
     /// Alpine Linux 3.23, aarch64 (VHD).
     Alpine323Aarch64Vhd => test_vhd::ALPINE_3_23_AARCH64, "alpine_3_23_aarch64", Vhd, FixedVhd1, Download;
-    /// Windows 11 Enterprise, aarch64 (VHDX; local only).
+    /// Windows 11 Enterprise, aarch64 (VHDX).
     Windows11EnterpriseAarch64Vhdx => test_vhd::WINDOWS_11_ENTERPRISE_AARCH64,
         "windows_11_enterprise_aarch64", Vhdx, Vhdx, Download;
     /// VMGS with a UEFI boot entry.

@@ -107,7 +107,8 @@ fn blob_capability_matches_format() {
             "{a}"
         );
     }
-    assert!(!KnownTestArtifacts::Windows11EnterpriseAarch64Vhdx.remote_capable());
+    assert!(KnownTestArtifacts::Windows11EnterpriseAarch64Vhdx.remote_capable());
+    assert!(!KnownTestArtifacts::PetriTestGuestX64Kernel.remote_capable());
     assert!(KnownTestArtifacts::Ubuntu2404ServerX64Vhd.remote_capable());
     assert!(KnownTestArtifacts::FreeBsd13_2X64Iso.remote_capable());
 }
@@ -133,6 +134,157 @@ fn sizes_are_plausible() {
     assert_eq!(
         KnownTestArtifacts::Alpine323X64Vhd.file_name(),
         "nocloud_alpine-3.23.2-x86_64-uefi-cloudinit-r0.vhd"
+    );
+}
+
+/// Every entry's file name, size and command-line name, as the store
+/// (and the reference catalog) has them: a change here is deliberate.
+#[test]
+fn catalog_matches_the_store() {
+    use KnownTestArtifacts::*;
+    let table: &[(KnownTestArtifacts, &str, u64, &str)] = &[
+        (
+            Gen1WindowsDataCenterCore2022X64Vhd,
+            "WindowsServer-2022-datacenter-core-smalldisk-20348.1906.230803.vhd",
+            32_214_352_384,
+            "Gen1WindowsDataCenterCore2022X64Vhd",
+        ),
+        (
+            Gen2WindowsDataCenterCore2022X64Vhd,
+            "WindowsServer-2022-datacenter-core-smalldisk-g2-20348.1906.230803.vhd",
+            32_214_352_384,
+            "Gen2WindowsDataCenterCore2022X64Vhd",
+        ),
+        (
+            Gen2WindowsDataCenterCore2025X64Vhd,
+            "WindowsServer-2025-datacenter-core-smalldisk-g2-26100.3476.250306.vhd",
+            32_214_352_384,
+            "Gen2WindowsDataCenterCore2025X64Vhd",
+        ),
+        (
+            FreeBsd13_2X64Vhd,
+            "FreeBSD-13.2-RELEASE-amd64.vhd",
+            6_477_005_312,
+            "FreeBsd13_2X64Vhd",
+        ),
+        (
+            FreeBsd13_2X64Iso,
+            "FreeBSD-13.2-RELEASE-amd64-dvd1.iso",
+            4_245_487_616,
+            "FreeBsd13_2X64Iso",
+        ),
+        (
+            Ubuntu2404ServerX64Vhd,
+            "ubuntu-24.04-server-cloudimg-amd64.vhd",
+            3_758_211_584,
+            "Ubuntu2404ServerX64Vhd",
+        ),
+        (
+            Ubuntu2404ServerAarch64Vhd,
+            "ubuntu-24.04-server-cloudimg-arm64.vhd",
+            3_758_211_584,
+            "Ubuntu2404ServerAarch64Vhd",
+        ),
+        (
+            Ubuntu2504ServerX64Vhd,
+            "ubuntu-25.04-server-cloudimg-amd64.vhd",
+            3_758_211_584,
+            "Ubuntu2504ServerX64Vhd",
+        ),
+        (
+            Alpine323X64Vhd,
+            "nocloud_alpine-3.23.2-x86_64-uefi-cloudinit-r0.vhd",
+            224_494_080,
+            "Alpine323X64Vhd",
+        ),
+        (
+            Alpine323Aarch64Vhd,
+            "nocloud_alpine-3.23.2-aarch64-uefi-cloudinit-r0.vhd",
+            258_015_744,
+            "Alpine323Aarch64Vhd",
+        ),
+        (
+            Windows11EnterpriseAarch64Vhdx,
+            "windows11preview-arm64-win11-24h2-ent-26100.3775.250406-1.vhdx",
+            24_398_266_368,
+            "Windows11EnterpriseAarch64Vhdx",
+        ),
+        (
+            VmgsWithBootEntry,
+            "sample-vmgs.vhd",
+            4_194_816,
+            "VmgsWithBootEntry",
+        ),
+        (
+            VmgsWith16kTpm,
+            "vmgs_with_16k_tpm.vmgs",
+            4_194_816,
+            "VmgsWith16kTpm",
+        ),
+        (
+            PetriTestGuestX64Vhd,
+            "petri-test-guest-x64.vhd",
+            335_979_008,
+            "PetriTestGuestX64Vhd",
+        ),
+        (
+            PetriTestGuestX64Raw,
+            "petri-test-guest-x64.raw",
+            335_978_496,
+            "PetriTestGuestX64Raw",
+        ),
+        (
+            PetriTestGuestX64Kernel,
+            "petri-test-guest-x64.vmlinuz",
+            8_247_232,
+            "PetriTestGuestX64Kernel",
+        ),
+        (
+            PetriTestGuestX64Initrd,
+            "petri-test-guest-x64.initrd",
+            4_804_688,
+            "PetriTestGuestX64Initrd",
+        ),
+        (
+            Debian12X64Vhd,
+            "petri-debian-12-x64.vhd",
+            2_147_992_064,
+            "Debian12X64Vhd",
+        ),
+        (
+            Debian12X64Raw,
+            "petri-debian-12-x64.raw",
+            2_147_991_552,
+            "Debian12X64Raw",
+        ),
+        (
+            Debian12X64Kernel,
+            "petri-debian-12-x64.vmlinuz",
+            8_247_232,
+            "Debian12X64Kernel",
+        ),
+        (
+            Debian12X64Initrd,
+            "petri-debian-12-x64.initrd",
+            30_230_566,
+            "Debian12X64Initrd",
+        ),
+    ];
+    for &(a, file, size, cli) in table {
+        assert_eq!(
+            (a.file_name(), a.size(), a.cli_name()),
+            (file, size, cli),
+            "{a}"
+        );
+    }
+    let pinned: HashSet<_> = table.iter().map(|row| row.0).collect();
+    let missing: Vec<_> = KnownTestArtifacts::all()
+        .filter(|a| !pinned.contains(a))
+        .collect();
+    assert!(missing.is_empty(), "entries not pinned: {missing:?}");
+    assert_eq!(
+        KnownTestArtifacts::from_macro("vhd", "ubuntu_2504_server_x64"),
+        Some(Ubuntu2504ServerX64Vhd)
     );
 }
 

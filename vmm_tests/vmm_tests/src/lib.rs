@@ -41,6 +41,14 @@
 //!   `PETRI_REMOTE_ARTIFACTS=0` and checks it fails before booting with
 //!   the build command. The OpenVMM and Hyper-V variants of both tests
 //!   are listed as ignored with their reasons.
+//! - `sparse_formats`: the same guest booted under QEMU from its raw root
+//!   disk converted by `qemu-img convert` (in the test setup) to a dynamic
+//!   VHD, a VHDX and a deflate-compressed qcow2, each served by its own
+//!   nginx under the raw image's name (the `.raw` extension gives no
+//!   hint, so the disk layer detects the format from the content); each
+//!   boot reaches the guest's markers and fetches a few MB of the ~270 MB
+//!   image, and nginx sees exactly the requests the disk counted. Three
+//!   boots; they need `qemu-img` (`qemu-utils`) besides QEMU and nginx.
 //! - `harness_checks`: self-checks of the harness that invoke this test
 //!   binary (`--list`, `--list-required-artifacts`, forced runs).
 //!

@@ -27,6 +27,11 @@
 //!   one. So the root disk always resolves to a URL, exactly as for a user
 //!   whose images live on a store.
 //!
+//! - a test in the `sparse_formats` module gets the same, except that
+//!   its nginx serves a new folder holding the test guest's raw root
+//!   disk converted by `qemu-img convert` to the test's format, under the
+//!   raw image's name (so the root disk resolves to it).
+//!
 //! The test takes its mirror with [`take`] (for the cache directory and
 //! nginx's request count; the backend gets the cache directory through
 //! `PetriVmBuilder::with_cache_dir`), and nginx stops when the test drops
@@ -49,6 +54,11 @@ use vmm_test_images::KnownTestArtifacts;
 /// Tests whose names start with this boot from a [`RemoteMirror`].
 pub const MIRRORED_MODULE: &str = "remote_mirror::";
 
+/// Tests whose names start with this boot from a [`RemoteMirror`] that
+/// serves the test guest's raw root disk converted to another format
+/// (see `sparse_formats`).
+pub const SPARSE_MODULE: &str = "sparse_formats::";
+
 /// nginx serving the built test guest images, plus the folders a test
 /// resolves and caches into.
 pub struct RemoteMirror {
@@ -56,6 +66,8 @@ pub struct RemoteMirror {
     nginx: Option<(NginxServer, PathBuf)>,
     base_url: String,
     root: tempfile::TempDir,
+    /// The folder of converted images nginx serves, if any.
+    _converted: Option<tempfile::TempDir>,
 }
 
 impl RemoteMirror {
@@ -79,32 +91,56 @@ impl RemoteMirror {
         self.nginx.as_ref().map(|(_, d)| d.as_path())
     }
 
-    /// The store's base URL (may hold a secret query: do not print).
-    pub fn base_url(&self) -> &str {
-        &self.base_url
+    /// Checks that `config` boots from a remote root disk this mirror
+    /// serves (and not, say, from a local copy).
+    pub fn check_serves_root<T: petri::PetriVmmBackend>(
+        &self,
+        config: &petri::PetriVmBuilder<T>,
+    ) -> anyhow::Result<()> {
+        let root = crate::guest::boot_disk(config)?;
+        let base = self.base_url.split('?').next().unwrap_or_default();
+        match &root {
+            petri::Disk::Differencing(petri::DiskPath::Remote { url }) => anyhow::ensure!(
+                url.starts_with(base),
+                "the root disk {root:?} is not served by the test's store"
+            ),
+            other => anyhow::bail!("expected a remote root disk, got {other:?}"),
+        }
+        Ok(())
     }
 
-    /// A mirror for a test that requires the built guest files `needed`.
-    fn start(env: &ResolverEnv, needed: &[KnownTestArtifacts]) -> anyhow::Result<Self> {
-        let nginx = match &env.base_url {
-            Some(_) => None,
-            None => {
+    /// A mirror for a test that requires the built guest files `needed`:
+    /// of the built root disk's folder (or the user's store), or, with
+    /// `converted`, of that folder of converted images (always our own
+    /// nginx).
+    fn start(
+        env: &ResolverEnv,
+        needed: &[KnownTestArtifacts],
+        converted: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Self> {
+        let nginx = match (&env.base_url, &converted) {
+            (Some(_), None) => None,
+            _ => {
                 if blob_test_servers::require_tool("nginx").is_none() {
                     return Err(
                         SkipTest::new("nginx is not installed (apt-get install nginx)").into(),
                     );
                 }
-                let disk = needed
-                    .iter()
-                    .find(|a| a.remote_capable())
-                    .context("the test requires no built root disk to serve")?;
-                let path = env
-                    .find_local(*disk)
-                    .with_context(|| format!("{disk} is not built"))?;
-                let served_dir = path
-                    .parent()
-                    .with_context(|| format!("{} has no parent folder", path.display()))?
-                    .to_owned();
+                let served_dir = match &converted {
+                    Some(dir) => dir.path().to_owned(),
+                    None => {
+                        let disk = needed
+                            .iter()
+                            .find(|a| a.remote_capable())
+                            .context("the test requires no built root disk to serve")?;
+                        let path = env
+                            .find_local(*disk)
+                            .with_context(|| format!("{disk} is not built"))?;
+                        path.parent()
+                            .with_context(|| format!("{} has no parent folder", path.display()))?
+                            .to_owned()
+                    }
+                };
                 let nginx = NginxServer::serve_dir(&served_dir).context("starting nginx")?;
                 Some((nginx, served_dir))
             }
@@ -133,8 +169,44 @@ impl RemoteMirror {
             nginx,
             base_url,
             root,
+            _converted: converted,
         })
     }
+}
+
+/// Converts the built raw root disk of the test guest for `conversion`
+/// into a new folder, under the raw image's own file name.
+fn convert_root_disk(
+    env: &ResolverEnv,
+    conversion: &crate::sparse_formats::Conversion,
+) -> anyhow::Result<tempfile::TempDir> {
+    let Some(qemu_img) = blob_test_servers::require_tool("qemu-img") else {
+        return Err(SkipTest::new("qemu-img is not installed (apt-get install qemu-utils)").into());
+    };
+    let raw = env
+        .find_local(KnownTestArtifacts::PetriTestGuestX64Raw)
+        .context("the test guest's raw disk is not built")?;
+    let dir = tempfile::Builder::new()
+        .prefix("petri-converted-")
+        .tempdir()
+        .context("creating the folder of converted images")?;
+    let out = dir
+        .path()
+        .join(KnownTestArtifacts::PetriTestGuestX64Raw.file_name());
+    let status = std::process::Command::new(qemu_img)
+        .args(["convert", "-f", "raw"])
+        .args(conversion.args)
+        .arg(&raw)
+        .arg(&out)
+        .output()
+        .context("running qemu-img convert")?;
+    anyhow::ensure!(
+        status.status.success(),
+        "qemu-img convert {:?}: {}",
+        conversion.args,
+        String::from_utf8_lossy(&status.stderr)
+    );
+    Ok(dir)
 }
 
 type Mirrors = BTreeMap<String, Arc<RemoteMirror>>;
@@ -180,10 +252,12 @@ pub fn resolver_env(
 ) -> anyhow::Result<ResolverEnv> {
     let mut env = ResolverEnv::from_process_env();
     let guest_files = check_test_guest_built(&env, requirements)?;
-    if guest_files.is_empty() || !name.starts_with(MIRRORED_MODULE) {
+    let conversion = crate::sparse_formats::conversion_for(name);
+    if guest_files.is_empty() || !(name.starts_with(MIRRORED_MODULE) || conversion.is_some()) {
         return Ok(env);
     }
-    let mirror = Arc::new(RemoteMirror::start(&env, &guest_files)?);
+    let converted = conversion.map(|c| convert_root_disk(&env, c)).transpose()?;
+    let mirror = Arc::new(RemoteMirror::start(&env, &guest_files, converted)?);
     // Keep logs where they would go, then make the private folder the only
     // image folder (the workspace root decides the default one).
     env.target_dir = Some(env.target_dir());

@@ -8,7 +8,6 @@
 
 use crate::guest::SCRATCH_MARKER;
 use crate::guest::any_file_contains;
-use crate::guest::boot_disk;
 use crate::guest::boot_guest;
 use crate::guest::dir_bytes;
 use crate::mirror;
@@ -38,7 +37,7 @@ async fn cold_then_warm<T: PetriVmmBackend + Clone>(
     config: PetriVmBuilder<T>,
 ) -> anyhow::Result<()> {
     let mirror = mirror::take(&config.params().test_name)?;
-    expect_root_from_mirror(&config, &mirror)?;
+    mirror.check_serves_root(&config)?;
     let config = config.with_cache_dir(mirror.cache_dir());
     // Requests nginx saw (only when the store is our nginx).
     let requests = || mirror.nginx_requests();
@@ -166,23 +165,6 @@ fn check_prefetch_replayed(
     Ok(())
 }
 
-/// Fails unless the root disk of `config` is a URL of the mirror's store.
-fn expect_root_from_mirror<T: PetriVmmBackend>(
-    config: &PetriVmBuilder<T>,
-    mirror: &mirror::RemoteMirror,
-) -> anyhow::Result<()> {
-    let root = boot_disk(config)?;
-    let base = mirror.base_url().split('?').next().unwrap_or_default();
-    match &root {
-        petri::Disk::Differencing(petri::DiskPath::Remote { url }) => ensure!(
-            url.starts_with(base),
-            "the root disk {root:?} is not served by the test's store"
-        ),
-        other => anyhow::bail!("expected a remote root disk, got {other:?}"),
-    }
-    Ok(())
-}
-
 /// The Debian 12 systemd guest booted lazily: one cold boot from the
 /// mirror, with a fresh cache, to its readiness unit after
 /// `multi-user.target` with no failed unit. It fetches what it reads (tens
@@ -191,7 +173,7 @@ fn expect_root_from_mirror<T: PetriVmmBackend>(
 #[vmm_test(qemu_linux_direct_x64(vhd(debian_12_x64)))]
 async fn cold_boot<T: PetriVmmBackend>(config: PetriVmBuilder<T>) -> anyhow::Result<()> {
     let mirror = mirror::take(&config.params().test_name)?;
-    expect_root_from_mirror(&config, &mirror)?;
+    mirror.check_serves_root(&config)?;
     let config = config.with_cache_dir(mirror.cache_dir());
     let requests = || mirror.nginx_requests();
     let before = requests()?;
