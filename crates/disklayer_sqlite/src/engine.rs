@@ -45,6 +45,14 @@
 //! caller API, the reader pool and the owner thread, and are reviewed
 //! together. If it grows, the seams are the reader pool (`Reader`,
 //! `ReaderPool`) and the owner thread (`run_owner`, `commit_fills`).
+//!
+//! FUTURE: the hand-off to a reader thread costs each read a thread
+//! wake-up and a channel reply (~27 us per warm 4 KiB read one at a time,
+//! against ~4.5 us when the caller's worker ran SQLite itself; the Guide's
+//! performance page has the figures). Readers that spin before sleeping
+//! were slower on two cores. What is left to try: answering small reads
+//! that hit SQLite's page cache on a dedicated thread per caller, or
+//! batching a caller's queued reads into one job.
 
 use crate::SqliteLayerError;
 use crate::VerifyReport;
