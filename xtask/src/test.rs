@@ -82,9 +82,10 @@ pub fn run(root: &Path, args: TestArgs) -> Result<()> {
                 // On a developer machine (not root, say) the tests that
                 // boot it skip with a printed reason instead; CI must run
                 // them.
-                Err(e) if !crate::is_ci() => {
-                    println!("==> xtask test: {guest} is not built, its tests will skip: {e:#}")
-                }
+                Err(e) if !crate::is_ci() => println!(
+                    "==> xtask test: {guest}: {e:#}; the tests that need what is missing \
+                     will skip"
+                ),
                 Err(e) => return Err(e),
             }
         }
