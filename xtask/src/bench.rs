@@ -84,10 +84,7 @@ fn build_disk_bench(root: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("building disk-bench failed ({status})");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release/disk-bench");
+    let bin = crate::target_dir(root).join("release/disk-bench");
     if !bin.exists() {
         bail!("{} was not built", bin.display());
     }

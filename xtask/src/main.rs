@@ -120,6 +120,14 @@ fn workspace_root() -> Result<std::path::PathBuf> {
         .context("xtask's manifest directory has no parent")
 }
 
+/// Cargo's target directory for the workspace at `root`:
+/// `CARGO_TARGET_DIR` (relative to `root`), else `<root>/target`.
+fn target_dir(root: &std::path::Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|t| root.join(t))
+        .unwrap_or_else(|| root.join("target"))
+}
+
 /// Whether we run under CI, where a missing component is a failure rather
 /// than a reason to skip: the workspace's one check, under xtask's name.
 pub use ci_env::in_ci as is_ci;

@@ -237,9 +237,7 @@ pub fn run(root: &Path, args: BuildImageArgs) -> Result<()> {
             "the smoke boot and the prefetch lists",
         )?;
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = crate::target_dir(root);
     for guest in guests {
         let started = std::time::Instant::now();
         let outcome = match guest {
@@ -292,8 +290,7 @@ pub fn run(root: &Path, args: BuildImageArgs) -> Result<()> {
             ),
         }
         if !args.no_prefetch_lists {
-            let work = target.join("guest-image-prefetch").join(guest.cli_name());
-            let written = prefetch::ensure_lists(root, &out_dir, guest, &work)?;
+            let written = prefetch::ensure_lists(root, &out_dir, guest)?;
             if written == 0 {
                 println!("guest-image: {guest}: prefetch lists up to date");
             }
@@ -356,11 +353,7 @@ pub fn build_guest(
         }
     };
     let lists_written = if prefetch_lists {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(|t| root.join(t))
-            .unwrap_or_else(|| root.join("target"));
-        let work = target.join("guest-image-prefetch").join(guest.cli_name());
-        prefetch::ensure_lists(root, out_dir, guest, &work)
+        prefetch::ensure_lists(root, out_dir, guest)
             .with_context(|| format!("recording the prefetch lists of {guest}"))?
     } else {
         0

@@ -19,6 +19,7 @@
 //! list whose identity does not match the image.
 
 use super::smoke;
+use crate::guest_run::remove_dir_if_exists;
 use anyhow::Context;
 use anyhow::Result;
 use anyhow::bail;
@@ -53,9 +54,10 @@ fn up_to_date(disk: &Path, list: &Path) -> bool {
 }
 
 /// Records the missing or stale prefetch lists of `guest`'s streamed root
-/// disks in `images` (built already). `work` holds the boots' console
-/// logs and the servers' caches. Returns how many lists were written.
-pub fn ensure_lists(root: &Path, images: &Path, guest: BuiltGuest, work: &Path) -> Result<usize> {
+/// disks in `images` (built already); the boots' console logs go to
+/// `<target>/guest-image-prefetch/<guest>`. Returns how many lists were
+/// written.
+pub fn ensure_lists(root: &Path, images: &Path, guest: BuiltGuest) -> Result<usize> {
     let disks: Vec<PathBuf> = guest
         .files()
         .filter(|a| a.remote_capable())
@@ -72,6 +74,9 @@ pub fn ensure_lists(root: &Path, images: &Path, guest: BuiltGuest, work: &Path) 
             .map(|a| images.join(a.file_name()))
             .with_context(|| format!("the catalog has no {kind:?} for {guest}"))
     };
+    let work = crate::target_dir(root)
+        .join("guest-image-prefetch")
+        .join(guest.cli_name());
     let kernel = file_of(ImageKind::Kernel)?;
     let initrd = file_of(ImageKind::Initrd)?;
     let tool = build_petri_tool(root)?;
@@ -156,10 +161,7 @@ fn build_petri_tool(root: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("building petri-tool failed ({status})");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|t| root.join(t))
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("debug").join("petri-tool"))
+    Ok(crate::target_dir(root).join("debug").join("petri-tool"))
 }
 
 /// A running `petri-tool disk serve-nbd ... --record-prefetch`.
@@ -257,14 +259,6 @@ impl Drop for ServedDisk {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-fn remove_dir_if_exists(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
     }
 }
 

@@ -193,10 +193,7 @@ struct RunOutcome {
 
 /// Runs the command.
 pub fn run(root: &Path, args: RunArgs) -> Result<()> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|t| root.join(t))
-        .unwrap_or_else(|| root.join("target"));
-    let work = target.join("guest-test-run");
+    let work = crate::target_dir(root).join("guest-test-run");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
     // 1. What the job needs on this machine.
@@ -604,7 +601,8 @@ fn prepare_cache(work: &Path, given: Option<&Path>, clear: bool, root: &Path) ->
     Ok(dir)
 }
 
-fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+/// Removes `dir` and everything in it; a missing `dir` is fine.
+pub(crate) fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

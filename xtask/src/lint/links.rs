@@ -213,7 +213,7 @@ mod tests {
             ("README.md", "Read [the design](docs/design.md).\n"),
             (
                 "crates/a/src/lib.rs",
-                "//! Facts:\n//! - see DESIGN.md;\n/// [spec](../spec/x.md)\nfn f() {}\n",
+                "//! Facts:\n//! - see PLAN.md;\n/// [spec](../spec/x.md)\nfn f() {}\n",
             ),
             ("Cargo.toml", "[workspace]\n# crates named in NOTES.md\n"),
             ("Guide/src/p.md", "The CONTRIBUTING.md page.\n"),
@@ -226,7 +226,7 @@ mod tests {
                 "Guide/src/p.md:1 names CONTRIBUTING.md, which is not in the repository",
                 "README.md:1 links to docs/design.md, which does not exist",
                 "crates/a/src/lib.rs:3 links to ../spec/x.md, which does not exist",
-                "crates/a/src/lib.rs:2 names DESIGN.md, which is not in the repository",
+                "crates/a/src/lib.rs:2 names PLAN.md, which is not in the repository",
             ]
         );
     }
