@@ -46,13 +46,11 @@
 //! together. If it grows, the seams are the reader pool (`Reader`,
 //! `ReaderPool`) and the owner thread (`run_owner`, `commit_fills`).
 //!
-//! FUTURE: the hand-off to a reader thread costs each read a thread
-//! wake-up and a channel reply (~27 us per warm 4 KiB read one at a time,
-//! against ~4.5 us when the caller's worker ran SQLite itself; the Guide's
-//! performance page has the figures). Readers that spin before sleeping
-//! were slower on two cores. What is left to try: answering small reads
-//! that hit SQLite's page cache on a dedicated thread per caller, or
-//! batching a caller's queued reads into one job.
+//! The hand-off to a reader thread would cost a caller that reads one
+//! block at a time two thread wake-ups per read; one reader and such a
+//! caller spin briefly instead (see [`READER_SPIN`]). What is left is a
+//! few microseconds per read, and for reads into a borrowed buffer one
+//! copy (the Guide's performance page has the figures).
 
 use crate::SqliteLayerError;
 use crate::VerifyReport;
@@ -71,7 +69,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::sync::oneshot;
@@ -88,6 +89,25 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 /// Most reader threads. A reader thread is started when a read is queued
 /// and every existing reader is busy.
 const MAX_READERS: usize = 4;
+
+/// How long a reader that finished a job spins (one reader at a time)
+/// before it sleeps, and how long a caller whose small read went to that
+/// spinning reader spins for the reply before it yields to its executor.
+///
+/// Why: a caller that issues one read at a time (an in-process consumer
+/// at queue depth 1) otherwise pays two thread wake-ups per read (the
+/// reader's, then its own): ~27 us for a warm 4 KiB read whose SQLite
+/// work takes ~4 us. With both spins a run of such reads is handed over
+/// and answered without a sleep (warm random 4 KiB: ~4x the reads per
+/// second, measured side by side; the Guide's performance page has the
+/// figures). Either spin alone gains little: each removes one of the two
+/// wake-ups. The spins are bounded and adaptive: only one reader spins,
+/// only after a job (an idle engine sleeps), and a caller spins only when
+/// its read went to the spinning reader and is small (a large read takes
+/// longer than the spin), so under load, where readers are busy, nobody
+/// spins.
+const READER_SPIN: Duration = Duration::from_micros(50);
+const CALLER_SPIN: Duration = Duration::from_micros(30);
 
 /// Fill buffers kept for reuse (half the queue's bound in 1 MiB fills): a
 /// fresh 1 MiB allocation per fill cost page faults, and the memory is
@@ -252,15 +272,12 @@ struct Shared {
 }
 
 /// The first and the longest pause of fills after a failed fill batch.
-const FILL_PAUSE: (std::time::Duration, std::time::Duration) = (
-    std::time::Duration::from_secs(60),
-    std::time::Duration::from_secs(600),
-);
+const FILL_PAUSE: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(600));
 
 #[derive(Default)]
 struct FillPause {
-    until: Option<std::time::Instant>,
-    last: Option<std::time::Duration>,
+    until: Option<Instant>,
+    last: Option<Duration>,
 }
 
 impl Shared {
@@ -269,16 +286,16 @@ impl Shared {
         self.fill_pause
             .lock()
             .until
-            .is_some_and(|t| std::time::Instant::now() < t)
+            .is_some_and(|t| Instant::now() < t)
     }
 
     /// A fill batch failed: pause fills (doubling the last pause); returns
     /// the pause.
-    fn pause_fills(&self) -> std::time::Duration {
+    fn pause_fills(&self) -> Duration {
         let mut p = self.fill_pause.lock();
         let next = p.last.map_or(FILL_PAUSE.0, |d| (d * 2).min(FILL_PAUSE.1));
         p.last = Some(next);
-        p.until = Some(std::time::Instant::now() + next);
+        p.until = Some(Instant::now() + next);
         next
     }
 
@@ -286,7 +303,7 @@ impl Shared {
     /// pause again.
     fn fills_work(&self) {
         let mut p = self.fill_pause.lock();
-        if p.last.is_some() && p.until.is_none_or(|t| std::time::Instant::now() >= t) {
+        if p.last.is_some() && p.until.is_none_or(|t| Instant::now() >= t) {
             *p = FillPause::default();
         }
     }
@@ -321,11 +338,48 @@ impl Shared {
     }
 }
 
+/// Spins until `done` or `limit` has passed; returns whether `done`.
+fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        for _ in 0..64 {
+            if done() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// The reply of a read handed to the spinning reader, if it comes within
+/// [`CALLER_SPIN`] (`Err` if the reader dropped it); `None` to await it.
+fn spin_for_reply(rx: &mut oneshot::Receiver<ReadReply>) -> Option<Result<ReadReply, ()>> {
+    let mut reply = None;
+    spin_until(CALLER_SPIN, || match rx.try_recv() {
+        Ok(r) => {
+            reply = Some(Ok(r));
+            true
+        }
+        Err(oneshot::error::TryRecvError::Closed) => {
+            reply = Some(Err(()));
+            true
+        }
+        Err(oneshot::error::TryRecvError::Empty) => false,
+    });
+    reply
+}
+
 /// The reader threads' queue.
 #[derive(Default)]
 struct ReaderPool {
     state: Mutex<ReaderState>,
     work: Condvar,
+    /// `state.jobs.len()`, for the spinning reader to watch without the
+    /// lock (written under it).
+    queued: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -335,6 +389,9 @@ struct ReaderState {
     threads: usize,
     /// Reader threads waiting for a job.
     idle: usize,
+    /// One reader is spinning for the next job (see [`READER_SPIN`]): a job
+    /// queued now needs no wake-up.
+    spinning: bool,
     closed: bool,
     handles: Vec<std::thread::JoinHandle<()>>,
 }
@@ -480,15 +537,28 @@ impl Engine {
         let queued = self.overlapping_fills(sector, count, ss);
         let (tx, rx) = oneshot::channel();
         let len = buf.len();
-        if let Err(failed) = self.submit_read(ReadJob {
+        let to_spinner = match self.submit_read(ReadJob {
             sector,
             buf,
             reply: tx,
         }) {
-            let (buf, e) = *failed;
-            return (buf, Err(e));
-        }
-        let Ok((mut buf, result)) = rx.await else {
+            Ok(to_spinner) => to_spinner,
+            Err(failed) => {
+                let (buf, e) = *failed;
+                return (buf, Err(e));
+            }
+        };
+        let mut rx = rx;
+        let early = if to_spinner && len < MAPPED_READ_LIMIT {
+            spin_for_reply(&mut rx)
+        } else {
+            None
+        };
+        let reply = match early {
+            Some(reply) => reply,
+            None => rx.await.map_err(|_| ()),
+        };
+        let Ok((mut buf, result)) = reply else {
             // A reader thread always replies (panics are caught), so this
             // is a thread killed from outside; the buffer went with it.
             let e = thread_error("reading", "the reader thread exited");
@@ -504,9 +574,10 @@ impl Engine {
     }
 
     /// Queues `job` for a reader thread, starting one if every reader is
-    /// busy (up to [`MAX_READERS`]). On failure the job's buffer comes back
-    /// with the error (rare, so boxed).
-    fn submit_read(&self, job: ReadJob) -> Result<(), Box<(Vec<u8>, SqliteLayerError)>> {
+    /// busy (up to [`MAX_READERS`]); returns whether the spinning reader
+    /// takes it (see [`READER_SPIN`]). On failure the job's buffer comes
+    /// back with the error (rare, so boxed).
+    fn submit_read(&self, job: ReadJob) -> Result<bool, Box<(Vec<u8>, SqliteLayerError)>> {
         let mut st = self.readers.state.lock();
         if st.closed {
             return Err(Box::new((
@@ -514,7 +585,9 @@ impl Engine {
                 thread_error("reading", "the engine is closed"),
             )));
         }
-        if st.idle == 0 && st.threads < MAX_READERS {
+        // The spinning reader takes the first job queued while it spins.
+        let spinner_takes_it = st.spinning && st.jobs.is_empty();
+        if !spinner_takes_it && st.idle == 0 && st.threads < MAX_READERS {
             let reader = Reader {
                 store: self.store.clone(),
                 pool: self.readers.clone(),
@@ -541,9 +614,12 @@ impl Engine {
             }
         }
         st.jobs.push_back(job);
+        self.readers.queued.store(st.jobs.len(), Ordering::Release);
         drop(st);
-        self.readers.work.notify_one();
-        Ok(())
+        if !spinner_takes_it {
+            self.readers.work.notify_one();
+        }
+        Ok(spinner_takes_it)
     }
 
     /// The queued fills that overlap sectors `sector..sector + count`.
@@ -793,11 +869,28 @@ impl Reader {
         let mut st = self.pool.state.lock();
         loop {
             if let Some(job) = st.jobs.pop_front() {
+                self.pool.queued.store(st.jobs.len(), Ordering::Release);
                 return Some(job);
             }
             if st.closed {
                 st.threads -= 1;
                 return None;
+            }
+            if !st.spinning {
+                // A caller at queue depth 1 sends its next read within
+                // microseconds: catch it without sleeping (READER_SPIN).
+                // A job queued meanwhile is seen through `queued`, or
+                // under the lock once the spin ends; either way it is
+                // taken before this reader sleeps.
+                st.spinning = true;
+                let queued = &self.pool.queued;
+                parking_lot::MutexGuard::unlocked(&mut st, || {
+                    spin_until(READER_SPIN, || queued.load(Ordering::Acquire) > 0);
+                });
+                st.spinning = false;
+                if !st.jobs.is_empty() || st.closed {
+                    continue;
+                }
             }
             st.idle += 1;
             self.pool.work.wait(&mut st);
@@ -995,12 +1088,7 @@ fn commit_fills(
     }
 }
 
-fn log_fill_failure(
-    path: &Path,
-    shared: &Shared,
-    err: &SqliteLayerError,
-    pause: Option<std::time::Duration>,
-) {
+fn log_fill_failure(path: &Path, shared: &Shared, err: &SqliteLayerError, pause: Option<Duration>) {
     if !shared.fill_failed.swap(true, Ordering::Relaxed) {
         match pause {
             Some(pause) => tracing::warn!(

@@ -224,6 +224,54 @@ async fn concurrent_tasks_share_a_layer() {
     assert_eq!(layer.stats().await.unwrap(), (32, 4096));
 }
 
+/// Reads one at a time, in bursts, and from several tasks at once, with
+/// pauses between that end a reader's spin at every point: every read
+/// is answered with the right bytes (a job lost between the spinning
+/// reader and the sleeping ones would hang this test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_every_queue_depth_are_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.dbhd");
+    let sectors = 2048u64;
+    let layer = SqliteDiskLayer::create(&path, &params(sectors, 65536))
+        .await
+        .unwrap();
+    let data = random_bytes(7, sectors as usize * SS);
+    layer.write_sectors(0, &data, true, false).await.unwrap();
+    let data = std::sync::Arc::new(data);
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let (layer, data) = (layer.clone(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+            for i in 0..2000u32 {
+                let count = rng.random_range(1..=16u64);
+                let sector = rng.random_range(0..sectors - count);
+                let mut buf = vec![0u8; count as usize * SS];
+                assert!(
+                    layer
+                        .read_sectors(sector, &mut buf)
+                        .await
+                        .unwrap()
+                        .all_present()
+                );
+                let at = sector as usize * SS;
+                assert_eq!(buf, data[at..at + buf.len()], "task {t} read {i}");
+                match rng.random_range(0..8) {
+                    0 => std::thread::sleep(std::time::Duration::from_micros(
+                        rng.random_range(10..200),
+                    )),
+                    1 => tokio::task::yield_now().await,
+                    _ => {}
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 /// The file holds the data compactly: full chunks cost little more than
 /// their bytes once the WAL is checkpointed.
 #[tokio::test]
