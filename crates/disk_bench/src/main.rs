@@ -50,6 +50,7 @@ use anyhow::Context;
 use anyhow::Result;
 use clap::Parser;
 use clap::Subcommand;
+use std::io::Write;
 use std::path::PathBuf;
 use workloads::Layout;
 use workloads::StackArgs;
@@ -191,6 +192,13 @@ fn run_workload(workload: Workload) -> Result<()> {
         ))?,
     };
     drop(rt);
-    println!("{}", serde_json::to_string(&out)?);
-    Ok(())
+    let line = serde_json::to_string(&out)?;
+    // A reader that went away (a script that stopped `serve-http` by
+    // closing its pipes) is no error of the workload's.
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing the result to standard output")
+        }
+        _ => Ok(()),
+    }
 }
