@@ -89,6 +89,11 @@
 //!   the NBD export uses) the reader thread fills the caller's buffer
 //!   itself; a borrowed buffer costs one copy of the present sectors (safe
 //!   code cannot lend a borrowed buffer to another thread).
+//! - A caller that reads one block at a time would pay two thread
+//!   wake-ups per read; instead the reader that finished a job spins 50 us
+//!   for the next one, and a caller whose small read went to that reader
+//!   spins 30 us for the reply. Only one reader spins, an idle engine
+//!   sleeps, and under load (readers busy) nobody spins.
 //! - Reads of at least one page (64 KiB) use connections without SQLite's
 //!   memory map, so a pass over a large cache does not leave the file
 //!   mapped into the process; smaller reads use mapped connections, which
