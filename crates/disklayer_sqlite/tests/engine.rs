@@ -227,7 +227,8 @@ async fn concurrent_tasks_share_a_layer() {
 /// Reads one at a time, in bursts, and from several tasks at once, with
 /// pauses between that end a reader's spin at every point: every read
 /// is answered with the right bytes (a job lost between the spinning
-/// reader and the sleeping ones would hang this test).
+/// reader and the sleeping ones would hang this test, and nextest ends
+/// it as a failure).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_at_every_queue_depth_are_all_answered() {
     let dir = tempfile::tempdir().unwrap();
@@ -257,10 +258,17 @@ async fn reads_at_every_queue_depth_are_all_answered() {
                 );
                 let at = sector as usize * SS;
                 assert_eq!(buf, data[at..at + buf.len()], "task {t} read {i}");
+                // Gaps of 10-200 us between some reads (busy, on the
+                // worker: not synchronisation, a spread of timings that
+                // outlast the reader's spin or not).
                 match rng.random_range(0..8) {
-                    0 => std::thread::sleep(std::time::Duration::from_micros(
-                        rng.random_range(10..200),
-                    )),
+                    0 => {
+                        let gap = std::time::Duration::from_micros(rng.random_range(10..200));
+                        let until = std::time::Instant::now() + gap;
+                        while std::time::Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                    }
                     1 => tokio::task::yield_now().await,
                     _ => {}
                 }
