@@ -535,7 +535,7 @@ impl Engine {
         // Before the file is read: a fill that leaves the overlay after
         // this is committed by the time the reader thread reads.
         let queued = self.overlapping_fills(sector, count, ss);
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let len = buf.len();
         let to_spinner = match self.submit_read(ReadJob {
             sector,
@@ -548,7 +548,6 @@ impl Engine {
                 return (buf, Err(e));
             }
         };
-        let mut rx = rx;
         let early = if to_spinner && len < MAPPED_READ_LIMIT {
             spin_for_reply(&mut rx)
         } else {
